@@ -1,0 +1,103 @@
+"""The registry of attention mechanisms: one name, one way to build a layer.
+
+Every mechanism registers a :class:`MechanismSpec`. Models, the verifier, the benchmarks and the CLI look
+mechanisms up here by name and never special-case one.
+
+Every registered layer is an ``nn.Module`` with
+
+* ``forward(x, *, context=None, cache=None) -> Tensor``: ``x`` is ``(B, T, d_model)``; ``context``
+  ``(B, S, d_model)`` for cross-attention (only where ``spec.cross``); ``cache`` an
+  :class:`~attnlab.cache.AttentionCache` from ``new_cache`` (only where ``spec.cache`` is not ``None``);
+* ``new_cache(batch_size, *, device=None, dtype=None) -> AttentionCache`` where decoding is supported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+__all__ = ["MechanismSpec", "register", "get", "names", "all_specs", "build"]
+
+
+def _same_heads(n_standard_heads: int) -> int:
+    return n_standard_heads
+
+
+@dataclass(frozen=True, kw_only=True)
+class MechanismSpec:
+    """What a mechanism is and what it supports.
+
+    Attributes:
+        name: registry name, e.g. ``"standard"`` or ``"castle-swl"``.
+        description: one line for ``attnlab list``.
+        make_config: ``make_config(d_model=..., n_heads=..., **options) -> config``; the config has ``build()``.
+            ``options`` are the mechanism's own typed config fields (e.g. ``window=``); unknown ones raise.
+        causal: ``True`` if the layer is autoregressive (outputs never depend on later positions).
+        cross: ``True`` if ``forward(x, context=...)`` is supported.
+        cache: the kind of decoding cache (``"kv"``, ``"sliding-kv"``, ``"recurrent"``, ``"uq-kv"``), or ``None``.
+        backends: the ``impl=`` values of the functional op behind the layer (``"reference"`` first).
+        heads_for_parity: number of heads that gives this mechanism the parameter count of a standard layer
+            with ``n_standard_heads`` heads of the same head dim (identity for most; 4/7 rule for CASTLE).
+        defaults: default option values used by ``attnlab list``/``verify``/``bench`` (e.g. a window size).
+    """
+
+    name: str
+    description: str
+    make_config: Callable[..., Any]
+    causal: bool
+    cross: bool = False
+    cache: str | None = None
+    backends: tuple[str, ...] = ("reference",)
+    heads_for_parity: Callable[[int], int] = _same_heads
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, *, d_model: int, n_heads: int, **options: Any) -> Any:
+        """A validated config with this spec's defaults, overridden by ``options``."""
+        return self.make_config(d_model=d_model, n_heads=n_heads, **{**self.defaults, **options})
+
+    def build(self, *, d_model: int, n_heads: int, **options: Any) -> nn.Module:
+        """Build the layer."""
+        return self.config(d_model=d_model, n_heads=n_heads, **options).build()
+
+
+_REGISTRY: dict[str, MechanismSpec] = {}
+
+
+def register(spec: MechanismSpec) -> MechanismSpec:
+    """Add a mechanism; its name must be new."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"mechanism {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _ensure_loaded() -> None:
+    # Importing the layers package registers every built-in mechanism.
+    import attnlab.layers  # noqa: F401
+
+
+def get(name: str) -> MechanismSpec:
+    """The spec registered under ``name``; unknown names list the valid ones."""
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown mechanism {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def names() -> list[str]:
+    """Every registered mechanism name, in registration order."""
+    _ensure_loaded()
+    return list(_REGISTRY)
+
+
+def all_specs() -> list[MechanismSpec]:
+    _ensure_loaded()
+    return list(_REGISTRY.values())
+
+
+def build(name: str, *, d_model: int, n_heads: int, **options: Any) -> nn.Module:
+    """Build the layer registered as ``name``."""
+    return get(name).build(d_model=d_model, n_heads=n_heads, **options)

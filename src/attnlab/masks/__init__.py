@@ -1,0 +1,34 @@
+"""Attention masks as FlexAttention-style predicates ``mask_mod(b, h, q_idx, kv_idx) -> bool``.
+
+See :mod:`attnlab.masks.patterns` for every pattern and its exact index convention, and
+:func:`attnlab.masks.dense` to materialise one. Indices are absolute positions: in cached decoding the query
+at step ``t`` has ``q_idx = t``.
+"""
+
+from attnlab.masks.core import Mask, MaskFn, and_masks, dense, or_masks
+from attnlab.masks.patterns import (
+    bidirectional,
+    bigbird,
+    causal,
+    document,
+    fixed,
+    prefix_lm,
+    sliding_window,
+    strided,
+)
+
+__all__ = [
+    "Mask",
+    "MaskFn",
+    "and_masks",
+    "or_masks",
+    "dense",
+    "causal",
+    "bidirectional",
+    "sliding_window",
+    "strided",
+    "fixed",
+    "bigbird",
+    "prefix_lm",
+    "document",
+]

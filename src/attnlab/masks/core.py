@@ -1,0 +1,189 @@
+"""Mask predicates in the FlexAttention ``mask_mod`` form.
+
+A mask is a pure predicate ``mask_mod(b, h, q_idx, kv_idx) -> bool tensor``: ``True`` means the query at
+absolute position ``q_idx`` may attend to the key at absolute position ``kv_idx``. The same predicate feeds the
+dense reference (:func:`dense`), PyTorch SDPA (as a boolean mask) and FlexAttention (as a BlockMask).
+
+Index conventions, used by every mask in this package:
+
+* **Indices are absolute positions.** In cached decoding the query at step ``t`` has ``q_idx = t``; the ops take
+  a ``q_offset`` so that one mask serves training and decoding alike.
+* A mask must be written with tensor operations only (no Python ``if`` on tensor values), so that it works both
+  with broadcast index grids (``dense``) and under ``torch.vmap`` (FlexAttention).
+
+Shapes: b, h, q_idx, kv_idx are integer tensors that broadcast against each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+MaskFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+__all__ = [
+    "Mask",
+    "MaskFn",
+    "and_masks",
+    "or_masks",
+    "dense",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class Mask:
+    """A named mask predicate.
+
+    Attributes:
+        name: readable name carrying the parameters, e.g. ``sliding_window(window=4)``.
+        fn: the predicate ``fn(b, h, q_idx, kv_idx) -> bool tensor``.
+        causal: ``True`` when the mask never lets a query see a later key (``kv_idx <= q_idx`` wherever it is
+            ``True``). Used by the causality checks and to pick decoding strategies.
+        plain_causal: ``True`` only for the exact causal mask, which unlocks SDPA's ``is_causal`` fast path.
+        full: ``True`` only for the all-visible mask (no masking needed at all).
+        max_len: largest absolute position (exclusive) the mask is defined for, or ``None`` for unbounded.
+        window: for a causal mask whose visible keys always lie in ``(q_idx - window, q_idx]``, that bound; a
+            cache may then keep only the last ``window`` keys. ``None`` when keys arbitrarily far back are visible.
+        per_batch: ``True`` when the predicate depends on ``b`` (e.g. documents with a batch of id rows).
+        per_head: ``True`` when the predicate depends on ``h``.
+    """
+
+    name: str
+    fn: MaskFn = field(repr=False)
+    causal: bool = False
+    plain_causal: bool = False
+    full: bool = False
+    max_len: int | None = None
+    window: int | None = None
+    per_batch: bool = False
+    per_head: bool = False
+
+    def __call__(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return self.fn(b, h, q_idx, kv_idx)
+
+    def __repr__(self) -> str:  # the name already carries every parameter
+        return self.name
+
+    __str__ = __repr__
+
+    def __and__(self, other: "Mask") -> "Mask":
+        return and_masks(self, other)
+
+    def __or__(self, other: "Mask") -> "Mask":
+        return or_masks(self, other)
+
+
+def _as_mask(m: Mask | MaskFn, what: str) -> Mask:
+    if isinstance(m, Mask):
+        return m
+    if callable(m):
+        return Mask(name=getattr(m, "__name__", "custom"), fn=m)
+    raise TypeError(f"{what} must be a Mask or a mask_mod callable, got {type(m).__name__}")
+
+
+def and_masks(*masks: Mask | MaskFn) -> Mask:
+    """Intersection: a key is visible only if every mask allows it."""
+    if not masks:
+        raise ValueError("and_masks() needs at least one mask, got none")
+    ms = [_as_mask(m, f"masks[{i}]") for i, m in enumerate(masks)]
+    if len(ms) == 1:
+        return ms[0]
+
+    def fn(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        out = ms[0](b, h, q, kv)
+        for m in ms[1:]:
+            out = out & m(b, h, q, kv)
+        return out
+
+    windows = [m.window for m in ms if m.window is not None]
+    lens = [m.max_len for m in ms if m.max_len is not None]
+    return Mask(
+        name="and(" + ", ".join(m.name for m in ms) + ")",
+        fn=fn,
+        causal=any(m.causal for m in ms),
+        plain_causal=all(m.plain_causal or m.full for m in ms) and any(m.plain_causal for m in ms),
+        full=all(m.full for m in ms),
+        max_len=min(lens) if lens else None,
+        window=min(windows) if windows and any(m.causal for m in ms) else None,
+        per_batch=any(m.per_batch for m in ms),
+        per_head=any(m.per_head for m in ms),
+    )
+
+
+def or_masks(*masks: Mask | MaskFn) -> Mask:
+    """Union: a key is visible if any mask allows it."""
+    if not masks:
+        raise ValueError("or_masks() needs at least one mask, got none")
+    ms = [_as_mask(m, f"masks[{i}]") for i, m in enumerate(masks)]
+    if len(ms) == 1:
+        return ms[0]
+
+    def fn(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        out = ms[0](b, h, q, kv)
+        for m in ms[1:]:
+            out = out | m(b, h, q, kv)
+        return out
+
+    lens = [m.max_len for m in ms if m.max_len is not None]
+    all_windowed = all(m.window is not None for m in ms)
+    return Mask(
+        name="or(" + ", ".join(m.name for m in ms) + ")",
+        fn=fn,
+        causal=all(m.causal for m in ms),
+        plain_causal=all(m.plain_causal for m in ms),
+        full=any(m.full for m in ms),
+        max_len=min(lens) if lens else None,
+        window=max(m.window for m in ms if m.window is not None) if all_windowed and all(m.causal for m in ms) else None,
+        per_batch=any(m.per_batch for m in ms),
+        per_head=any(m.per_head for m in ms),
+    )
+
+
+def dense(
+    mask: Mask | MaskFn,
+    q_len: int,
+    kv_len: int,
+    *,
+    batch_size: int | None = None,
+    n_heads: int | None = None,
+    q_offset: int = 0,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Materialise a mask as a boolean tensor.
+
+    Args:
+        mask: the mask predicate.
+        q_len: number of queries ``T``; query row ``i`` has absolute position ``q_offset + i``.
+        kv_len: number of keys ``S``; key column ``j`` has absolute position ``j``.
+        batch_size, n_heads: when either is given the result is ``(B, H, T, S)`` (missing ones default to 1);
+            otherwise it is ``(T, S)`` evaluated at ``b = h = 0``.
+        q_offset: absolute position of the first query (decoding step ``t`` uses ``q_offset = t``).
+        device: where to build the tensor.
+
+    Returns:
+        A ``torch.bool`` tensor, ``True`` where attention is allowed.
+    """
+    m = _as_mask(mask, "mask")
+    for arg, val in (("q_len", q_len), ("kv_len", kv_len)):
+        if not isinstance(val, int) or val < 0:
+            raise ValueError(f"{arg} must be a non-negative int, got {val!r}")
+    if not isinstance(q_offset, int) or q_offset < 0:
+        raise ValueError(f"q_offset must be a non-negative int, got {q_offset!r}")
+    if m.max_len is not None and (q_offset + q_len > m.max_len or kv_len > m.max_len):
+        raise ValueError(
+            f"mask {m.name} is defined for positions < max_len={m.max_len}, "
+            f"got q positions up to {q_offset + q_len} and kv_len={kv_len}"
+        )
+    four_d = batch_size is not None or n_heads is not None
+    B = batch_size if batch_size is not None else 1
+    H = n_heads if n_heads is not None else 1
+    b = torch.arange(B, device=device).view(B, 1, 1, 1)
+    h = torch.arange(H, device=device).view(1, H, 1, 1)
+    q = (torch.arange(q_len, device=device) + q_offset).view(1, 1, q_len, 1)
+    kv = torch.arange(kv_len, device=device).view(1, 1, 1, kv_len)
+    out = m(b, h, q, kv)
+    out = torch.as_tensor(out, device=device).to(torch.bool).expand(B, H, q_len, kv_len)
+    return out.contiguous() if four_d else out[0, 0].contiguous()

@@ -1,0 +1,256 @@
+"""The mask patterns of attnlab, each a named :class:`~attnlab.masks.core.Mask`.
+
+Conventions (``i`` = absolute query position ``q_idx``, ``j`` = absolute key position ``kv_idx``):
+
+==========================  ==================================================================================
+``causal()``                ``j <= i``
+``bidirectional()``         every key
+``sliding_window(w)``       ``0 <= i - j < w``: the query itself and the ``w - 1`` keys before it
+                            (``causal=False``: the symmetric band ``|i - j| < w``)
+``strided(s)``              ``i - j < s`` or ``(i - j) % s == 0``, with ``j <= i``  (Child et al. 2019)
+                            (``causal=False``: the same on ``|i - j|``)
+``fixed(block, summary)``   ``j // block == i // block`` or ``j % block >= block - summary``, with ``j <= i``
+``bigbird(...)``            sliding window + the first ``n_global`` positions as global tokens (they see and
+                            are seen by everyone) + ``n_random`` random keys per query, from ``seed``
+``prefix_lm(p)``            ``j <= i`` or ``j < p``: bidirectional inside the prefix, causal after it
+``document(ids)``           ``ids[i] == ids[j]``: block-diagonal for packed sequences
+==========================  ==================================================================================
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import Tensor
+
+from attnlab.masks.core import Mask
+
+__all__ = [
+    "causal",
+    "bidirectional",
+    "sliding_window",
+    "strided",
+    "fixed",
+    "bigbird",
+    "prefix_lm",
+    "document",
+]
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def causal() -> Mask:
+    """Standard causal mask: key ``j`` is visible to query ``i`` iff ``j <= i``."""
+    return Mask(name="causal", fn=lambda b, h, q, kv: kv <= q, causal=True, plain_causal=True)
+
+
+def bidirectional() -> Mask:
+    """No masking: every key is visible to every query."""
+    return Mask(name="bidirectional", fn=lambda b, h, q, kv: torch.ones_like(q - kv, dtype=torch.bool), full=True)
+
+
+def sliding_window(window: int, *, causal: bool = True) -> Mask:
+    """Local attention over a window that **counts the current token**.
+
+    Causal: query ``i`` sees keys ``j`` with ``i - window < j <= i`` (itself and the ``window - 1`` keys before).
+    ``window=1`` sees only itself. ``causal=False`` gives the symmetric band ``|i - j| < window``.
+    """
+    w = _check_int("window", window, 1)
+    if causal:
+        return Mask(
+            name=f"sliding_window(window={w})",
+            fn=lambda b, h, q, kv: (kv <= q) & (q - kv < w),
+            causal=True,
+            window=w,
+        )
+    return Mask(name=f"sliding_window(window={w}, causal=False)", fn=lambda b, h, q, kv: (q - kv).abs() < w)
+
+
+def strided(stride: int, *, causal: bool = True) -> Mask:
+    """The strided pattern of the Sparse Transformer (Child et al. 2019, eq. 3.2.1).
+
+    Key ``j`` is visible to query ``i`` iff ``i - j < stride`` or ``(i - j) % stride == 0`` (and ``j <= i`` when
+    causal). ``causal=False`` applies the same rule to ``|i - j|``.
+    """
+    s = _check_int("stride", stride, 1)
+    if causal:
+        def fn(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+            d = q - kv
+            return (d >= 0) & ((d < s) | (torch.remainder(d, s) == 0))
+
+        return Mask(name=f"strided(stride={s})", fn=fn, causal=True)
+
+    def fn_bi(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        d = (q - kv).abs()
+        return (d < s) | (torch.remainder(d, s) == 0)
+
+    return Mask(name=f"strided(stride={s}, causal=False)", fn=fn_bi)
+
+
+def fixed(block: int, summary: int = 1, *, causal: bool = True) -> Mask:
+    """The fixed pattern of the Sparse Transformer (Child et al. 2019).
+
+    Key ``j`` is visible to query ``i`` iff it lies in the same block of length ``block``
+    (``j // block == i // block``) or it is one of the last ``summary`` positions of its own block
+    (``j % block >= block - summary``); when causal, additionally ``j <= i``.
+    """
+    c = _check_int("block", block, 1)
+    if isinstance(summary, bool) or not isinstance(summary, int) or not 1 <= summary <= c:
+        raise ValueError(f"summary must be an int in [1, block={c}], got {summary!r}")
+
+    def fn(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        same = torch.div(q, c, rounding_mode="floor") == torch.div(kv, c, rounding_mode="floor")
+        summ = torch.remainder(kv, c) >= c - summary
+        vis = same | summ
+        return vis & (kv <= q) if causal else vis
+
+    suffix = "" if causal else ", causal=False"
+    return Mask(name=f"fixed(block={c}, summary={summary}{suffix})", fn=fn, causal=causal)
+
+
+class _RandomKeyTable:
+    """Random key positions for BigBird, reproducible from a seed and independent of the sequence length.
+
+    Rows are generated in chunks of ``_CHUNK`` query positions, each from its own generator seeded by
+    ``(seed, chunk)``, so a longer table extends a shorter one without changing it.
+    """
+
+    _CHUNK = 1024
+
+    def __init__(self, seed: int, n_random: int, n_tables: int, max_len: int, kv_len: int | None):
+        self.seed, self.n_random, self.n_tables, self.max_len, self.kv_len = seed, n_random, n_tables, max_len, kv_len
+        self._by_device: dict[str, Tensor] = {}
+        self._lock = threading.Lock()
+
+    def _build(self) -> Tensor:
+        rows = []
+        for c in range(0, self.max_len, self._CHUNK):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + c // self._CHUNK)
+            n = min(self._CHUNK, self.max_len - c)
+            u = torch.rand(self.n_tables, n, self.n_random, generator=g, dtype=torch.float64)
+            if self.kv_len is None:  # causal: draw from [0, i]
+                hi = (torch.arange(c, c + n, dtype=torch.float64) + 1).view(1, n, 1)
+            else:  # bidirectional: draw from [0, kv_len)
+                hi = torch.full((1, n, 1), float(self.kv_len), dtype=torch.float64)
+            rows.append(torch.floor(u * hi).to(torch.int64))
+        return torch.cat(rows, dim=1)  # (n_tables, max_len, n_random)
+
+    def get(self, device: torch.device) -> Tensor:
+        key = str(device)
+        with self._lock:
+            if key not in self._by_device:
+                base = self._by_device.get("cpu")
+                if base is None:
+                    base = self._build()
+                    self._by_device["cpu"] = base
+                self._by_device[key] = base.to(device)
+            return self._by_device[key]
+
+
+def bigbird(
+    window: int,
+    n_global: int,
+    n_random: int,
+    seed: int = 0,
+    *,
+    causal: bool = True,
+    n_heads: int | None = None,
+    max_len: int = 16384,
+    kv_len: int | None = None,
+) -> Mask:
+    """BigBird-style sparse attention (Zaheer et al. 2020), at token granularity.
+
+    A key is visible when any of these holds:
+
+    * **window**: it lies in the sliding window of :func:`sliding_window` (``window`` counts the query itself);
+    * **global**: the key is one of the first ``n_global`` positions, or the query is (global queries see
+      every key);
+    * **random**: it is one of ``n_random`` keys drawn for this query from ``seed``. Causal masks draw from
+      ``[0, i]``; ``causal=False`` draws from ``[0, kv_len)`` and needs ``kv_len``.
+
+    With ``causal=True`` everything is additionally restricted to ``j <= i``. ``n_heads`` draws a different
+    random set per head (otherwise all heads share one). Positions must be below ``max_len``.
+    """
+    w = _check_int("window", window, 1)
+    g = _check_int("n_global", n_global, 0)
+    r = _check_int("n_random", n_random, 0)
+    _check_int("seed", seed, 0)
+    _check_int("max_len", max_len, 1)
+    if n_heads is not None:
+        _check_int("n_heads", n_heads, 1)
+    if not causal and r > 0:
+        if kv_len is None:
+            raise ValueError("bigbird(causal=False, n_random>0) needs kv_len, the range random keys are drawn from")
+        _check_int("kv_len", kv_len, 1)
+    table = _RandomKeyTable(seed, max(r, 1), n_heads or 1, max_len, None if causal else kv_len)
+    per_head = n_heads is not None
+
+    def fn(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        d = q - kv
+        local = (d >= 0) & (d < w) if causal else d.abs() < w
+        glob = (kv < g) | (q < g)
+        vis = local | glob
+        if r > 0:
+            t = table.get(q.device)
+            hh = h if per_head else torch.zeros_like(h)
+            rand = (t[hh, q] == kv.unsqueeze(-1)).any(-1)
+            vis = vis | rand
+        return vis & (kv <= q) if causal else vis
+
+    parts = [f"window={w}", f"n_global={g}", f"n_random={r}", f"seed={seed}"]
+    if not causal:
+        parts.append("causal=False")
+    if per_head:
+        parts.append(f"n_heads={n_heads}")
+    return Mask(name=f"bigbird({', '.join(parts)})", fn=fn, causal=causal, max_len=max_len, per_head=per_head)
+
+
+def prefix_lm(prefix_len: int) -> Mask:
+    """Prefix-LM mask: bidirectional inside the first ``prefix_len`` positions, causal after.
+
+    Key ``j`` is visible to query ``i`` iff ``j <= i`` or ``j < prefix_len``.
+    """
+    p = _check_int("prefix_len", prefix_len, 0)
+    return Mask(name=f"prefix_lm(prefix_len={p})", fn=lambda b, h, q, kv: (kv <= q) | (kv < p))
+
+
+def document(doc_ids: Tensor, kv_doc_ids: Tensor | None = None) -> Mask:
+    """Block-diagonal mask for packed sequences: a query sees only keys of its own document.
+
+    Args:
+        doc_ids: integer document id per position, shape ``(T,)`` (shared by the batch) or ``(B, T)``.
+        kv_doc_ids: ids of the key positions when they differ from the queries' (cross-attention);
+            defaults to ``doc_ids``.
+
+    Combine with :func:`causal` (``document(ids) & causal()``) for packed causal LM training.
+    """
+    ids_q = torch.as_tensor(doc_ids)
+    ids_kv = ids_q if kv_doc_ids is None else torch.as_tensor(kv_doc_ids)
+    for name, ids in (("doc_ids", ids_q), ("kv_doc_ids", ids_kv)):
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.ndim not in (1, 2):
+            raise ValueError(f"{name} must be an integer tensor of shape (T,) or (B, T), got {ids.dtype} {tuple(ids.shape)}")
+    per_batch = ids_q.ndim == 2 or ids_kv.ndim == 2
+    qi = ids_q if ids_q.ndim == 2 else ids_q.unsqueeze(0)
+    ki = ids_kv if ids_kv.ndim == 2 else ids_kv.unsqueeze(0)
+    cache: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def fn(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        key = str(q.device)
+        if key not in cache:
+            cache[key] = (qi.to(q.device), ki.to(q.device))
+        a, c = cache[key]
+        bb = b if per_batch else torch.zeros_like(b)
+        return a[bb, q] == c[bb, kv]
+
+    n_docs = int(torch.unique(ids_q).numel())
+    return Mask(
+        name=f"document(n_docs={n_docs}, len={ids_q.shape[-1]})",
+        fn=fn,
+        max_len=min(ids_q.shape[-1], ids_kv.shape[-1]) if kv_doc_ids is None else None,
+        per_batch=per_batch,
+    )
