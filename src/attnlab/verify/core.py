@@ -1,0 +1,94 @@
+"""The property checks shared by the test-suite and ``attnlab verify``.
+
+A :class:`Check` applies to some registered mechanisms and returns one :class:`CheckResult` per case it ran.
+Tests parametrise over ``(check, mechanism)`` pairs and assert ``result.passed``; the CLI prints the same
+results as a table. Checks register themselves with :func:`register_check` when their module is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from attnlab.layers.registry import MechanismSpec
+
+__all__ = ["CheckResult", "Check", "VerifyOptions", "register_check", "checks", "applicable", "run_check"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyOptions:
+    """Sizes and numerics for a verification run (small enough for a 2-core CPU)."""
+
+    dtype: torch.dtype = torch.float64
+    device: str = "cpu"
+    batch_size: int = 2
+    seq_len: int = 13
+    d_model: int = 24
+    n_heads: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckResult:
+    check: str
+    mechanism: str
+    case: str
+    max_error: float
+    tolerance: float
+    passed: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Check:
+    """A named property check.
+
+    Attributes:
+        name: e.g. ``"backend-vs-reference"``.
+        description: one line, for the CLI.
+        applies: whether the check is meaningful for a mechanism.
+        run: runs the check, returning one result per case (e.g. per backend).
+    """
+
+    name: str
+    description: str
+    applies: Callable[[MechanismSpec], bool]
+    run: Callable[[MechanismSpec, VerifyOptions], list[CheckResult]]
+    extra: dict = field(default_factory=dict)
+
+
+_CHECKS: dict[str, Check] = {}
+
+
+def register_check(check: Check) -> Check:
+    if check.name in _CHECKS:
+        raise ValueError(f"check {check.name!r} is already registered")
+    _CHECKS[check.name] = check
+    return check
+
+
+def checks() -> list[Check]:
+    """Every registered check (importing :mod:`attnlab.verify` loads the built-in ones)."""
+    import attnlab.verify  # noqa: F401
+
+    return list(_CHECKS.values())
+
+
+def applicable(spec: MechanismSpec) -> list[Check]:
+    return [c for c in checks() if c.applies(spec)]
+
+
+def run_check(check: Check, spec: MechanismSpec, options: VerifyOptions | None = None) -> list[CheckResult]:
+    """Run one check; an exception becomes a failed result carrying the error, never a silent pass."""
+    opts = options or VerifyOptions()
+    try:
+        results = check.run(spec, opts)
+    except Exception as exc:  # a crash is a failure to report, not to hide
+        return [CheckResult(check=check.name, mechanism=spec.name, case="-", max_error=float("nan"),
+                            tolerance=0.0, passed=False, detail=f"{type(exc).__name__}: {exc}")]
+    if not results:
+        return [CheckResult(check=check.name, mechanism=spec.name, case="-", max_error=float("nan"),
+                            tolerance=0.0, passed=False, detail="check ran no case")]
+    return results
