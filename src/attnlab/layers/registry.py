@@ -40,7 +40,9 @@ class MechanismSpec:
         backends: the ``impl=`` values of the functional op behind the layer (``"reference"`` first).
         heads_for_parity: number of heads that gives this mechanism the parameter count of a standard layer
             with ``n_standard_heads`` heads of the same head dim (identity for most; 4/7 rule for CASTLE).
-        defaults: default option values used by ``attnlab list``/``verify``/``bench`` (e.g. a window size).
+        defaults: default option values (e.g. a window size) used when a model builds the layer.
+        verify_options: option overrides for the small sizes of ``attnlab verify`` (e.g. ``window=4`` at
+            ``T=13``, so that a window really masks something).
     """
 
     name: str
@@ -52,6 +54,7 @@ class MechanismSpec:
     backends: tuple[str, ...] = ("reference",)
     heads_for_parity: Callable[[int], int] = _same_heads
     defaults: dict[str, Any] = field(default_factory=dict)
+    verify_options: dict[str, Any] = field(default_factory=dict)
 
     def config(self, *, d_model: int, n_heads: int, **options: Any) -> Any:
         """A validated config with this spec's defaults, overridden by ``options``."""
