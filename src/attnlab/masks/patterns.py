@@ -142,6 +142,11 @@ class _RandomKeyTable:
 
     def get(self, device: torch.device) -> Tensor:
         key = str(device)
+        # Lock-free fast path: FlexAttention traces the mask with torch.compile (even in eager mode), and
+        # dynamo cannot enter a lock; a hit is a plain dict read.
+        hit = self._by_device.get(key)
+        if hit is not None:
+            return hit
         with self._lock:
             if key not in self._by_device:
                 base = self._by_device.get("cpu")
