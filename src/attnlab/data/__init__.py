@@ -1,1 +1,40 @@
-"""attnlab.data."""
+"""Corpora, tokenizers and token caches for language-model training (all offline).
+
+* :func:`load_corpus` - bundled ``"tinyshakespeare"`` / ``"wikitext2"`` or any UTF-8 text file or directory, as
+  memory-mapped token arrays cached under ``$ATTNLAB_CACHE_DIR`` (default ``~/.cache/attnlab``).
+* Tokenizers: :class:`CharTokenizer`, :class:`WordTokenizer`, :class:`GPT2Tokenizer` (bundled ranks, no
+  network), all following the :class:`Tokenizer` protocol; :func:`tokenizer_from_dict` rebuilds one.
+* Batching: :func:`sample_batch` (random training windows) and :func:`iterate_eval_batches` (the whole split).
+
+Sources and licences of the bundled files: ``attnlab/data/corpora/LICENSES.md`` and ``docs/data.md``.
+"""
+
+from attnlab.data.batching import count_eval_targets, iterate_eval_batches, sample_batch
+from attnlab.data.bundled import BUNDLED, read_bundled, read_bundled_text
+from attnlab.data.corpus import BUNDLED_CORPORA, Corpus, default_cache_dir, load_corpus, read_text_source
+from attnlab.data.tokenizers import (
+    CharTokenizer,
+    GPT2Tokenizer,
+    Tokenizer,
+    WordTokenizer,
+    tokenizer_from_dict,
+)
+
+__all__ = [
+    "BUNDLED",
+    "BUNDLED_CORPORA",
+    "CharTokenizer",
+    "Corpus",
+    "GPT2Tokenizer",
+    "Tokenizer",
+    "WordTokenizer",
+    "count_eval_targets",
+    "default_cache_dir",
+    "iterate_eval_batches",
+    "load_corpus",
+    "read_bundled",
+    "read_bundled_text",
+    "read_text_source",
+    "sample_batch",
+    "tokenizer_from_dict",
+]

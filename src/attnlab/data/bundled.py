@@ -1,0 +1,73 @@
+"""The corpora and tokenizer files shipped inside the package (``attnlab/data/corpora/*.xz``).
+
+Each file is an ``xz`` compression of a public file (sources and licences: ``corpora/LICENSES.md`` and
+``docs/data.md``). :func:`read_bundled` decompresses one in memory and checks the SHA-256 of the decompressed
+bytes, so a corrupted install fails loudly instead of training on damaged text. Nothing here touches the
+network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+from dataclasses import dataclass
+from importlib import resources
+
+__all__ = ["BundledFile", "BUNDLED", "read_bundled", "read_bundled_text"]
+
+
+@dataclass(frozen=True)
+class BundledFile:
+    """One shipped file: where it is (relative to ``attnlab/data``) and what it must decompress to."""
+
+    filename: str
+    size: int
+    sha256: str
+
+
+BUNDLED: dict[str, BundledFile] = {
+    "tinyshakespeare": BundledFile(
+        "corpora/tinyshakespeare.txt.xz", 1_115_394, "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    ),
+    "wikitext2-train": BundledFile(
+        "corpora/wikitext2-train.txt.xz", 10_797_148, "9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f"
+    ),
+    "wikitext2-valid": BundledFile(
+        "corpora/wikitext2-valid.txt.xz", 1_121_681, "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8"
+    ),
+    "wikitext2-test": BundledFile(
+        "corpora/wikitext2-test.txt.xz", 1_256_449, "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0"
+    ),
+    "gpt2.tiktoken": BundledFile(
+        "corpora/gpt2.tiktoken.xz", 835_554, "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+    ),
+}
+
+
+def read_bundled(name: str) -> bytes:
+    """The decompressed bytes of the bundled file ``name`` (a key of :data:`BUNDLED`), checked by SHA-256."""
+    try:
+        entry = BUNDLED[name]
+    except KeyError:
+        raise ValueError(f"unknown bundled file {name!r}; bundled: {', '.join(sorted(BUNDLED))}") from None
+    resource = resources.files("attnlab.data").joinpath(entry.filename)
+    try:
+        compressed = resource.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(
+            f"bundled file {entry.filename!r} is missing from the attnlab installation; reinstall attnlab "
+            "(the package data glob 'data/corpora/*' must be included)"
+        ) from None
+    data = lzma.decompress(compressed)
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != entry.size or digest != entry.sha256:
+        raise ValueError(
+            f"bundled file {entry.filename!r} is corrupted: expected {entry.size} bytes with sha256 {entry.sha256}, "
+            f"got {len(data)} bytes with sha256 {digest}; reinstall attnlab"
+        )
+    return data
+
+
+def read_bundled_text(name: str) -> str:
+    """The bundled file ``name`` decoded as UTF-8."""
+    return read_bundled(name).decode("utf-8")
