@@ -1,0 +1,322 @@
+"""Linear attention layers (Katharopoulos et al. 2020; Based's Taylor map, Arora et al. 2024), with a
+recurrent-state decoding cache.
+
+Shape legend: B batch, T query length, S key length (``S == T`` for self-attention, the context length for
+cross-attention), H query heads, H_kv key/value heads (``H % H_kv == 0``), Dqk query/key head dim, Dv value
+head dim, F feature dim (``feature_dim(feature_map, Dqk)``).
+
+The attention is :func:`attnlab.ops.linear.linear_attention`; its state ``(kv (B, H, F, Dv), z (B, H, F))``
+is what :class:`~attnlab.cache.recurrent.RecurrentStateCache` carries between calls, so prefill of any length
+followed by one token at a time equals running the whole sequence at once, at constant memory per token.
+
+Registered mechanisms (all causal, cache ``"recurrent"``, backends ``("recurrent", "parallel", "chunked")``,
+the recurrent loop being the specification):
+
+* ``"linear"``: ``feature_map="elu1"`` (Katharopoulos et al.).
+* ``"linear-relu"``: ``feature_map="relu"``.
+* ``"based"``: ``feature_map="taylor"`` with ``qk_head_dim=16`` by default, as in Based, which keeps
+  ``F = 1 + 16 + 256 = 273`` whatever the model width. This is Based's Taylor linear attention only; Based
+  pairs it with a small sliding-window softmax layer, which a model builds from ``"sliding-window"``.
+
+Positions and cross-attention
+    With ``rope=True`` queries and keys are rotated at their absolute positions (from ``cache.seq_len`` when
+    decoding) *before* the feature map. ``forward(x, context=...)`` (keys and values from ``context``) needs
+    ``causal=False`` (a causal mask between unrelated sequences means nothing), never uses RoPE, and has no
+    cache. Dropout (training only) acts on the per-head attention output before the output projection: the
+    fast forms never form an attention matrix to drop entries from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.cache.recurrent import RecurrentStateCache
+from attnlab.layers.registry import MechanismSpec, register
+from attnlab.layers.rope import apply_rope
+from attnlab.ops.linear import LINEAR_IMPLS, FeatureMapName, LinearImpl, feature_dim, feature_map_names, linear_attention
+
+__all__ = ["LinearAttentionConfig", "LinearAttention"]
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+
+
+@dataclass(kw_only=True)
+class LinearAttentionConfig:
+    """Configuration of :class:`LinearAttention`.
+
+    Attributes:
+        d_model: model width, the last dim of the input and the output.
+        n_heads: query heads ``H``.
+        head_dim: value head dim ``Dv`` (and the query/key head dim unless ``qk_head_dim``); ``None`` means
+            ``d_model // n_heads`` (then ``n_heads`` must divide ``d_model``). The output projection maps
+            ``n_heads * head_dim -> d_model``.
+        n_kv_heads: key/value heads ``H_kv`` (``None``: ``n_heads``); must divide ``n_heads``.
+        qk_head_dim: query/key head dim ``Dqk`` fed to the feature map (``None``: ``head_dim``). Small values
+            keep the Taylor map's ``F = 1 + Dqk + Dqk**2`` in check.
+        feature_map: ``"elu1"``, ``"relu"`` or ``"taylor"``.
+        causal: autoregressive (``True``) or bidirectional (``False``; the only mode that takes ``context``).
+        impl: form of the op, ``"auto"``, ``"recurrent"``, ``"parallel"`` or ``"chunked"``; the module's
+            ``impl`` attribute may be reassigned later.
+        chunk_size: chunk length of the chunked form.
+        eps: added to the normaliser ``phi(q) . z``.
+        rope: rotate queries and keys by RoPE at absolute positions before the feature map (even ``Dqk``).
+        dropout: dropout probability on the per-head attention output, training only.
+        bias: biases in the projections.
+    """
+
+    d_model: int
+    n_heads: int
+    head_dim: int | None = None
+    n_kv_heads: int | None = None
+    qk_head_dim: int | None = None
+    feature_map: FeatureMapName = "elu1"
+    causal: bool = True
+    impl: LinearImpl = "auto"
+    chunk_size: int = 64
+    eps: float = 1e-6
+    rope: bool = False
+    dropout: float = 0.0
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("d_model", self.d_model, 1)
+        _check_int("n_heads", self.n_heads, 1)
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"n_heads={self.n_heads} must divide d_model={self.d_model} (or pass head_dim explicitly)"
+                )
+        else:
+            _check_int("head_dim", self.head_dim, 1)
+        if self.n_kv_heads is not None:
+            _check_int("n_kv_heads", self.n_kv_heads, 1)
+            if self.n_heads % self.n_kv_heads:
+                raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+        if self.qk_head_dim is not None:
+            _check_int("qk_head_dim", self.qk_head_dim, 1)
+        if self.feature_map not in feature_map_names():
+            raise ValueError(f"feature_map must be one of {feature_map_names()}, got {self.feature_map!r}")
+        _check_bool("causal", self.causal)
+        if self.impl not in LINEAR_IMPLS:
+            raise ValueError(f"impl must be one of {LINEAR_IMPLS}, got {self.impl!r}")
+        _check_int("chunk_size", self.chunk_size, 1)
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0 <= self.eps < math.inf:
+            raise ValueError(f"eps must be a finite float >= 0, got {self.eps!r}")
+        _check_bool("rope", self.rope)
+        if self.rope and self.resolved_qk_head_dim % 2:
+            raise ValueError(f"rope=True needs an even qk_head_dim, got qk_head_dim={self.resolved_qk_head_dim}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout!r}")
+        _check_bool("bias", self.bias)
+
+    @property
+    def resolved_head_dim(self) -> int:
+        """``head_dim``, or ``d_model // n_heads`` when it is ``None``."""
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def resolved_n_kv_heads(self) -> int:
+        """``n_kv_heads``, or ``n_heads`` when it is ``None``."""
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def resolved_qk_head_dim(self) -> int:
+        """``qk_head_dim``, or the resolved ``head_dim`` when it is ``None``."""
+        return self.qk_head_dim if self.qk_head_dim is not None else self.resolved_head_dim
+
+    @property
+    def feature_dim(self) -> int:
+        """``F``: the size of the feature map's output per head."""
+        return feature_dim(self.feature_map, self.resolved_qk_head_dim)
+
+    def build(self) -> "LinearAttention":
+        return LinearAttention(self)
+
+
+class LinearAttention(nn.Module):
+    """Multi-head linear attention; see the module docstring.
+
+    Parameters: ``q_proj`` (``d_model -> H Dqk``), ``k_proj`` (``d_model -> H_kv Dqk``), ``v_proj``
+    (``d_model -> H_kv Dv``), ``out_proj`` (``H Dv -> d_model``).
+    """
+
+    def __init__(self, config: LinearAttentionConfig) -> None:
+        super().__init__()
+        if not isinstance(config, LinearAttentionConfig):
+            raise ValueError(f"config must be a LinearAttentionConfig, got {type(config).__name__}")
+        self.config = config
+        self.d_model = config.d_model
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.resolved_n_kv_heads
+        self.head_dim = config.resolved_head_dim
+        self.qk_head_dim = config.resolved_qk_head_dim
+        self.feature_map = config.feature_map
+        self.feature_dim = config.feature_dim
+        self.causal = config.causal
+        self.chunk_size = config.chunk_size
+        self.eps = float(config.eps)
+        self.rope = config.rope
+        H, Hkv, Dqk, Dv = self.n_heads, self.n_kv_heads, self.qk_head_dim, self.head_dim
+        self.q_proj = nn.Linear(config.d_model, H * Dqk, bias=config.bias)
+        self.k_proj = nn.Linear(config.d_model, Hkv * Dqk, bias=config.bias)
+        self.v_proj = nn.Linear(config.d_model, Hkv * Dv, bias=config.bias)
+        self.out_proj = nn.Linear(H * Dv, config.d_model, bias=config.bias)
+        self.drop = nn.Dropout(config.dropout)
+        self.impl = config.impl
+
+    @property
+    def impl(self) -> str:
+        """Form of the op; reassignable to any of :data:`attnlab.ops.linear.LINEAR_IMPLS`."""
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in LINEAR_IMPLS:
+            raise ValueError(f"impl must be one of {LINEAR_IMPLS}, got {value!r}")
+        self._impl = value
+
+    def new_cache(
+        self, batch_size: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> RecurrentStateCache:
+        """A zero :class:`RecurrentStateCache`; ``device``/``dtype`` default to the parameters'."""
+        if not self.causal:
+            raise ValueError("cached decoding needs causal=True; this layer is bidirectional (causal=False)")
+        w = self.q_proj.weight
+        return RecurrentStateCache(batch_size, self.n_heads, self.feature_dim, self.head_dim,
+                                   device=w.device if device is None else device,
+                                   dtype=w.dtype if dtype is None else dtype)
+
+    def _validate(self, x: object, context: object, cache: object) -> None:
+        d = self.d_model
+        w = self.q_proj.weight
+        if not isinstance(x, Tensor):
+            raise ValueError(f"x must be a torch.Tensor of shape (B, T, d_model={d}), got {type(x).__name__}")
+        if x.ndim != 3 or x.shape[-1] != d:
+            raise ValueError(f"x must have shape (B, T, d_model={d}), got {tuple(x.shape)}")
+        if x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(f"x must have B >= 1 and T >= 1, got shape {tuple(x.shape)}")
+        if x.dtype != w.dtype:
+            raise ValueError(f"x dtype must be the layer's parameter dtype {w.dtype}, got {x.dtype}")
+        if x.device != w.device:
+            raise ValueError(f"x device must be the layer's parameter device {w.device}, got {x.device}")
+        if context is not None:
+            if self.causal:
+                raise ValueError("context= (cross-attention) needs causal=False; this layer has causal=True")
+            if not isinstance(context, Tensor):
+                raise ValueError(
+                    f"context must be a torch.Tensor of shape (B, S, d_model={d}), got {type(context).__name__}")
+            if context.ndim != 3 or context.shape[-1] != d or context.shape[0] != x.shape[0] or context.shape[1] < 1:
+                raise ValueError(
+                    f"context must have shape (B={x.shape[0]}, S >= 1, d_model={d}), got {tuple(context.shape)}")
+            if context.dtype != w.dtype:
+                raise ValueError(f"context dtype must be the layer's parameter dtype {w.dtype}, got {context.dtype}")
+            if context.device != w.device:
+                raise ValueError(f"context device must be the layer's parameter device {w.device}, "
+                                 f"got {context.device}")
+            if cache is not None:
+                raise ValueError("cache is not supported together with context (cross-attention)")
+        if cache is None:
+            return
+        if not self.causal:
+            raise ValueError("cache needs causal=True; this layer is bidirectional (causal=False)")
+        if not isinstance(cache, RecurrentStateCache):
+            raise ValueError(f"cache must be a RecurrentStateCache from layer.new_cache(), got {type(cache).__name__}")
+        want = (x.shape[0], self.n_heads, self.feature_dim, self.head_dim)
+        if cache.shape != want:
+            raise ValueError(f"cache must hold a state of shape (B, H, F, Dv)={want}, got {cache.shape}; "
+                             f"create it with layer.new_cache(batch_size={x.shape[0]})")
+        if cache.dtype != w.dtype:
+            raise ValueError(f"cache dtype must be the layer's parameter dtype {w.dtype}, got {cache.dtype}")
+        if cache.device.type != w.device.type:
+            raise ValueError(f"cache device must be the layer's parameter device {w.device}, got {cache.device}")
+
+    def forward(self, x: Tensor, *, context: Tensor | None = None, cache: RecurrentStateCache | None = None) -> Tensor:
+        """Attend from ``x`` ``(B, T, d_model)`` to itself (or, bidirectional only, to ``context`` ``(B, S, d_model)``).
+
+        Args:
+            x: the input, in the parameters' dtype and device.
+            context: keys and values come from here (cross-attention; needs ``causal=False``; no RoPE).
+            cache: from :meth:`new_cache`; ``x`` holds the next ``T`` tokens, at positions from ``cache.seq_len``;
+                the cache's state is read and replaced.
+
+        Returns:
+            ``(B, T, d_model)``.
+        """
+        self._validate(x, context, cache)
+        B, T, _ = x.shape
+        H, Hkv, Dqk, Dv = self.n_heads, self.n_kv_heads, self.qk_head_dim, self.head_dim
+        src = x if context is None else context
+        S = src.shape[1]
+        q = self.q_proj(x).view(B, T, H, Dqk).transpose(1, 2)  # (B, H, T, Dqk)
+        k = self.k_proj(src).view(B, S, Hkv, Dqk).transpose(1, 2)  # (B, H_kv, S, Dqk)
+        v = self.v_proj(src).view(B, S, Hkv, Dv).transpose(1, 2)  # (B, H_kv, S, Dv)
+        offset = 0 if cache is None else cache.seq_len
+        if self.rope and context is None:
+            q = apply_rope(q, offset)
+            k = apply_rope(k, offset)
+        out, state = linear_attention(
+            q, k, v,
+            feature_map=self.feature_map,  # type: ignore[arg-type]
+            causal=self.causal,
+            initial_state=None if cache is None else cache.state,
+            impl=self._impl,  # type: ignore[arg-type]
+            chunk_size=self.chunk_size,
+            eps=self.eps,
+        )  # (B, H, T, Dv)
+        if cache is not None:
+            cache.update(state, T)
+        out = self.drop(out.transpose(1, 2).reshape(B, T, H * Dv))  # (B, T, H Dv)
+        return self.out_proj(out)  # (B, T, d_model)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+                f"head_dim={self.head_dim}, qk_head_dim={self.qk_head_dim}, feature_map={self.feature_map}, "
+                f"causal={self.causal}, rope={self.rope}, impl={self.impl}, chunk_size={self.chunk_size}")
+
+
+_BACKENDS = ("recurrent", "parallel", "chunked")  # the recurrent loop is the specification, so it comes first
+_VERIFY = {"chunk_size": 4}  # at verify's T=13: chunks of 4, 4, 4, 1, so the chunked form really chunks
+
+register(MechanismSpec(
+    name="linear",
+    description="linear attention, phi = elu + 1 (Katharopoulos et al. 2020); recurrent-state cache",
+    make_config=LinearAttentionConfig,
+    causal=True,
+    cache="recurrent",
+    backends=_BACKENDS,
+    defaults={"feature_map": "elu1"},
+    verify_options=dict(_VERIFY),
+))
+register(MechanismSpec(
+    name="linear-relu",
+    description="linear attention, phi = relu; recurrent-state cache",
+    make_config=LinearAttentionConfig,
+    causal=True,
+    cache="recurrent",
+    backends=_BACKENDS,
+    defaults={"feature_map": "relu"},
+    verify_options=dict(_VERIFY),
+))
+register(MechanismSpec(
+    name="based",
+    description="Based's Taylor linear attention, phi.phi = 1 + s + s^2/2, q/k dim 16; recurrent-state cache",
+    make_config=LinearAttentionConfig,
+    causal=True,
+    cache="recurrent",
+    backends=_BACKENDS,
+    defaults={"feature_map": "taylor", "qk_head_dim": 16},
+    verify_options=dict(_VERIFY),
+))
