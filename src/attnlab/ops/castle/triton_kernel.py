@@ -1,0 +1,525 @@
+"""CASTLE blocked algorithm (spec §2.2 Algorithm 1, §2.3 Algorithm 3) as Triton kernels.
+
+Shape legend: B batch, H heads, T sequence length, D head dim, BH = B * H, Dp = D padded to a power of two (>= 16),
+Tp = T rounded up to a multiple of the block size BLK, N = Tp // BLK blocks. Positions are 0-based.
+
+Public entry point: :func:`castle_triton` (an autograd ``Function`` underneath), differentiable with respect to all
+six inputs. The math it computes is Theorem 1 (spec eqs. 11-12)::
+
+    G   = sigmoid(Q^U K^U^T * scale)  where s < j (and j <= s + W for CASTLE-SWL), else 0       # (T, T)
+    S^U = ((Q^C V^U^T * scale) ⊙ tril) G^T                                                     # (T, T)
+    out = softmax(Q^C K^C^T * scale + causal - SiLU(S^U)) V^C                                  # (T, D)
+
+Schedule (forward, the paper's wavefront)
+-----------------------------------------
+The host launches one kernel per block diagonal k = 0 .. N-1; within a launch, program (bh, j) handles the score
+block (query rows r = j + k, key columns c = j). Programs of one launch touch disjoint row blocks r and disjoint key
+blocks c, so no two programs race; launches run in stream order, which serialises the diagonals.
+
+* ``D`` state (BH, Tp, Dp), row-major per key position s (the transpose of the paper's d x L matrix): before diagonal
+  k is processed, row s of block c holds the lookahead key of token s built from contributors in blocks c .. r-2.
+  Program (r, c) with k >= 1 first applies eq. (23): D_c += G(c, r-1) V^U_{r-1}, so that D_c covers blocks
+  c .. r-1 (every contributor that is fully earlier than the query block). It then forms eq. (24):
+  S^U_{r,c} = Q^C_r D_c^T * scale + ((Q^C_r V^U_r^T * scale) ⊙ tri) G(c, r)^T, where the second term adds the
+  contributors inside the query's own block (j' <= t). On the diagonal (k = 0) D_c is still 0, giving eq. (22).
+* The scores A = Q^C_r K^C_c^T * scale + causal/length mask - SiLU(S^U) feed a FlashAttention-2 online softmax whose
+  running (m, l, acc) live in global float32 buffers (BH, Tp) / (BH, Tp, Dp), read and written by the one program
+  that owns row block r in each launch. Row block r is last touched at k = r (c = 0); that program normalises and
+  writes the output and the log-sum-exp ``lse = m + log l``.
+* Saved for backward: the inputs, the output, lse and the final D (O(T D) extra memory, as in the paper).
+
+Backward (Algorithm 3, reverse wavefront)
+------------------------------------------
+Launch k = N-1 .. 0 with the same (bh, j) grid. Each program recomputes S^U and A for its block from the current D
+state, P = exp(A - lse), dA = P ⊙ (dO V^C^T - Δ) with Δ = rowsum(dO ⊙ O), dS^U = -SiLU'(S^U) ⊙ dA, and accumulates
+the gradients of eq. (24) (Q^C, K^C, V^C, the within-block V^U/K^U and Q^U terms, and dD_c). It then back-propagates
+the accumulated dD_c (which holds the gradient of every S^U block that used D_c at this diagonal or later) through
+eq. (23) into V^U_{r-1}, K^U_{r-1} and Q^U_c, and "un-updates" D_c -= G(c, r-1) V^U_{r-1} to recover the state of
+diagonal k-1. A program writes dV^U/dK^U at both row blocks r and r-1; as in the paper, the r-contributions and the
+(r-1)-contributions go to two separate accumulators that are summed at the end, so programs of one launch never
+write the same memory. All gradient accumulators are float32 (float64 for float64 inputs).
+
+Design decisions
+----------------
+* **Precision.** Scores, sigmoid/SiLU, softmax statistics, D, dD and every accumulator are float32 (float64 for
+  float64 inputs). For bf16/fp16 inputs the matmul operands are cast to the input dtype (as FlashAttention casts P),
+  so tensor cores are used; for float32 inputs the dots use ``input_precision="ieee"`` (no TF32), so the kernel
+  agrees with a float32 PyTorch reference to ~1e-5 rather than TF32's ~1e-3.
+* **float64** runs (interpreter: yes, tested; CUDA: Triton's FMA path). Triton passes Python floats to kernels as
+  float32, so for float64 inputs the scale is folded into Q^U and Q^C on the host (and into their gradients) and the
+  kernel runs with scale 1: the result is then float64-exact.
+* **Any T.** Loads of rows/columns >= T are masked (zeros); the sigmoid mask also requires the contributor j < T and
+  the softmax mask requires the key s < T. Scratch buffers are padded to Tp so they need no masks.
+* **Head dim.** D is zero-padded to Dp = max(16, next power of two) on the host. Zero columns change no dot product
+  (the scale is explicit), and the padded output/gradient columns are sliced off, so the result is exact. D > 128 is
+  rejected with a ValueError (the backward's per-program tiles would not fit in registers).
+* **Block size** BLK (rows = columns, it also defines the D-state partition): 64 when Dp <= 64, else 32; CPU
+  (interpreter) runs use 16 unless ``block_size`` is given. ``block_size`` must be a power of two >= 16.
+* **CASTLE-SWL skipping.** With a window W, G(c, b) is identically zero when b*BLK - (c*BLK + BLK - 1) > W; the kernels
+  then skip the eq. (23) update and the within-block term (and their gradients). Skipping only removes exact zeros.
+* **CPU.** CPU tensors run through Triton's interpreter, which must be active: ``TRITON_INTERPRET=1`` set before
+  triton is first imported in the process (triton decorates its own library functions at import). Otherwise a
+  RuntimeError says so. Slow; meant for tests at tiny sizes. The kernels are wrapped lazily on first use, so importing
+  this module before setting the variable is harmless as long as triton itself was not imported yet.
+* **Cost.** 2N launches per forward+backward; O(T^2 D) compute and O(T D) extra memory per head. Parallelism per
+  launch is BH * (N - k) programs (the wavefront's limitation noted in spec §6).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+try:  # triton is an optional dependency: importing this module without it must fail only on use
+    import triton
+    import triton.language as tl
+
+    _TRITON_IMPORT_ERROR: Exception | None = None
+except Exception as exc:  # pragma: no cover - exercised only where triton is missing
+    triton = None  # type: ignore[assignment]
+    tl = None  # type: ignore[assignment]
+    _TRITON_IMPORT_ERROR = exc
+
+__all__ = ["castle_triton", "MAX_HEAD_DIM", "SUPPORTED_DTYPES"]
+
+MAX_HEAD_DIM = 128
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# ----------------------------------------------------------------------------------------------------------------
+# Kernels (plain functions; wrapped by triton.jit or the interpreter in _kernels()). No helper jit functions are
+# called so that the same source works under both wrappers.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _castle_fwd_step(
+    QU, KU, VU, QC, KC, VC,  # inputs, (BH, T, Dp) contiguous
+    O, LSE,  # output (BH, T, Dp) input dtype; log-sum-exp (BH, Tp) accumulator dtype
+    DST, MST, LST, AST,  # D state (BH, Tp, Dp); running max / sum (BH, Tp); running acc (BH, Tp, Dp)
+    T, k, window, scale,
+    stride_in, stride_st, stride_row, stride_vec,
+    HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr, HEAD_D: tl.constexpr, PREC: tl.constexpr,
+):
+    bh = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1)
+    r = j + k  # query block; key block c = j
+    dt = QU.dtype.element_ty
+    acc_dt = DST.dtype.element_ty
+    ar = tl.arange(0, BLOCK)
+    dd = tl.arange(0, HEAD_D)
+    rows = r * BLOCK + ar  # query positions t
+    cols = j * BLOCK + ar  # key / lookahead-owner positions s
+    rmask = rows < T
+    cmask = cols < T
+    r_off = bh * stride_in + rows[:, None] * stride_row + dd[None, :]
+    c_off = bh * stride_in + cols[:, None] * stride_row + dd[None, :]
+    qc = tl.load(QC + r_off, mask=rmask[:, None], other=0.0)  # (BLK, Dp)
+    qu = tl.load(QU + c_off, mask=cmask[:, None], other=0.0)  # (BLK, Dp)
+    kc = tl.load(KC + c_off, mask=cmask[:, None], other=0.0)
+    vc = tl.load(VC + c_off, mask=cmask[:, None], other=0.0)
+    dst_off = bh * stride_st + cols[:, None] * stride_row + dd[None, :]
+    d_c = tl.load(DST + dst_off)  # (BLK, Dp) lookahead keys of block c from blocks c .. r-2
+
+    # eq. (23): D_c += G(c, r-1) V^U_{r-1}, skipped when G(c, r-1) is identically zero
+    need_p = k > 0
+    if HAS_WINDOW:
+        need_p = need_p & ((r - 1) * BLOCK - (j * BLOCK + BLOCK - 1) <= window)
+    if need_p:
+        prow = rows - BLOCK
+        p_off = bh * stride_in + prow[:, None] * stride_row + dd[None, :]
+        ku_p = tl.load(KU + p_off, mask=(prow < T)[:, None], other=0.0)
+        vu_p = tl.load(VU + p_off, mask=(prow < T)[:, None], other=0.0)
+        z_p = tl.dot(qu, tl.trans(ku_p), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_p)
+        ok_p = (cols[:, None] < prow[None, :]) & (prow < T)[None, :]
+        if HAS_WINDOW:
+            ok_p = ok_p & (prow[None, :] <= cols[:, None] + window)
+        g_p = tl.where(ok_p, tl.sigmoid(z_p), 0.0)
+        d_c += tl.dot(g_p.to(dt), vu_p, input_precision=PREC).to(acc_dt)
+        tl.store(DST + dst_off, d_c)
+
+    # eq. (24): S^U_{r,c} = Q^C_r D_c^T * scale + ((Q^C_r V^U_r^T * scale) ⊙ tri) G(c, r)^T
+    su = tl.dot(qc, tl.trans(d_c.to(dt)), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_c)
+    need_r = True
+    if HAS_WINDOW:
+        need_r = r * BLOCK - (j * BLOCK + BLOCK - 1) <= window
+    if need_r:
+        ku_r = tl.load(KU + r_off, mask=rmask[:, None], other=0.0)
+        vu_r = tl.load(VU + r_off, mask=rmask[:, None], other=0.0)
+        z_r = tl.dot(qu, tl.trans(ku_r), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_r)
+        ok_r = (cols[:, None] < rows[None, :]) & rmask[None, :]
+        if HAS_WINDOW:
+            ok_r = ok_r & (rows[None, :] <= cols[:, None] + window)
+        g_r = tl.where(ok_r, tl.sigmoid(z_r), 0.0)
+        wv = tl.dot(qc, tl.trans(vu_r), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_r)
+        wv = tl.where(rows[:, None] >= rows[None, :], wv, 0.0)
+        su += tl.dot(wv.to(dt), tl.trans(g_r).to(dt), input_precision=PREC).to(acc_dt)
+
+    # eqs. (18)-(19): A = Q^C K^C^T * scale + M^C - SiLU(S^U), then the online softmax
+    s = tl.dot(qc, tl.trans(kc), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_c)
+    a = s - su * tl.sigmoid(su)
+    valid = (rows[:, None] >= cols[None, :]) & cmask[None, :]
+    a = tl.where(valid, a, float("-inf"))
+    vec_off = bh * stride_vec + rows
+    m_prev = tl.load(MST + vec_off)
+    l_prev = tl.load(LST + vec_off)
+    ast_off = bh * stride_st + rows[:, None] * stride_row + dd[None, :]
+    acc = tl.load(AST + ast_off)
+    m_new = tl.maximum(m_prev, tl.max(a, 1))  # finite: every row block sees >= 1 valid key on its diagonal
+    alpha = tl.exp(m_prev - m_new)
+    p = tl.exp(a - m_new[:, None])
+    l_new = l_prev * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(dt), vc, input_precision=PREC).to(acc_dt)
+    if j == 0:  # last visit of row block r: normalise and write out
+        out = acc / l_new[:, None]
+        tl.store(O + r_off, out.to(O.dtype.element_ty), mask=rmask[:, None])
+        tl.store(LSE + vec_off, m_new + tl.log(l_new))
+    else:
+        tl.store(MST + vec_off, m_new)
+        tl.store(LST + vec_off, l_new)
+        tl.store(AST + ast_off, acc)
+
+
+def _castle_bwd_step(
+    QU, KU, VU, QC, KC, VC, DO,  # inputs and upstream gradient, (BH, T, Dp) contiguous
+    LSE, DELTA,  # (BH, Tp) accumulator dtype
+    DST, DDST,  # D state (un-updated in place) and its gradient, (BH, Tp, Dp)
+    DQU, DKU_A, DKU_B, DVU_A, DVU_B, DQC, DKC, DVC,  # gradient accumulators (BH, Tp, Dp)
+    T, k, window, scale,
+    stride_in, stride_st, stride_row, stride_vec,
+    HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr, HEAD_D: tl.constexpr, PREC: tl.constexpr,
+):
+    bh = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1)
+    r = j + k
+    dt = QU.dtype.element_ty
+    acc_dt = DST.dtype.element_ty
+    ar = tl.arange(0, BLOCK)
+    dd = tl.arange(0, HEAD_D)
+    rows = r * BLOCK + ar
+    cols = j * BLOCK + ar
+    rmask = rows < T
+    cmask = cols < T
+    r_off = bh * stride_in + rows[:, None] * stride_row + dd[None, :]
+    c_off = bh * stride_in + cols[:, None] * stride_row + dd[None, :]
+    qc = tl.load(QC + r_off, mask=rmask[:, None], other=0.0)
+    do = tl.load(DO + r_off, mask=rmask[:, None], other=0.0)
+    qu = tl.load(QU + c_off, mask=cmask[:, None], other=0.0)
+    kc = tl.load(KC + c_off, mask=cmask[:, None], other=0.0)
+    vc = tl.load(VC + c_off, mask=cmask[:, None], other=0.0)
+    vec_off = bh * stride_vec + rows
+    lse = tl.load(LSE + vec_off)
+    delta = tl.load(DELTA + vec_off)
+    sr_off = bh * stride_st + rows[:, None] * stride_row + dd[None, :]  # scratch offsets, row block r
+    sc_off = bh * stride_st + cols[:, None] * stride_row + dd[None, :]  # scratch offsets, key block c
+    d_c = tl.load(DST + sc_off)  # D^{(k)}_c (after this diagonal's eq. (23) update)
+    dd_c = tl.load(DDST + sc_off)
+
+    # recompute S^U (eq. 24) and P
+    su = tl.dot(qc, tl.trans(d_c.to(dt)), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_c)
+    need_r = True
+    if HAS_WINDOW:
+        need_r = r * BLOCK - (j * BLOCK + BLOCK - 1) <= window
+    ok_r = (cols[:, None] < rows[None, :]) & rmask[None, :]
+    if HAS_WINDOW:
+        ok_r = ok_r & (rows[None, :] <= cols[:, None] + window)
+    tri = rows[:, None] >= rows[None, :]
+    g_r = tl.zeros((BLOCK, BLOCK), dtype=acc_dt)
+    wv = tl.zeros((BLOCK, BLOCK), dtype=acc_dt)
+    ku_r = tl.zeros((BLOCK, HEAD_D), dtype=dt)
+    vu_r = tl.zeros((BLOCK, HEAD_D), dtype=dt)
+    if need_r:
+        ku_r = tl.load(KU + r_off, mask=rmask[:, None], other=0.0)
+        vu_r = tl.load(VU + r_off, mask=rmask[:, None], other=0.0)
+        z_r = tl.dot(qu, tl.trans(ku_r), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_r)
+        g_r = tl.where(ok_r, tl.sigmoid(z_r), 0.0)
+        wv = tl.dot(qc, tl.trans(vu_r), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_r)
+        wv = tl.where(tri, wv, 0.0)
+        su += tl.dot(wv.to(dt), tl.trans(g_r).to(dt), input_precision=PREC).to(acc_dt)
+    s = tl.dot(qc, tl.trans(kc), input_precision=PREC).to(acc_dt) * scale
+    sig_su = tl.sigmoid(su)
+    a = s - su * sig_su
+    valid = (rows[:, None] >= cols[None, :]) & cmask[None, :]
+    p = tl.where(valid, tl.exp(a - lse[:, None]), 0.0)  # (BLK_r, BLK_c)
+
+    # softmax and causal-score gradients
+    dvc = tl.dot(tl.trans(p).to(dt), do, input_precision=PREC).to(acc_dt)  # (BLK_c, Dp)
+    dp = tl.dot(do, tl.trans(vc), input_precision=PREC).to(acc_dt)  # (BLK_r, BLK_c)
+    da = p * (dp - delta[:, None])
+    dqc = tl.dot(da.to(dt), kc, input_precision=PREC).to(acc_dt) * scale  # (BLK_r, Dp)
+    dkc = tl.dot(tl.trans(da).to(dt), qc, input_precision=PREC).to(acc_dt) * scale  # (BLK_c, Dp)
+
+    # S^U gradient: SiLU'(x) = sigmoid(x) (1 + x (1 - sigmoid(x)))
+    dsu = -da * (sig_su * (1.0 + su * (1.0 - sig_su)))  # (BLK_r, BLK_c)
+    dqc += tl.dot(dsu.to(dt), d_c.to(dt), input_precision=PREC).to(acc_dt) * scale
+    dd_c += tl.dot(tl.trans(dsu).to(dt), qc, input_precision=PREC).to(acc_dt) * scale
+    dqu = tl.zeros((BLOCK, HEAD_D), dtype=acc_dt)
+    if need_r:
+        # within-block factor ((Q^C_r V^U_r^T * scale) ⊙ tri)
+        e = tl.where(tri, tl.dot(dsu.to(dt), g_r.to(dt), input_precision=PREC).to(acc_dt), 0.0) * scale
+        dqc += tl.dot(e.to(dt), vu_r, input_precision=PREC).to(acc_dt)
+        dvu_a = tl.dot(tl.trans(e).to(dt), qc, input_precision=PREC).to(acc_dt)  # (BLK_r, Dp)
+        # sigmoid factor G(c, r)
+        dg = tl.dot(tl.trans(dsu).to(dt), wv.to(dt), input_precision=PREC).to(acc_dt)  # (BLK_c, BLK_r)
+        f = tl.where(ok_r, dg * g_r * (1.0 - g_r), 0.0) * scale
+        dqu += tl.dot(f.to(dt), ku_r, input_precision=PREC).to(acc_dt)
+        dku_a = tl.dot(tl.trans(f).to(dt), qu, input_precision=PREC).to(acc_dt)  # (BLK_r, Dp)
+        tl.store(DVU_A + sr_off, tl.load(DVU_A + sr_off) + dvu_a)
+        tl.store(DKU_A + sr_off, tl.load(DKU_A + sr_off) + dku_a)
+
+    # back through eq. (23) at this diagonal, then un-update D_c
+    need_p = k > 0
+    if HAS_WINDOW:
+        need_p = need_p & ((r - 1) * BLOCK - (j * BLOCK + BLOCK - 1) <= window)
+    if need_p:
+        prow = rows - BLOCK
+        p_off = bh * stride_in + prow[:, None] * stride_row + dd[None, :]
+        sp_off = bh * stride_st + prow[:, None] * stride_row + dd[None, :]
+        ku_p = tl.load(KU + p_off, mask=(prow < T)[:, None], other=0.0)
+        vu_p = tl.load(VU + p_off, mask=(prow < T)[:, None], other=0.0)
+        z_p = tl.dot(qu, tl.trans(ku_p), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_p)
+        ok_p = (cols[:, None] < prow[None, :]) & (prow < T)[None, :]
+        if HAS_WINDOW:
+            ok_p = ok_p & (prow[None, :] <= cols[:, None] + window)
+        g_p = tl.where(ok_p, tl.sigmoid(z_p), 0.0)
+        dvu_b = tl.dot(tl.trans(g_p).to(dt), dd_c.to(dt), input_precision=PREC).to(acc_dt)  # (BLK_p, Dp)
+        dg_p = tl.dot(dd_c.to(dt), tl.trans(vu_p), input_precision=PREC).to(acc_dt)  # (BLK_c, BLK_p)
+        f_p = tl.where(ok_p, dg_p * g_p * (1.0 - g_p), 0.0) * scale
+        dqu += tl.dot(f_p.to(dt), ku_p, input_precision=PREC).to(acc_dt)
+        dku_b = tl.dot(tl.trans(f_p).to(dt), qu, input_precision=PREC).to(acc_dt)  # (BLK_p, Dp)
+        tl.store(DVU_B + sp_off, tl.load(DVU_B + sp_off) + dvu_b)
+        tl.store(DKU_B + sp_off, tl.load(DKU_B + sp_off) + dku_b)
+        d_c -= tl.dot(g_p.to(dt), vu_p, input_precision=PREC).to(acc_dt)
+        tl.store(DST + sc_off, d_c)
+
+    tl.store(DDST + sc_off, dd_c)
+    tl.store(DQC + sr_off, tl.load(DQC + sr_off) + dqc)
+    tl.store(DQU + sc_off, tl.load(DQU + sc_off) + dqu)
+    tl.store(DKC + sc_off, tl.load(DKC + sc_off) + dkc)
+    tl.store(DVC + sc_off, tl.load(DVC + sc_off) + dvc)
+
+
+_KERNEL_CACHE: dict[bool, tuple[Any, Any]] = {}
+
+
+def _interpreter_active() -> bool:
+    """True when Triton runs in interpreter mode, i.e. TRITON_INTERPRET=1 was set before triton was imported.
+
+    The interpreter needs triton's own library functions (tl.sigmoid, tl.max, ...) to have been decorated in
+    interpreter mode at import time; setting the variable later is not enough, so this inspects one of them.
+    """
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(tl.sigmoid, InterpretedFunction)
+
+
+def _kernels(device: torch.device) -> tuple[Any, Any]:
+    """(forward step, backward step) kernels for ``device``; CPU needs the Triton interpreter."""
+    interpret = _interpreter_active()
+    if device.type == "cpu" and not interpret:
+        raise RuntimeError(
+            "castle_triton: CPU tensors need Triton's interpreter, i.e. TRITON_INTERPRET=1 in the environment before "
+            "triton is first imported in this process (got TRITON_INTERPRET="
+            f"{os.environ.get('TRITON_INTERPRET')!r}, interpreter inactive); or pass CUDA tensors"
+        )
+    if interpret not in _KERNEL_CACHE:
+        if interpret:
+            from triton.runtime.interpreter import InterpretedFunction
+
+            wrap: Any = InterpretedFunction
+        else:
+            wrap = triton.jit
+        _KERNEL_CACHE[interpret] = (wrap(_castle_fwd_step), wrap(_castle_bwd_step))
+    return _KERNEL_CACHE[interpret]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Host side
+# ----------------------------------------------------------------------------------------------------------------
+
+_NAMES = ("q_u", "k_u", "v_u", "q_c", "k_c", "v_c")
+
+
+def _validate(tensors: tuple[Tensor, ...], window: int | None, scale: float, block_size: int | None) -> None:
+    ref = tensors[0]
+    for name, t in zip(_NAMES, tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"castle_triton: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"castle_triton: {name} must have shape (B, H, T, D), got {tuple(t.shape)}")
+        if t.shape != ref.shape:
+            raise ValueError(f"castle_triton: {name} shape {tuple(t.shape)} must equal q_u shape {tuple(ref.shape)}")
+        if t.dtype != ref.dtype:
+            raise ValueError(f"castle_triton: {name} dtype {t.dtype} must equal q_u dtype {ref.dtype}")
+        if t.device != ref.device:
+            raise ValueError(f"castle_triton: {name} device {t.device} must equal q_u device {ref.device}")
+    if ref.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"castle_triton: dtype must be one of {SUPPORTED_DTYPES}, got {ref.dtype}")
+    if ref.device.type not in ("cuda", "cpu"):
+        raise ValueError(f"castle_triton: device must be cuda (or cpu via the Triton interpreter), got {ref.device}")
+    head_dim = ref.shape[-1]
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"castle_triton: head dim D must be in [1, {MAX_HEAD_DIM}], got D={head_dim}")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
+        raise ValueError(f"castle_triton: window must be None or an int >= 0, got window={window!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"castle_triton: scale must be a finite float, got scale={scale!r}")
+    if block_size is not None and (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, int)
+        or block_size < 16
+        or block_size & (block_size - 1)
+    ):
+        raise ValueError(f"castle_triton: block_size must be None or a power of two >= 16, got {block_size!r}")
+
+
+def _padded_head_dim(head_dim: int) -> int:
+    return max(16, 1 << (head_dim - 1).bit_length())
+
+
+def _default_block(head_dim_padded: int, device: torch.device) -> int:
+    if device.type == "cpu":
+        return 16
+    return 64 if head_dim_padded <= 64 else 32
+
+
+def _prep(x: Tensor, head_dim_padded: int) -> Tensor:
+    """(B, H, T, D) -> contiguous (BH, T, Dp), zero-padded on the last dim."""
+    b, h, t, d = x.shape
+    if d != head_dim_padded:
+        x = F.pad(x, (0, head_dim_padded - d))
+    return x.reshape(b * h, t, head_dim_padded).contiguous()
+
+
+def _unprep(x: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    """(BH, Tp, Dp) accumulator -> (B, H, T, D) in ``dtype``."""
+    b, h, t, d = shape
+    return x[:, :t, :d].reshape(b, h, t, d).to(dtype)
+
+
+class _CastleTritonFn(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Tensor, v_c: Tensor,
+        window: int | None, scale: float, block_size: int,
+    ) -> Tensor:
+        shape = q_u.shape
+        b, h, t, d = shape
+        dtype = q_u.dtype
+        dp = _padded_head_dim(d)
+        kscale = float(scale)
+        prescale = dtype == torch.float64  # Triton float scalars are float32: fold the scale into the queries
+        if prescale:
+            q_u, q_c, kscale = q_u * scale, q_c * scale, 1.0
+        qu, ku, vu, qc, kc, vc = (_prep(x, dp) for x in (q_u, k_u, v_u, q_c, k_c, v_c))
+        bh = b * h
+        n_blocks = triton.cdiv(t, block_size)
+        tp = n_blocks * block_size
+        acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        dev = qu.device
+        out = torch.empty((bh, t, dp), device=dev, dtype=dtype)
+        lse = torch.empty((bh, tp), device=dev, dtype=acc_dtype)
+        d_state = torch.zeros((bh, tp, dp), device=dev, dtype=acc_dtype)
+        m_state = torch.full((bh, tp), float("-inf"), device=dev, dtype=acc_dtype)
+        l_state = torch.zeros((bh, tp), device=dev, dtype=acc_dtype)
+        a_state = torch.zeros((bh, tp, dp), device=dev, dtype=acc_dtype)
+        win = 0 if window is None else min(int(window), t)
+        prec = "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+        fwd, _ = _kernels(dev)
+        for k in range(n_blocks):
+            fwd[(bh, n_blocks - k)](
+                qu, ku, vu, qc, kc, vc, out, lse, d_state, m_state, l_state, a_state,
+                t, k, win, kscale,
+                t * dp, tp * dp, dp, tp,
+                HAS_WINDOW=window is not None, BLOCK=block_size, HEAD_D=dp, PREC=prec,
+            )
+        ctx.save_for_backward(qu, ku, vu, qc, kc, vc, out, lse, d_state)
+        ctx.meta = (shape, window, win, float(scale), kscale, prescale, block_size, prec)
+        return out[:, :, :d].reshape(b, h, t, d)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        qu, ku, vu, qc, kc, vc, out, lse, d_saved = ctx.saved_tensors
+        shape, window, win, scale, kscale, prescale, block_size, prec = ctx.meta
+        b, h, t, d = shape
+        dtype = qu.dtype
+        bh, _, dp = qu.shape
+        tp = lse.shape[1]
+        n_blocks = tp // block_size
+        acc_dtype = lse.dtype
+        do = _prep(grad_out.to(dtype), dp)  # (BH, T, Dp)
+        delta = torch.zeros((bh, tp), device=qu.device, dtype=acc_dtype)
+        delta[:, :t] = (do.to(acc_dtype) * out.to(acc_dtype)).sum(-1)
+        d_state = d_saved.clone()  # un-updated in place; keep the saved copy for a second backward
+        grads = [torch.zeros((bh, tp, dp), device=qu.device, dtype=acc_dtype) for _ in range(9)]
+        dd_state, dqu, dku_a, dku_b, dvu_a, dvu_b, dqc, dkc, dvc = grads
+        _, bwd = _kernels(qu.device)
+        for k in range(n_blocks - 1, -1, -1):
+            bwd[(bh, n_blocks - k)](
+                qu, ku, vu, qc, kc, vc, do, lse, delta, d_state, dd_state,
+                dqu, dku_a, dku_b, dvu_a, dvu_b, dqc, dkc, dvc,
+                t, k, win, kscale,
+                t * dp, tp * dp, dp, tp,
+                HAS_WINDOW=window is not None, BLOCK=block_size, HEAD_D=dp, PREC=prec,
+            )
+        if prescale:
+            dqu, dqc = dqu * scale, dqc * scale
+        return (
+            _unprep(dqu, shape, dtype),
+            _unprep(dku_a + dku_b, shape, dtype),
+            _unprep(dvu_a + dvu_b, shape, dtype),
+            _unprep(dqc, shape, dtype),
+            _unprep(dkc, shape, dtype),
+            _unprep(dvc, shape, dtype),
+            None,
+            None,
+            None,
+        )
+
+
+def castle_triton(
+    q_u: Tensor,
+    k_u: Tensor,
+    v_u: Tensor,
+    q_c: Tensor,
+    k_c: Tensor,
+    v_c: Tensor,
+    window: int | None,
+    scale: float,
+    *,
+    block_size: int | None = None,
+) -> Tensor:
+    """CASTLE / CASTLE-SWL attention with Triton kernels (blocked wavefront, spec Algorithms 1 and 3).
+
+    Args:
+        q_u, k_u, v_u: lookahead-branch projections, each (B, H, T, D).
+        q_c, k_c, v_c: causal-branch projections, each (B, H, T, D).
+        window: None for full CASTLE; an int W >= 0 for CASTLE-SWL (token s's lookahead key takes contributors
+            s < j <= s + W). W = 0 is standard causal attention; W >= T - 1 equals full CASTLE.
+        scale: the factor applied to Q^U K^U^T, Q^C K^C^T and Q^C V^U^T (usually D ** -0.5).
+        block_size: rows (= columns) per block, a power of two >= 16; None picks 64 (Dp <= 64) or 32 on CUDA and
+            16 on CPU. It sets the blocking of the D state; the result does not depend on it beyond rounding.
+
+    Returns:
+        (B, H, T, D) in the input dtype; differentiable (first order only: the backward is itself not
+        differentiable, and a double backward raises) with respect to all six inputs.
+
+    All six tensors must share shape, dtype (float16, bfloat16, float32 or float64) and device (CUDA, or CPU, which
+    runs the Triton interpreter: slow, for tests). Any T >= 0; any D in [1, 128] (padded internally to a power of
+    two >= 16; exact).
+    """
+    if triton is None:  # pragma: no cover
+        raise ImportError(f"castle_triton needs triton, which failed to import: {_TRITON_IMPORT_ERROR}")
+    tensors = (q_u, k_u, v_u, q_c, k_c, v_c)
+    _validate(tensors, window, scale, block_size)
+    b, h, t, d = q_u.shape
+    if b * h * t == 0:  # nothing to compute; keep the autograd graph connected
+        return (q_u + k_u + v_u + q_c + k_c + v_c) * 0.0
+    block = block_size if block_size is not None else _default_block(_padded_head_dim(d), q_u.device)
+    return _CastleTritonFn.apply(q_u, k_u, v_u, q_c, k_c, v_c, window, float(scale), block)

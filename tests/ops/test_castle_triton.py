@@ -1,0 +1,342 @@
+"""Triton CASTLE kernels (attnlab.ops.castle.triton_kernel) == Theorem 1, for outputs and all six gradients.
+
+CPU tier: Triton's interpreter (TRITON_INTERPRET=1, set below before triton is imported) at tiny sizes, block 16.
+The interpreter needs the variable before the *first* ``import triton`` of the process; if another test module
+imported triton earlier, the interpreter tests here are skipped in-process and ``test_interpreter_suite_in_subprocess``
+runs this whole file again in a fresh interpreter process and fails if anything there fails.
+
+The reference is this file's own eager Theorem-1 form (spec §2.1 eqs. 11-12, §7.2 ``castle_parallel``), differentiated
+by autograd. Tolerances are written next to each case.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+pytest.importorskip("triton", reason="triton is not installed (dev extra)")
+
+from attnlab.ops.castle import triton_kernel as tk  # noqa: E402
+from attnlab.ops.castle.triton_kernel import castle_triton  # noqa: E402
+
+INTERP = tk._interpreter_active()
+needs_interp = pytest.mark.skipif(
+    not INTERP,
+    reason="triton was imported before TRITON_INTERPRET=1 in this process; "
+    "test_interpreter_suite_in_subprocess runs these tests in a fresh process",
+)
+needs_compiled_gpu = pytest.mark.skipif(
+    INTERP and torch.cuda.is_available(),
+    reason="GPU tier measures the compiled kernels; TRITON_INTERPRET=1 is active in this process",
+)
+
+# float64 interpreter vs float64 reference: both exact math up to summation order (observed <= 3e-15).
+F64 = dict(atol=1e-12, rtol=1e-10)
+# float32 kernel (IEEE dots, float32 accumulators) vs float64 reference on the same inputs (observed <= 1.5e-6).
+F32 = dict(atol=2e-5, rtol=1e-4)
+
+
+def reference(qu, ku, vu, qc, kc, vc, window, scale):
+    """Theorem 1 (eqs. 11-12), O(T^3), any shape (..., T, D)."""
+    t = qu.shape[-2]
+    i = torch.arange(t, device=qu.device)
+    causal = i[:, None] >= i[None, :]  # (T, T) M~^C
+    la = i[:, None] < i[None, :]  # (T, T) M^U: owner s < contributor j
+    if window is not None:
+        la = la & (i[None, :] <= i[:, None] + window)
+    g = torch.where(la, torch.sigmoid(qu @ ku.transpose(-1, -2) * scale), 0.0)  # (B, H, T, T)
+    su = torch.where(causal, qc @ vu.transpose(-1, -2) * scale, 0.0) @ g.transpose(-1, -2)  # (B, H, T, T)
+    a = torch.where(causal, qc @ kc.transpose(-1, -2) * scale - F.silu(su), float("-inf"))  # (B, H, T, T)
+    return torch.softmax(a, dim=-1) @ vc  # (B, H, T, D)
+
+
+def inputs(b, h, t, d, dtype=torch.float64, device="cpu", seed=0, spread=1.0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return [
+        (torch.randn(b, h, t, d, generator=g, dtype=torch.float64) * spread)
+        .to(device=device, dtype=dtype)
+        .requires_grad_(True)
+        for _ in range(6)
+    ]
+
+
+def compare(xs, window, scale, tol, block_size=16, ref_dtype=torch.float64):
+    """Kernel vs reference (evaluated in ref_dtype on the same input values): output and all six gradients."""
+    out = castle_triton(*xs, window, scale, block_size=block_size)
+    assert out.dtype == xs[0].dtype and out.shape == xs[0].shape
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grads = torch.autograd.grad(out, xs, grad_out.to(device=out.device, dtype=out.dtype))
+    xr = [x.detach().to(ref_dtype).requires_grad_(True) for x in xs]
+    ref = reference(*xr, window, scale)
+    ref_grads = torch.autograd.grad(ref, xr, grad_out.to(device=ref.device, dtype=ref_dtype))
+    torch.testing.assert_close(out.to(ref_dtype), ref, **tol, msg=lambda m: f"output: {m}")
+    for name, g1, g2 in zip(("q_u", "k_u", "v_u", "q_c", "k_c", "v_c"), grads, ref_grads):
+        torch.testing.assert_close(g1.to(ref_dtype), g2, **tol, msg=lambda m, n=name: f"grad {n}: {m}")
+    return out, ref
+
+
+# ------------------------------------------------------------------------------------------------ interpreter tier
+
+
+@needs_interp
+@pytest.mark.parametrize(
+    "t,window",
+    [
+        (1, None),  # one token: o = v_c, all lookahead gradients 0
+        (5, None),  # T < block: one partial block
+        (16, None),  # exactly one block
+        (33, None),  # 3 blocks, last one holds a single row: masked rows/cols, two D updates
+        (33, 0),  # W = 0: G == 0 everywhere, every G block skipped
+        (33, 1),
+        (33, 5),  # block distance 2 skipped, distance 1 kept
+        (33, 17),  # the boundary of the skip rule: (r - c) * 16 - 15 = 17 <= W for r - c = 2
+        (33, 100),  # W >= T - 1 (clamped on the host)
+    ],
+)
+def test_float64_matches_theorem1(t, window):
+    # float64 tolerance F64 (1e-12 abs); scale 0.3 is not a power of two (checks the host-side scale folding)
+    compare(inputs(1, 2, t, 16), window, 0.3, F64)
+
+
+@needs_interp
+@pytest.mark.parametrize("t,window", [(5, None), (33, None), (33, 5)])
+def test_float32_matches_theorem1(t, window):
+    # float32 kernel vs float64 reference on the same values: tolerance F32 (2e-5 abs, 1e-4 rel)
+    compare(inputs(1, 2, t, 16, dtype=torch.float32), window, 16**-0.5, F32)
+
+
+@needs_interp
+@pytest.mark.parametrize("t,window", [(70, None), (70, 20)])
+def test_deep_wavefront(t, window):
+    # 5 blocks of 16: D_0 is updated 4 times and un-updated 4 times in the backward; float64, tolerance F64
+    compare(inputs(1, 1, t, 16, seed=3), window, 0.25, F64)
+
+
+@needs_interp
+@pytest.mark.parametrize("d", [1, 12, 20, 32])
+def test_head_dim_padding(d):
+    # D is zero-padded to max(16, next power of two): exact. float64, tolerance F64
+    compare(inputs(1, 1, 21, d, seed=d), None, d**-0.5, F64)
+
+
+@needs_interp
+def test_block_size_32_and_batch():
+    # a different blocking (block 32 -> 2 blocks at T=40) and B=2; float64, tolerance F64
+    compare(inputs(2, 1, 40, 16, seed=5), 9, 0.25, F64, block_size=32)
+
+
+@needs_interp
+def test_large_logits_stable():
+    # inputs x3 -> scores and S^U of order 10-100: online softmax must not overflow; float64, tolerance F64 (relative)
+    out, _ = compare(inputs(1, 1, 33, 16, seed=11, spread=3.0), None, 0.25, dict(atol=1e-10, rtol=1e-10))
+    assert torch.isfinite(out).all()
+
+
+@needs_interp
+def test_lookahead_term_is_not_negligible():
+    # guards the reference comparison against being vacuous: CASTLE differs from plain causal attention
+    xs = inputs(1, 2, 33, 16)
+    out = castle_triton(*xs, None, 0.25)
+    plain = F.scaled_dot_product_attention(xs[3], xs[4], xs[5], is_causal=True, scale=0.25)
+    assert (out - plain).abs().max() > 1e-2
+
+
+@needs_interp
+def test_window_zero_and_zero_vu_are_standard_attention():
+    # spec §7.1 invariant 5; float64, tolerance F64
+    qu, ku, vu, qc, kc, vc = inputs(1, 2, 33, 16)
+    plain = F.scaled_dot_product_attention(qc, kc, vc, is_causal=True, scale=0.25)
+    torch.testing.assert_close(castle_triton(qu, ku, vu, qc, kc, vc, 0, 0.25), plain, **F64)
+    torch.testing.assert_close(castle_triton(qu, ku, torch.zeros_like(vu), qc, kc, vc, None, 0.25), plain, **F64)
+
+
+@needs_interp
+def test_window_at_least_t_minus_1_is_full_castle():
+    xs = inputs(1, 1, 21, 16)
+    full = castle_triton(*xs, None, 0.25)
+    torch.testing.assert_close(castle_triton(*xs, 20, 0.25), full, atol=0.0, rtol=0.0)  # same kernels, same math
+    torch.testing.assert_close(castle_triton(*xs, 10**12, 0.25), full, atol=0.0, rtol=0.0)
+
+
+@needs_interp
+def test_causality():
+    # spec §7.1 invariant 4: outputs 0..m-1 do not depend on tokens >= m
+    xs = inputs(1, 1, 33, 16)
+    m = 20
+    out = castle_triton(*xs, None, 0.25)
+    ys = [x.detach().clone() for x in xs]
+    for y in ys:
+        y[:, :, m:] = torch.randn_like(y[:, :, m:])
+    out2 = castle_triton(*ys, None, 0.25)
+    torch.testing.assert_close(out[:, :, :m], out2[:, :, :m], atol=0.0, rtol=0.0)
+    assert (out[:, :, m:] - out2[:, :, m:]).abs().max() > 1e-3
+
+
+@needs_interp
+def test_non_contiguous_inputs_and_grad():
+    # (B, T, H, D) storage viewed as (B, H, T, D); non-contiguous upstream gradient; float64, tolerance F64
+    base = [torch.randn(1, 19, 2, 16, dtype=torch.float64, requires_grad=True) for _ in range(6)]
+    xs = [x.transpose(1, 2) for x in base]
+    out = castle_triton(*xs, 4, 0.25)
+    go = torch.randn(1, 19, 2, 16, dtype=torch.float64).transpose(1, 2)
+    grads = torch.autograd.grad(out, base, go)
+    ref = reference(*xs, 4, 0.25)
+    ref_grads = torch.autograd.grad(ref, base, go)
+    torch.testing.assert_close(out, ref, **F64)
+    for g1, g2 in zip(grads, ref_grads):
+        torch.testing.assert_close(g1, g2, **F64)
+
+
+@needs_interp
+def test_backward_twice_with_retain_graph():
+    # the saved D state must survive a backward (it is un-updated on a copy)
+    xs = inputs(1, 1, 33, 16)
+    out = castle_triton(*xs, None, 0.25)
+    g1 = torch.autograd.grad(out.sum(), xs, retain_graph=True)
+    g2 = torch.autograd.grad(out.sum(), xs)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=0.0, rtol=0.0)
+
+
+@needs_interp
+def test_empty_sequence():
+    xs = inputs(1, 2, 0, 16)
+    out = castle_triton(*xs, None, 0.25)
+    assert out.shape == (1, 2, 0, 16)
+
+
+@needs_interp
+@settings(max_examples=6, deadline=None)
+@given(
+    t=st.integers(1, 40),
+    window=st.one_of(st.none(), st.integers(0, 40)),
+    d=st.sampled_from([8, 16]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_float64(t, window, d, seed):
+    # random lengths / windows / seeds; float64, tolerance F64
+    compare(inputs(1, 1, t, d, seed=seed), window, d**-0.5, F64)
+
+
+def test_interpreter_suite_in_subprocess():
+    if INTERP:
+        pytest.skip("the interpreter is active in this process: the tests above ran here")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-q", "-m", "not gpu", __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"interpreter suite failed in a subprocess:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+
+
+# ------------------------------------------------------------------------------------------------ input validation
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda xs: xs.__setitem__(1, xs[1][:, :, :-1]), "k_u shape"),
+        (lambda xs: xs.__setitem__(5, xs[5].float()), "v_c dtype"),
+        (lambda xs: xs.__setitem__(0, xs[0][0]), r"q_u must have shape \(B, H, T, D\)"),
+    ],
+)
+def test_rejects_mismatched_inputs(mutate, match):
+    xs = [x.detach() for x in inputs(1, 1, 4, 16)]
+    mutate(xs)
+    with pytest.raises(ValueError, match=match):
+        castle_triton(*xs, None, 0.25)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(window=-1), "window must be None or an int >= 0"),
+        (dict(window=True), "window must be None or an int >= 0"),
+        (dict(window=2.5), "window must be None or an int >= 0"),
+        (dict(scale=float("nan")), "scale must be a finite float"),
+        (dict(block_size=24), "block_size must be None or a power of two >= 16"),
+        (dict(block_size=8), "block_size must be None or a power of two >= 16"),
+    ],
+)
+def test_rejects_bad_arguments(kwargs, match):
+    xs = [x.detach() for x in inputs(1, 1, 4, 16)]
+    args = dict(window=None, scale=0.25) | kwargs
+    block = args.pop("block_size", None)
+    with pytest.raises(ValueError, match=match):
+        castle_triton(*xs, args["window"], args["scale"], block_size=block)
+
+
+def test_rejects_head_dim_and_dtype():
+    with pytest.raises(ValueError, match=r"head dim D must be in \[1, 128\], got D=256"):
+        castle_triton(*[x.detach() for x in inputs(1, 1, 4, 256)], None, 0.25)
+    ints = [torch.zeros(1, 1, 4, 16, dtype=torch.int32) for _ in range(6)]
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        castle_triton(*ints, None, 0.25)
+
+
+@pytest.mark.skipif(INTERP, reason="needs a process where triton's interpreter is inactive")
+def test_cpu_without_interpreter_raises_clear_error():
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        castle_triton(*[x.detach() for x in inputs(1, 1, 4, 16)], None, 0.25)
+
+
+# ------------------------------------------------------------------------------------------------ GPU tier
+
+
+def _rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _gpu_case(b, h, t, d, dtype, window, max_rel):
+    """Compiled kernel vs float64 Theorem-1 reference on the same (rounded) inputs, relative Frobenius error."""
+    xs = inputs(b, h, t, d, dtype=dtype, device="cuda", seed=t + d)
+    scale = d**-0.5
+    out = castle_triton(*xs, window, scale)
+    go = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).cuda()
+    grads = torch.autograd.grad(out, xs, go.to(dtype))
+    xr = [x.detach().double().requires_grad_(True) for x in xs]
+    ref = reference(*xr, window, scale)
+    ref_grads = torch.autograd.grad(ref, xr, go)
+    errs = {"out": _rel_err(out, ref)}
+    errs |= {n: _rel_err(g1, g2) for n, g1, g2 in zip(("q_u", "k_u", "v_u", "q_c", "k_c", "v_c"), grads, ref_grads)}
+    bad = {k: v for k, v in errs.items() if not v <= max_rel}
+    assert not bad, f"relative errors above {max_rel}: {bad} (all: {errs})"
+
+
+@pytest.mark.gpu
+@needs_compiled_gpu
+@pytest.mark.parametrize("window", [None, 128])
+def test_gpu_float32_t1024(window):
+    # float32 with IEEE dots: relative Frobenius error <= 1e-4 for the output and every gradient
+    _gpu_case(2, 4, 1024, 64, torch.float32, window, 1e-4)
+
+
+@pytest.mark.gpu
+@needs_compiled_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("window", [None, 128])
+def test_gpu_half_t1024(dtype, window):
+    # bf16/fp16 operands, float32 accumulation: relative Frobenius error <= 3e-2 (bf16 has 8 mantissa bits;
+    # FlashAttention-style kernels land around 5e-3 to 1e-2 at this size)
+    _gpu_case(2, 4, 1024, 64, dtype, window, 3e-2)
+
+
+@pytest.mark.gpu
+@needs_compiled_gpu
+@pytest.mark.parametrize("t,d", [(1000, 128), (77, 48)])
+def test_gpu_ragged_and_padded_head_dim(t, d):
+    # T not a multiple of the block, D = 128 (block 32) and D = 48 (padded to 64); float32, rel. error <= 1e-4
+    _gpu_case(1, 2, t, d, torch.float32, None, 1e-4)
