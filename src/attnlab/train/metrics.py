@@ -1,0 +1,165 @@
+"""Metric records (JSONL + CSV + TensorBoard), evaluation summaries and peak-memory measurement."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["MetricsWriter", "EvalResult", "PeakMemory", "read_jsonl", "CSV_COLUMNS"]
+
+CSV_COLUMNS = [
+    "kind", "step", "tokens", "loss", "ppl", "bpc", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "split",
+]
+
+
+@dataclass(kw_only=True)
+class EvalResult:
+    """Loss over a whole split: mean cross-entropy per token in nats, its perplexity and (char data) bits/char."""
+
+    split: str
+    loss: float
+    tokens: int
+    bits_per_char: float | None = None
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.loss) if self.loss < 700 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ppl"] = self.ppl
+        return d
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsWriter:
+    """Appends records to ``metrics.jsonl`` and ``metrics.csv`` (and TensorBoard) in ``out_dir``.
+
+    Each record is a dict with ``kind`` (``"train"`` / ``"eval"``) and ``step``. Disabled writers (non-zero
+    ranks, runs without an output directory) accept records and write nothing. :meth:`truncate_after` drops
+    records of steps beyond a resumed checkpoint so a resumed run's logs read as one run.
+    """
+
+    def __init__(self, out_dir: str | Path | None, *, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled and out_dir is not None
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self._tb = None
+        self._tensorboard = tensorboard
+        if self.enabled:
+            assert self.out_dir is not None
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.jsonl_path = self.out_dir / "metrics.jsonl"
+            self.csv_path = self.out_dir / "metrics.csv"
+
+    def _open_tb(self) -> Any:
+        if self._tb is None and self._tensorboard and self.enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            assert self.out_dir is not None
+            self._tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
+        return self._tb
+
+    def truncate_after(self, step: int) -> None:
+        """Forget records with ``step > step`` (used when resuming from the checkpoint of ``step``)."""
+        if not self.enabled:
+            return
+        records = [r for r in read_jsonl(self.jsonl_path) if r.get("step", 0) <= step]
+        tmp = self.jsonl_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, self.jsonl_path)
+        tmp = self.csv_path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            for r in records:
+                w.writerow(r)
+        os.replace(tmp, self.csv_path)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(record)
+        tb = self._open_tb()
+        if tb is not None:
+            kind = record.get("kind", "train")
+            split = record.get("split", "")
+            prefix = f"{kind}/{split}" if split else kind
+            for k, v in record.items():
+                if k in ("kind", "step", "split") or not isinstance(v, (int, float)) or isinstance(v, bool):
+                    continue
+                tb.add_scalar(f"{prefix}/{k}", v, record.get("step", 0))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        return 0
+
+
+class PeakMemory:
+    """Peak memory of a block of work.
+
+    On CUDA: ``torch.cuda.max_memory_allocated`` (reset on entry) — the tensors' peak. On CPU: the peak of the
+    process's resident set size above its size on entry, sampled every ``interval`` seconds by a thread (a
+    sampled, coarser figure; it includes allocator slack).
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.02) -> None:
+        self.device = device
+        self.interval = interval
+        self.peak_bytes = 0
+        self.kind = "cuda-allocated" if device.type == "cuda" else "cpu-rss-increase"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._base = _rss_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, _rss_bytes() - self._base)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            self.peak_bytes = max(self.peak_bytes, _rss_bytes() - self._base)

@@ -1,0 +1,153 @@
+"""Checkpoints: atomic writes, exact resume, architecture mismatches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnlab.train import checkpoint as ckpt
+from attnlab.train.config import ModelSection, OptimSection, TrainConfig
+from attnlab.train.metrics import read_jsonl
+from attnlab.train.trainer import Trainer
+
+from standin import TinyLM, tiny_corpus
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(
+        model=ModelSection(block_size=16, d_model=16, n_heads=2, dropout=0.1),
+        optim=OptimSection(lr=3e-2, warmup_steps=4),
+        steps=20, batch_size=8, grad_accum=2, eval_interval=5, log_interval=1, precision="float64",
+        progress=False, tensorboard=False, keep_checkpoints=2,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _trainer(cfg: TrainConfig, out: Path | None, **kw) -> Trainer:
+    torch.manual_seed(123)  # the trainer must not depend on the caller's RNG: it seeds itself
+    return Trainer(cfg, corpus=tiny_corpus(), model=TinyLM(11, dropout=cfg.model.dropout), out_dir=out, log=None, **kw)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
+    """Crash in the middle of step 13 (after the checkpoint of step 10), resume: same losses and weights,
+    bitwise on CPU (float64, dropout on, gradient accumulation on)."""
+    cfg = _cfg()
+    whole = _trainer(cfg, tmp_path / "whole").fit()
+
+    t = _trainer(cfg, tmp_path / "cut")
+    real_step = t.optimizer.step
+    calls = {"n": 0}
+
+    def crashing_step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise Crash("power cut")
+        return real_step(*a, **k)
+
+    t.optimizer.step = crashing_step  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        t.fit()
+    assert ckpt.latest_checkpoint(tmp_path / "cut").name == "ckpt-00000010"
+
+    resumed_trainer = _trainer(cfg, tmp_path / "cut", resume=True)
+    assert resumed_trainer.step == 10
+    resumed = resumed_trainer.fit()
+    assert resumed.resumed_from == 10
+    # Losses of steps 11..20 and the final validation loss: identical (tolerance 0: bitwise).
+    assert resumed.train_losses == whole.train_losses[10:]
+    assert resumed.val.loss == whole.val.loss
+    a = ckpt.latest_checkpoint(tmp_path / "whole")
+    b = ckpt.latest_checkpoint(tmp_path / "cut")
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # The resumed run's logs read as one run: each training step once.
+    steps = [r["step"] for r in read_jsonl(tmp_path / "cut" / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == list(range(1, 21))
+    # the JSON state holds the schedule step, RNG state and data position
+    state = json.loads((b / "state.json").read_text())
+    assert state["step"] == 20 and state["data"]["next_step"] == 20 and "torch" in state["rng"]
+    # the rate of the last step taken (step index 19 of 20): one step before the floor of 10% of peak
+    from attnlab.train.schedule import lr_at
+
+    assert state["lr"] == lr_at(19, peak=3e-2, warmup_steps=4, total_steps=20, min_ratio=0.1)
+
+
+def test_crash_during_save_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = TinyLM(11)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.zeros(1, 4, dtype=torch.long))[0].sum().backward()
+    opt.step()
+    ckpt.save_checkpoint(tmp_path, step=5, model=model, optimizer=opt, state={"note": "five"})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+
+    def boom(*a, **k):
+        raise Crash("disk died while writing the optimizer")
+
+    monkeypatch.setattr(ckpt, "save_file", boom)  # model.safetensors is written, then the crash
+    with pytest.raises(Crash):
+        ckpt.save_checkpoint(tmp_path, step=10, model=model, optimizer=opt, state={"note": "ten"})
+    monkeypatch.undo()
+    assert list(tmp_path.glob(".tmp-ckpt-*"))  # the half-written one is there, hidden
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert latest is not None and latest.name == "ckpt-00000005"
+    assert ckpt.find_checkpoint(tmp_path) == latest
+    assert ckpt.read_state(tmp_path)["note"] == "five"
+    fresh = TinyLM(11)
+    ckpt.load_model_weights(tmp_path, fresh)
+    assert all(torch.equal(fresh.state_dict()[k], before[k]) for k in before)
+    opt2 = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    ckpt.load_optimizer(latest, opt2, ckpt.read_state(latest))
+    assert int(opt2.state_dict()["state"][0]["step"]) == 1
+    # the next successful save removes the debris
+    ckpt.save_checkpoint(tmp_path, step=10, model=model, optimizer=opt, state={})
+    assert not list(tmp_path.glob(".tmp-ckpt-*"))
+    assert ckpt.latest_checkpoint(tmp_path).name == "ckpt-00000010"
+
+
+def test_keep_newest_checkpoints_only(tmp_path: Path) -> None:
+    model = TinyLM(5)
+    for s in (1, 2, 3, 4):
+        ckpt.save_checkpoint(tmp_path, step=s, model=model, optimizer=None, state={}, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-00000003", "ckpt-00000004"]
+
+
+def test_other_architecture_is_a_clear_error(tmp_path: Path) -> None:
+    ckpt.save_checkpoint(tmp_path, step=1, model=TinyLM(11, d=16), optimizer=None, state={})
+    with pytest.raises(ckpt.CheckpointError, match=r"different architecture: shape mismatches: .*\(11, 16\) vs model \(11, 8\)"):
+        ckpt.load_model_weights(tmp_path, TinyLM(11, d=8))
+    with pytest.raises(ckpt.CheckpointError, match=r"not in model: .*"):
+        ckpt.load_model_weights(tmp_path, torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+        ckpt.find_checkpoint(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint in"):
+        ckpt.find_checkpoint(tmp_path / "empty")
+
+
+def test_resume_with_a_different_model_config_is_refused(tmp_path: Path) -> None:
+    cfg = _cfg(steps=5)
+    _trainer(cfg, tmp_path).fit()
+    other = _cfg(steps=10, model=ModelSection(block_size=16, d_model=32, n_heads=2, dropout=0.1))
+    with pytest.raises(ckpt.CheckpointError, match=r"model.d_model: checkpoint 16 vs now 32"):
+        _trainer(other, tmp_path, resume=True)
+
+
+def test_block_longer_than_the_data_is_refused() -> None:
+    from attnlab.train.config import ConfigError
+
+    cfg = _cfg(model=ModelSection(block_size=5000, d_model=16, n_heads=2))
+    with pytest.raises(ConfigError, match=r"model.block_size=5000 is longer than the training split \(3200 tokens"):
+        _trainer(cfg, None)

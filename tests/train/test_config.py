@@ -1,0 +1,114 @@
+"""TrainConfig: TOML loading, --set overrides, unknown keys and impossible values."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from attnlab.train.config import (
+    ConfigError,
+    ModelSection,
+    OptimSection,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    load_toml,
+    parse_set,
+)
+
+
+def test_toml_round_trip(tmp_path: Path) -> None:
+    p = tmp_path / "run.toml"
+    p.write_text(
+        'steps = 50\nbatch_size = 8\ngrad_accum = 2\n\n[model]\nn_layers = 2\nd_model = 32\nn_heads = 4\n'
+        'attention = ["standard", "castle"]\nschedule = "alternate"\n[model.attention_options]\nwindow = 8\n\n'
+        '[optim]\nlr = 3e-4\nbetas = [0.9, 0.99]\n'
+    )
+    cfg = load_toml(p)
+    assert cfg.steps == 50 and cfg.grad_accum == 2 and cfg.model.n_layers == 2
+    assert cfg.model.attention == ["standard", "castle"] and cfg.model.attention_options == {"window": 8}
+    assert cfg.optim.betas == (0.9, 0.99) and cfg.optim.lr == 3e-4
+    assert cfg.data.source == "tinyshakespeare"  # default kept
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_overrides_from_command_line() -> None:
+    cfg = TrainConfig()
+    new = apply_overrides(cfg, parse_set(["model.n_layers=2", "optim.lr=1e-2", "model.attention=castle",
+                                          "tensorboard=false", "model.attention_options.window=16",
+                                          "optim.grad_clip=0.5"]))
+    assert new.model.n_layers == 2 and new.optim.lr == 1e-2 and new.model.attention == "castle"
+    assert new.tensorboard is False and new.model.attention_options == {"window": 16}
+    assert new.optim.grad_clip == 0.5
+    assert cfg.model.n_layers == 4  # the original is untouched
+    # an int where a float is expected is accepted and converted
+    assert apply_overrides(cfg, {"optim.lr": 1}).optim.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"model.n_layer": 2}, ["model.n_layer", "n_layers", "d_model"]),
+        ({"stepz": 2}, ["stepz", "steps", "batch_size"]),
+        ({"optimizer.lr": 2}, ["optimizer.lr", "model", "optim"]),
+    ],
+)
+def test_unknown_keys_name_the_key_and_the_valid_ones(overrides: dict, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(TrainConfig(), overrides)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_unknown_key_in_toml(tmp_path: Path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text("[data]\nsorce = 'x'\n")
+    with pytest.raises(ConfigError, match=r"'data\.sorce'.*source"):
+        load_toml(p)
+    p.write_text("steps = [1\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_toml(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_toml(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"model.n_heads": 5}, r"model.n_heads=5 must divide model.d_model=128"),
+        ({"batch_size": 10, "grad_accum": 4}, r"grad_accum=4 must divide batch_size=10"),
+        ({"steps": 0}, r"steps must be a positive integer, got 0"),
+        ({"steps": "many"}, r"steps: expected an integer, got 'many'"),
+        ({"model.dropout": 1.5}, r"model.dropout must be in \[0, 1\)"),
+        ({"precision": "float16"}, r"precision: expected one of 'auto', 'float32', 'bfloat16', 'float64'"),
+        ({"optim.betas": [0.9]}, r"optim.betas: expected 2 values"),
+        ({"optim.lr": -1.0}, r"optim.lr must be positive"),
+        ({"data.tokenizer": "bpe"}, r"data.tokenizer: expected one of 'char', 'gpt2', 'word'"),
+        ({"tensorboard": 1}, r"tensorboard: expected true/false"),
+        ({"device": "tpu"}, r"device must be"),
+    ],
+)
+def test_impossible_values_are_refused(overrides: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(TrainConfig(), overrides)
+
+
+def test_explicit_head_dim_allows_non_dividing_heads() -> None:
+    m = ModelSection(d_model=96, n_heads=5, head_dim=16)
+    assert m.head_dim == 16
+
+
+def test_micro_batch_over_ranks() -> None:
+    cfg = TrainConfig(batch_size=12, grad_accum=2)
+    assert cfg.micro_batch_size(1) == 6 and cfg.micro_batch_size(2) == 3
+    with pytest.raises(ConfigError, match=r"batch_size=12 must be divisible by grad_accum \* world_size = 2 \* 4"):
+        cfg.micro_batch_size(4)
+
+
+def test_sections_are_kw_only_dataclasses() -> None:
+    for cls in (TrainConfig, ModelSection, OptimSection):
+        assert dataclasses.is_dataclass(cls)
+        with pytest.raises(TypeError):
+            cls(1)  # type: ignore[misc]
