@@ -248,3 +248,46 @@ def test_property_forms_agree(B, H_kv, group, T, D, Dv, chunk, fmap, causal, wit
         assert_same(out, ref, 1e-9, impl)  # float64; relu can make normalisers tiny, so 1e-9 relative
         assert_same(st_.kv, ref_st.kv, 1e-10, impl)
         assert_same(st_.z, ref_st.z, 1e-10, impl)
+
+
+@settings(max_examples=20, deadline=None)
+@given(T=st.integers(2, 24), cut=st.integers(1, 23), chunk=st.integers(1, 9), fmap=st.sampled_from(MAPS),
+       impl=st.sampled_from(["recurrent", "parallel", "chunked"]), seed=st.integers(0, 2**16))
+def test_property_segmented_equals_whole(T, cut, chunk, fmap, impl, seed) -> None:
+    cut = min(cut, T - 1)
+    q, k, v, init = make(B=1, H=2, H_kv=1, T=T, D=3, Dv=2, fmap=fmap, state=True, seed=seed)
+    kw = dict(feature_map=fmap, impl=impl, chunk_size=chunk)
+    whole, st_w = linear_attention(q, k, v, initial_state=init, **kw)
+    o1, st1 = linear_attention(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut], initial_state=init, **kw)
+    o2, st2 = linear_attention(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:], initial_state=st1, **kw)
+    assert_same(torch.cat([o1, o2], 2), whole, TOL, "segmented")  # float64: 1e-10
+    assert_same(st2.kv, st_w.kv, TOL, "segmented kv")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmap", MAPS)
+def test_cuda_forms_agree_with_cpu(fmap: str) -> None:
+    q, k, v, init = make(T=37, fmap=fmap, state=True, seed=12)
+    ref, ref_st = linear_attention(q, k, v, feature_map=fmap, initial_state=init, impl="recurrent")
+    dev = [t.cuda() for t in (q, k, v)]
+    init_dev = LinearState(*(t.cuda() for t in init))
+    for impl in ("recurrent", "parallel", "chunked"):
+        out, st_ = linear_attention(*dev, feature_map=fmap, initial_state=init_dev, impl=impl, chunk_size=8)
+        assert_same(out.cpu(), ref, TOL, f"cuda {impl}")  # float64 on CUDA: 1e-10
+        assert_same(st_.kv.cpu(), ref_st.kv, TOL, f"cuda {impl} kv")
+
+
+def test_auto_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import attnlab.ops.linear.api as api
+
+    used: list[str] = []
+    for form in ("recurrent", "parallel", "chunked"):
+        real = getattr(api, f"linear_attention_{form}")
+        monkeypatch.setattr(api, f"linear_attention_{form}",
+                            lambda *a, _r=real, _f=form, **kw: (used.append(_f), _r(*a, **kw))[1])
+    q, k, v, _ = make(T=1, S=1, state=False)
+    linear_attention(q, k, v)  # a causal decoding step: the recurrent form
+    q5, k5, v5, _ = make(T=5, state=False)
+    linear_attention(q5, k5, v5)  # training / prefill: chunked
+    linear_attention(q, k5, v5, causal=False)  # one query, many keys, bidirectional: the closed form
+    assert used == ["recurrent", "chunked", "chunked"]

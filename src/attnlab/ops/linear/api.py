@@ -126,8 +126,8 @@ def linear_attention(
         initial_state: state carried over from earlier keys, ``LinearState(kv (B, H, F, Dv), z (B, H, F))``;
             ``None`` means zeros. It is added to the sums for every query, causal or not.
         impl: ``"recurrent"`` (loop over time, the specification), ``"parallel"`` (masked quadratic),
-            ``"chunked"`` (linear in ``T``), or ``"auto"`` (``"recurrent"`` for a single query, else
-            ``"chunked"``).
+            ``"chunked"`` (linear in ``T``), or ``"auto"`` (``"recurrent"`` for a single causal query, the
+            decoding step; else ``"chunked"``, which for ``causal=False`` is the closed form, linear in ``S``).
         chunk_size: chunk length of the chunked form (any ``T``, divisor or not); ignored by the other forms.
         eps: added to the normaliser ``phi(q_t) . z_t``; must be ``>= 0``.
 
@@ -149,7 +149,7 @@ def linear_attention(
         fk = fk.repeat_interleave(H // H_kv, dim=1)  # (B, H, S, F)
         v = v.repeat_interleave(H // H_kv, dim=1)  # (B, H, S, Dv)
     st = None if state0 is None else (state0.kv.to(work), state0.z.to(work))
-    form = impl if impl != "auto" else ("recurrent" if q.shape[2] == 1 else "chunked")
+    form = impl if impl != "auto" else ("recurrent" if causal and q.shape[2] == 1 else "chunked")
     if form == "recurrent":
         out, kv, z = linear_attention_recurrent(fq, fk, v, causal=causal, initial_state=st, eps=eps)
     elif form == "parallel":
