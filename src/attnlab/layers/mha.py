@@ -1,0 +1,384 @@
+"""Multi-head softmax attention (Vaswani et al. 2017) with GQA/MQA, Luong and Bahdanau scores, masks, RoPE,
+cross-attention and key/value caches.
+
+Shape legend: B batch, T query length, S key length (``S == T`` for self-attention, the context length for
+cross-attention), H query heads, H_kv key/value heads (``H % H_kv == 0``), D head dim, A additive hidden size.
+
+One :class:`MultiHeadAttention` serves every classic softmax mechanism of :mod:`attnlab.layers.classic`; what
+differs between them is the config (score, mask, number of key/value heads). The attention itself is always
+:func:`attnlab.ops.softmax.softmax_attention`.
+
+Masks and positions
+    The configured ``mask`` governs **self-attention** and is evaluated at absolute positions: in cached
+    decoding the new tokens start at ``cache.seq_len``, for the mask and for RoPE alike. Attention to a
+    ``context`` (cross-attention) is unmasked unless a per-call ``mask=`` is given, and never uses RoPE: query
+    and context positions are unrelated.
+
+Cached decoding (``new_cache`` + ``forward(x, cache=cache)``)
+    * Causal masks (standard, sliding window, strided, fixed, BigBird, documents & causal): any split works,
+      prefill of ``m`` tokens then one at a time equals the parallel output.
+    * Masks with ``window`` get a :class:`~attnlab.cache.kv.SlidingKVCache` holding only ``window`` positions;
+      the kept keys are masked at their true absolute positions.
+    * Non-causal masks (prefix-LM): the cached output equals the parallel one only if no query of a call can
+      see a key that a later call brings. For ``prefix_lm(p)`` that means: **the first call must contain the
+      whole prefix** (``T >= p``); afterwards the mask is causal and tokens may come one at a time. The layer
+      enforces this (``ValueError``) by probing whether any query of the call sees the next, not yet cached
+      position, which is exact for prefix-LM and a necessary condition for any mask.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.cache.kv import KVCache, SlidingKVCache, shifted_mask
+from attnlab.layers.rope import apply_rope
+from attnlab.masks import Mask, causal
+from attnlab.ops.softmax import (
+    SCORES,
+    SOFTMAX_IMPLS,
+    AdditiveScoreParams,
+    GeneralScoreParams,
+    Score,
+    SoftmaxImpl,
+    softmax_attention,
+)
+
+__all__ = ["MultiHeadAttentionConfig", "MultiHeadAttention"]
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclass(kw_only=True)
+class MultiHeadAttentionConfig:
+    """Configuration of :class:`MultiHeadAttention`.
+
+    Attributes:
+        d_model: model width, the last dim of the input and the output.
+        n_heads: query heads ``H``.
+        n_kv_heads: key/value heads ``H_kv`` (``None``: ``n_heads``; fewer: GQA; ``1``: MQA); must divide
+            ``n_heads``.
+        head_dim: per-head dim ``D``; ``None`` means ``d_model // n_heads`` (then ``n_heads`` must divide
+            ``d_model``). With an explicit value the output projection maps ``n_heads * head_dim -> d_model``.
+        score: ``"scaled_dot"`` (Vaswani), ``"dot"`` (Luong dot, no scaling), ``"general"`` (Luong general,
+            ``q W k^T`` with a learned ``W`` per head), ``"additive"`` (Bahdanau, ``v . tanh(q W_q + k W_k)``).
+        additive_dim: hidden size ``A`` of the additive score (``None``: ``head_dim``); only with
+            ``score="additive"``.
+        mask: the self-attention mask (:mod:`attnlab.masks`), ``None`` for none (bidirectional). Default causal.
+            The layer is causal exactly when the mask is (``causal`` property).
+        rope: rotate queries and keys with RoPE at their absolute positions (needs an even ``head_dim``).
+        rope_base: RoPE frequency base.
+        dropout: dropout on the attention weights, in training mode only.
+        bias: biases in the input and output projections.
+        impl: the backend of :func:`~attnlab.ops.softmax.softmax_attention` (``"auto"``, ``"reference"``,
+            ``"sdpa"``, ``"flex"``); the module's ``impl`` attribute may be reassigned later.
+        cross: a dedicated cross-attention layer: ``forward`` requires ``context``; ``mask`` must be ``None``
+            (or full) and ``rope`` ``False``. A self-attention layer (``cross=False``) also accepts a
+            ``context``; ``cross=True`` only makes it mandatory.
+    """
+
+    d_model: int
+    n_heads: int
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    score: Score = "scaled_dot"
+    additive_dim: int | None = None
+    mask: Mask | None = field(default_factory=causal)
+    rope: bool = False
+    rope_base: float = 10000.0
+    dropout: float = 0.0
+    bias: bool = False
+    impl: SoftmaxImpl = "auto"
+    cross: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("d_model", self.d_model, 1)
+        _check_int("n_heads", self.n_heads, 1)
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"n_heads={self.n_heads} must divide d_model={self.d_model} (or pass head_dim explicitly)"
+                )
+        else:
+            _check_int("head_dim", self.head_dim, 1)
+        if self.n_kv_heads is not None:
+            _check_int("n_kv_heads", self.n_kv_heads, 1)
+            if self.n_heads % self.n_kv_heads:
+                raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
+        if self.additive_dim is not None:
+            if self.score != "additive":
+                raise ValueError(f"additive_dim is only used with score='additive', got score={self.score!r}")
+            _check_int("additive_dim", self.additive_dim, 1)
+        if self.mask is not None and not isinstance(self.mask, Mask):
+            raise ValueError(f"mask must be an attnlab.masks.Mask or None, got {type(self.mask).__name__}")
+        if not isinstance(self.rope, bool):
+            raise ValueError(f"rope must be a bool, got {self.rope!r}")
+        if self.rope and self.resolved_head_dim % 2:
+            raise ValueError(f"rope=True needs an even head_dim, got head_dim={self.resolved_head_dim}")
+        if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float)) or not self.rope_base > 1:
+            raise ValueError(f"rope_base must be a number > 1, got {self.rope_base!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"bias must be a bool, got {self.bias!r}")
+        if self.impl not in SOFTMAX_IMPLS:
+            raise ValueError(f"impl must be one of {SOFTMAX_IMPLS}, got {self.impl!r}")
+        if not isinstance(self.cross, bool):
+            raise ValueError(f"cross must be a bool, got {self.cross!r}")
+        if self.cross:
+            if self.mask is not None and not self.mask.full:
+                raise ValueError(
+                    f"cross=True attends from x to an unrelated context, so mask must be None, got mask={self.mask}"
+                )
+            if self.rope:
+                raise ValueError("rope=True is not supported with cross=True: query and context positions are unrelated")
+
+    @property
+    def resolved_head_dim(self) -> int:
+        """``head_dim``, or ``d_model // n_heads`` when it is ``None``."""
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def resolved_n_kv_heads(self) -> int:
+        """``n_kv_heads``, or ``n_heads`` when it is ``None``."""
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def causal(self) -> bool:
+        """Whether self-attention is autoregressive (derived from ``mask``)."""
+        return self.mask is not None and self.mask.causal
+
+    def build(self) -> "MultiHeadAttention":
+        return MultiHeadAttention(self)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head softmax attention; see the module docstring for masks, positions and caching.
+
+    Parameters: ``in_proj`` (``d_model -> (H + 2 H_kv) D``, rows ``[q | k | v]``, one fused matmul for
+    self-attention; cross-attention multiplies ``x`` by the ``q`` rows and the context by the ``k, v`` rows),
+    ``out_proj`` (``H D -> d_model``) and, for ``score="general"``, ``score_weight`` ``(H, D, D)``; for
+    ``score="additive"``, ``score_w_q``, ``score_w_k`` ``(H, D, A)`` and ``score_v`` ``(H, A)``.
+    """
+
+    def __init__(self, config: MultiHeadAttentionConfig) -> None:
+        super().__init__()
+        if not isinstance(config, MultiHeadAttentionConfig):
+            raise ValueError(f"config must be a MultiHeadAttentionConfig, got {type(config).__name__}")
+        self.config = config
+        self.d_model = config.d_model
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.resolved_n_kv_heads
+        self.head_dim = config.resolved_head_dim
+        self.mask = config.mask
+        self.score = config.score
+        self.cross = config.cross
+        self.rope = config.rope
+        self.rope_base = float(config.rope_base)
+        self.dropout = float(config.dropout)
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        self._split = (H * D, Hkv * D, Hkv * D)
+        self.in_proj = nn.Linear(config.d_model, (H + 2 * Hkv) * D, bias=config.bias)
+        self.out_proj = nn.Linear(H * D, config.d_model, bias=config.bias)
+        if self.score == "general":
+            # identity (Luong general starts as Luong dot) plus noise, so W is exercised from the start
+            w = torch.eye(D).expand(H, D, D) + 0.02 * torch.randn(H, D, D)
+            self.score_weight = nn.Parameter(w.clone())  # (H, D, D)
+        elif self.score == "additive":
+            A = config.additive_dim if config.additive_dim is not None else D
+            self.additive_dim = A
+            self.score_w_q = nn.Parameter(torch.randn(H, D, A) / math.sqrt(D))  # (H, D, A)
+            self.score_w_k = nn.Parameter(torch.randn(H, D, A) / math.sqrt(D))  # (H, D, A)
+            self.score_v = nn.Parameter(torch.randn(H, A) / math.sqrt(A))  # (H, A)
+        self.impl = config.impl
+
+    # ----------------------------------------------------------------------------------------------------------
+    @property
+    def impl(self) -> str:
+        """Backend of the softmax op; reassignable to any of :data:`attnlab.ops.softmax.SOFTMAX_IMPLS`."""
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in SOFTMAX_IMPLS:
+            raise ValueError(f"impl must be one of {SOFTMAX_IMPLS}, got {value!r}")
+        self._impl = value
+
+    @property
+    def causal(self) -> bool:
+        return self.mask is not None and self.mask.causal
+
+    def score_params(self) -> GeneralScoreParams | AdditiveScoreParams | None:
+        """The learned score parameters in the form :func:`softmax_attention` takes."""
+        if self.score == "general":
+            return GeneralScoreParams(self.score_weight)
+        if self.score == "additive":
+            return AdditiveScoreParams(self.score_w_q, self.score_w_k, self.score_v)
+        return None
+
+    def new_cache(
+        self, batch_size: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache | SlidingKVCache:
+        """An empty decoding cache: :class:`SlidingKVCache` for a causal mask with a ``window``, else
+        :class:`KVCache`. ``device``/``dtype`` default to the parameters'."""
+        if self.cross:
+            raise ValueError("a cross-attention layer (cross=True) has no decoding cache")
+        if self.mask is None or self.mask.full:
+            raise ValueError(
+                f"cached decoding needs a mask under which earlier tokens cannot see later ones, got mask={self.mask}"
+            )
+        w = self.in_proj.weight
+        device = w.device if device is None else device
+        dtype = w.dtype if dtype is None else dtype
+        if self.mask.causal and self.mask.window is not None:
+            return SlidingKVCache(self.mask.window, batch_size, self.n_kv_heads, self.head_dim,
+                                  device=device, dtype=dtype)
+        return KVCache(batch_size, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _validate(self, x: object, context: object, cache: object, mask: object) -> None:
+        d = self.d_model
+        w = self.in_proj.weight
+        if not isinstance(x, Tensor):
+            raise ValueError(f"x must be a torch.Tensor of shape (B, T, d_model={d}), got {type(x).__name__}")
+        if x.ndim != 3 or x.shape[-1] != d:
+            raise ValueError(f"x must have shape (B, T, d_model={d}), got {tuple(x.shape)}")
+        if x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(f"x must have B >= 1 and T >= 1, got shape {tuple(x.shape)}")
+        if x.dtype != w.dtype:
+            raise ValueError(f"x dtype {x.dtype} does not match the layer's parameters ({w.dtype})")
+        if x.device != w.device:
+            raise ValueError(f"x is on {x.device} but the layer's parameters are on {w.device}")
+        if mask is not None and not isinstance(mask, Mask):
+            raise ValueError(f"mask must be an attnlab.masks.Mask or None, got {type(mask).__name__}")
+        if context is None:
+            if self.cross:
+                raise ValueError("this is a cross-attention layer (cross=True): forward needs context=(B, S, d_model)")
+        else:
+            if not isinstance(context, Tensor):
+                raise ValueError(f"context must be a torch.Tensor of shape (B, S, d_model={d}), got {type(context).__name__}")
+            if context.ndim != 3 or context.shape[-1] != d or context.shape[0] != x.shape[0] or context.shape[1] < 1:
+                raise ValueError(
+                    f"context must have shape (B={x.shape[0]}, S >= 1, d_model={d}), got {tuple(context.shape)}"
+                )
+            if context.dtype != w.dtype or context.device != w.device:
+                raise ValueError(
+                    f"context must have the layer's dtype {w.dtype} and device {w.device}, "
+                    f"got {context.dtype} on {context.device}"
+                )
+            if cache is not None:
+                raise ValueError("cache is not supported together with context (cross-attention)")
+        if cache is None:
+            return
+        if not isinstance(cache, (KVCache, SlidingKVCache)):
+            raise ValueError(
+                f"cache must be a KVCache or SlidingKVCache from layer.new_cache(), got {type(cache).__name__}"
+            )
+        cache.check_compatible(batch_size=x.shape[0], n_kv_heads=self.n_kv_heads, head_dim=self.head_dim,
+                               v_head_dim=self.head_dim, dtype=w.dtype, device=w.device)
+        m = self.mask if mask is None else mask
+        if m is None or m.full:
+            raise ValueError(f"cached decoding needs a causal or prefix mask, got mask={m}")
+        if isinstance(cache, SlidingKVCache) and not (m.causal and m.window is not None and m.window <= cache.window):
+            raise ValueError(
+                f"SlidingKVCache(window={cache.window}) keeps too few keys for mask {m} "
+                f"(needs a causal mask with window <= {cache.window}); use KVCache"
+            )
+        if not m.causal:
+            self._check_no_future_key(m, cache.seq_len, x.shape[1], x.shape[0], x.device)
+
+    def _check_no_future_key(self, m: Mask, offset: int, T: int, B: int, device: torch.device) -> None:
+        """Refuse a cached call whose queries could see the next position, which is not in the cache yet."""
+        nxt = offset + T
+        if m.max_len is not None and nxt >= m.max_len:
+            return  # no later position exists
+        b = torch.arange(B if m.per_batch else 1, device=device).view(-1, 1, 1, 1)
+        h = torch.arange(self.n_heads if m.per_head else 1, device=device).view(1, -1, 1, 1)
+        q = torch.arange(offset, nxt, device=device).view(1, 1, T, 1)
+        kv = torch.full((1, 1, 1, 1), nxt, device=device)
+        if bool(torch.as_tensor(m(b, h, q, kv)).any()):
+            raise ValueError(
+                f"mask {m} lets queries at positions [{offset}, {nxt}) see position {nxt}, which a later call "
+                f"would bring: cached output would differ from the parallel one. Prefill up to where the mask "
+                f"becomes causal in one call (for prefix_lm(p): the first call must contain >= p tokens)"
+            )
+
+    # ----------------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        context: Tensor | None = None,
+        cache: KVCache | SlidingKVCache | None = None,
+        mask: Mask | None = None,
+    ) -> Tensor:
+        """Attend from ``x`` ``(B, T, d_model)`` to itself (or to ``context`` ``(B, S, d_model)``).
+
+        Args:
+            x: the input, ``(B, T, d_model)``, in the parameters' dtype and device.
+            context: keys/values come from here instead of ``x`` (cross-attention; unmasked unless ``mask``).
+            cache: from :meth:`new_cache`; ``x`` holds the next ``T`` tokens, at positions from ``cache.seq_len``.
+            mask: per-call override of the configured mask (e.g. a document mask for packed sequences);
+                ``None`` keeps the configured one (for ``context``: no mask).
+
+        Returns:
+            ``(B, T, d_model)``.
+        """
+        self._validate(x, context, cache, mask)
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        if context is None:
+            S = T
+            q, k, v = self.in_proj(x).split(self._split, dim=-1)  # (B, T, H D), (B, T, H_kv D) x 2
+            m = self.mask if mask is None else mask
+        else:
+            S = context.shape[1]
+            w, bias = self.in_proj.weight, self.in_proj.bias
+            hd = H * D
+            q = F.linear(x, w[:hd], None if bias is None else bias[:hd])  # (B, T, H D)
+            kv = F.linear(context, w[hd:], None if bias is None else bias[hd:])  # (B, S, 2 H_kv D)
+            k, v = kv.split(self._split[1:], dim=-1)
+            m = mask
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, S, Hkv, D).transpose(1, 2)  # (B, H_kv, S, D)
+        v = v.view(B, S, Hkv, D).transpose(1, 2)  # (B, H_kv, S, D)
+
+        offset = 0 if cache is None else cache.seq_len
+        if self.rope and context is None:
+            q = apply_rope(q, offset, self.rope_base)
+            k = apply_rope(k, offset, self.rope_base)
+        if cache is not None:
+            k, v, kv_start = cache.update(k, v)  # (B, H_kv, S', D): keys at absolute kv_start ..
+            assert m is not None  # checked in _validate
+            if T == 1 and m.plain_causal:
+                m = None  # the newest query sees every cached key
+            else:
+                m = shifted_mask(m, kv_start)
+
+        out = softmax_attention(
+            q, k, v,
+            mask=m,
+            score=self.score,
+            score_params=self.score_params(),
+            q_offset=offset,
+            dropout_p=self.dropout if self.training else 0.0,
+            impl=self._impl,  # type: ignore[arg-type]
+        )  # (B, H, T, D)
+        out = out.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H D)
+        return self.out_proj(out)  # (B, T, d_model)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+                f"head_dim={self.head_dim}, score={self.score}, mask={self.mask}, rope={self.rope}, "
+                f"cross={self.cross}, impl={self.impl}")
