@@ -60,3 +60,32 @@ def tiny_corpus(n: int = 4000, vocab: int = 11, seed: int = 0) -> TinyCorpus:
         toks[i] = (toks[i - 1] + 1) % vocab if rng.random() < 0.8 else rng.integers(vocab)
     a, b = int(n * 0.8), int(n * 0.9)
     return TinyCorpus(toks[:a], toks[a:b], toks[b:], vocab, Tok())
+
+
+def ddp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: str, result_path: str) -> None:
+    """Body of one spawned DDP process: join a gloo group on localhost, train, save its view of the losses."""
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from attnlab.train.config import TrainConfig
+    from attnlab.train.trainer import Trainer
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        cfg = TrainConfig.from_dict(cfg_dict)
+        torch.manual_seed(0)  # the injected stand-in model is initialised by the caller, as in the test
+        model = TinyLM(11)
+        torch.manual_seed(1000 + rank)  # the trainer must not depend on the caller's RNG after that
+        t = Trainer(cfg, corpus=tiny_corpus(), model=model, out_dir=out_dir, log=None)
+        r = t.fit()
+        weights = {k: v.tolist() for k, v in t.model.state_dict().items()}
+        with open(f"{result_path}.{rank}", "w") as f:
+            json.dump({"losses": r.train_losses, "val": r.val.loss, "weights": weights, "world": t.dist.world_size}, f)
+    finally:
+        dist.barrier()  # nobody leaves while another rank still talks to it
+        dist.destroy_process_group()

@@ -23,12 +23,12 @@ def test_toml_round_trip(tmp_path: Path) -> None:
     p = tmp_path / "run.toml"
     p.write_text(
         'steps = 50\nbatch_size = 8\ngrad_accum = 2\n\n[model]\nn_layers = 2\nd_model = 32\nn_heads = 4\n'
-        'attention = ["standard", "castle"]\nschedule = "alternate"\n[model.attention_options]\nwindow = 8\n\n'
+        'attention = "sliding-window"\nschedule = "alternate"\n[model.attention_options.sliding-window]\nwindow = 8\n\n'
         '[optim]\nlr = 3e-4\nbetas = [0.9, 0.99]\n'
     )
     cfg = load_toml(p)
     assert cfg.steps == 50 and cfg.grad_accum == 2 and cfg.model.n_layers == 2
-    assert cfg.model.attention == ["standard", "castle"] and cfg.model.attention_options == {"window": 8}
+    assert cfg.model.attention == "sliding-window" and cfg.model.attention_options == {"sliding-window": {"window": 8}}
     assert cfg.optim.betas == (0.9, 0.99) and cfg.optim.lr == 3e-4
     assert cfg.data.source == "tinyshakespeare"  # default kept
     assert config_from_dict(cfg.to_dict()) == cfg
@@ -37,10 +37,13 @@ def test_toml_round_trip(tmp_path: Path) -> None:
 def test_overrides_from_command_line() -> None:
     cfg = TrainConfig()
     new = apply_overrides(cfg, parse_set(["model.n_layers=2", "optim.lr=1e-2", "model.attention=castle",
-                                          "tensorboard=false", "model.attention_options.window=16",
+                                          "tensorboard=false", "model.attention=sliding-window",
+                                          "model.attention_options.sliding-window.window=16",
                                           "optim.grad_clip=0.5"]))
-    assert new.model.n_layers == 2 and new.optim.lr == 1e-2 and new.model.attention == "castle"
-    assert new.tensorboard is False and new.model.attention_options == {"window": 16}
+    assert new.model.n_layers == 2 and new.optim.lr == 1e-2 and new.model.attention == "sliding-window"
+    assert new.tensorboard is False and new.model.attention_options == {"sliding-window": {"window": 16}}
+    listed = apply_overrides(cfg, parse_set(['model.attention=["castle", "standard", "linear", "standard"]']))
+    assert listed.model.attention == ["castle", "standard", "linear", "standard"]
     assert new.optim.grad_clip == 0.5
     assert cfg.model.n_layers == 4  # the original is untouched
     # an int where a float is expected is accepted and converted
@@ -88,6 +91,10 @@ def test_unknown_key_in_toml(tmp_path: Path) -> None:
         ({"data.tokenizer": "bpe"}, r"data.tokenizer: expected one of 'char', 'gpt2', 'word'"),
         ({"tensorboard": 1}, r"tensorboard: expected true/false"),
         ({"device": "tpu"}, r"device must be"),
+        ({"model.attention": "nope"}, r"model: attention: layer 1 has unknown mechanism 'nope'; registered: .*castle"),
+        ({"model.attention": "bidirectional"}, r"model: .*not causal"),
+        ({"model.attention": ["standard", "castle"]}, r"model: attention is a list of 2 .* n_layers=4"),
+        ({"model.attention_options.sliding-window.window": 8}, r"model: attention_options has options for 'sliding-window', which no layer uses"),
     ],
 )
 def test_impossible_values_are_refused(overrides: dict, match: str) -> None:

@@ -62,7 +62,8 @@ class ConfigError(ValueError):
 @dataclass(kw_only=True)
 class ModelSection:
     """The decoder LM (mirrors :class:`attnlab.models.LMConfig`, without the vocabulary size, which comes from
-    the tokenizer)."""
+    the tokenizer). ``attention_options`` maps a mechanism name to its layer options, e.g.
+    ``{"sliding-window": {"window": 64}}`` (``--set model.attention_options.sliding-window.window=64``)."""
 
     n_layers: int = 4
     d_model: int = 128
@@ -71,7 +72,7 @@ class ModelSection:
     block_size: int = 64
     attention: str | list[str] = "standard"
     schedule: Literal["uniform", "alternate"] = "uniform"
-    attention_options: dict[str, Any] = field(default_factory=dict)
+    attention_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     parity: bool = True
     ffn_hidden: int | None = None
     dropout: float = 0.0
@@ -92,14 +93,14 @@ class ModelSection:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.ffn_hidden is not None and self.ffn_hidden <= 0:
             raise ConfigError(f"model.ffn_hidden must be positive or None, got {self.ffn_hidden}")
-        if isinstance(self.attention, list):
-            if not self.attention:
-                raise ConfigError("model.attention list must not be empty")
-            if len(self.attention) not in (1, self.n_layers) and self.schedule == "uniform":
-                raise ConfigError(
-                    f"model.attention lists {len(self.attention)} mechanisms for n_layers={self.n_layers}; "
-                    "give one per layer, or one name, or schedule='alternate'"
-                )
+        # Everything else (mechanism names, causality, per-mechanism options, list length, parity heads) is
+        # checked by the model config itself, now rather than when training starts.
+        try:
+            self.lm_config(vocab_size=2)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"model: {e}") from None
 
     @property
     def mechanisms(self) -> list[str]:
@@ -409,7 +410,10 @@ def apply_overrides(cfg: TrainConfig, overrides: Mapping[str, Any]) -> TrainConf
         elif len(parts) == 2 and parts[0] in _SECTIONS:
             d[parts[0]][parts[1]] = value
         elif len(parts) == 3 and parts[0] == "model" and parts[1] == "attention_options":
-            d["model"].setdefault("attention_options", {})[parts[2]] = value
+            d["model"].setdefault("attention_options", {})[parts[2]] = value  # a whole table of options
+        elif len(parts) == 4 and parts[0] == "model" and parts[1] == "attention_options":
+            # model.attention_options.<mechanism>.<option>=value
+            d["model"].setdefault("attention_options", {}).setdefault(parts[2], {})[parts[3]] = value
         else:
             raise ConfigError(
                 f"unknown config key {key!r}; use a top-level key or section.key with section in "

@@ -68,6 +68,7 @@ def init(device_type: str) -> DistInfo:
 
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

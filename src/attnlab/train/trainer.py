@@ -40,7 +40,7 @@ from attnlab.train.config import ConfigError, TrainConfig, config_to_dict
 from attnlab.train.metrics import EvalResult, MetricsWriter, PeakMemory
 from attnlab.train.schedule import lr_at, make_optimizer
 
-__all__ = ["Trainer", "TrainResult", "evaluate", "build_model", "resolve_device", "eval_windows", "train"]
+__all__ = ["Trainer", "TrainResult", "evaluate", "build_model", "resolve_device", "train"]
 
 
 @dataclass(kw_only=True)
@@ -88,27 +88,6 @@ def build_model(model_cfg: Any, vocab_size: int) -> nn.Module:
     return LM(model_cfg.lm_config(vocab_size))
 
 
-def eval_windows(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
-    """``(start, length)`` of the non-overlapping windows that cover a split: window ``i`` holds inputs
-    ``tokens[start : start + length]`` and targets shifted by one, so every token but the first is predicted
-    exactly once. All windows have ``block_size`` inputs except possibly the last (shorter)."""
-    n_targets = n_tokens - 1
-    if n_targets <= 0:
-        raise ValueError(f"a split of {n_tokens} tokens has nothing to predict")
-    return [(s, min(block_size, n_targets - s)) for s in range(0, n_targets, block_size)]
-
-
-def _eval_batches(tokens: np.ndarray, block_size: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of equal-length windows (:func:`eval_windows`), the short last window in a batch of its own."""
-    wins = eval_windows(len(tokens), block_size)
-    full = [s for s, n in wins if n == block_size]
-    for i in range(0, len(full), batch_size):
-        yield ddp.gather_windows(tokens, torch.tensor(full[i : i + batch_size]), block_size)
-    if wins[-1][1] != block_size:
-        s, n = wins[-1]
-        yield ddp.gather_windows(tokens, torch.tensor([s]), n)
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -122,7 +101,8 @@ def evaluate(
     char_level: bool = False,
     dist_info: ddp.DistInfo | None = None,
 ) -> EvalResult:
-    """Mean next-token cross-entropy over the whole ``tokens`` split (every target once).
+    """Mean next-token cross-entropy over the whole ``tokens`` split: every token but the first is a target
+    exactly once (non-overlapping windows of :func:`attnlab.data.iterate_eval_batches`).
 
     Under DDP the batches are dealt round-robin to the ranks and the sums all-reduced. For character-level
     data ``bits_per_char = loss / ln 2``.
@@ -132,7 +112,9 @@ def evaluate(
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
-    for i, (x, y) in enumerate(_eval_batches(tokens, block_size, batch_size)):
+    from attnlab.data import iterate_eval_batches
+
+    for i, (x, y) in enumerate(iterate_eval_batches(tokens, batch_size, block_size)):
         if i % info.world_size != info.rank:
             continue
         x, y = x.to(device), y.to(device)
@@ -246,8 +228,13 @@ class Trainer:
                 f"model.block_size={T} is longer than the training split ({len(c.train)} tokens of "
                 f"{getattr(c, 'name', 'the corpus')}); it needs at least block_size + 2 tokens"
             )
-        if len(c.val) < 2:
-            raise ConfigError(f"the validation split has {len(c.val)} tokens; it needs at least 2")
+        for split in ("val", "test"):
+            toks = getattr(c, split, None)
+            if toks is not None and len(toks) < T + 1:
+                raise ConfigError(
+                    f"model.block_size={T} is longer than the {split} split ({len(toks)} tokens of "
+                    f"{getattr(c, 'name', 'the corpus')}); use a smaller block_size or a larger data.val_fraction"
+                )
 
     @property
     def char_level(self) -> bool:
@@ -357,7 +344,7 @@ class Trainer:
                     g["lr"] = lr
                 offsets = ddp.batch_offsets(s, seed=cfg.seed, n_tokens=len(self.corpus.train), block_size=T,
                                             batch_size=cfg.batch_size)
-                loss_sum = torch.zeros((), device=self.device)
+                loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
                 data_s = 0.0
                 for m in range(A):
                     t0 = time.perf_counter()
@@ -369,7 +356,7 @@ class Trainer:
                         with _autocast(self.device, self.autocast_dtype):
                             _, loss = self.forward_model(x, targets=y)
                         (loss / A).backward()
-                    loss_sum += loss.detach().float()
+                    loss_sum += loss.detach().double()
                 grad_norm = None
                 if cfg.optim.grad_clip is not None:
                     grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)

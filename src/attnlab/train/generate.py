@@ -1,0 +1,139 @@
+"""Autoregressive text generation with each mechanism's decoding cache.
+
+``generate(model, prompt_ids, max_new_tokens, temperature=..., top_k=..., seed=..., use_cache=True)``.
+
+* ``use_cache=True`` prefills ``model.new_caches(...)`` (a KV cache, a sliding-window KV cache, CASTLE's UQ-KV
+  state or a linear-attention recurrent state: whatever each layer's mechanism keeps) with the prompt and then
+  feeds one token at a time.
+* ``use_cache=False`` recomputes the full forward over the context for every new token (the specification the
+  cached path is tested against, token for token and logit for logit).
+
+Context policy (the same for both paths, so they stay equal past the model's ``block_size``): the context is
+``tokens[start:]``; when it would grow beyond ``block_size`` the start jumps forward so that the last
+``keep = 3/4 * block_size`` tokens remain, and the cached path re-prefills fresh caches with them. (Sliding the
+window by one token per step would force a full re-prefill at every step for position-dependent caches.)
+
+Sampling: ``temperature == 0`` is greedy (argmax). Otherwise logits are divided by ``temperature``, cut to the
+``top_k`` largest if given, and sampled on the CPU from a ``torch.Generator`` seeded with ``seed``, so a seed
+gives the same text on every device (for the same logits).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["generate", "generate_with_logits", "sample_next"]
+
+
+def sample_next(logits: Tensor, *, temperature: float, top_k: int | None, generator: torch.Generator) -> Tensor:
+    """Next token ids ``(B, 1)`` from last-position logits ``(B, V)``."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.double().cpu() / temperature  # (B, V)
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+
+
+def _model_block_size(model: nn.Module, block_size: int | None) -> int:
+    if block_size is not None:
+        return block_size
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "block_size"):
+        raise ValueError("pass block_size=: the model has no config.block_size")
+    return int(cfg.block_size)
+
+
+def _as_batch(prompt_ids: Tensor | Sequence[int], device: torch.device) -> tuple[Tensor, bool]:
+    if not isinstance(prompt_ids, Tensor):
+        prompt_ids = torch.tensor(list(prompt_ids), dtype=torch.long)
+    squeeze = prompt_ids.ndim == 1
+    idx = prompt_ids[None] if squeeze else prompt_ids
+    if idx.ndim != 2 or idx.size(1) < 1:
+        raise ValueError(f"prompt_ids must be (T,) or (B, T) with T >= 1, got shape {tuple(prompt_ids.shape)}")
+    return idx.to(device=device, dtype=torch.long), squeeze
+
+
+@torch.no_grad()
+def generate_with_logits(
+    model: nn.Module,
+    prompt_ids: Tensor | Sequence[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    block_size: int | None = None,
+) -> tuple[Tensor, list[Tensor]]:
+    """Like :func:`generate`, and also the next-token logits ``(B, V)`` the model gave at each step."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    block = _model_block_size(model, block_size)
+    keep = max(1, (3 * block) // 4)
+    param = next(model.parameters())
+    idx, squeeze = _as_batch(prompt_ids, param.device)
+    B = idx.size(0)
+    gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+    was_training = model.training
+    model.eval()
+    step_logits: list[Tensor] = []
+    try:
+        start = 0 if idx.size(1) <= block else idx.size(1) - keep
+        caches = None
+        for i in range(max_new_tokens):
+            L = idx.size(1)
+            restart = L - start > block
+            if restart:
+                start = L - keep
+            if not use_cache:
+                logits = model(idx[:, start:])[0][:, -1]  # (B, V)
+            elif caches is None or restart:
+                caches = model.new_caches(B, device=param.device, dtype=param.dtype)
+                logits = model(idx[:, start:], caches=caches)[0][:, -1]  # prefill: (B, V)
+            else:
+                logits = model(idx[:, -1:], caches=caches)[0][:, -1]  # one step: (B, V)
+            step_logits.append(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits)
+            nxt = sample_next(logits, temperature=temperature, top_k=top_k, generator=gen).to(idx.device)
+            idx = torch.cat([idx, nxt], dim=1)  # (B, L + 1)
+    finally:
+        model.train(was_training)
+    return (idx[0] if squeeze else idx), step_logits
+
+
+def generate(
+    model: nn.Module,
+    prompt_ids: Tensor | Sequence[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    block_size: int | None = None,
+) -> Tensor:
+    """Prompt followed by ``max_new_tokens`` generated ids: ``(T + N,)`` for a ``(T,)`` prompt, ``(B, T + N)`` for
+    a batch.
+
+    Args:
+        model: an :class:`attnlab.models.LM` (or any model with ``forward(idx, caches=...) -> (logits, loss)``,
+            ``new_caches`` and ``config.block_size``).
+        prompt_ids: token ids, at least one.
+        temperature: 0 for greedy decoding, else the softmax temperature.
+        top_k: sample among the ``top_k`` most likely tokens only.
+        seed: seeds the sampler (``None``: a random seed).
+        use_cache: decode with the layers' caches (``False``: full recomputation each step).
+        block_size: the context limit (default ``model.config.block_size``).
+    """
+    out, _ = generate_with_logits(model, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                  seed=seed, use_cache=use_cache, block_size=block_size)
+    return out
