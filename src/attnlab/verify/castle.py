@@ -1,0 +1,210 @@
+"""Checks specific to CASTLE (``castle`` and ``castle-swl``; any spec whose config is :class:`CastleConfig`).
+
+====================  ==============================================================================================
+``castle-forms``      reference == parallel == chunked (block sizes 1, 3, 4, 13, incl. non-divisors of T), outputs
+                      and the gradients w.r.t. all six projections, on the layer's own projections; and the layer
+                      with every CPU-runnable backend == the layer with ``parallel``
+``castle-decode``     decoding token by token from an empty UQ-KV cache, and prefill of T//2 tokens then decoding,
+                      == the parallel layer output; the final cached ``U`` == ``U^L`` computed directly
+``castle-reductions`` ``W^{UV} = 0`` gives standard causal attention on ``(Q^C, K^C, V^C)``; SWL with ``W = 0`` ==
+                      standard; SWL with ``W >= L - 1`` == full CASTLE
+``castle-structure``  ``S^U`` strictly lower triangular; ``u^t_t = 0`` for every ``t``; first output ``o_1 = v^C_1``
+``castle-params``     parameter count ``= 7 n d d_model``; ``heads_for_parity(14) == 8``, ``(16) == 9``
+====================  ==============================================================================================
+
+Errors are ``max |got - want| / max(1, max |want|)``. Tolerances are for float64 (observed errors ~1e-15) and are
+loosened for lower precisions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnlab.layers.castle import CastleAttention, CastleConfig
+from attnlab.layers.registry import MechanismSpec
+from attnlab.ops.castle import castle_attention, lookahead_keys_at, lookahead_scores
+from attnlab.verify.core import Check, CheckResult, VerifyOptions, register_check
+
+__all__ = ["TOL"]
+
+TOL = 1e-10  # float64: exact reformulations (observed ~1e-15)
+_NAMES = ("q_u", "k_u", "v_u", "q_c", "k_c", "v_c")
+_CPU_FORMS = ("reference", "parallel", "chunked")
+
+
+def _tol(dtype: torch.dtype) -> float:
+    if dtype == torch.float64:
+        return TOL
+    return {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}.get(dtype, 1e-4)
+
+
+def _err(got: Tensor, want: Tensor) -> float:
+    if got.shape != want.shape:
+        return float("nan")
+    scale = max(1.0, float(want.detach().abs().max()))
+    return float((got.detach() - want.detach()).abs().max()) / scale
+
+
+def _result(check: str, spec: MechanismSpec, case: str, err: float, tol: float, detail: str = "") -> CheckResult:
+    return CheckResult(check=check, mechanism=spec.name, case=case, max_error=err, tolerance=tol,
+                       passed=bool(err <= tol), detail=detail)  # NaN compares False: a failure
+
+
+def _applies(spec: MechanismSpec) -> bool:
+    return spec.make_config is CastleConfig
+
+
+def _build(spec: MechanismSpec, opts: VerifyOptions) -> CastleAttention:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(opts.seed)
+        layer = spec.build(d_model=opts.d_model, n_heads=opts.n_heads, **spec.verify_options)
+    if not isinstance(layer, CastleAttention):
+        raise TypeError(f"{spec.name} builds {type(layer).__name__}, not CastleAttention")
+    return layer.to(device=opts.device, dtype=opts.dtype).eval()
+
+
+def _x(opts: VerifyOptions, offset: int = 0) -> Tensor:
+    g = torch.Generator().manual_seed(opts.seed + 4000 + offset)
+    x = torch.randn(opts.batch_size, opts.seq_len, opts.d_model, generator=g, dtype=torch.float64)
+    return x.to(device=opts.device, dtype=opts.dtype)  # (B, T, d_model)
+
+
+def _projections(layer: CastleAttention, opts: VerifyOptions) -> list[Tensor]:
+    with torch.no_grad():
+        return [p.detach().clone() for p in layer.project(_x(opts))]  # six (B, H, T, D)
+
+
+def _worst(pairs: dict[str, tuple[Tensor, Tensor]]) -> tuple[float, str]:
+    errs = {k: _err(a, b) for k, (a, b) in pairs.items()}
+    worst = max(errs, key=lambda k: errs[k] if errs[k] == errs[k] else float("inf"))
+    return errs[worst], f"worst: {worst}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _forms(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
+    name, tol = "castle-forms", _tol(opts.dtype)
+    layer = _build(spec, opts)
+    W = layer.window
+    xs = [p.requires_grad_() for p in _projections(layer, opts)]
+    want = castle_attention(*xs, window=W, impl="parallel")
+    go = torch.randn(want.shape, generator=torch.Generator().manual_seed(opts.seed + 5), dtype=torch.float64)
+    go = go.to(want)
+    want_g = torch.autograd.grad(want, xs, go)
+    results = []
+    cases = [("reference", 64)] + [("chunked", b) for b in (1, 3, 4, 13)]
+    for impl, block in cases:
+        out = castle_attention(*xs, window=W, impl=impl, block_size=block)  # type: ignore[arg-type]
+        grads = torch.autograd.grad(out, xs, go)
+        pairs = {"output": (out, want)} | {f"d{n}": (a, b) for n, a, b in zip(_NAMES, grads, want_g)}
+        err, detail = _worst(pairs)
+        label = impl if impl == "reference" else f"chunked block={block}"
+        results.append(_result(name, spec, f"{label} vs parallel (W={W})", err, tol, detail))
+    x = _x(opts, 1)
+    layer.impl = "parallel"
+    with torch.no_grad():
+        base = layer(x)
+        for impl in spec.backends:
+            if impl == "parallel" or (impl not in _CPU_FORMS and x.device.type == "cpu"):
+                continue
+            layer.impl = impl
+            results.append(_result(name, spec, f"layer impl={impl} vs parallel", _err(layer(x), base), tol))
+    return results
+
+
+def _decode(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
+    name, tol = "castle-decode", _tol(opts.dtype)
+    layer = _build(spec, opts)
+    layer.impl = "parallel"
+    x = _x(opts, 2)
+    B, T = x.shape[:2]
+    results = []
+    with torch.no_grad():
+        want = layer(x)
+        for m in (0, T // 2):
+            cache = layer.new_cache(B)
+            outs = [layer(x[:, :m], cache=cache)] if m else []
+            outs += [layer(x[:, t : t + 1], cache=cache) for t in range(m, T)]
+            label = "from scratch" if m == 0 else f"prefill {m} + decode"
+            results.append(_result(name, spec, f"{label} vs parallel", _err(torch.cat(outs, dim=1), want), tol))
+            q_u, k_u, v_u, *_ = layer.project(x)
+            u_l = lookahead_keys_at(q_u, k_u, v_u, T - 1, window=layer.window)
+            results.append(_result(name, spec, f"{label}: cached U == U^L", _err(cache.state().u, u_l), tol))
+    return results
+
+
+def _reductions(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
+    name, tol = "castle-reductions", _tol(opts.dtype)
+    layer = _build(spec, opts)
+    x = _x(opts, 3)
+    B, T, _ = x.shape
+    HD = layer.n_heads * layer.head_dim
+    results = []
+    with torch.no_grad():
+        # W^UV = 0 -> the whole layer is standard causal attention with (Q^C, K^C, V^C)
+        layer.in_proj.weight[2 * HD : 3 * HD].zero_()
+        _, _, _, q_c, k_c, v_c = layer.project(x)
+        std = F.scaled_dot_product_attention(q_c, k_c, v_c, is_causal=True)  # (B, H, T, D)
+        std_layer = layer.out_proj(std.transpose(1, 2).reshape(B, T, HD))
+        for impl in _CPU_FORMS:
+            layer.impl = impl
+            results.append(_result(name, spec, f"W^UV=0 == standard (layer, {impl})", _err(layer(x), std_layer), tol))
+        xs = _projections(_build(spec, opts), opts)
+        std = F.scaled_dot_product_attention(xs[3], xs[4], xs[5], is_causal=True)
+        full = castle_attention(*xs, window=None, impl="parallel")
+        for impl in _CPU_FORMS:
+            out = castle_attention(*xs, window=0, impl=impl, block_size=4)  # type: ignore[arg-type]
+            results.append(_result(name, spec, f"SWL W=0 == standard ({impl})", _err(out, std), tol))
+            for w in (T - 1, T + 3):
+                out = castle_attention(*xs, window=w, impl=impl, block_size=4)  # type: ignore[arg-type]
+                results.append(_result(name, spec, f"SWL W={w} >= L-1 == full ({impl})", _err(out, full), tol))
+    return results
+
+
+def _structure(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
+    name, tol = "castle-structure", _tol(opts.dtype)
+    layer = _build(spec, opts)
+    W = layer.window
+    q_u, k_u, v_u, q_c, k_c, v_c = xs = _projections(layer, opts)
+    T = q_u.shape[2]
+    s_u = lookahead_scores(q_u, k_u, v_u, q_c, window=W)  # (B, H, T, T)
+    results = [_result(name, spec, "S^U strictly lower triangular: max |triu(S^U)|", float(s_u.triu().abs().max()),
+                       0.0)]
+    newest = max(float(lookahead_keys_at(q_u, k_u, v_u, t, window=W)[:, :, t].abs().max()) for t in range(T))
+    results.append(_result(name, spec, "u^t_t = 0 for every t: max |u^t_t|", newest, 0.0))
+    for impl in _CPU_FORMS:
+        out = castle_attention(*xs, window=W, impl=impl, block_size=4)  # type: ignore[arg-type]
+        results.append(_result(name, spec, f"o_1 == v^C_1 ({impl})", _err(out[:, :, 0], v_c[:, :, 0]), tol))
+    return results
+
+
+def _params(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
+    name = "castle-params"
+    results = []
+    for d_model, n_heads, head_dim in ((opts.d_model, opts.n_heads, None), (32, 3, 6)):
+        layer = spec.build(d_model=d_model, n_heads=n_heads, head_dim=head_dim)
+        d = layer.head_dim
+        got = sum(p.numel() for p in layer.parameters())
+        want = 7 * n_heads * d * d_model
+        results.append(_result(name, spec, f"params == 7 n d d_model (n={n_heads}, d={d}, d_model={d_model})",
+                               float(abs(got - want)), 0.0, f"got {got}, want {want}"))
+    for n_std, n_castle in ((14, 8), (16, 9)):
+        got = spec.heads_for_parity(n_std)
+        results.append(_result(name, spec, f"heads_for_parity({n_std}) == {n_castle}", float(abs(got - n_castle)), 0.0,
+                               f"got {got}"))
+    return results
+
+
+register_check(Check(name="castle-forms", description="CASTLE reference == parallel == chunked (outputs, grads)",
+                     applies=_applies, run=_forms))
+register_check(Check(name="castle-decode", description="CASTLE UQ-KV decoding (scratch, prefill+decode) == parallel",
+                     applies=_applies, run=_decode))
+register_check(Check(name="castle-reductions", description="CASTLE reduces to standard attention (V^U=0, W=0)",
+                     applies=_applies, run=_reductions))
+register_check(Check(name="castle-structure", description="CASTLE S^U strictly lower, u^t_t = 0, o_1 = v^C_1",
+                     applies=_applies, run=_structure))
+register_check(Check(name="castle-params", description="CASTLE parameter count 7 n d d_model and 4/7 head parity",
+                     applies=_applies, run=_params))

@@ -1,0 +1,102 @@
+"""The CASTLE checks pass on castle and castle-swl, and fail when the implementation they guard is broken."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import attnlab.cache.uqkv as uqkv
+import attnlab.ops.castle.api as castle_api
+import attnlab.verify.castle as vcastle
+from attnlab.layers.registry import get
+from attnlab.verify import VerifyOptions, checks, run_check
+
+CASTLE_CHECKS = ["castle-forms", "castle-decode", "castle-reductions", "castle-structure", "castle-params"]
+MECHANISMS = ["castle", "castle-swl"]
+
+
+def _check(name: str):
+    return next(c for c in checks() if c.name == name)
+
+
+def _failed(check: str, mechanism: str, spec=None, opts: VerifyOptions | None = None) -> list:
+    results = run_check(_check(check), spec or get(mechanism), opts or VerifyOptions())
+    assert results
+    return [r for r in results if not r.passed]
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+@pytest.mark.parametrize("check", CASTLE_CHECKS)
+def test_castle_check_passes(check: str, mechanism: str) -> None:
+    spec = get(mechanism)
+    assert _check(check).applies(spec)
+    failed = _failed(check, mechanism)
+    assert not failed, failed
+
+
+def test_castle_checks_apply_only_to_castle() -> None:
+    for check in CASTLE_CHECKS:
+        for other in ("standard", "linear"):
+            try:
+                spec = get(other)
+            except ValueError:
+                continue  # not registered in this checkout
+            assert not _check(check).applies(spec)
+
+
+def test_swl_check_really_uses_a_window() -> None:
+    layer = vcastle._build(get("castle-swl"), VerifyOptions())
+    assert layer.window == 3 < VerifyOptions().seq_len - 1  # W=3 at T=13 masks something
+
+
+def test_float32_run_passes_with_looser_tolerance() -> None:
+    opts = VerifyOptions(dtype=torch.float32)
+    assert not _failed("castle-forms", "castle", opts=opts)
+    assert not _failed("castle-decode", "castle-swl", opts=opts)
+
+
+# ---- the checks are not vacuous: each fails on a deliberately broken implementation ---------------------------
+
+
+def test_forms_catches_a_wrong_chunked_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = castle_api.castle_chunked
+
+    def broken(*xs, **kw):
+        out = real(*xs, **kw)
+        return out + 1e-6 * (xs[0] * xs[0].detach()).sum(-1, keepdim=True)  # tiny value and gradient error
+
+    monkeypatch.setattr(castle_api, "castle_chunked", broken)
+    failed = _failed("castle-forms", "castle")
+    assert any("chunked" in r.case for r in failed)
+
+
+def test_decode_catches_a_wrong_rank1_update(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = uqkv.lookahead_update
+    monkeypatch.setattr(uqkv, "lookahead_update", lambda *a: 1.01 * real(*a))
+    assert _failed("castle-decode", "castle-swl")
+
+
+def test_reductions_catch_a_window_off_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = castle_api.castle_chunked
+
+    def broken(*xs, window=None, **kw):
+        return real(*xs, window=None if window is None else window + 1, **kw)
+
+    monkeypatch.setattr(castle_api, "castle_chunked", broken)
+    failed = _failed("castle-reductions", "castle")
+    assert any("W=0" in r.case and "chunked" in r.case for r in failed)
+
+
+def test_structure_catches_a_diagonal_lookahead_term(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = vcastle.lookahead_scores
+    monkeypatch.setattr(vcastle, "lookahead_scores", lambda *a, **k: real(*a, **k) + 1e-3)
+    failed = _failed("castle-structure", "castle")
+    assert any("strictly lower" in r.case for r in failed)
+
+
+def test_params_catches_a_wrong_parity_rule() -> None:
+    spec = dataclasses.replace(get("castle"), heads_for_parity=lambda n: n // 2)
+    failed = _failed("castle-params", "castle", spec=spec)
+    assert any("heads_for_parity(16)" in r.case for r in failed)
