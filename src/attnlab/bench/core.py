@@ -1,0 +1,128 @@
+"""The benchmark registry: named suites that measure and return tables.
+
+A :class:`Suite` has a ``run(options) -> SuiteResult`` and, optionally, ``plot(result, path_stem) -> [paths]``.
+Suites register themselves with :func:`register_suite` when their module is imported; importing
+:mod:`attnlab.bench` imports every module of the package, so a plugin only needs a new file there (e.g.
+``bench/castle.py`` registering a ``"castle"`` suite).
+
+Every figure is measured against a baseline timed in the same process (raw PyTorch SDPA with causal masking),
+and every case runs a correctness check first: a case that fails it reports the failure instead of a speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["BenchOptions", "Table", "SuiteResult", "Suite", "register_suite", "suites", "get_suite"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchOptions:
+    """What and how to measure.
+
+    Attributes:
+        device: ``"cpu"`` or ``"cuda"`` (``"cuda:N"``).
+        dtype: the dtype of the timed runs (correctness checks compare against float64).
+        lengths: sequence lengths ``T``; ``None`` takes the suite's default for the device.
+        quick: a short run (the demo): small lengths and few repeats.
+        warmup, repeats: calls before timing, and timed calls (the median is reported).
+        budget_s: stop repeating a case after this many seconds (at least 3 timed calls always run).
+        mechanisms: restrict the suites to these registry names (``None``: all registered).
+        d_model, n_heads, batch_size: layer and batch sizes.
+        progress: show a progress bar on stderr.
+    """
+
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    lengths: tuple[int, ...] | None = None
+    quick: bool = False
+    warmup: int = 2
+    repeats: int = 7
+    budget_s: float = 15.0
+    mechanisms: tuple[str, ...] | None = None
+    d_model: int = 256
+    n_heads: int = 4
+    batch_size: int = 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.lengths is not None:
+            if not self.lengths or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in self.lengths):
+                raise ValueError(f"lengths must be positive ints, got {self.lengths!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
+        if torch.device(self.device).type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+    @property
+    def is_cuda(self) -> bool:
+        return torch.device(self.device).type == "cuda"
+
+    def lengths_or(self, *, cpu: tuple[int, ...], cuda: tuple[int, ...], quick: tuple[int, ...]) -> tuple[int, ...]:
+        """The lengths to use: explicit ones, else the quick ones, else the device's defaults."""
+        if self.lengths is not None:
+            return self.lengths
+        if self.quick:
+            return quick
+        return cuda if self.is_cuda else cpu
+
+
+@dataclass(kw_only=True)
+class Table:
+    """One table of a result: ``rows`` are dicts keyed by ``columns`` (missing keys print as empty)."""
+
+    title: str
+    columns: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class SuiteResult:
+    suite: str
+    options: BenchOptions
+    tables: list[Table]
+    notes: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)  # raw numbers for the suite's plot
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """Rows whose status is not ``"ok"`` (correctness failures or errors)."""
+        return [r for t in self.tables for r in t.rows if r.get("status", "ok") != "ok"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Suite:
+    name: str
+    description: str
+    run: Callable[[BenchOptions], SuiteResult]
+    plot: Callable[[SuiteResult, Path], list[Path]] | None = None
+
+
+_SUITES: dict[str, Suite] = {}
+
+
+def register_suite(suite: Suite) -> Suite:
+    if suite.name in _SUITES:
+        raise ValueError(f"benchmark suite {suite.name!r} is already registered")
+    _SUITES[suite.name] = suite
+    return suite
+
+
+def suites() -> list[Suite]:
+    """Every registered suite (importing :mod:`attnlab.bench` loads them)."""
+    import attnlab.bench  # noqa: F401
+
+    return list(_SUITES.values())
+
+
+def get_suite(name: str) -> Suite:
+    import attnlab.bench  # noqa: F401
+
+    try:
+        return _SUITES[name]
+    except KeyError:
+        raise ValueError(f"unknown benchmark suite {name!r}; registered: {', '.join(sorted(_SUITES))}") from None
