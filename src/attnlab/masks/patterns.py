@@ -19,8 +19,6 @@ Conventions (``i`` = absolute query position ``q_idx``, ``j`` = absolute key pos
 
 from __future__ import annotations
 
-import threading
-
 import torch
 from torch import Tensor
 
@@ -113,48 +111,33 @@ def fixed(block: int, summary: int = 1, *, causal: bool = True) -> Mask:
     return Mask(name=f"fixed(block={c}, summary={summary}{suffix})", fn=fn, causal=causal)
 
 
-class _RandomKeyTable:
-    """Random key positions for BigBird, reproducible from a seed and independent of the sequence length.
+_M32 = 0xFFFFFFFF
 
-    Rows are generated in chunks of ``_CHUNK`` query positions, each from its own generator seeded by
-    ``(seed, chunk)``, so a longer table extends a shorter one without changing it.
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer finaliser (xor-shift / multiply) on int64 tensors holding values in ``[0, 2**32)``.
+
+    Every product stays below ``2**59``, so nothing overflows int64 on any device.
     """
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _M32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _M32
+    return (x >> 16) ^ x
 
-    _CHUNK = 1024
 
-    def __init__(self, seed: int, n_random: int, n_tables: int, max_len: int, kv_len: int | None):
-        self.seed, self.n_random, self.n_tables, self.max_len, self.kv_len = seed, n_random, n_tables, max_len, kv_len
-        self._by_device: dict[str, Tensor] = {}
-        self._lock = threading.Lock()
+def _random_keys(seed: int, h: Tensor, q: Tensor, n_random: int, kv_len: int | None) -> Tensor:
+    """``n_random`` pseudo-random key positions per (head, query), shape ``broadcast(h, q) + (n_random,)``.
 
-    def _build(self) -> Tensor:
-        rows = []
-        for c in range(0, self.max_len, self._CHUNK):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + c // self._CHUNK)
-            n = min(self._CHUNK, self.max_len - c)
-            u = torch.rand(self.n_tables, n, self.n_random, generator=g, dtype=torch.float64)
-            if self.kv_len is None:  # causal: draw from [0, i]
-                hi = (torch.arange(c, c + n, dtype=torch.float64) + 1).view(1, n, 1)
-            else:  # bidirectional: draw from [0, kv_len)
-                hi = torch.full((1, n, 1), float(self.kv_len), dtype=torch.float64)
-            rows.append(torch.floor(u * hi).to(torch.int64))
-        return torch.cat(rows, dim=1)  # (n_tables, max_len, n_random)
-
-    def get(self, device: torch.device) -> Tensor:
-        key = str(device)
-        # Lock-free fast path: FlexAttention traces the mask with torch.compile (even in eager mode), and
-        # dynamo cannot enter a lock; a hit is a plain dict read.
-        hit = self._by_device.get(key)
-        if hit is not None:
-            return hit
-        with self._lock:
-            if key not in self._by_device:
-                base = self._by_device.get("cpu")
-                if base is None:
-                    base = self._build()
-                    self._by_device["cpu"] = base
-                self._by_device[key] = base.to(device)
-            return self._by_device[key]
+    A counter-based hash of ``(seed, h, q, r)``: no random-number generator and no table, so it is reproducible,
+    independent of the sequence length and of the device, and safe under ``torch.vmap`` and ``torch.compile``
+    (FlexAttention evaluates masks there). Causal masks draw from ``[0, q]``, others from ``[0, kv_len)``.
+    """
+    r = torch.arange(n_random, device=q.device, dtype=torch.int64)  # (R,)
+    x = _mix32((h.to(torch.int64).unsqueeze(-1) & _M32) ^ (seed & _M32))  # (..., 1)
+    x = _mix32(x ^ ((seed >> 32) & _M32) ^ 0x9E3779B9)
+    x = _mix32(x ^ (q.to(torch.int64).unsqueeze(-1) & _M32))
+    x = _mix32(x ^ r)  # (..., R)
+    hi = (q.to(torch.int64).unsqueeze(-1) + 1) if kv_len is None else kv_len
+    return torch.remainder(x, hi)
 
 
 def bigbird(
@@ -176,7 +159,10 @@ def bigbird(
     * **global**: the key is one of the first ``n_global`` positions, or the query is (global queries see
       every key);
     * **random**: it is one of ``n_random`` keys drawn for this query from ``seed``. Causal masks draw from
-      ``[0, i]``; ``causal=False`` draws from ``[0, kv_len)`` and needs ``kv_len``.
+      ``[0, i]``; ``causal=False`` draws from ``[0, kv_len)`` and needs ``kv_len``. The draws are a
+      counter-based hash of ``(seed, head, i, r)`` (see ``_random_keys``): identical on every device and for
+      every sequence length, and computable inside ``torch.vmap``/``torch.compile``. Draws may repeat, so a row
+      has *at most* ``n_random`` random keys.
 
     With ``causal=True`` everything is additionally restricted to ``j <= i``. ``n_heads`` draws a different
     random set per head (otherwise all heads share one). Positions must be below ``max_len``.
@@ -192,8 +178,8 @@ def bigbird(
         if kv_len is None:
             raise ValueError("bigbird(causal=False, n_random>0) needs kv_len, the range random keys are drawn from")
         _check_int("kv_len", kv_len, 1)
-    table = _RandomKeyTable(seed, max(r, 1), n_heads or 1, max_len, None if causal else kv_len)
     per_head = n_heads is not None
+    rand_range = None if causal else kv_len
 
     def fn(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
         d = q - kv
@@ -201,9 +187,8 @@ def bigbird(
         glob = (kv < g) | (q < g)
         vis = local | glob
         if r > 0:
-            t = table.get(q.device)
             hh = h if per_head else torch.zeros_like(h)
-            rand = (t[hh, q] == kv.unsqueeze(-1)).any(-1)
+            rand = (_random_keys(seed, hh, q, r, rand_range) == kv.unsqueeze(-1)).any(-1)
             vis = vis | rand
         return vis & (kv <= q) if causal else vis
 
