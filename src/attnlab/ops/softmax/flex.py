@@ -136,6 +136,11 @@ def flex_softmax_attention(
             f"{torch.__version__} implements CPU forward only); got inputs that require grad. "
             "Use impl='sdpa' or impl='reference', or call under torch.no_grad()"
         )
+    if q.device.type == "cpu" and not torch.is_grad_enabled():
+        # torch refuses CPU inputs with requires_grad=True even under no_grad; nothing is recorded anyway
+        q, k, v = q.detach(), k.detach(), v.detach()
+        if score_params is not None:
+            score_params = GeneralScoreParams(weight=score_params.weight.detach())  # type: ignore[union-attr]
     B, H, T, _ = q.shape
     Hkv, S = k.shape[1], k.shape[2]
 
