@@ -215,3 +215,12 @@ def test_too_small_and_bad_arguments(tmp_path: Path) -> None:
         load_corpus("tinyshakespeare", val_fraction=1.5, cache_dir=tmp_path)
     with pytest.raises(ValueError, match=r"tokenizer='bpe' is unknown; expected one of \['char', 'gpt2', 'word'\]"):
         load_corpus("tinyshakespeare", tokenizer="bpe", cache_dir=tmp_path)  # type: ignore[arg-type]
+
+
+def test_progress_bar_only_when_building(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = _write(tmp_path / "t.txt", "some text\n" * 50)
+    load_corpus(f, cache_dir=tmp_path / "c", progress=True)
+    assert "tokenizing t (char)" in capsys.readouterr().err
+    load_corpus(f, cache_dir=tmp_path / "c", progress=True)  # cached: nothing to build
+    load_corpus(f, cache_dir=tmp_path / "c2", progress=False)
+    assert "tokenizing" not in capsys.readouterr().err

@@ -214,3 +214,35 @@ def test_forward_input_errors() -> None:
         m(_idx(), _idx()[:, :5])
     with pytest.raises(ValueError, match="targets must be in \\[0, vocab_size=37\\) or -1"):
         m(_idx(), torch.full((2, BLOCK), V))
+
+
+# ------------------------------------------------------------------------------------------- GPU tier
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", CACHED)
+def test_cuda_cached_decoding_matches_full_forward(name: str) -> None:
+    m = _model(name, dtype=torch.float32).cuda()
+    idx = _idx().cuda()
+    full, _ = m(idx)
+    caches = m.new_caches(2)
+    assert all(c.memory_bytes() >= 0 for c in caches)
+    parts = [m(idx[:, :5], caches=caches)[0]] + [m(idx[:, t : t + 1], caches=caches)[0] for t in range(5, BLOCK)]
+    # float32 on the GPU, fused kernels accumulate in other orders: logits are O(0.1), so 1e-4 is ~1e-3 relative
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_autocast_training_step() -> None:
+    import numpy as np
+
+    from attnlab.data import sample_batch
+
+    m = _model(dtype=torch.float32).cuda().train()
+    tokens = (np.arange(500) % V).astype(np.uint16)
+    x, y = sample_batch(tokens, 4, BLOCK, torch.Generator().manual_seed(0), "cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits, loss = m(x, y)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())

@@ -138,22 +138,23 @@ class LM(nn.Module):
                 f"{where} exceeds block_size={cfg.block_size}; crop the input to the last {cfg.block_size} tokens"
                 + (" (and re-prefill fresh caches)" if offset else "")
             )
-        lo, hi = torch.aminmax(idx)
-        lo_v, hi_v = int(lo), int(hi)
+        if targets is not None and (
+            not isinstance(targets, Tensor) or targets.dtype != torch.long or targets.shape != idx.shape
+        ):
+            got = f"{targets.dtype} {tuple(targets.shape)}" if isinstance(targets, Tensor) else type(targets).__name__
+            raise ValueError(f"targets must be a torch.long tensor of shape {tuple(idx.shape)}, got {got}")
+        # one host sync for both range checks
+        ranges = [*torch.aminmax(idx)] + ([*torch.aminmax(targets)] if targets is not None else [])
+        lo_v, hi_v, *t_range = torch.stack(ranges).tolist()
         if lo_v < 0 or hi_v >= cfg.vocab_size:
             raise ValueError(
                 f"idx values must be in [0, vocab_size={cfg.vocab_size}), got min {lo_v} and max {hi_v}"
             )
-        if targets is not None:
-            if not isinstance(targets, Tensor) or targets.dtype != torch.long or targets.shape != idx.shape:
-                got = f"{targets.dtype} {tuple(targets.shape)}" if isinstance(targets, Tensor) else type(targets).__name__
-                raise ValueError(f"targets must be a torch.long tensor of shape {tuple(idx.shape)}, got {got}")
-            tlo, thi = (int(v) for v in torch.aminmax(targets))
-            if tlo < IGNORE_INDEX or thi >= cfg.vocab_size:
-                raise ValueError(
-                    f"targets must be in [0, vocab_size={cfg.vocab_size}) or {IGNORE_INDEX} (ignored), got min {tlo} "
-                    f"and max {thi}"
-                )
+        if t_range and (t_range[0] < IGNORE_INDEX or t_range[1] >= cfg.vocab_size):
+            raise ValueError(
+                f"targets must be in [0, vocab_size={cfg.vocab_size}) or {IGNORE_INDEX} (ignored), got min "
+                f"{t_range[0]} and max {t_range[1]}"
+            )
         return offset
 
     def forward(
