@@ -172,3 +172,17 @@ def test_chunked_encoding_equals_whole_encoding(text: str, size: int) -> None:
         pieces = list(_chunks(text, tok, size))
         assert "".join(pieces) == text
         assert [i for piece in pieces for i in tok.encode(piece)] == tok.encode(text), (tok, text, pieces)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_ALPHABET, min_size=0, max_size=40).map("".join))
+def test_fast_cut_search_finds_exactly_the_safe_cuts(text: str) -> None:
+    from attnlab.data.corpus import _gpt2_safe_cut, _next_cut
+
+    tok = GPT2Tokenizer()
+    safe = [p for p in range(len(text) + 1) if _gpt2_safe_cut(text, p)]
+    found, p = [], 0
+    while (p := _next_cut(text, p, tok)) < len(text):
+        found.append(p)
+        p += 1
+    assert found == safe

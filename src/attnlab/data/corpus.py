@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -157,40 +158,44 @@ def _gpt2_safe_cut(text: str, p: int) -> bool:
     * ``Y c | X`` with one non-space whitespace ``c`` (e.g. a newline) between non-spaces: ``c`` is a piece of its
       own either way.
     """
-    if p <= 1 or p >= len(text) - 1:
+    if p <= 1 or p >= len(text):
         return False
     prev, cur = text[p - 1], text[p]
     if prev not in " \n\t\r":
         return False
     if cur == " ":
-        return not text[p + 1].isspace()
+        return p + 1 < len(text) and not text[p + 1].isspace()
     return prev != " " and not cur.isspace() and not text[p - 2].isspace()
 
 
-def _line_cut(text: str, p: int) -> bool:
-    return text[p - 1] == "\n"
+# The positions where _gpt2_safe_cut holds, as one regex (Python's \s is str.isspace): rule 2 | rule 1.
+_GPT2_CUT = re.compile(r"(?<=\S[\n\t\r])(?=\S)|(?<=[ \n\t\r])(?= \S)")
+
+
+def _next_cut(text: str, start: int, tokenizer: Tokenizer) -> int:
+    """The first position ``>= start`` where ``text`` may be cut without changing its encoding (or ``len(text)``)."""
+    n = len(text)
+    if isinstance(tokenizer, CharTokenizer):
+        return min(start, n)
+    if isinstance(tokenizer, WordTokenizer):  # after a newline: lines encode independently
+        nl = text.find("\n", start - 1)
+        return n if nl < 0 else nl + 1
+    if isinstance(tokenizer, GPT2Tokenizer):
+        while True:
+            m = _GPT2_CUT.search(text, start)
+            if m is None:
+                return n
+            if m.start() >= 2:  # the same bounds as _gpt2_safe_cut
+                return m.start()
+            start = m.start() + 1
+    return n  # an unknown tokenizer: no cut is known to be safe
 
 
 def _chunks(text: str, tokenizer: Tokenizer, size: int = _CHUNK_CHARS) -> Iterator[str]:
-    """Pieces of ``text`` whose encodings concatenate to the encoding of ``text``."""
-    if isinstance(tokenizer, CharTokenizer):
-        safe = None
-    elif isinstance(tokenizer, WordTokenizer):
-        safe = _line_cut
-    elif isinstance(tokenizer, GPT2Tokenizer):
-        safe = _gpt2_safe_cut
-    else:  # an unknown tokenizer: no cut is known to be safe
-        yield text
-        return
+    """Pieces of ``text`` (about ``size`` characters) whose encodings concatenate to the encoding of ``text``."""
     start, n = 0, len(text)
     while start < n:
-        end = start + size
-        if end >= n:
-            yield text[start:]
-            return
-        if safe is not None:
-            while end < n and not safe(text, end):
-                end += 1
+        end = _next_cut(text, start + size, tokenizer)
         yield text[start:end]
         start = end
 
