@@ -331,3 +331,54 @@ def test_impl_is_reassignable_and_used() -> None:
         layer(_x(T=3))
     layer.impl = "reference"
     assert layer(_x(T=3)).shape == (2, 3, 24)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fast paths
+
+
+def test_plain_causal_reaches_sdpa_is_causal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain causal self-attention: one SDPA call with is_causal=True and no dense mask; a one-token decoding step
+    with the plain causal mask passes no mask at all."""
+    import attnlab.ops.softmax.sdpa as sdpa_mod
+
+    calls: list[dict] = []
+    real = sdpa_mod.F.scaled_dot_product_attention
+
+    def spy(*a, **k):
+        calls.append(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(sdpa_mod.F, "scaled_dot_product_attention", spy)
+    for impl in ("auto", "sdpa"):
+        calls.clear()
+        layer = _layer(impl=impl)
+        layer(_x(T=16))
+        assert len(calls) == 1 and calls[0].get("is_causal") is True and calls[0].get("attn_mask") is None
+        cache = layer.new_cache(2)
+        with torch.no_grad():
+            layer(_x(T=5), cache=cache)
+            calls.clear()
+            layer(_x(T=1), cache=cache)
+        assert len(calls) == 1 and not calls[0].get("is_causal") and calls[0].get("attn_mask") is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mask", [masks.causal(), masks.sliding_window(5), masks.bigbird(4, 1, 2)],
+                         ids=["causal", "window", "bigbird"])
+def test_cuda_backends_match_reference(mask) -> None:
+    """On CUDA every backend (flex included, with its backward) equals the reference; float32, tol 1e-4."""
+    ref = MultiHeadAttentionConfig(d_model=64, n_heads=4, n_kv_heads=2, mask=mask, rope=True,
+                                   impl="reference").build().cuda().eval()
+    x = torch.randn(2, 100, 64, device="cuda")
+    out = {}
+    for impl in ("reference", "sdpa", "flex"):
+        ref.impl = impl
+        xi = x.clone().requires_grad_(True)
+        y = ref(xi)
+        y.pow(2).sum().backward()
+        out[impl] = (y.detach(), xi.grad)
+        ref.zero_grad()
+    for impl in ("sdpa", "flex"):
+        assert (out[impl][0] - out["reference"][0]).abs().max() < 1e-4, impl
+        assert (out[impl][1] - out["reference"][1]).abs().max() < 1e-4, impl
