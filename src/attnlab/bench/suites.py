@@ -421,8 +421,9 @@ def sparsity_masks(T: int) -> list:
 
     ms = [causal()]
     ms += [sliding_window(max(1, T // d)) for d in (2, 4, 8, 16, 32, 64)]
-    ms += [strided(s) for s in sorted({max(2, int(math.sqrt(T)) // 2), max(2, int(math.sqrt(T))),
-                                        max(2, 2 * int(math.sqrt(T)))}, reverse=True)]
+    # strided density is about (s + T / s) / T, smallest at s = sqrt(T): go down from 4 sqrt(T) to sqrt(T)
+    r = max(2, int(math.sqrt(T)))
+    ms += [strided(s) for s in (4 * r, 2 * r, r)]
     ms += [bigbird(max(1, T // d), n_global=16, n_random=4, seed=0, max_len=max(T, 16)) for d in (4, 16, 64)]
     return ms
 
