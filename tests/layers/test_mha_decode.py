@@ -197,3 +197,29 @@ def test_bidirectional_layer_has_no_cache() -> None:
     # a non-causal mask that is not full is probed: the symmetric band sees the next position
     with pytest.raises(ValueError, match=r"lets queries at positions \[0, 3\) see position 3"):
         causal_layer(_x(3), cache=causal_layer.new_cache(2), mask=masks.sliding_window(2, causal=False))
+
+
+def test_auto_decodes_single_tokens_with_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """impl='auto': a one-token cached step goes to SDPA (no per-step FlexAttention BlockMask), prefill to 'auto'."""
+    import attnlab.layers.mha as mha_mod
+
+    seen: list[str] = []
+    real = mha_mod.softmax_attention
+
+    def spy(*a, impl: str, **k):
+        seen.append(impl)
+        return real(*a, impl=impl, **k)
+
+    monkeypatch.setattr(mha_mod, "softmax_attention", spy)
+    layer = _layer(masks.strided(3), impl="auto")
+    x = _x(6)
+    with torch.no_grad():
+        y = layer(x)
+        got, _ = _decode(layer, x, [3, 1, 1, 1])
+    assert seen == ["auto", "auto", "sdpa", "sdpa", "sdpa"]
+    assert (got - y).abs().max() < TOL
+    bahdanau = _layer(masks.causal(), score="additive", impl="auto")
+    seen.clear()
+    with torch.no_grad():
+        _decode(bahdanau, x[:, :2], [1, 1])
+    assert seen == ["auto", "auto"]  # SDPA cannot compute the additive score

@@ -24,6 +24,8 @@ Cached decoding (``new_cache`` + ``forward(x, cache=cache)``)
       whole prefix** (``T >= p``); afterwards the mask is causal and tokens may come one at a time. The layer
       enforces this (``ValueError``) by probing whether any query of the call sees the next, not yet cached
       position, which is exact for prefix-LM and a necessary condition for any mask.
+    * With ``impl="auto"``, a one-token cached step runs on SDPA (a ``(1, S)`` mask row is cheap; FlexAttention
+      would need a new BlockMask per step). Explicit ``impl`` values are always honoured.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from attnlab.ops.softmax import (
     SoftmaxImpl,
     softmax_attention,
 )
+from attnlab.ops.softmax.sdpa import SDPA_SCORES as _SDPA_SCORES
 
 __all__ = ["MultiHeadAttentionConfig", "MultiHeadAttention"]
 
@@ -366,6 +369,11 @@ class MultiHeadAttention(nn.Module):
             else:
                 m = shifted_mask(m, kv_start)
 
+        impl = self._impl
+        if impl == "auto" and cache is not None and T == 1 and self.score in _SDPA_SCORES:
+            # one decoding query: a dense (1, S) mask row is cheap, while "auto" would pick FlexAttention on CUDA
+            # for sparse masks and build a new BlockMask at every step
+            impl = "sdpa"
         out = softmax_attention(
             q, k, v,
             mask=m,
@@ -373,7 +381,7 @@ class MultiHeadAttention(nn.Module):
             score_params=self.score_params(),
             q_offset=offset,
             dropout_p=self.dropout if self.training else 0.0,
-            impl=self._impl,  # type: ignore[arg-type]
+            impl=impl,  # type: ignore[arg-type]
         )  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H D)
         return self.out_proj(out)  # (B, T, d_model)
