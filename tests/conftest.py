@@ -6,6 +6,11 @@ import pytest
 import torch
 
 
+# Tests use small tensors: one intra-op thread per test process avoids oversubscribing the cores
+# (the suite runs under pytest-xdist with one worker per core).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
