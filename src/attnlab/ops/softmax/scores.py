@@ -20,7 +20,8 @@ Scores, before the softmax (``scale`` multiplies every score; its default depend
 ``"additive"`` has no such reduction: it needs ``tanh`` of a ``(T, S, A)`` sum per head. Materialising the
 whole ``(B, H, T, S, A)`` tensor would cost ``A`` times the score matrix, so :func:`additive_scores` works in
 chunks of ``chunk_q`` query rows, in the forward *and* the backward pass (a custom autograd function recomputes
-each chunk's ``tanh`` instead of saving it).
+each chunk's ``tanh`` instead of saving it). That function is ``once_differentiable``: first-order gradients
+only (double backward through the additive score raises).
 """
 
 from __future__ import annotations
