@@ -16,6 +16,10 @@ contributors) and ``U_j`` the running lookahead keys of the tokens of block j (t
              S^U_{j+k, j} = Q^C_{j+k} U_j^T * scale + tril(Q^C_{j+k} V^U_{j+k}^T * scale) G(j, j+k)^T   (eq. 24)
     A = Q^C K^C^T * scale - SiLU(S^U)  (causal mask on diagonal blocks), online softmax over the k iterations.
 
+Internally blocks are stored block-major, ``(N, B, H, C, D)``, so that the run of blocks ``x[k:]`` of one
+diagonal is a contiguous tensor and every batched matmul runs without copies (4x faster on CPU than slicing
+``(B, H, N, C, D)``).
+
 Only the outputs, the log-sum-exp per row (T) and the final ``U`` (T x D) are saved; the backward pass walks the
 diagonals in reverse, recomputes every block, and "un-updates" ``U`` by subtracting eq. (23). Extra memory is
 O(T (D + C)) per head: there is no T x T tensor anywhere.
@@ -52,8 +56,8 @@ def _gate_mask(C: int, k: int, window: int | None, device: torch.device) -> Tens
 
 
 def _gate(q_u: Tensor, k_u: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    """``G`` blocks: ``(B, H, n, C, C)`` from owner blocks ``q_u`` and contributor blocks ``k_u`` ``(B, H, n, C, D)``."""
-    g = torch.sigmoid(q_u @ k_u.transpose(-1, -2) * scale)  # (B, H, n, C, C)
+    """``G`` blocks: ``(n, B, H, C, C)`` from owner blocks ``q_u`` and contributor blocks ``k_u`` ``(n, B, H, C, D)``."""
+    g = torch.sigmoid(q_u @ k_u.transpose(-1, -2) * scale)  # (n, B, H, C, C)
     if mask is not None:
         g = g.masked_fill(~mask, 0.0)
     return g
@@ -79,117 +83,118 @@ class _CastleChunked(torch.autograd.Function):
             x = x.to(dtype)
             if pad:
                 x = F.pad(x, (0, 0, 0, pad))
-            return x.reshape(Bsz, H, N, C, D)  # (B, H, N, C, D)
+            # block-major (N, B, H, C, D): a run of blocks x[k:] stays contiguous, so batched matmuls need no copies
+            return x.reshape(Bsz, H, N, C, D).permute(2, 0, 1, 3, 4).contiguous()
 
         qu, ku, vu, qc, kc, vc = (blocks(x) for x in (q_u, k_u, v_u, q_c, k_c, v_c))
         dev = qu.device
         tri = torch.ones(C, C, dtype=torch.bool, device=dev).tril()  # (C, C)
 
         # diagonal blocks (k = 0)
-        g_prev = _gate(qu, ku, _gate_mask(C, 0, window, dev), scale)  # G(j, j): (B, H, N, C, C)
-        cm = (qc @ vu.transpose(-1, -2) * scale).masked_fill(~tri, 0.0)  # (B, H, N, C, C)
-        s_u = cm @ g_prev.transpose(-1, -2)  # (B, H, N, C, C)
+        g_prev = _gate(qu, ku, _gate_mask(C, 0, window, dev), scale)  # G(j, j): (N, B, H, C, C)
+        cm = (qc @ vu.transpose(-1, -2) * scale).masked_fill(~tri, 0.0)  # (N, B, H, C, C)
+        s_u = cm @ g_prev.transpose(-1, -2)  # (N, B, H, C, C)
         a = (qc @ kc.transpose(-1, -2) * scale - F.silu(s_u)).masked_fill(~tri, float("-inf"))
-        m = a.amax(dim=-1)  # (B, H, N, C)
-        p = torch.exp(a - m[..., None])  # (B, H, N, C, C)
-        l = p.sum(dim=-1)  # (B, H, N, C)
-        o = p @ vc  # (B, H, N, C, D)
+        m = a.amax(dim=-1)  # (N, B, H, C)
+        p = torch.exp(a - m[..., None])  # (N, B, H, C, C)
+        l = p.sum(dim=-1)  # (N, B, H, C)
+        o = p @ vc  # (N, B, H, C, D)
 
-        u = torch.zeros_like(qu)  # (B, H, N, C, D): running lookahead keys per owner block
+        u = torch.zeros_like(qu)  # (N, B, H, C, D): running lookahead keys per owner block
         for k in range(1, N):
             n = N - k
             if g_prev is not None:  # eq. (23): U_j += G(j, j+k-1) V^U_{j+k-1}
-                u[:, :, :n] += g_prev[:, :, :n] @ vu[:, :, k - 1 : k - 1 + n]
+                u[:n] += g_prev[:n] @ vu[k - 1 : k - 1 + n]
             mask = _gate_mask(C, k, window, dev)
-            g = None if mask is False else _gate(qu[:, :, :n], ku[:, :, k:], mask, scale)  # G(j, j+k)
-            qa = qc[:, :, k:]  # (B, H, n, C, D): query blocks a = j + k
-            s_u = qa @ u[:, :, :n].transpose(-1, -2) * scale  # (B, H, n, C, C)   eq. (24)
+            g = None if mask is False else _gate(qu[:n], ku[k:], mask, scale)  # G(j, j+k)
+            qa = qc[k:]  # (n, B, H, C, D): query blocks a = j + k
+            s_u = qa @ u[:n].transpose(-1, -2) * scale  # (n, B, H, C, C)   eq. (24)
             if g is not None:
-                s_u = s_u + cm[:, :, k:] @ g.transpose(-1, -2)
-            a = qa @ kc[:, :, :n].transpose(-1, -2) * scale - F.silu(s_u)  # (B, H, n, C, C)
-            m_a = m[:, :, k:]
-            m_new = torch.maximum(m_a, a.amax(dim=-1))  # (B, H, n, C)
+                s_u = s_u + cm[k:] @ g.transpose(-1, -2)
+            a = qa @ kc[:n].transpose(-1, -2) * scale - F.silu(s_u)  # (n, B, H, C, C)
+            m_a = m[k:]
+            m_new = torch.maximum(m_a, a.amax(dim=-1))  # (n, B, H, C)
             alpha = torch.exp(m_a - m_new)
             p = torch.exp(a - m_new[..., None])
-            l[:, :, k:] = l[:, :, k:] * alpha + p.sum(dim=-1)
-            o[:, :, k:] = o[:, :, k:] * alpha[..., None] + p @ vc[:, :, :n]
-            m[:, :, k:] = m_new
+            l[k:] = l[k:] * alpha + p.sum(dim=-1)
+            o[k:] = o[k:] * alpha[..., None] + p @ vc[:n]
+            m[k:] = m_new
             g_prev = g
 
         o = o / l[..., None]
-        lse = m + torch.log(l)  # (B, H, N, C)
+        lse = m + torch.log(l)  # (N, B, H, C)
         ctx.save_for_backward(qu, ku, vu, qc, kc, vc, o, lse, u)
         ctx.meta = (window, scale, T, C, N, in_dtype)
-        return o.reshape(Bsz, H, N * C, D)[:, :, :T].to(in_dtype)
+        return o.permute(1, 2, 0, 3, 4).reshape(Bsz, H, N * C, D)[:, :, :T].to(in_dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         qu, ku, vu, qc, kc, vc, o, lse, u_saved = ctx.saved_tensors
         window, scale, T, C, N, in_dtype = ctx.meta
-        Bsz, H, _, _, D = qu.shape
+        _, Bsz, H, _, D = qu.shape
         dtype, dev = qu.dtype, qu.device
         do = grad_out.to(dtype)
         if N * C > T:
             do = F.pad(do, (0, 0, 0, N * C - T))
-        do = do.reshape(Bsz, H, N, C, D)  # (B, H, N, C, D)
-        delta = (do * o).sum(dim=-1)  # (B, H, N, C)
+        do = do.reshape(Bsz, H, N, C, D).permute(2, 0, 1, 3, 4).contiguous()  # (N, B, H, C, D)
+        delta = (do * o).sum(dim=-1)  # (N, B, H, C)
         tri = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
 
         dqu, dku, dvu, dqc, dkc, dvc = (torch.zeros_like(qu) for _ in range(6))
         du = torch.zeros_like(qu)  # gradient w.r.t. the running U, carried from later diagonals to earlier ones
         u = u_saved.clone()
-        cm = (qc @ vu.transpose(-1, -2) * scale).masked_fill(~tri, 0.0)  # (B, H, N, C, C)
+        cm = (qc @ vu.transpose(-1, -2) * scale).masked_fill(~tri, 0.0)  # (N, B, H, C, C)
         dcm = torch.zeros_like(cm)
 
         def gate_for(k: int, n: int) -> Tensor | None:
             mask = _gate_mask(C, k, window, dev)
-            return None if mask is False else _gate(qu[:, :, :n], ku[:, :, k : k + n], mask, scale)
+            return None if mask is False else _gate(qu[:n], ku[k : k + n], mask, scale)
 
         g_cur = gate_for(N - 1, 1) if N > 1 else None
         for k in range(N - 1, 0, -1):
             n = N - k
-            qa, doa, lse_a, delta_a = qc[:, :, k:], do[:, :, k:], lse[:, :, k:], delta[:, :, k:]
-            kj, vj, uj = kc[:, :, :n], vc[:, :, :n], u[:, :, :n]
-            s_u = qa @ uj.transpose(-1, -2) * scale  # (B, H, n, C, C)
+            qa, doa, lse_a, delta_a = qc[k:], do[k:], lse[k:], delta[k:]
+            kj, vj, uj = kc[:n], vc[:n], u[:n]
+            s_u = qa @ uj.transpose(-1, -2) * scale  # (n, B, H, C, C)
             if g_cur is not None:
-                s_u = s_u + cm[:, :, k:] @ g_cur.transpose(-1, -2)
+                s_u = s_u + cm[k:] @ g_cur.transpose(-1, -2)
             silu, dsilu = _silu_and_grad(s_u)
-            p = torch.exp(qa @ kj.transpose(-1, -2) * scale - silu - lse_a[..., None])  # (B, H, n, C, C)
+            p = torch.exp(qa @ kj.transpose(-1, -2) * scale - silu - lse_a[..., None])  # (n, B, H, C, C)
             da = p * (doa @ vj.transpose(-1, -2) - delta_a[..., None])  # dL/dA
             ds_u = -dsilu * da  # dL/dS^U
-            dvc[:, :, :n] += p.transpose(-1, -2) @ doa
-            dqc[:, :, k:] += (da @ kj + ds_u @ uj) * scale
-            dkc[:, :, :n] += da.transpose(-1, -2) @ qa * scale
-            du[:, :, :n] += ds_u.transpose(-1, -2) @ qa * scale
+            dvc[:n] += p.transpose(-1, -2) @ doa
+            dqc[k:] += (da @ kj + ds_u @ uj) * scale
+            dkc[:n] += da.transpose(-1, -2) @ qa * scale
+            du[:n] += ds_u.transpose(-1, -2) @ qa * scale
             dz = None
             if g_cur is not None:  # within-block correction tril(Q^C V^U^T) G(j, j+k)^T
-                dcm[:, :, k:] += ds_u @ g_cur
-                dg = ds_u.transpose(-1, -2) @ cm[:, :, k:]  # (B, H, n, C, C): owners x contributors
+                dcm[k:] += ds_u @ g_cur
+                dg = ds_u.transpose(-1, -2) @ cm[k:]  # (n, B, H, C, C): owners x contributors
                 dz = dg * g_cur * (1.0 - g_cur)
-                dku[:, :, k:] += dz.transpose(-1, -2) @ qu[:, :, :n] * scale
+                dku[k:] += dz.transpose(-1, -2) @ qu[:n] * scale
             # reverse eq. (23): U_j += G(j, j+k-1) V^U_{j+k-1}; its gradient is the du accumulated so far
             g_next = gate_for(k - 1, n + 1)  # G(j, j+k-1) for j <= n: this step's update and the next step's gate
             if g_next is not None:
-                gp = g_next[:, :, :n]
-                vprev = vu[:, :, k - 1 : k - 1 + n]
-                dvu[:, :, k - 1 : k - 1 + n] += gp.transpose(-1, -2) @ du[:, :, :n]
-                dzp = (du[:, :, :n] @ vprev.transpose(-1, -2)) * gp * (1.0 - gp)
-                dku[:, :, k - 1 : k - 1 + n] += dzp.transpose(-1, -2) @ qu[:, :, :n] * scale
-                dqu_blk = dzp @ ku[:, :, k - 1 : k - 1 + n]
+                gp = g_next[:n]
+                vprev = vu[k - 1 : k - 1 + n]
+                dvu[k - 1 : k - 1 + n] += gp.transpose(-1, -2) @ du[:n]
+                dzp = (du[:n] @ vprev.transpose(-1, -2)) * gp * (1.0 - gp)
+                dku[k - 1 : k - 1 + n] += dzp.transpose(-1, -2) @ qu[:n] * scale
+                dqu_blk = dzp @ ku[k - 1 : k - 1 + n]
                 if dz is not None:
-                    dqu_blk = dqu_blk + dz @ ku[:, :, k:]
-                dqu[:, :, :n] += dqu_blk * scale
-                u[:, :, :n] -= gp @ vprev
+                    dqu_blk = dqu_blk + dz @ ku[k:]
+                dqu[:n] += dqu_blk * scale
+                u[:n] -= gp @ vprev
             elif dz is not None:
-                dqu[:, :, :n] += dz @ ku[:, :, k:] * scale
+                dqu[:n] += dz @ ku[k:] * scale
             g_cur = g_next
 
         # diagonal blocks (k = 0); u is back to zero here
         g = g_cur if N > 1 else gate_for(0, N)
-        s_u = cm @ g.transpose(-1, -2)  # (B, H, N, C, C)
+        s_u = cm @ g.transpose(-1, -2)  # (N, B, H, C, C)
         silu, dsilu = _silu_and_grad(s_u)
         a = (qc @ kc.transpose(-1, -2) * scale - silu).masked_fill(~tri, float("-inf"))
-        p = torch.exp(a - lse[..., None])  # (B, H, N, C, C)
+        p = torch.exp(a - lse[..., None])  # (N, B, H, C, C)
         da = p * (do @ vc.transpose(-1, -2) - delta[..., None])
         ds_u = -dsilu * da
         dvc += p.transpose(-1, -2) @ do
@@ -206,7 +211,7 @@ class _CastleChunked(torch.autograd.Function):
         dvu += dcm.transpose(-1, -2) @ qc * scale
 
         def out(x: Tensor) -> Tensor:
-            return x.reshape(Bsz, H, N * C, D)[:, :, :T].to(in_dtype)
+            return x.permute(1, 2, 0, 3, 4).reshape(Bsz, H, N * C, D)[:, :, :T].to(in_dtype)
 
         return out(dqu), out(dku), out(dvu), out(dqc), out(dkc), out(dvc), None, None, None
 
