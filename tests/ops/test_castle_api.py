@@ -76,3 +76,15 @@ def test_auto_on_cpu_is_chunked() -> None:
     xs = [x.requires_grad_() for x in _inputs()]
     out = castle_attention(*xs, impl="auto")
     assert type(out.grad_fn).__name__ == "_CastleChunkedBackward"
+
+
+@pytest.mark.gpu
+def test_triton_dispatch_on_cuda_matches_parallel() -> None:
+    from attnlab.ops.castle import castle_parallel, triton_available
+
+    assert triton_available(), "CUDA is present but attnlab.ops.castle.triton_kernel does not import"
+    xs = [torch.randn(2, 3, 70, 32, device="cuda") for _ in range(6)]
+    want = castle_parallel(*[x.double() for x in xs], window=5)
+    for impl in ("triton", "auto"):
+        got = castle_attention(*xs, window=5, impl=impl)
+        torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=0)  # fp32 kernel vs fp64 Theorem 1
