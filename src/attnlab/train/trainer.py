@@ -215,8 +215,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward_model = DistributedDataParallel(self.forward_model, device_ids=ids)
         self.metrics = MetricsWriter(self.out_dir, enabled=self.dist.is_main, tensorboard=config.tensorboard)
-        if self.resumed_from is not None:
-            self.metrics.truncate_after(self.resumed_from)
+        if resume:  # forget records written after the checkpoint we continue from (all, if there was none)
+            self.metrics.truncate_after(self.resumed_from or 0)
 
     # ------------------------------------------------------------------------------------------------------------
 

@@ -1,0 +1,56 @@
+"""``attnlab generate``: sample text from a checkpoint with the mechanisms' decoding caches."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "generate text from a checkpoint (cached decoding: KV, sliding KV, UQ-KV or recurrent state)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (newest checkpoint)")
+    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
+    p.add_argument("--device", default="auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    from attnlab.layers import registry
+    from attnlab.train.checkpoint import CheckpointError
+    from attnlab.train.cliargs import fail
+    from attnlab.train.generate import generate
+    from attnlab.train.loading import load_trained
+
+    try:
+        t = load_trained(args.checkpoint, device=args.device)
+    except (CheckpointError, ValueError) as e:
+        return fail(str(e))
+    if t.tokenizer is None:
+        return fail(f"checkpoint {t.path} holds no tokenizer")
+    try:
+        ids = t.tokenizer.encode(args.prompt)
+    except ValueError as e:
+        return fail(f"cannot encode the prompt: {e}")
+    if not ids:
+        return fail("the prompt encodes to no tokens; give a non-empty --prompt")
+    use_cache = not args.no_cache
+    no_cache = [m for m in t.model.mechanisms if registry.get(m).cache is None] if hasattr(t.model, "mechanisms") else []
+    if use_cache and no_cache:
+        print(f"note: {', '.join(sorted(set(no_cache)))} has no decoding cache; recomputing the context per token")
+        use_cache = False
+    try:
+        for i in range(args.num_samples):
+            seed = None if args.seed is None else args.seed + i
+            out = generate(t.model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                           seed=seed, use_cache=use_cache)
+            if args.num_samples > 1:
+                print(f"--- sample {i + 1}")
+            print(t.tokenizer.decode(out.tolist()))
+    except ValueError as e:
+        return fail(str(e))
+    return 0

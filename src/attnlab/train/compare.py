@@ -1,0 +1,117 @@
+"""``attnlab compare``: train mechanisms x seeds under one token budget at equal parameters, then report.
+
+Output directory::
+
+    OUT/
+      compare.json              the comparison (config of every run), written first
+      runs/<mechanism>/seed<k>/ one trainer run each (checkpoints, metrics.jsonl/csv, result.json)
+      leaderboard.md, .csv      one row per mechanism (see :mod:`attnlab.train.report`)
+      loss_curves.png, final_loss.png, report.html
+
+A run is finished when its ``result.json`` exists. ``resume=True`` keeps finished runs, continues unfinished
+ones from their newest checkpoint and refuses a directory that holds a *different* comparison; ``force=True``
+moves an existing directory aside to ``OUT.old-<timestamp>``; otherwise a non-empty directory is an error.
+Nothing already written is ever deleted.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from attnlab.train.config import config_to_dict
+from attnlab.train.outdir import OutputDirError, prepare_out_dir
+from attnlab.train.presets import CompareConfig
+from attnlab.train.trainer import Trainer
+
+__all__ = ["run_compare", "CompareResult", "run_dir"]
+
+
+@dataclass
+class CompareResult:
+    out_dir: Path
+    runs: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def run_dir(out_dir: Path, mechanism: str, seed: int) -> Path:
+    return out_dir / "runs" / mechanism / f"seed{seed}"
+
+
+def _describe(cfg: CompareConfig) -> dict[str, Any]:
+    return {
+        "mechanisms": cfg.mechanisms,
+        "seeds": cfg.seeds,
+        "baseline": cfg.baseline,
+        "options": cfg.options,
+        "base": config_to_dict(cfg.base),
+    }
+
+
+def run_compare(
+    cfg: CompareConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    corpus: Any = None,
+    log: Callable[[str], None] = print,
+) -> CompareResult:
+    """Train every (mechanism, seed) run of ``cfg`` into ``out_dir`` and write the leaderboard and report."""
+    out = Path(out_dir)
+    backup = prepare_out_dir(out, resume=resume, force=force)
+    if backup is not None:
+        log(f"moved the previous contents of {out} to {backup}")
+    desc = _describe(cfg)
+    meta = out / "compare.json"
+    if meta.exists():
+        old = json.loads(meta.read_text())
+        if old != desc:
+            diff = sorted(k for k in set(old) | set(desc) if old.get(k) != desc.get(k))
+            raise OutputDirError(
+                f"{out} holds a different comparison (differs in: {', '.join(diff)}); use another --out, or --force "
+                "to move it aside"
+            )
+    else:
+        meta.write_text(json.dumps(desc, indent=1))
+
+    if corpus is None:
+        from attnlab.data import load_corpus
+
+        d = cfg.base.data
+        corpus = load_corpus(d.source, tokenizer=d.tokenizer, cache_dir=d.cache_dir, val_fraction=d.val_fraction,
+                             progress=cfg.base.progress)
+    t0 = time.perf_counter()
+    result = CompareResult(out_dir=out)
+    total = len(cfg.mechanisms) * len(cfg.seeds)
+    i = 0
+    for mech in cfg.mechanisms:
+        for seed in cfg.seeds:
+            i += 1
+            rdir = run_dir(out, mech, seed)
+            done = rdir / "result.json"
+            if done.is_file():
+                log(f"[{i}/{total}] {mech} seed {seed}: finished earlier, kept")
+            else:
+                log(f"[{i}/{total}] {mech} seed {seed}")
+                trainer = Trainer(cfg.run_config(mech, seed), out_dir=rdir, corpus=corpus, resume=True, log=log)
+                trainer.fit()
+                del trainer
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            result.runs[(mech, seed)] = json.loads(done.read_text())
+    result.wall_s = time.perf_counter() - t0
+
+    from attnlab.train.report import write_report
+
+    result.files = write_report(out, cfg, result.runs)
+    log("wrote " + ", ".join(str(p) for p in result.files.values()))
+    return result

@@ -1,0 +1,114 @@
+"""attnlab compare: leaderboard, plots and HTML from a tiny preset; output-directory protection; the noise rule."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from attnlab.train.compare import run_compare, run_dir
+from attnlab.train.outdir import OutputDirError
+from attnlab.train.presets import CompareConfig, tiny
+from attnlab.train.report import significance
+
+TEXT = Path("/work/shared/data/tinyshakespeare/input.txt")
+
+
+@pytest.fixture
+def small_cfg(tmp_path: Path) -> CompareConfig:
+    src = tmp_path / "small.txt"
+    src.write_text(_text())
+    cfg = tiny()
+    base = replace(cfg.base, data=replace(cfg.base.data, source=str(src), cache_dir=str(tmp_path / "cache")))
+    return replace(cfg, base=base)
+
+
+def _text() -> str:
+    from attnlab.data import read_bundled_text
+
+    return read_bundled_text("tinyshakespeare")[:6000]
+
+
+def test_compare_writes_leaderboard_plots_and_html(tmp_path: Path, small_cfg: CompareConfig) -> None:
+    out = tmp_path / "cmp"
+    res = run_compare(small_cfg, out, log=lambda s: None)
+    assert set(res.runs) == {(m, s) for m in small_cfg.mechanisms for s in (0, 1)}
+    md = (out / "leaderboard.md").read_text()
+    for m in small_cfg.mechanisms:
+        assert f"`{m}`" in md
+    assert "beyond seed noise" in md and "Welch" in md and "baseline" in md
+    rows = list(csv.DictReader(open(out / "leaderboard.csv")))
+    assert [r["mechanism"] for r in rows] == small_cfg.mechanisms
+    base = rows[0]
+    assert base["beyond_noise"] == "baseline" and float(base["delta_vs_baseline"]) == 0.0
+    for r in rows:
+        losses = [json.loads((run_dir(out, r["mechanism"], s) / "result.json").read_text())["val"]["loss"]
+                  for s in (0, 1)]
+        assert float(r["val_loss_mean"]) == pytest.approx(sum(losses) / 2, rel=1e-12)
+        assert float(r["val_loss_std"]) == pytest.approx(abs(losses[0] - losses[1]) / math.sqrt(2), rel=1e-9)
+        assert float(r["val_bpc"]) == pytest.approx(float(r["val_loss_mean"]) / math.log(2), rel=1e-9)
+        assert int(r["params"]) > 0 and float(r["tokens_per_s"]) > 0 and float(r["wall_s"]) > 0
+    # parity: CASTLE's parameter count is close to the baseline's (the 4/7 head rule), not double it
+    params = {r["mechanism"]: int(r["params"]) for r in rows}
+    assert abs(params["castle"] - params["standard"]) / params["standard"] < 0.1
+    for png in ("loss_curves.png", "final_loss.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "report.html").read_text()
+    assert "<table>" in page and "data:image/png;base64," in page and "castle-swl" in page
+
+    # ---- output directory protection
+    with pytest.raises(OutputDirError, match="already holds results; pass --resume .* or --force"):
+        run_compare(small_cfg, out, log=lambda s: None)
+    stamp = (run_dir(out, "castle", 1) / "result.json").stat().st_mtime_ns
+    logs: list[str] = []
+    run_compare(small_cfg, out, resume=True, log=logs.append)  # finished runs are kept, not retrained
+    assert (run_dir(out, "castle", 1) / "result.json").stat().st_mtime_ns == stamp
+    assert sum("finished earlier, kept" in l for l in logs) == 10
+    other = replace(small_cfg, seeds=[0])
+    with pytest.raises(OutputDirError, match=r"holds a different comparison \(differs in: seeds\)"):
+        run_compare(other, out, resume=True, log=lambda s: None)
+    run_compare(other, out, force=True, log=lambda s: None)
+    backups = list(tmp_path.glob("cmp.old-*"))
+    assert len(backups) == 1 and (backups[0] / "leaderboard.md").read_text() == md  # nothing lost
+    assert json.loads((out / "compare.json").read_text())["seeds"] == [0]
+
+
+def test_unfinished_run_is_resumed(tmp_path: Path, small_cfg: CompareConfig) -> None:
+    cfg = replace(small_cfg, mechanisms=["standard", "linear"], seeds=[0])
+    out = tmp_path / "cmp"
+    run_compare(cfg, out, log=lambda s: None)
+    first = json.loads((run_dir(out, "linear", 0) / "result.json").read_text())
+    (run_dir(out, "linear", 0) / "result.json").unlink()  # as if it had crashed after its last checkpoint
+    run_compare(cfg, out, resume=True, log=lambda s: None)
+    again = json.loads((run_dir(out, "linear", 0) / "result.json").read_text())
+    assert again["resumed_from"] == cfg.base.steps and again["val"]["loss"] == first["val"]["loss"]
+
+
+def test_significance_rule() -> None:
+    assert significance([1.0], [2.0])[0].startswith("unknown")
+    # means 1.0 vs 2.0, sample variance 0.02 each, n = 2: se = sqrt(0.02/2 + 0.02/2) = 0.1414; |diff| = 1 > 0.283
+    verdict, se = significance([0.9, 1.1], [1.9, 2.1])
+    assert verdict == "yes: better" and se == pytest.approx(math.sqrt(0.02), rel=1e-9)
+    assert significance([1.9, 2.1], [0.9, 1.1])[0] == "yes: worse"
+    # diff 0.1 < 2 * se = 0.283: within noise
+    assert significance([1.0, 1.2], [0.9, 1.1])[0] == "no"
+
+
+def test_compare_config_errors() -> None:
+    from attnlab.train.config import ConfigError
+
+    base = tiny().base
+    with pytest.raises(ConfigError, match="duplicates"):
+        CompareConfig(base=base, mechanisms=["standard", "standard"])
+    with pytest.raises(ConfigError, match="baseline='castle' is not among"):
+        CompareConfig(base=base, mechanisms=["standard"], baseline="castle")
+    with pytest.raises(ConfigError, match="unknown mechanism 'nope'"):
+        CompareConfig(base=base, mechanisms=["standard", "nope"])
+    with pytest.raises(ConfigError, match=r"options given for \['lineer'\], which are not registered"):
+        CompareConfig(base=base, mechanisms=["standard"], options={"lineer": {}})
+    # options of registered mechanisms that are not compared are dropped
+    assert CompareConfig(base=base, mechanisms=["standard"], options={"linear": {}}).options == {}
