@@ -115,6 +115,34 @@ def test_float32_matches_theorem1(t, window):
     compare(inputs(1, 2, t, 16, dtype=torch.float32), window, 16**-0.5, F32)
 
 
+def _rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+@needs_interp
+@pytest.mark.parametrize(
+    "dtype,max_rel",
+    [
+        # float16 operands (the GPU's low-precision path), float32 accumulation; observed <= 7e-4
+        (torch.float16, 4e-3),
+        # bfloat16: operands upcast to float32 under the interpreter, only I/O is rounded; observed <= 4.5e-3
+        (torch.bfloat16, 1.5e-2),
+    ],
+)
+def test_half_precision_relative_error(dtype, max_rel):
+    # relative Frobenius error of the output and each gradient vs float64 Theorem 1 on the same rounded inputs
+    xs = inputs(1, 2, 33, 16, dtype=dtype, seed=7)
+    out = castle_triton(*xs, 6, 0.25)
+    assert out.dtype == dtype
+    go = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grads = torch.autograd.grad(out, xs, go.to(dtype))
+    xr = [x.detach().double().requires_grad_(True) for x in xs]
+    ref = reference(*xr, 6, 0.25)
+    ref_grads = torch.autograd.grad(ref, xr, go)
+    errs = [_rel_err(out, ref)] + [_rel_err(a, b) for a, b in zip(grads, ref_grads)]
+    assert max(errs) <= max_rel, errs
+
+
 @needs_interp
 @pytest.mark.parametrize("t,window", [(70, None), (70, 20)])
 def test_deep_wavefront(t, window):
@@ -294,10 +322,6 @@ def test_cpu_without_interpreter_raises_clear_error():
 
 
 # ------------------------------------------------------------------------------------------------ GPU tier
-
-
-def _rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def _gpu_case(b, h, t, d, dtype, window, max_rel):

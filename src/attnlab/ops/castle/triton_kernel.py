@@ -44,7 +44,11 @@ Design decisions
 * **Precision.** Scores, sigmoid/SiLU, softmax statistics, D, dD and every accumulator are float32 (float64 for
   float64 inputs). For bf16/fp16 inputs the matmul operands are cast to the input dtype (as FlashAttention casts P),
   so tensor cores are used; for float32 inputs the dots use ``input_precision="ieee"`` (no TF32), so the kernel
-  agrees with a float32 PyTorch reference to ~1e-5 rather than TF32's ~1e-3.
+  agrees with a float32 PyTorch reference to ~1e-6 rather than TF32's ~1e-3. Exception: under the interpreter,
+  bfloat16 operands are upcast to float32 because Triton 3.9's interpreter computes bf16 ``tl.dot`` wrongly (see
+  ``_mm_dtype``); float16 runs the same low-precision path as the GPU. Measured (interpreter, T=256, D=64, BLK=64,
+  relative Frobenius error vs float64 Theorem 1 on the same inputs): float16 out 3.7e-4, gradients <= 1.3e-3, below
+  a float16 PyTorch Theorem-1 evaluation (6.1e-4 / 1.4e-3); float32 out 2.6e-7, gradients <= 7.2e-7.
 * **float64** runs (interpreter: yes, tested; CUDA: Triton's FMA path). Triton passes Python floats to kernels as
   float32, so for float64 inputs the scale is folded into Q^U and Q^C on the host (and into their gradients) and the
   kernel runs with scale 1: the result is then float64-exact.
@@ -53,8 +57,9 @@ Design decisions
 * **Head dim.** D is zero-padded to Dp = max(16, next power of two) on the host. Zero columns change no dot product
   (the scale is explicit), and the padded output/gradient columns are sliced off, so the result is exact. D > 128 is
   rejected with a ValueError (the backward's per-program tiles would not fit in registers).
-* **Block size** BLK (rows = columns, it also defines the D-state partition): 64 when Dp <= 64, else 32; CPU
-  (interpreter) runs use 16 unless ``block_size`` is given. ``block_size`` must be a power of two >= 16.
+* **Block size** BLK (rows = columns, it also defines the D-state partition): on CUDA 64 for float16/bfloat16 with
+  Dp <= 64, else 32 (float32's backward at BLK=64 needs ~180 KB of shared memory); CPU (interpreter) runs use 16
+  unless ``block_size`` is given. ``block_size`` must be a power of two >= 16.
 * **CASTLE-SWL skipping.** With a window W, G(c, b) is identically zero when b*BLK - (c*BLK + BLK - 1) > W; the kernels
   then skip the eq. (23) update and the within-block term (and their gradients). Skipping only removes exact zeros.
 * **CPU.** CPU tensors run through Triton's interpreter, which must be active: ``TRITON_INTERPRET=1`` set before
@@ -103,12 +108,12 @@ def _castle_fwd_step(
     DST, MST, LST, AST,  # D state (BH, Tp, Dp); running max / sum (BH, Tp); running acc (BH, Tp, Dp)
     T, k, window, scale,
     stride_in, stride_st, stride_row, stride_vec,
-    HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr, HEAD_D: tl.constexpr, PREC: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr, HEAD_D: tl.constexpr, PREC: tl.constexpr, MM_DT: tl.constexpr,
 ):
     bh = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
     r = j + k  # query block; key block c = j
-    dt = QU.dtype.element_ty
+    dt = MM_DT  # matmul operand dtype: the input dtype (float32 for bfloat16 under the interpreter)
     acc_dt = DST.dtype.element_ty
     ar = tl.arange(0, BLOCK)
     dd = tl.arange(0, HEAD_D)
@@ -118,10 +123,10 @@ def _castle_fwd_step(
     cmask = cols < T
     r_off = bh * stride_in + rows[:, None] * stride_row + dd[None, :]
     c_off = bh * stride_in + cols[:, None] * stride_row + dd[None, :]
-    qc = tl.load(QC + r_off, mask=rmask[:, None], other=0.0)  # (BLK, Dp)
-    qu = tl.load(QU + c_off, mask=cmask[:, None], other=0.0)  # (BLK, Dp)
-    kc = tl.load(KC + c_off, mask=cmask[:, None], other=0.0)
-    vc = tl.load(VC + c_off, mask=cmask[:, None], other=0.0)
+    qc = tl.load(QC + r_off, mask=rmask[:, None], other=0.0).to(dt)  # (BLK, Dp)
+    qu = tl.load(QU + c_off, mask=cmask[:, None], other=0.0).to(dt)  # (BLK, Dp)
+    kc = tl.load(KC + c_off, mask=cmask[:, None], other=0.0).to(dt)
+    vc = tl.load(VC + c_off, mask=cmask[:, None], other=0.0).to(dt)
     dst_off = bh * stride_st + cols[:, None] * stride_row + dd[None, :]
     d_c = tl.load(DST + dst_off)  # (BLK, Dp) lookahead keys of block c from blocks c .. r-2
 
@@ -132,8 +137,8 @@ def _castle_fwd_step(
     if need_p:
         prow = rows - BLOCK
         p_off = bh * stride_in + prow[:, None] * stride_row + dd[None, :]
-        ku_p = tl.load(KU + p_off, mask=(prow < T)[:, None], other=0.0)
-        vu_p = tl.load(VU + p_off, mask=(prow < T)[:, None], other=0.0)
+        ku_p = tl.load(KU + p_off, mask=(prow < T)[:, None], other=0.0).to(dt)
+        vu_p = tl.load(VU + p_off, mask=(prow < T)[:, None], other=0.0).to(dt)
         z_p = tl.dot(qu, tl.trans(ku_p), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_p)
         ok_p = (cols[:, None] < prow[None, :]) & (prow < T)[None, :]
         if HAS_WINDOW:
@@ -148,8 +153,8 @@ def _castle_fwd_step(
     if HAS_WINDOW:
         need_r = r * BLOCK - (j * BLOCK + BLOCK - 1) <= window
     if need_r:
-        ku_r = tl.load(KU + r_off, mask=rmask[:, None], other=0.0)
-        vu_r = tl.load(VU + r_off, mask=rmask[:, None], other=0.0)
+        ku_r = tl.load(KU + r_off, mask=rmask[:, None], other=0.0).to(dt)
+        vu_r = tl.load(VU + r_off, mask=rmask[:, None], other=0.0).to(dt)
         z_r = tl.dot(qu, tl.trans(ku_r), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_r)
         ok_r = (cols[:, None] < rows[None, :]) & rmask[None, :]
         if HAS_WINDOW:
@@ -191,12 +196,12 @@ def _castle_bwd_step(
     DQU, DKU_A, DKU_B, DVU_A, DVU_B, DQC, DKC, DVC,  # gradient accumulators (BH, Tp, Dp)
     T, k, window, scale,
     stride_in, stride_st, stride_row, stride_vec,
-    HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr, HEAD_D: tl.constexpr, PREC: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr, HEAD_D: tl.constexpr, PREC: tl.constexpr, MM_DT: tl.constexpr,
 ):
     bh = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
     r = j + k
-    dt = QU.dtype.element_ty
+    dt = MM_DT  # matmul operand dtype: the input dtype (float32 for bfloat16 under the interpreter)
     acc_dt = DST.dtype.element_ty
     ar = tl.arange(0, BLOCK)
     dd = tl.arange(0, HEAD_D)
@@ -206,11 +211,11 @@ def _castle_bwd_step(
     cmask = cols < T
     r_off = bh * stride_in + rows[:, None] * stride_row + dd[None, :]
     c_off = bh * stride_in + cols[:, None] * stride_row + dd[None, :]
-    qc = tl.load(QC + r_off, mask=rmask[:, None], other=0.0)
-    do = tl.load(DO + r_off, mask=rmask[:, None], other=0.0)
-    qu = tl.load(QU + c_off, mask=cmask[:, None], other=0.0)
-    kc = tl.load(KC + c_off, mask=cmask[:, None], other=0.0)
-    vc = tl.load(VC + c_off, mask=cmask[:, None], other=0.0)
+    qc = tl.load(QC + r_off, mask=rmask[:, None], other=0.0).to(dt)
+    do = tl.load(DO + r_off, mask=rmask[:, None], other=0.0).to(dt)
+    qu = tl.load(QU + c_off, mask=cmask[:, None], other=0.0).to(dt)
+    kc = tl.load(KC + c_off, mask=cmask[:, None], other=0.0).to(dt)
+    vc = tl.load(VC + c_off, mask=cmask[:, None], other=0.0).to(dt)
     vec_off = bh * stride_vec + rows
     lse = tl.load(LSE + vec_off)
     delta = tl.load(DELTA + vec_off)
@@ -233,8 +238,8 @@ def _castle_bwd_step(
     ku_r = tl.zeros((BLOCK, HEAD_D), dtype=dt)
     vu_r = tl.zeros((BLOCK, HEAD_D), dtype=dt)
     if need_r:
-        ku_r = tl.load(KU + r_off, mask=rmask[:, None], other=0.0)
-        vu_r = tl.load(VU + r_off, mask=rmask[:, None], other=0.0)
+        ku_r = tl.load(KU + r_off, mask=rmask[:, None], other=0.0).to(dt)
+        vu_r = tl.load(VU + r_off, mask=rmask[:, None], other=0.0).to(dt)
         z_r = tl.dot(qu, tl.trans(ku_r), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_r)
         g_r = tl.where(ok_r, tl.sigmoid(z_r), 0.0)
         wv = tl.dot(qc, tl.trans(vu_r), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_r)
@@ -279,8 +284,8 @@ def _castle_bwd_step(
         prow = rows - BLOCK
         p_off = bh * stride_in + prow[:, None] * stride_row + dd[None, :]
         sp_off = bh * stride_st + prow[:, None] * stride_row + dd[None, :]
-        ku_p = tl.load(KU + p_off, mask=(prow < T)[:, None], other=0.0)
-        vu_p = tl.load(VU + p_off, mask=(prow < T)[:, None], other=0.0)
+        ku_p = tl.load(KU + p_off, mask=(prow < T)[:, None], other=0.0).to(dt)
+        vu_p = tl.load(VU + p_off, mask=(prow < T)[:, None], other=0.0).to(dt)
         z_p = tl.dot(qu, tl.trans(ku_p), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_p)
         ok_p = (cols[:, None] < prow[None, :]) & (prow < T)[None, :]
         if HAS_WINDOW:
@@ -377,14 +382,29 @@ def _validate(tensors: tuple[Tensor, ...], window: int | None, scale: float, blo
         raise ValueError(f"castle_triton: block_size must be None or a power of two >= 16, got {block_size!r}")
 
 
+def _mm_dtype(dtype: torch.dtype) -> Any:
+    """Triton dtype of the matmul operands: the input dtype, except bfloat16 under the interpreter (float32).
+
+    Triton 3.9's interpreter computes ``tl.dot`` on bfloat16 operands wrongly (errors of order 1e10 on a 16x16
+    product of randn values, while bf16 loads/stores/conversions are exact), so interpreted bfloat16 runs upcast the
+    operands; compiled runs use bfloat16 tensor-core dots.
+    """
+    if dtype == torch.bfloat16 and _interpreter_active():
+        return tl.float32
+    return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
+            torch.float64: tl.float64}[dtype]
+
+
 def _padded_head_dim(head_dim: int) -> int:
     return max(16, 1 << (head_dim - 1).bit_length())
 
 
-def _default_block(head_dim_padded: int, device: torch.device) -> int:
+def _default_block(head_dim_padded: int, dtype: torch.dtype, device: torch.device) -> int:
     if device.type == "cpu":
         return 16
-    return 64 if head_dim_padded <= 64 else 32
+    # compiled for sm_90 (Triton 3.9): the backward step at BLK=64, Dp=64 needs ~80 KB shared memory with 16-bit
+    # operands but ~180 KB with float32 ones (over an A100's 164 KB); BLK=32 keeps float32 near 80 KB.
+    return 64 if head_dim_padded <= 64 and dtype in (torch.float16, torch.bfloat16) else 32
 
 
 def _prep(x: Tensor, head_dim_padded: int) -> Tensor:
@@ -430,23 +450,24 @@ class _CastleTritonFn(torch.autograd.Function):
         a_state = torch.zeros((bh, tp, dp), device=dev, dtype=acc_dtype)
         win = 0 if window is None else min(int(window), t)
         prec = "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+        mm_dt = _mm_dtype(dtype)
         fwd, _ = _kernels(dev)
         for k in range(n_blocks):
             fwd[(bh, n_blocks - k)](
                 qu, ku, vu, qc, kc, vc, out, lse, d_state, m_state, l_state, a_state,
                 t, k, win, kscale,
                 t * dp, tp * dp, dp, tp,
-                HAS_WINDOW=window is not None, BLOCK=block_size, HEAD_D=dp, PREC=prec,
+                HAS_WINDOW=window is not None, BLOCK=block_size, HEAD_D=dp, PREC=prec, MM_DT=mm_dt,
             )
         ctx.save_for_backward(qu, ku, vu, qc, kc, vc, out, lse, d_state)
-        ctx.meta = (shape, window, win, float(scale), kscale, prescale, block_size, prec)
+        ctx.meta = (shape, window, win, float(scale), kscale, prescale, block_size, prec, mm_dt)
         return out[:, :, :d].reshape(b, h, t, d)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         qu, ku, vu, qc, kc, vc, out, lse, d_saved = ctx.saved_tensors
-        shape, window, win, scale, kscale, prescale, block_size, prec = ctx.meta
+        shape, window, win, scale, kscale, prescale, block_size, prec, mm_dt = ctx.meta
         b, h, t, d = shape
         dtype = qu.dtype
         bh, _, dp = qu.shape
@@ -466,7 +487,7 @@ class _CastleTritonFn(torch.autograd.Function):
                 dqu, dku_a, dku_b, dvu_a, dvu_b, dqc, dkc, dvc,
                 t, k, win, kscale,
                 t * dp, tp * dp, dp, tp,
-                HAS_WINDOW=window is not None, BLOCK=block_size, HEAD_D=dp, PREC=prec,
+                HAS_WINDOW=window is not None, BLOCK=block_size, HEAD_D=dp, PREC=prec, MM_DT=mm_dt,
             )
         if prescale:
             dqu, dqc = dqu * scale, dqc * scale
@@ -503,8 +524,8 @@ def castle_triton(
         window: None for full CASTLE; an int W >= 0 for CASTLE-SWL (token s's lookahead key takes contributors
             s < j <= s + W). W = 0 is standard causal attention; W >= T - 1 equals full CASTLE.
         scale: the factor applied to Q^U K^U^T, Q^C K^C^T and Q^C V^U^T (usually D ** -0.5).
-        block_size: rows (= columns) per block, a power of two >= 16; None picks 64 (Dp <= 64) or 32 on CUDA and
-            16 on CPU. It sets the blocking of the D state; the result does not depend on it beyond rounding.
+        block_size: rows (= columns) per block, a power of two >= 16; None picks 64 (16-bit dtypes, Dp <= 64) or
+            32 on CUDA and 16 on CPU. It sets the blocking of the D state; the result does not depend on it beyond rounding.
 
     Returns:
         (B, H, T, D) in the input dtype; differentiable (first order only: the backward is itself not
@@ -521,5 +542,5 @@ def castle_triton(
     b, h, t, d = q_u.shape
     if b * h * t == 0:  # nothing to compute; keep the autograd graph connected
         return (q_u + k_u + v_u + q_c + k_c + v_c) * 0.0
-    block = block_size if block_size is not None else _default_block(_padded_head_dim(d), q_u.device)
+    block = block_size if block_size is not None else _default_block(_padded_head_dim(d), q_u.dtype, q_u.device)
     return _CastleTritonFn.apply(q_u, k_u, v_u, q_c, k_c, v_c, window, float(scale), block)
