@@ -151,3 +151,34 @@ def test_block_longer_than_the_data_is_refused() -> None:
     cfg = _cfg(model=ModelSection(block_size=5000, d_model=16, n_heads=2))
     with pytest.raises(ConfigError, match=r"model.block_size=5000 is longer than the training split \(3200 tokens"):
         _trainer(cfg, None)
+
+
+@pytest.mark.parametrize("mechanism", ["standard", "castle", "linear"])
+def test_real_lm_resume_is_exact(tmp_path: Path, mechanism: str) -> None:
+    """The trainer-built LM on real text (characters): 8 steps straight == 4 steps, crash, resume 4; bitwise."""
+    from attnlab.data import load_corpus, read_bundled_text
+
+    src = tmp_path / "t.txt"
+    src.write_text(read_bundled_text("tinyshakespeare")[:5000])
+    corpus = load_corpus(str(src), cache_dir=tmp_path / "c", progress=False)
+    cfg = TrainConfig(model=ModelSection(n_layers=1, d_model=16, n_heads=2, block_size=16, attention=mechanism,
+                                         dropout=0.1),
+                      optim=OptimSection(lr=1e-2, warmup_steps=2), steps=8, batch_size=4, eval_interval=4,
+                      log_interval=1, precision="float64", progress=False, tensorboard=False)
+    whole = Trainer(cfg, corpus=corpus, out_dir=tmp_path / "a", log=None).fit()
+    t = Trainer(cfg, corpus=corpus, out_dir=tmp_path / "b", log=None)
+    orig = t.optimizer.step
+    n = {"k": 0}
+
+    def step(*a, **k):
+        n["k"] += 1
+        if n["k"] == 6:
+            raise Crash("killed")
+        return orig(*a, **k)
+
+    t.optimizer.step = step  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        t.fit()
+    rest = Trainer(cfg, corpus=corpus, out_dir=tmp_path / "b", resume=True, log=None).fit()
+    assert rest.train_losses == whole.train_losses[4:] and rest.val.loss == whole.val.loss
+    assert whole.train_losses[-1][1] < whole.train_losses[0][1]  # it learns something
