@@ -270,6 +270,47 @@ def test_interpreter_suite_in_subprocess():
     assert proc.returncode == 0, f"interpreter suite failed in a subprocess:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
 
 
+_COMPILE_SCRIPT = r"""
+import sys
+try:
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+except Exception as exc:  # the ahead-of-time compile API moved between Triton versions
+    print(f"SETUP-UNAVAILABLE: {type(exc).__name__}: {exc}")
+    sys.exit(3)
+from attnlab.ops.castle import triton_kernel as tk
+
+ptr = {"fwd": dict.fromkeys(["QU", "KU", "VU", "QC", "KC", "VC", "O"], "*bf16"),
+       "bwd": dict.fromkeys(["QU", "KU", "VU", "QC", "KC", "VC", "DO"], "*bf16")}
+ints = {"T", "k", "window", "stride_in", "stride_st", "stride_row", "stride_vec"}
+consts = {"HAS_WINDOW": True, "BLOCK": 64, "HEAD_D": 64, "PREC": "tf32", "MM_DT": tl.bfloat16}
+for name, fn in (("fwd", tk._castle_fwd_step), ("bwd", tk._castle_bwd_step)):
+    jf = triton.jit(fn, do_not_specialize=["k", "window"])
+    sig = {}
+    for a in jf.arg_names:
+        sig[a] = ("constexpr" if a in consts else "i32" if a in ints else "fp32" if a == "scale"
+                  else ptr[name].get(a, "*fp32"))
+    kernel = triton.compile(ASTSource(fn=jf, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": 4, "num_stages": 1})
+    print(name, "compiled; shared memory", kernel.metadata.shared)
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90_without_a_gpu():
+    # The interpreter does not type-check like the compiler (dot operand dtypes, if/else yields). Compile both kernels
+    # ahead of time for sm_90 (bf16, BLK=64, Dp=64, windowed: the code paths the GPU default uses) in a fresh process
+    # without TRITON_INTERPRET. ~20-40 s on one core.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode == 3 and "SETUP-UNAVAILABLE" in proc.stdout:
+        pytest.skip(proc.stdout.strip())
+    assert proc.returncode == 0, f"compile failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert "fwd compiled" in proc.stdout and "bwd compiled" in proc.stdout
+
+
 # ------------------------------------------------------------------------------------------------ input validation
 
 
@@ -350,12 +391,20 @@ def test_gpu_float32_t1024(window):
 
 @pytest.mark.gpu
 @needs_compiled_gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "dtype,max_rel",
+    [
+        # float16 operands, float32 accumulation. The interpreter measured <= 1.3e-3 at T=256 (same code path);
+        # bound 5e-3 at T=1024. Not yet run on a GPU.
+        (torch.float16, 5e-3),
+        # bfloat16 has 3 fewer mantissa bits than float16 (8x the rounding error): bound 3e-2. Not yet run on a GPU.
+        (torch.bfloat16, 3e-2),
+    ],
+)
 @pytest.mark.parametrize("window", [None, 128])
-def test_gpu_half_t1024(dtype, window):
-    # bf16/fp16 operands, float32 accumulation: relative Frobenius error <= 3e-2 (bf16 has 8 mantissa bits;
-    # FlashAttention-style kernels land around 5e-3 to 1e-2 at this size)
-    _gpu_case(2, 4, 1024, 64, dtype, window, 3e-2)
+def test_gpu_half_t1024(dtype, max_rel, window):
+    # relative Frobenius error of the output and every gradient vs float64 Theorem 1 on the same rounded inputs
+    _gpu_case(2, 4, 1024, 64, dtype, window, max_rel)
 
 
 @pytest.mark.gpu

@@ -335,10 +335,15 @@ def _kernels(device: torch.device) -> tuple[Any, Any]:
         if interpret:
             from triton.runtime.interpreter import InterpretedFunction
 
-            wrap: Any = InterpretedFunction
+            _KERNEL_CACHE[interpret] = (InterpretedFunction(_castle_fwd_step), InterpretedFunction(_castle_bwd_step))
         else:
-            wrap = triton.jit
-        _KERNEL_CACHE[interpret] = (wrap(_castle_fwd_step), wrap(_castle_bwd_step))
+            # k (the diagonal) and window change between launches: do not specialise on k == 1 etc., which would
+            # compile extra variants of each kernel
+            nospec = ["k", "window"]
+            _KERNEL_CACHE[interpret] = (
+                triton.jit(_castle_fwd_step, do_not_specialize=nospec),
+                triton.jit(_castle_bwd_step, do_not_specialize=nospec),
+            )
     return _KERNEL_CACHE[interpret]
 
 
