@@ -206,14 +206,18 @@ class Trainer:
         if resume and self.out_dir is not None and ckpt.latest_checkpoint(self.out_dir) is not None:
             self._resume(ckpt.latest_checkpoint(self.out_dir))  # type: ignore[arg-type]
 
+        # DDP first, then compile the wrapper (the order PyTorch supports: DDPOptimizer splits the graph at
+        # gradient buckets). ``self.ddp`` keeps the wrapper for ``no_sync``.
         self.forward_model: nn.Module = self.model
-        if config.compile:
-            self.forward_model = torch.compile(self.model)  # type: ignore[assignment]
+        self.ddp: nn.Module | None = None
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward_model = DistributedDataParallel(self.forward_model, device_ids=ids)
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+            self.forward_model = self.ddp
+        if config.compile:
+            self.forward_model = torch.compile(self.forward_model)  # type: ignore[assignment]
         self.metrics = MetricsWriter(self.out_dir, enabled=self.dist.is_main, tensorboard=config.tensorboard)
         if resume:  # forget records written after the checkpoint we continue from (all, if there was none)
             self.metrics.truncate_after(self.resumed_from or 0)
@@ -350,7 +354,7 @@ class Trainer:
                     t0 = time.perf_counter()
                     x, y = self._batch(offsets, m)
                     data_s += time.perf_counter() - t0
-                    sync_ctx = (self.forward_model.no_sync() if self.dist.enabled and m < A - 1
+                    sync_ctx = (self.ddp.no_sync() if self.ddp is not None and m < A - 1  # type: ignore[operator]
                                 else contextlib.nullcontext())
                     with sync_ctx:
                         with _autocast(self.device, self.autocast_dtype):
