@@ -171,6 +171,17 @@ def test_large_logits_stable():
 
 
 @needs_interp
+def test_matches_package_parallel_form():
+    # cross-check against the package's own Theorem-1 form (attnlab.ops.castle.parallel); float64, tolerance F64
+    from attnlab.ops.castle.parallel import castle_parallel
+
+    xs = inputs(1, 2, 21, 16, seed=9)
+    for window in (None, 3):
+        out = castle_triton(*xs, window, 0.25)
+        torch.testing.assert_close(out, castle_parallel(*xs, window=window, scale=0.25), **F64)
+
+
+@needs_interp
 def test_lookahead_term_is_not_negligible():
     # guards the reference comparison against being vacuous: CASTLE differs from plain causal attention
     xs = inputs(1, 2, 33, 16)

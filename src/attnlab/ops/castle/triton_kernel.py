@@ -64,8 +64,8 @@ Design decisions
   then skip the eq. (23) update and the within-block term (and their gradients). Skipping only removes exact zeros.
 * **CPU.** CPU tensors run through Triton's interpreter, which must be active: ``TRITON_INTERPRET=1`` set before
   triton is first imported in the process (triton decorates its own library functions at import). Otherwise a
-  RuntimeError says so. Slow; meant for tests at tiny sizes. The kernels are wrapped lazily on first use, so importing
-  this module before setting the variable is harmless as long as triton itself was not imported yet.
+  RuntimeError says so. This module imports triton, so set the variable before importing it. Slow; meant for tests at
+  tiny sizes. The kernels are wrapped (``triton.jit`` or the interpreter) lazily on first use.
 * **Cost.** 2N launches per forward+backward; O(T^2 D) compute and O(T D) extra memory per head. Parallelism per
   launch is BH * (N - k) programs (the wavefront's limitation noted in spec §6).
 """
@@ -81,15 +81,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-try:  # triton is an optional dependency: importing this module without it must fail only on use
-    import triton
-    import triton.language as tl
-
-    _TRITON_IMPORT_ERROR: Exception | None = None
-except Exception as exc:  # pragma: no cover - exercised only where triton is missing
-    triton = None  # type: ignore[assignment]
-    tl = None  # type: ignore[assignment]
-    _TRITON_IMPORT_ERROR = exc
+# triton is an optional (dev) dependency: without it this module fails to import, which is how
+# attnlab.ops.castle.api.triton_available() detects that impl="triton" cannot run.
+import triton
+import triton.language as tl
 
 __all__ = ["castle_triton", "MAX_HEAD_DIM", "SUPPORTED_DTYPES"]
 
@@ -540,8 +535,6 @@ def castle_triton(
     runs the Triton interpreter: slow, for tests). Any T >= 0; any D in [1, 128] (padded internally to a power of
     two >= 16; exact).
     """
-    if triton is None:  # pragma: no cover
-        raise ImportError(f"castle_triton needs triton, which failed to import: {_TRITON_IMPORT_ERROR}")
     tensors = (q_u, k_u, v_u, q_c, k_c, v_c)
     _validate(tensors, window, scale, block_size)
     b, h, t, d = q_u.shape
