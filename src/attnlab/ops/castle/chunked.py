@@ -63,6 +63,15 @@ def _gate(q_u: Tensor, k_u: Tensor, mask: Tensor | None, scale: float) -> Tensor
     return g
 
 
+def _as3d(x: Tensor) -> Tensor:
+    return x.reshape(-1, x.shape[-2], x.shape[-1])
+
+
+def _acc(out: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> None:
+    """``out += alpha * a @ b`` in place with one batched GEMM (``out`` is a contiguous run of blocks)."""
+    _as3d(out).baddbmm_(_as3d(a), _as3d(b), alpha=alpha)
+
+
 def _silu_and_grad(x: Tensor) -> tuple[Tensor, Tensor]:
     s = torch.sigmoid(x)
     return x * s, s * (1.0 + x * (1.0 - s))
@@ -104,20 +113,21 @@ class _CastleChunked(torch.autograd.Function):
         for k in range(1, N):
             n = N - k
             if g_prev is not None:  # eq. (23): U_j += G(j, j+k-1) V^U_{j+k-1}
-                u[:n] += g_prev[:n] @ vu[k - 1 : k - 1 + n]
+                _acc(u[:n], g_prev[:n], vu[k - 1 : k - 1 + n])
             mask = _gate_mask(C, k, window, dev)
             g = None if mask is False else _gate(qu[:n], ku[k:], mask, scale)  # G(j, j+k)
             qa = qc[k:]  # (n, B, H, C, D): query blocks a = j + k
             s_u = qa @ u[:n].transpose(-1, -2) * scale  # (n, B, H, C, C)   eq. (24)
             if g is not None:
-                s_u = s_u + cm[k:] @ g.transpose(-1, -2)
+                _acc(s_u, cm[k:], g.transpose(-1, -2))
             a = qa @ kc[:n].transpose(-1, -2) * scale - F.silu(s_u)  # (n, B, H, C, C)
             m_a = m[k:]
             m_new = torch.maximum(m_a, a.amax(dim=-1))  # (n, B, H, C)
             alpha = torch.exp(m_a - m_new)
             p = torch.exp(a - m_new[..., None])
             l[k:] = l[k:] * alpha + p.sum(dim=-1)
-            o[k:] = o[k:] * alpha[..., None] + p @ vc[:n]
+            o[k:] *= alpha[..., None]
+            _acc(o[k:], p, vc[:n])
             m[k:] = m_new
             g_prev = g
 
@@ -157,36 +167,33 @@ class _CastleChunked(torch.autograd.Function):
             kj, vj, uj = kc[:n], vc[:n], u[:n]
             s_u = qa @ uj.transpose(-1, -2) * scale  # (n, B, H, C, C)
             if g_cur is not None:
-                s_u = s_u + cm[k:] @ g_cur.transpose(-1, -2)
+                _acc(s_u, cm[k:], g_cur.transpose(-1, -2))
             silu, dsilu = _silu_and_grad(s_u)
-            p = torch.exp(qa @ kj.transpose(-1, -2) * scale - silu - lse_a[..., None])  # (n, B, H, C, C)
-            da = p * (doa @ vj.transpose(-1, -2) - delta_a[..., None])  # dL/dA
-            ds_u = -dsilu * da  # dL/dS^U
-            dvc[:n] += p.transpose(-1, -2) @ doa
-            dqc[k:] += (da @ kj + ds_u @ uj) * scale
-            dkc[:n] += da.transpose(-1, -2) @ qa * scale
-            du[:n] += ds_u.transpose(-1, -2) @ qa * scale
+            a = qa @ kj.transpose(-1, -2) * scale - silu
+            p = torch.exp(a.sub_(lse_a[..., None]))  # (n, B, H, C, C)
+            da = p * (doa @ vj.transpose(-1, -2)).sub_(delta_a[..., None])  # dL/dA
+            ds_u = dsilu.mul_(da).neg_()  # dL/dS^U
+            _acc(dvc[:n], p.transpose(-1, -2), doa)
+            _acc(dqc[k:], da, kj, scale)
+            _acc(dqc[k:], ds_u, uj, scale)
+            _acc(dkc[:n], da.transpose(-1, -2), qa, scale)
+            _acc(du[:n], ds_u.transpose(-1, -2), qa, scale)
             dz = None
             if g_cur is not None:  # within-block correction tril(Q^C V^U^T) G(j, j+k)^T
-                dcm[k:] += ds_u @ g_cur
-                dg = ds_u.transpose(-1, -2) @ cm[k:]  # (n, B, H, C, C): owners x contributors
-                dz = dg * g_cur * (1.0 - g_cur)
-                dku[k:] += dz.transpose(-1, -2) @ qu[:n] * scale
+                _acc(dcm[k:], ds_u, g_cur)
+                dz = (ds_u.transpose(-1, -2) @ cm[k:]).mul_(g_cur * (1.0 - g_cur))  # (n, B, H, C, C)
+                _acc(dku[k:], dz.transpose(-1, -2), qu[:n], scale)
+                _acc(dqu[:n], dz, ku[k:], scale)
             # reverse eq. (23): U_j += G(j, j+k-1) V^U_{j+k-1}; its gradient is the du accumulated so far
             g_next = gate_for(k - 1, n + 1)  # G(j, j+k-1) for j <= n: this step's update and the next step's gate
             if g_next is not None:
                 gp = g_next[:n]
                 vprev = vu[k - 1 : k - 1 + n]
-                dvu[k - 1 : k - 1 + n] += gp.transpose(-1, -2) @ du[:n]
-                dzp = (du[:n] @ vprev.transpose(-1, -2)) * gp * (1.0 - gp)
-                dku[k - 1 : k - 1 + n] += dzp.transpose(-1, -2) @ qu[:n] * scale
-                dqu_blk = dzp @ ku[k - 1 : k - 1 + n]
-                if dz is not None:
-                    dqu_blk = dqu_blk + dz @ ku[k:]
-                dqu[:n] += dqu_blk * scale
-                u[:n] -= gp @ vprev
-            elif dz is not None:
-                dqu[:n] += dz @ ku[k:] * scale
+                _acc(dvu[k - 1 : k - 1 + n], gp.transpose(-1, -2), du[:n])
+                dzp = (du[:n] @ vprev.transpose(-1, -2)).mul_(gp * (1.0 - gp))
+                _acc(dku[k - 1 : k - 1 + n], dzp.transpose(-1, -2), qu[:n], scale)
+                _acc(dqu[:n], dzp, ku[k - 1 : k - 1 + n], scale)
+                _acc(u[:n], gp, vprev, -1.0)  # un-update U
             g_cur = g_next
 
         # diagonal blocks (k = 0); u is back to zero here
