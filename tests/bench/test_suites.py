@@ -67,3 +67,15 @@ def test_sparsity_masks_get_sparser_within_each_family():
     for family in ("sliding_window", "strided", "bigbird"):
         dens = [float(dense(m, T, T).double().mean()) for m in ms if m.name.startswith(family)]
         assert len(dens) >= 3 and dens == sorted(dens, reverse=True), (family, dens)
+
+
+def test_projection_guard_skips_cases_projected_over_the_limits():
+    from attnlab.bench.suites import _projection_guard
+
+    opts = BenchOptions(budget_s=15.0)
+    quad = [{"T": 256, "fwd+bwd MiB": 40, "fwd+bwd ms": 100}, {"T": 1024, "fwd+bwd MiB": 640, "fwd+bwd ms": 1600}]
+    note = _projection_guard(quad, 4096, opts)
+    assert note is not None and "projected fwd+bwd 25600 ms > limit 15000 ms" in note
+    lin = [{"T": 256, "fwd+bwd MiB": 4, "fwd+bwd ms": 10}, {"T": 1024, "fwd+bwd MiB": 16, "fwd+bwd ms": 40}]
+    assert _projection_guard(lin, 4096, opts) is None
+    assert _projection_guard([], 4096, opts) is None

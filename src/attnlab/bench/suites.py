@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -172,6 +173,38 @@ def _layer_steps(layer: nn.Module, options: BenchOptions, T: int):
     return fwd, fwdbwd
 
 
+def _memory_limit_bytes(options: BenchOptions) -> float:
+    """Half of the device's memory: a case projected to need more is not run."""
+    if options.is_cuda:
+        return 0.5 * torch.cuda.get_device_properties(torch.device(options.device)).total_memory
+    try:
+        return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
+
+
+def _projection_guard(done: list[dict[str, Any]], T: int, options: BenchOptions) -> str | None:
+    """Why length ``T`` is not measured, projected from the lengths measured so far (``None``: measure it).
+
+    The peak memory and the time of one forward+backward are extrapolated with the growth exponent fitted so far
+    (or quadratically from a single point); a case over half the device memory, or slower than ``budget_s``
+    per call, is reported as not measured rather than risking the machine.
+    """
+    pts = [r for r in done if r.get("fwd+bwd MiB", 0) > 0 and r.get("fwd+bwd ms", 0) > 0]
+    if not pts:
+        return None
+    last = pts[-1]
+    notes = []
+    for key, limit, unit in (("fwd+bwd MiB", _memory_limit_bytes(options) / MiB, "MiB"),
+                             ("fwd+bwd ms", options.budget_s * 1e3, "ms")):
+        p = fit_exponent([r["T"] for r in pts], [r[key] for r in pts]) if len(pts) > 1 else 2.0
+        p = 2.0 if math.isnan(p) else max(p, 1.0)
+        proj = last[key] * (T / last["T"]) ** p
+        if proj > limit:
+            notes.append(f"not measured: projected {key.split()[0]} {proj:.0f} {unit} > limit {limit:.0f} {unit}")
+    return "; ".join(notes) or None
+
+
 MAIN_COLUMNS = ["mechanism", "impl", "T", "status", "fwd ms", "fwd ×sdpa", "fwd+bwd ms", "fwd+bwd ×sdpa",
                 "fwd MiB", "fwd mem ×sdpa", "fwd+bwd MiB", "fwd+bwd mem ×sdpa", "note"]
 GROWTH_COLUMNS = ["mechanism", "time exp fwd", "time exp fwd+bwd", "mem exp fwd", "mem exp fwd+bwd"]
@@ -206,9 +239,14 @@ def run_mechanisms(options: BenchOptions) -> SuiteResult:
             status = _short_error(exc)
         torch.manual_seed(0)
         layer = None
+        done: list[dict[str, Any]] = []
         for T in lengths:
             row: dict[str, Any] = {"mechanism": spec.name, "T": T, "status": status}
-            if status == "ok":
+            guard = _projection_guard(done, T, options) if status == "ok" else None
+            if guard:
+                row["status"] = "ok"
+                row["note"] = guard
+            elif status == "ok":
                 try:
                     if layer is None:
                         layer = spec.build(d_model=options.d_model, n_heads=options.n_heads).eval().to(
@@ -216,6 +254,7 @@ def run_mechanisms(options: BenchOptions) -> SuiteResult:
                     row["impl"] = str(getattr(layer, "impl", ""))
                     row.update(measure_step(*_layer_steps(layer, options, T), options))
                     _with_ratios(row, baselines[T])
+                    done.append(row)
                 except Exception as exc:
                     row["status"] = _short_error(exc)
             rows.append(row)
