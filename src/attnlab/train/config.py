@@ -184,6 +184,8 @@ class TrainConfig:
         eval_batch_size: sequences per evaluation batch (``None``: the micro-batch size).
         tensorboard: also write TensorBoard event files.
         progress: show a tqdm progress bar.
+        threads: ``torch.set_num_threads`` for the run (process-wide); ``None`` leaves torch's default. Tiny CPU
+            models run best on one thread: a second one adds little and, on a busy machine, spins.
     """
 
     model: ModelSection = field(default_factory=ModelSection)
@@ -203,6 +205,7 @@ class TrainConfig:
     eval_batch_size: int | None = None
     tensorboard: bool = True
     progress: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         for name, cls in (("model", ModelSection), ("data", DataSection), ("optim", OptimSection)):
@@ -216,6 +219,8 @@ class TrainConfig:
             )
         if self.checkpoint_interval is not None and self.checkpoint_interval <= 0:
             raise ConfigError(f"checkpoint_interval must be positive or None, got {self.checkpoint_interval}")
+        if self.threads is not None and self.threads <= 0:
+            raise ConfigError(f"threads must be a positive integer or None, got {self.threads}")
         if self.eval_batch_size is not None and self.eval_batch_size <= 0:
             raise ConfigError(f"eval_batch_size must be positive or None, got {self.eval_batch_size}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
