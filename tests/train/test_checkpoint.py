@@ -182,3 +182,13 @@ def test_real_lm_resume_is_exact(tmp_path: Path, mechanism: str) -> None:
     rest = Trainer(cfg, corpus=corpus, out_dir=tmp_path / "b", resume=True, log=None).fit()
     assert rest.train_losses == whole.train_losses[4:] and rest.val.loss == whole.val.loss
     assert whole.train_losses[-1][1] < whole.train_losses[0][1]  # it learns something
+
+
+def test_checkpoint_of_another_mechanism_is_refused(tmp_path: Path) -> None:
+    """A CASTLE LM's weights do not load into a standard LM of the same size: the error names the tensors."""
+    from attnlab.models import LM, LMConfig
+
+    kw = dict(vocab_size=11, n_layers=1, d_model=16, n_heads=2, block_size=8)
+    ckpt.save_checkpoint(tmp_path, step=1, model=LM(LMConfig(attention="castle", **kw)), optimizer=None, state={})
+    with pytest.raises(ckpt.CheckpointError, match=r"different architecture: .*blocks\.0\.attn"):
+        ckpt.load_model_weights(tmp_path, LM(LMConfig(attention="standard", **kw)))
