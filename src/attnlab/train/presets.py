@@ -169,7 +169,7 @@ def quick() -> CompareConfig:
         base,
         model=replace(base.model, n_layers=2, d_model=64, n_heads=4, block_size=128, dropout=0.0),
         optim=replace(base.optim, lr=3e-3, warmup_steps=50),
-        steps=500, batch_size=16, eval_interval=250, log_interval=10, keep_checkpoints=1,
+        steps=500, batch_size=16, eval_interval=100, log_interval=10, keep_checkpoints=1,
         device="cpu", tensorboard=False, threads=1,
     )
     return CompareConfig(

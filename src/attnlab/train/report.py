@@ -121,7 +121,10 @@ def _markdown(cfg: Any, rows: list[dict[str, Any]]) -> str:
         "",
         SIGNIFICANCE_RULE,
         "",
-        f"Peak memory: {'CUDA max_memory_allocated' if mem == 'cuda-allocated' else 'sampled increase of the process resident set during the run (CPU)'}.",
+        "Peak memory: " + ("CUDA max_memory_allocated." if mem == "cuda-allocated" else
+                           "sampled increase of the process resident set during the run (CPU); runs share one "
+                           "process, so the first run also pays the allocator's warm-up and later runs reuse "
+                           "memory already held: compare CPU figures with care."),
         "tokens/s: training tokens over training time (evaluation and checkpoints excluded).",
     ]
     return "# Leaderboard\n\n" + intro + "\n\n" + "\n".join(lines) + "\n" + "\n".join(notes) + "\n"
