@@ -12,7 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_config_arguments(p, default_preset="shakespeare-char-cpu")
     p.add_argument("--mechanism", help="attention mechanism of every layer (same as --set model.attention=NAME)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML-ish JSON and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
 
 
 def run(args: argparse.Namespace) -> int:

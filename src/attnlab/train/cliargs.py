@@ -30,8 +30,11 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_config_arguments(p: argparse.ArgumentParser, *, default_preset: str | None) -> None:
+    from attnlab.train.presets import COMPARE_PRESETS, PRESETS
+
     p.add_argument("--preset", default=default_preset,
-                   help=f"named preset to start from (default: {default_preset}); see attnlab.train.presets")
+                   help=f"named preset to start from (default: {default_preset}); training presets: "
+                        f"{', '.join(PRESETS)}; comparison presets: {', '.join(COMPARE_PRESETS)}")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file merged over the preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one key, e.g. --set model.n_layers=2 --set optim.lr=3e-4 (repeatable)")
