@@ -345,10 +345,10 @@ def _parallel_guard(done: list[tuple[int, float, float]], T: int, options: Bench
     budget = parallel_budget_bytes(options)
     why = []
     if mem > budget:
-        why.append(f"skipped: projected {mem / GiB:.1f} GiB > budget {budget / GiB:.1f} GiB")
+        why.append(f"{mem / GiB:.1f} GiB > budget {budget / GiB:.1f} GiB")
     if sec > options.budget_s:
-        why.append(f"skipped: projected {sec:.0f} s per fwd+bwd > budget {options.budget_s:g} s")
-    return "; ".join(why) or None
+        why.append(f"{sec:.0f} s per fwd+bwd > budget {options.budget_s:g} s")
+    return "skipped: projected " + ", ".join(why) if why else None
 
 
 def _memory_table(castle_status: str, parallel_status: str, std_status: str, castle_impl: str,
@@ -649,9 +649,15 @@ def plot_castle(result: SuiteResult, stem: Path) -> list[Path]:
             p_exp = _num(growth.get(prefix, {}).get(f"mem exp {kind}"))
             ax.plot(*zip(*pts), marker="o", ls=ls, color=color, label=f"{label}, {kind}: T^{p_exp:.2f}")
             drawn = True
+    skipped = [f"parallel at T={r['T']}: {r['parallel fwd+bwd MiB']}" for r in mem
+               if isinstance(r.get("parallel fwd+bwd MiB"), str)]
     if drawn:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        Ts = [r["T"] for r in mem]
+        ax.set_xticks(Ts, [str(t) for t in Ts])
+        if skipped:
+            ax.text(0.02, 0.98, "\n".join(skipped), transform=ax.transAxes, va="top", fontsize=7, color="tab:red")
         ax.set_xlabel("sequence length T")
         ax.set_ylabel("peak MiB allocated by the attention op")
         ax.set_title(_title(result), fontsize=8)
