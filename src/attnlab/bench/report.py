@@ -88,7 +88,10 @@ def markdown(result: SuiteResult, *, command: str, date: str, plots: list[Path])
         lines += [f"## {t.title}", ""] + _md_table(t.columns, t.rows) + [""]
     if result.failures:
         lines += ["## Failures", ""]
-        lines += [f"- {r.get('case', r)}: {r.get('status')}" for r in result.failures] + [""]
+        for r in result.failures:
+            label = " ".join(f"{k}={r[k]}" for k in list(r)[:3] if k != "status")
+            lines.append(f"- {label}: {r.get('status')}")
+        lines.append("")
     for p in plots:
         lines += [f"![{p.stem}]({p.name})", ""]
     return "\n".join(lines)
