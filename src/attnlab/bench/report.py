@@ -42,6 +42,8 @@ def machine_info(options: BenchOptions | None = None) -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
+    if hasattr(os, "getloadavg"):  # a busy machine makes times noisy: say how busy it was
+        info["load average (1/5/15 min)"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     dev = options.device if options else "cpu"
     if torch.device(dev).type == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(dev))
