@@ -23,6 +23,13 @@ diagonal is a contiguous tensor and every batched matmul runs without copies (4x
 Only the outputs, the log-sum-exp per row (T) and the final ``U`` (T x D) are saved; the backward pass walks the
 diagonals in reverse, recomputes every block, and "un-updates" ``U`` by subtracting eq. (23). Extra memory is
 O(T (D + C)) per head: there is no T x T tensor anywhere.
+
+CPU cost notes (the batched GEMMs run near the core's peak, so only fewer multiply-adds or fewer elementwise
+passes help): the softmax scale is folded into ``Q^C`` and ``Q^U`` once (gradients w.r.t. the scaled queries are
+multiplied by it at the end); each gate block ``G(j, j+k)`` has two uses (the within-block correction of step k and
+the ``U`` update of step k+1), and the backward adds both gradients before the single ``g (1 - g)`` product and the
+single pair of GEMMs into ``dQ^U`` / ``dK^U`` (17 instead of 20 C x C x D-sized GEMMs per block pair); every GEMM
+writes a contiguous output (a strided output makes ``baddbmm_`` fall back to one GEMM per batch item).
 """
 
 from __future__ import annotations
@@ -55,26 +62,32 @@ def _gate_mask(C: int, k: int, window: int | None, device: torch.device) -> Tens
     return (delta > 0) & (delta <= window)
 
 
-def _gate(q_u: Tensor, k_u: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    """``G`` blocks: ``(n, B, H, C, C)`` from owner blocks ``q_u`` and contributor blocks ``k_u`` ``(n, B, H, C, D)``."""
-    g = torch.sigmoid(q_u @ k_u.transpose(-1, -2) * scale)  # (n, B, H, C, C)
-    if mask is not None:
-        g = g.masked_fill(~mask, 0.0)
-    return g
-
-
 def _as3d(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-2], x.shape[-1])
 
 
+def _mm(a: Tensor, b: Tensor) -> Tensor:
+    """Batched ``a @ b`` over runs of blocks ``(n, B, H, ., .)`` as one 3-d GEMM."""
+    return torch.bmm(_as3d(a), _as3d(b)).view(*a.shape[:-1], b.shape[-1])
+
+
 def _acc(out: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> None:
-    """``out += alpha * a @ b`` in place with one batched GEMM (``out`` is a contiguous run of blocks)."""
-    _as3d(out).baddbmm_(_as3d(a), _as3d(b), alpha=alpha)
+    """``out += alpha * a @ b`` in place with one batched GEMM (``out`` must be viewable as 3-d: a run of blocks)."""
+    out.view(-1, out.shape[-2], out.shape[-1]).baddbmm_(_as3d(a), _as3d(b), alpha=alpha)
+
+
+def _gate(qs_u: Tensor, k_u: Tensor, mask: Tensor | None) -> Tensor:
+    """``G`` blocks ``(n, B, H, C, C)`` from pre-scaled owner blocks ``qs_u`` and contributor blocks ``k_u``."""
+    g = _mm(qs_u, k_u.transpose(-1, -2)).sigmoid_()  # (n, B, H, C, C)
+    if mask is not None:
+        g.masked_fill_(~mask, 0.0)
+    return g
 
 
 def _silu_and_grad(x: Tensor) -> tuple[Tensor, Tensor]:
     s = torch.sigmoid(x)
-    return x * s, s * (1.0 + x * (1.0 - s))
+    silu = x * s
+    return silu, (x - silu).add_(1.0).mul_(s)  # s (1 + x (1 - s))
 
 
 class _CastleChunked(torch.autograd.Function):
@@ -88,43 +101,50 @@ class _CastleChunked(torch.autograd.Function):
         N = -(-T // C)
         pad = N * C - T
 
-        def blocks(x: Tensor) -> Tensor:
+        def blocks(x: Tensor, s: float | None = None) -> Tensor:
             x = x.to(dtype)
             if pad:
                 x = F.pad(x, (0, 0, 0, pad))
             # block-major (N, B, H, C, D): a run of blocks x[k:] stays contiguous, so batched matmuls need no copies
-            return x.reshape(Bsz, H, N, C, D).permute(2, 0, 1, 3, 4).contiguous()
+            x = x.reshape(Bsz, H, N, C, D).permute(2, 0, 1, 3, 4)
+            if s is None:
+                return x.contiguous()
+            return torch.mul(x, s, out=torch.empty((N, Bsz, H, C, D), dtype=dtype, device=x.device))
 
-        qu, ku, vu, qc, kc, vc = (blocks(x) for x in (q_u, k_u, v_u, q_c, k_c, v_c))
-        dev = qu.device
+        # the scale is folded into the two query tensors once: qs_c = Q^C * scale, qs_u = Q^U * scale
+        qsu, qsc = blocks(q_u, scale), blocks(q_c, scale)
+        ku, vu, kc, vc = blocks(k_u), blocks(v_u), blocks(k_c), blocks(v_c)
+        u = torch.zeros_like(qsu)  # (N, B, H, C, D): running lookahead keys per owner block
+        dev = qsu.device
         tri = torch.ones(C, C, dtype=torch.bool, device=dev).tril()  # (C, C)
 
         # diagonal blocks (k = 0)
-        g_prev = _gate(qu, ku, _gate_mask(C, 0, window, dev), scale)  # G(j, j): (N, B, H, C, C)
-        cm = (qc @ vu.transpose(-1, -2) * scale).masked_fill(~tri, 0.0)  # (N, B, H, C, C)
-        s_u = cm @ g_prev.transpose(-1, -2)  # (N, B, H, C, C)
-        a = (qc @ kc.transpose(-1, -2) * scale - F.silu(s_u)).masked_fill(~tri, float("-inf"))
+        g_prev = _gate(qsu, ku, _gate_mask(C, 0, window, dev))  # G(j, j): (N, B, H, C, C)
+        cm = _mm(qsc, vu.transpose(-1, -2)).tril_()  # (N, B, H, C, C)
+        s_u = _mm(cm, g_prev.transpose(-1, -2))  # (N, B, H, C, C)
+        a = torch.baddbmm(_as3d(F.silu(s_u, inplace=True)), _as3d(qsc), _as3d(kc.transpose(-1, -2)), beta=-1.0)
+        a = a.view(N, Bsz, H, C, C).masked_fill_(~tri, float("-inf"))  # (N, B, H, C, C)
         m = a.amax(dim=-1)  # (N, B, H, C)
-        p = torch.exp(a - m[..., None])  # (N, B, H, C, C)
+        p = a.sub_(m[..., None]).exp_()  # (N, B, H, C, C)
         l = p.sum(dim=-1)  # (N, B, H, C)
-        o = p @ vc  # (N, B, H, C, D)
+        o = _mm(p, vc)  # (N, B, H, C, D)
 
-        u = torch.zeros_like(qu)  # (N, B, H, C, D): running lookahead keys per owner block
         for k in range(1, N):
             n = N - k
             if g_prev is not None:  # eq. (23): U_j += G(j, j+k-1) V^U_{j+k-1}
                 _acc(u[:n], g_prev[:n], vu[k - 1 : k - 1 + n])
             mask = _gate_mask(C, k, window, dev)
-            g = None if mask is False else _gate(qu[:n], ku[k:], mask, scale)  # G(j, j+k)
-            qa = qc[k:]  # (n, B, H, C, D): query blocks a = j + k
-            s_u = qa @ u[:n].transpose(-1, -2) * scale  # (n, B, H, C, C)   eq. (24)
-            if g is not None:
+            g = None if mask is False else _gate(qsu[:n], ku[k:], mask)  # G(j, j+k)
+            qa = qsc[k:]  # (n, B, H, C, D): query blocks a = j + k
+            s_u = _mm(qa, u[:n].transpose(-1, -2))  # (n, B, H, C, C)   eq. (24)
+            if g is not None:  # within-block correction
                 _acc(s_u, cm[k:], g.transpose(-1, -2))
-            a = qa @ kc[:n].transpose(-1, -2) * scale - F.silu(s_u)  # (n, B, H, C, C)
+            a = torch.baddbmm(_as3d(F.silu(s_u, inplace=True)), _as3d(qa), _as3d(kc[:n].transpose(-1, -2)), beta=-1.0)
+            a = a.view(n, Bsz, H, C, C)
             m_a = m[k:]
             m_new = torch.maximum(m_a, a.amax(dim=-1))  # (n, B, H, C)
-            alpha = torch.exp(m_a - m_new)
-            p = torch.exp(a - m_new[..., None])
+            alpha = (m_a - m_new).exp_()
+            p = a.sub_(m_new[..., None]).exp_()  # (n, B, H, C, C)
             l[k:] = l[k:] * alpha + p.sum(dim=-1)
             o[k:] *= alpha[..., None]
             _acc(o[k:], p, vc[:n])
@@ -133,16 +153,16 @@ class _CastleChunked(torch.autograd.Function):
 
         o = o / l[..., None]
         lse = m + torch.log(l)  # (N, B, H, C)
-        ctx.save_for_backward(qu, ku, vu, qc, kc, vc, o, lse, u)
+        ctx.save_for_backward(qsu, ku, vu, qsc, kc, vc, o, lse, u)
         ctx.meta = (window, scale, T, C, N, in_dtype)
         return o.permute(1, 2, 0, 3, 4).reshape(Bsz, H, N * C, D)[:, :, :T].to(in_dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        qu, ku, vu, qc, kc, vc, o, lse, u_saved = ctx.saved_tensors
+        qsu, ku, vu, qsc, kc, vc, o, lse, u_saved = ctx.saved_tensors
         window, scale, T, C, N, in_dtype = ctx.meta
-        _, Bsz, H, _, D = qu.shape
-        dtype, dev = qu.dtype, qu.device
+        _, Bsz, H, _, D = qsu.shape
+        dtype, dev = qsu.dtype, qsu.device
         do = grad_out.to(dtype)
         if N * C > T:
             do = F.pad(do, (0, 0, 0, N * C - T))
@@ -150,72 +170,76 @@ class _CastleChunked(torch.autograd.Function):
         delta = (do * o).sum(dim=-1)  # (N, B, H, C)
         tri = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
 
-        dqu, dku, dvu, dqc, dkc, dvc = (torch.zeros_like(qu) for _ in range(6))
-        du = torch.zeros_like(qu)  # gradient w.r.t. the running U, carried from later diagonals to earlier ones
-        u = u_saved.clone()
-        cm = (qc @ vu.transpose(-1, -2) * scale).masked_fill(~tri, 0.0)  # (N, B, H, C, C)
+        # gradients are accumulated w.r.t. the pre-scaled queries qs_c, qs_u and multiplied by the scale at the end
+        dqu, dku, dvu, dqc, dvc = (torch.zeros_like(qsu) for _ in range(5))
+        # [K^C; U] and [dK^C; dU] per block, (N, B, H, 2C, D): U is "un-updated" in place while walking back
+        dkc = torch.zeros_like(qsu)
+        du = torch.zeros_like(qsu)  # gradient w.r.t. the running U, carried from later diagonals to earlier ones
+        u = u_saved.clone()  # "un-updated" in place while walking back
+        cm = _mm(qsc, vu.transpose(-1, -2)).tril_()  # (N, B, H, C, C)
         dcm = torch.zeros_like(cm)
 
         def gate_for(k: int, n: int) -> Tensor | None:
             mask = _gate_mask(C, k, window, dev)
-            return None if mask is False else _gate(qu[:n], ku[k : k + n], mask, scale)
+            return None if mask is False else _gate(qsu[:n], ku[k : k + n], mask)
+
+        def gate_grad(k: int, n: int, g: Tensor, ds_u: Tensor) -> None:
+            """Backward through the gate block G(j, j+k), j < n: its two uses are the within-block correction of
+            step k (``cm G^T`` in S^U) and the U update of step k+1 (``G V^U``, j < n-1, gradient ``du``)."""
+            _acc(dcm[k:], ds_u, g)
+            dg = _mm(ds_u.transpose(-1, -2), cm[k:])  # (n, B, H, C, C): dL/dG
+            if n > 1:
+                _acc(dg[: n - 1], du[: n - 1], vu[k : k + n - 1].transpose(-1, -2))
+                _acc(dvu[k : k + n - 1], g[: n - 1].transpose(-1, -2), du[: n - 1])
+            dz = dg.mul_(g * (1.0 - g))  # dL/d(pre-sigmoid) (zero where masked: g = 0 there)
+            _acc(dku[k:], dz.transpose(-1, -2), qsu[:n])
+            _acc(dqu[:n], dz, ku[k:])
 
         g_cur = gate_for(N - 1, 1) if N > 1 else None
         for k in range(N - 1, 0, -1):
             n = N - k
-            qa, doa, lse_a, delta_a = qc[k:], do[k:], lse[k:], delta[k:]
-            kj, vj, uj = kc[:n], vc[:n], u[:n]
-            s_u = qa @ uj.transpose(-1, -2) * scale  # (n, B, H, C, C)
+            qa, doa, lse_a, delta_a = qsc[k:], do[k:], lse[k:], delta[k:]
+            kj, uj = kc[:n], u[:n]
+            s_u = _mm(qa, uj.transpose(-1, -2))  # (n, B, H, C, C)
             if g_cur is not None:
                 _acc(s_u, cm[k:], g_cur.transpose(-1, -2))
             silu, dsilu = _silu_and_grad(s_u)
-            a = qa @ kj.transpose(-1, -2) * scale - silu
-            p = torch.exp(a.sub_(lse_a[..., None]))  # (n, B, H, C, C)
-            da = p * (doa @ vj.transpose(-1, -2)).sub_(delta_a[..., None])  # dL/dA
+            a = torch.baddbmm(_as3d(silu), _as3d(qa), _as3d(kj.transpose(-1, -2)), beta=-1.0).view(n, Bsz, H, C, C)
+            p = a.sub_(lse_a[..., None]).exp_()  # (n, B, H, C, C)
+            da = _mm(doa, vc[:n].transpose(-1, -2)).sub_(delta_a[..., None]).mul_(p)  # dL/dA
             ds_u = dsilu.mul_(da).neg_()  # dL/dS^U
             _acc(dvc[:n], p.transpose(-1, -2), doa)
-            _acc(dqc[k:], da, kj, scale)
-            _acc(dqc[k:], ds_u, uj, scale)
-            _acc(dkc[:n], da.transpose(-1, -2), qa, scale)
-            _acc(du[:n], ds_u.transpose(-1, -2), qa, scale)
-            dz = None
-            if g_cur is not None:  # within-block correction tril(Q^C V^U^T) G(j, j+k)^T
-                _acc(dcm[k:], ds_u, g_cur)
-                dz = (ds_u.transpose(-1, -2) @ cm[k:]).mul_(g_cur * (1.0 - g_cur))  # (n, B, H, C, C)
-                _acc(dku[k:], dz.transpose(-1, -2), qu[:n], scale)
-                _acc(dqu[:n], dz, ku[k:], scale)
-            # reverse eq. (23): U_j += G(j, j+k-1) V^U_{j+k-1}; its gradient is the du accumulated so far
-            g_next = gate_for(k - 1, n + 1)  # G(j, j+k-1) for j <= n: this step's update and the next step's gate
+            _acc(dqc[k:], da, kj)
+            _acc(dqc[k:], ds_u, uj)
+            _acc(dkc[:n], da.transpose(-1, -2), qa)
+            if g_cur is not None:  # uses du before this step's contribution
+                gate_grad(k, n, g_cur, ds_u)
+            _acc(du[:n], ds_u.transpose(-1, -2), qa)
+            # reverse eq. (23): un-update U_j by G(j, j+k-1) V^U_{j+k-1}; that gate is also the next step's
+            g_next = gate_for(k - 1, n + 1)
             if g_next is not None:
-                gp = g_next[:n]
-                vprev = vu[k - 1 : k - 1 + n]
-                _acc(dvu[k - 1 : k - 1 + n], gp.transpose(-1, -2), du[:n])
-                dzp = (du[:n] @ vprev.transpose(-1, -2)).mul_(gp * (1.0 - gp))
-                _acc(dku[k - 1 : k - 1 + n], dzp.transpose(-1, -2), qu[:n], scale)
-                _acc(dqu[:n], dzp, ku[k - 1 : k - 1 + n], scale)
-                _acc(u[:n], gp, vprev, -1.0)  # un-update U
+                _acc(u[:n], g_next[:n], vu[k - 1 : k - 1 + n], -1.0)
             g_cur = g_next
 
         # diagonal blocks (k = 0); u is back to zero here
         g = g_cur if N > 1 else gate_for(0, N)
-        s_u = cm @ g.transpose(-1, -2)  # (N, B, H, C, C)
+        s_u = _mm(cm, g.transpose(-1, -2))  # (N, B, H, C, C)
         silu, dsilu = _silu_and_grad(s_u)
-        a = (qc @ kc.transpose(-1, -2) * scale - silu).masked_fill(~tri, float("-inf"))
-        p = torch.exp(a - lse[..., None])  # (N, B, H, C, C)
-        da = p * (do @ vc.transpose(-1, -2) - delta[..., None])
-        ds_u = -dsilu * da
-        dvc += p.transpose(-1, -2) @ do
-        dqc += da @ kc * scale
-        dkc += da.transpose(-1, -2) @ qc * scale
-        dcm += ds_u @ g
-        dz = (ds_u.transpose(-1, -2) @ cm) * g * (1.0 - g)
-        dqu += dz @ ku * scale
-        dku += dz.transpose(-1, -2) @ qu * scale
+        a = torch.baddbmm(_as3d(silu), _as3d(qsc), _as3d(kc.transpose(-1, -2)), beta=-1.0).view(N, Bsz, H, C, C)
+        p = a.masked_fill_(~tri, float("-inf")).sub_(lse[..., None]).exp_()  # (N, B, H, C, C)
+        da = _mm(do, vc.transpose(-1, -2)).sub_(delta[..., None]).mul_(p)
+        ds_u = dsilu.mul_(da).neg_()
+        _acc(dvc, p.transpose(-1, -2), do)
+        _acc(dqc, da, kc)
+        _acc(dkc, da.transpose(-1, -2), qsc)
+        gate_grad(0, N, g, ds_u)
 
         # cm = tril(Q^C V^U^T * scale), shared by every block row
-        dcm = dcm.masked_fill(~tri, 0.0)
-        dqc += dcm @ vu * scale
-        dvu += dcm.transpose(-1, -2) @ qc * scale
+        dcm.tril_()
+        _acc(dqc, dcm, vu)
+        _acc(dvu, dcm.transpose(-1, -2), qsc)
+        dqc.mul_(scale)
+        dqu.mul_(scale)
 
         def out(x: Tensor) -> Tensor:
             return x.permute(1, 2, 0, 3, 4).reshape(Bsz, H, N * C, D)[:, :, :T].to(in_dtype)
