@@ -33,7 +33,10 @@ def test_mechanisms_suite_measures_good_layers_and_reports_failures(toys):
     assert [r["T"] for r in base] == [8, 16] and all(r["fwd ×sdpa"] == 1.0 for r in base)
     ok = [r for r in rows if r["mechanism"] == "toy-ok"]
     assert all(r["status"] == "ok" and r["fwd ms"] > 0 and r["fwd+bwd MiB"] > 0 for r in ok)
-    assert ok[0]["fwd ×sdpa"] == pytest.approx(ok[0]["fwd ms"] / base[0]["fwd ms"])
+    # time ratios divide by SDPA timed interleaved with the case itself (same run), memory by the baseline row
+    assert ok[0]["fwd ×sdpa"] == pytest.approx(ok[0]["fwd ms"] / ok[0]["baseline fwd ms"])
+    assert ok[0]["fwd+bwd ×sdpa"] == pytest.approx(ok[0]["fwd+bwd ms"] / ok[0]["baseline fwd+bwd ms"])
+    assert ok[0]["fwd mem ×sdpa"] == pytest.approx(ok[0]["fwd MiB"] / base[0]["fwd MiB"])
     bad = [r for r in rows if r["mechanism"] == "toy-bad"]
     assert all(r["status"].startswith("FAILED correctness") and "fwd ms" not in r for r in bad)
     assert {r["mechanism"] for r in res.failures} == {"toy-bad"}

@@ -54,8 +54,13 @@ def _timing_kwargs(options: BenchOptions) -> dict[str, Any]:
     return kw
 
 
-def measure_step(fwd: Callable[[], Any], fwdbwd: Callable[[], Any], options: BenchOptions) -> dict[str, Any]:
+def measure_step(fwd: Callable[[], Any], fwdbwd: Callable[[], Any], options: BenchOptions,
+                 baseline: tuple[Callable[[], Any], Callable[[], Any]] | None = None) -> dict[str, Any]:
     """Time and peak memory of an inference forward and of a forward+backward (milliseconds, MiB).
+
+    With ``baseline`` (its own ``(fwd, fwdbwd)``), the baseline's calls are timed interleaved with the case's
+    (a, b, a, b, ...), so that a slow spell of a shared machine hits both alike; its medians are returned as
+    ``"baseline fwd ms"`` / ``"baseline fwd+bwd ms"`` for the ratios.
 
     An error of the forward propagates (the case failed). A forward+backward that raises (e.g. FlexAttention has
     no backward on CPU) or a memory measurement that cannot run (a compiled kernel cannot be traced under the
@@ -63,16 +68,28 @@ def measure_step(fwd: Callable[[], Any], fwdbwd: Callable[[], Any], options: Ben
     """
     kw = _timing_kwargs(options)
 
-    def no_grad_fwd() -> Any:
-        with torch.no_grad():
-            return fwd()
+    def no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.no_grad():
+                return fn()
+        return run
 
-    out: dict[str, Any] = {"fwd ms": time_fn(no_grad_fwd, **kw).median * 1e3}
+    no_grad_fwd = no_grad(fwd)
+
+    def timed(case: Callable[[], Any], base: Callable[[], Any] | None, label: str, out: dict[str, Any]) -> None:
+        fns = {"case": case} if base is None else {"case": case, "baseline": base}
+        t = time_fns(fns, **kw)
+        out[f"{label} ms"] = t["case"].median * 1e3
+        if base is not None:
+            out[f"baseline {label} ms"] = t["baseline"].median * 1e3
+
+    out: dict[str, Any] = {}
+    timed(no_grad_fwd, no_grad(baseline[0]) if baseline else None, "fwd", out)
     notes = []
     for label, fn in (("fwd", no_grad_fwd), ("fwd+bwd", fwdbwd)):
         if label == "fwd+bwd":
             try:
-                out["fwd+bwd ms"] = time_fn(fn, **kw).median * 1e3
+                timed(fn, baseline[1] if baseline else None, "fwd+bwd", out)
             except Exception as exc:
                 notes.append(f"no fwd+bwd: {_short_error(exc).removeprefix('error: ')}")
                 continue
@@ -113,8 +130,8 @@ def _qkv(options: BenchOptions, T: int, *, requires_grad: bool) -> tuple[Tensor,
                  for _ in range(3))  # type: ignore[return-value]
 
 
-def sdpa_baseline(options: BenchOptions, T: int) -> dict[str, float]:
-    """Raw causal SDPA at length ``T``: the denominator of every ratio."""
+def sdpa_steps(options: BenchOptions, T: int) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """Raw causal SDPA at length ``T`` as ``(fwd, fwdbwd)``: the denominator of every ratio."""
     q, k, v = _qkv(options, T, requires_grad=True)
     g = torch.randn_like(q)
 
@@ -125,7 +142,12 @@ def sdpa_baseline(options: BenchOptions, T: int) -> dict[str, float]:
         q.grad = k.grad = v.grad = None
         F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(g)
 
-    return measure_step(fwd, fwdbwd, options)
+    return fwd, fwdbwd
+
+
+def sdpa_baseline(options: BenchOptions, T: int) -> dict[str, float]:
+    """Time and memory of raw causal SDPA at length ``T``."""
+    return measure_step(*sdpa_steps(options, T), options)
 
 
 _RATIO_OF = {"fwd ms": "fwd ×sdpa", "fwd+bwd ms": "fwd+bwd ×sdpa", "fwd MiB": "fwd mem ×sdpa",
@@ -133,9 +155,12 @@ _RATIO_OF = {"fwd ms": "fwd ×sdpa", "fwd+bwd ms": "fwd+bwd ×sdpa", "fwd MiB": 
 
 
 def _with_ratios(row: dict[str, Any], base: dict[str, float]) -> dict[str, Any]:
+    """Add the ratios to the baseline; time ratios use the baseline timed interleaved with the row when the row
+    carries one (``"baseline fwd ms"``), memory ratios the baseline's (deterministic) peak memory."""
     for k, r in _RATIO_OF.items():
-        if k in row and base.get(k):
-            row[r] = row[k] / base[k]
+        b = row.get(f"baseline {k}") or base.get(k)
+        if k in row and b:
+            row[r] = row[k] / b
     return row
 
 
@@ -216,7 +241,8 @@ def _projection_guard(done: list[dict[str, Any]], T: int, options: BenchOptions)
     return "; ".join(notes) or None
 
 
-MAIN_COLUMNS = ["mechanism", "impl", "T", "status", "fwd ms", "fwd ×sdpa", "fwd+bwd ms", "fwd+bwd ×sdpa",
+MAIN_COLUMNS = ["mechanism", "impl", "T", "status", "fwd ms", "baseline fwd ms", "fwd ×sdpa", "fwd+bwd ms",
+                "baseline fwd+bwd ms", "fwd+bwd ×sdpa",
                 "fwd MiB", "fwd mem ×sdpa", "fwd+bwd MiB", "fwd+bwd mem ×sdpa", "note"]
 GROWTH_COLUMNS = ["mechanism", "time exp fwd", "time exp fwd+bwd", "mem exp fwd", "mem exp fwd+bwd"]
 
@@ -263,7 +289,8 @@ def run_mechanisms(options: BenchOptions) -> SuiteResult:
                         layer = spec.build(d_model=options.d_model, n_heads=options.n_heads).eval().to(
                             device=options.device, dtype=options.dtype)
                     row["impl"] = str(getattr(layer, "impl", ""))
-                    row.update(measure_step(*_layer_steps(layer, options, T), options))
+                    row.update(measure_step(*_layer_steps(layer, options, T), options,
+                                            baseline=sdpa_steps(options, T)))
                     _with_ratios(row, baselines[T])
                     done.append(row)
                 except Exception as exc:
@@ -272,7 +299,8 @@ def run_mechanisms(options: BenchOptions) -> SuiteResult:
     growth = _growth_rows(rows)
     notes = [f"Every ratio divides by raw causal SDPA (`F.scaled_dot_product_attention(q, k, v, is_causal=True)`, "
              f"q/k/v (B={options.batch_size}, H={options.n_heads}, T, {options.d_model // options.n_heads})) "
-             f"at the same T, measured in this process. A layer also pays its projections, so ratios > 1 are "
+             f"at the same T, measured in this process; time ratios use SDPA timed interleaved with the mechanism's own calls "
+             f"(a, b, a, b, ...), so a slow spell of the machine hits both alike. A layer also pays its projections, so ratios > 1 are "
              f"expected; `attnlab bench overhead` separates the module overhead.",
              "Correctness first: each layer, as benchmarked, is compared with its reference backend in float64 at "
              f"T={min(64, min(lengths))}; a failure is reported instead of a speed.",
