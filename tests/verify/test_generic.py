@@ -114,3 +114,23 @@ def test_triton_backend_availability(monkeypatch):
     assert backend_unavailable_reason("sdpa", "cpu") is None
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert backend_unavailable_reason("triton", "cpu") is None
+
+
+def test_a_backend_that_cannot_run_here_is_reported_skipped_not_passed(monkeypatch, capsys):
+    """FlexAttention has no CPU backward: a spec listing it (as on a CUDA machine) verified on CPU gets a visible
+    skip for that backend, never a pass; the CLI counts it apart and still exits 0 when everything else passed."""
+    import dataclasses
+
+    from attnlab.cli import main
+    from attnlab.layers import registry
+
+    spec = dataclasses.replace(registry.get("standard"), name="standard-with-flex",
+                               backends=("reference", "sdpa", "flex"))
+    monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
+    results = run_check(_check("backends-vs-reference"), spec, VerifyOptions())
+    flex = [r for r in results if "flex" in r.case]
+    assert flex and all(is_skipped(r) and not r.passed for r in flex)
+    assert any(r.passed for r in results if "sdpa" in r.case)
+    assert main(["verify", "standard-with-flex", "--check", "backends-vs-reference", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "skip" in out and "skipped (could not run on this device" in out

@@ -39,7 +39,7 @@ def format_results(results: list, *, failures_only: bool = False) -> str:
 
     rows = []
     for r in results:
-        if failures_only and r.passed:
+        if failures_only and (r.passed or r.skipped):
             continue
         verdict = "skip" if is_skipped(r) else ("pass" if r.passed else "FAIL")
         tol = f">= {_fmt(r.tolerance)}" if r.check == "sees-future" else _fmt(r.tolerance)
@@ -81,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"attnlab verify: {exc}", file=sys.stderr)
         return 2
     print(format_results(results, failures_only=args.failures_only))
-    failed = [r for r in results if not r.passed]
+    skipped = [r for r in results if r.skipped]
+    failed = [r for r in results if not r.passed and not r.skipped]
+    passed = len(results) - len(failed) - len(skipped)
     mechs = {r.mechanism for r in results}
-    print(f"\n{len(results)} cases over {len(mechs)} mechanisms: {len(results) - len(failed)} passed, "
-          f"{len(failed)} failed")
-    return 1 if failed or not results else 0
+    print(f"\n{len(results)} cases over {len(mechs)} mechanisms: {passed} passed, {len(failed)} failed"
+          + (f", {len(skipped)} skipped (could not run on this device: they verified nothing)" if skipped else ""))
+    return 1 if failed or not passed else 0

@@ -39,6 +39,7 @@ class CheckResult:
     tolerance: float
     passed: bool
     detail: str = ""
+    skipped: bool = False  # the case could not run here (e.g. a CUDA-only backend on CPU): it verified nothing
 
 
 @dataclass(frozen=True, kw_only=True)

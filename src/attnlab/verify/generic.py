@@ -59,7 +59,7 @@ SKIPPED_PREFIX = "skipped: "
 
 def is_skipped(result: CheckResult) -> bool:
     """``True`` for a case that could not run here (e.g. a CUDA-only backend on CPU); it verified nothing."""
-    return result.detail.startswith(SKIPPED_PREFIX)
+    return result.skipped
 
 
 def _tol(dtype: torch.dtype, tol64: float) -> float:
@@ -72,11 +72,15 @@ def _tol(dtype: torch.dtype, tol64: float) -> float:
 def backend_unavailable_reason(impl: str, device: str) -> str | None:
     """Why backend ``impl`` cannot run on ``device`` (``None`` when it can).
 
-    The only device-bound backend name in attnlab is ``"triton"``: it needs CUDA, or the Triton interpreter
-    (``TRITON_INTERPRET=1`` set before the kernels are imported) on CPU.
+    Two backend names are device-bound: ``"triton"`` needs CUDA, or the Triton interpreter
+    (``TRITON_INTERPRET=1`` set before the kernels are imported) on CPU; ``"flex"`` (FlexAttention) has no
+    backward pass on CPU in torch 2.x, and the checks compare gradients.
     """
-    if impl == "triton" and not str(device).startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+    on_cuda = str(device).startswith("cuda")
+    if impl == "triton" and not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         return f"backend 'triton' needs CUDA or TRITON_INTERPRET=1 on {device}"
+    if impl == "flex" and not on_cuda:
+        return f"backend 'flex' (FlexAttention) has no backward pass on {device}"
     return None
 
 
@@ -114,7 +118,7 @@ def _result(check: str, spec: MechanismSpec, case: str, err: float, tol: float, 
 
 def _skip(check: str, spec: MechanismSpec, case: str, reason: str) -> CheckResult:
     return CheckResult(check=check, mechanism=spec.name, case=case, max_error=float("nan"), tolerance=0.0,
-                       passed=True, detail=SKIPPED_PREFIX + reason)
+                       passed=False, detail=SKIPPED_PREFIX + reason, skipped=True)
 
 
 def _max_abs(a: Tensor, b: Tensor) -> float:
