@@ -15,7 +15,6 @@ from attnlab.train.outdir import OutputDirError
 from attnlab.train.presets import CompareConfig, tiny
 from attnlab.train.report import significance
 
-TEXT = Path("/work/shared/data/tinyshakespeare/input.txt")
 
 
 @pytest.fixture
