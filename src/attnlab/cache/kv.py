@@ -23,18 +23,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnlab._validation import check_int, resolve_device_dtype
 from attnlab.cache.base import AttentionCache
 from attnlab.masks import Mask
 
 __all__ = ["KVCache", "SlidingKVCache", "shifted_mask"]
 
 _MIN_CAPACITY = 16
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 class _KVBase(AttentionCache):
@@ -50,15 +45,15 @@ class _KVBase(AttentionCache):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.n_kv_heads = _check_int("n_kv_heads", n_kv_heads, 1)
-        self.head_dim = _check_int("head_dim", head_dim, 1)
-        self.v_head_dim = self.head_dim if v_head_dim is None else _check_int("v_head_dim", v_head_dim, 1)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.dtype = dtype if dtype is not None else torch.get_default_dtype()
-        if not self.dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating-point dtype, got {self.dtype}")
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.n_kv_heads = check_int("n_kv_heads", n_kv_heads, 1)
+        self.head_dim = check_int("head_dim", head_dim, 1)
+        self.v_head_dim = self.head_dim if v_head_dim is None else check_int("v_head_dim", v_head_dim, 1)
+        self.device, self.dtype = resolve_device_dtype(device, dtype)
         self._seq_len = 0
+        # stored positions S_s: KVCache's capacity, SlidingKVCache's kept (<= window)
+        self._k: Tensor | None = None  # (B, H_kv, S_s, D)
+        self._v: Tensor | None = None  # (B, H_kv, S_s, Dv)
 
     @property
     def seq_len(self) -> int:
@@ -93,6 +88,15 @@ class _KVBase(AttentionCache):
         if not _same_device(k.device, self.device):
             raise ValueError(f"k and v must be on the cache device {self.device}, got {k.device}")
         return T
+
+    def _empty_keys_values(self) -> tuple[Tensor, Tensor]:
+        """Zero-length keys and values, ``(B, H_kv, 0, D)`` and ``(B, H_kv, 0, Dv)``, before the first update."""
+        B, H = self.batch_size, self.n_kv_heads
+        return (torch.empty(B, H, 0, self.head_dim, device=self.device, dtype=self.dtype),
+                torch.empty(B, H, 0, self.v_head_dim, device=self.device, dtype=self.dtype))
+
+    def memory_bytes(self) -> int:
+        return self._nbytes(self._k, self._v)
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -130,9 +134,7 @@ class KVCache(_KVBase):
         capacity: int = _MIN_CAPACITY,
     ) -> None:
         super().__init__(batch_size, n_kv_heads, head_dim, v_head_dim=v_head_dim, device=device, dtype=dtype)
-        self._initial_capacity = _check_int("capacity", capacity, 1)
-        self._k: Tensor | None = None  # (B, H_kv, capacity, D)
-        self._v: Tensor | None = None  # (B, H_kv, capacity, Dv)
+        self._initial_capacity = check_int("capacity", capacity, 1)
 
     @property
     def capacity(self) -> int:
@@ -175,13 +177,8 @@ class KVCache(_KVBase):
     def keys_values(self) -> tuple[Tensor, Tensor]:
         """The cached keys and values, ``(B, H_kv, seq_len, D)`` and ``(B, H_kv, seq_len, Dv)``."""
         if self._k is None or self._v is None:
-            B, H = self.batch_size, self.n_kv_heads
-            return (torch.empty(B, H, 0, self.head_dim, device=self.device, dtype=self.dtype),
-                    torch.empty(B, H, 0, self.v_head_dim, device=self.device, dtype=self.dtype))
+            return self._empty_keys_values()
         return self._k[:, :, : self._seq_len], self._v[:, :, : self._seq_len]
-
-    def memory_bytes(self) -> int:
-        return self._nbytes(self._k, self._v)
 
     def reset(self) -> None:
         """Forget every position; the allocated storage is kept for reuse."""
@@ -221,9 +218,7 @@ class SlidingKVCache(_KVBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(batch_size, n_kv_heads, head_dim, v_head_dim=v_head_dim, device=device, dtype=dtype)
-        self.window = _check_int("window", window, 1)
-        self._k: Tensor | None = None  # (B, H_kv, kept, D), kept <= window
-        self._v: Tensor | None = None  # (B, H_kv, kept, Dv)
+        self.window = check_int("window", window, 1)
 
     @property
     def kept(self) -> int:
@@ -250,13 +245,8 @@ class SlidingKVCache(_KVBase):
     def keys_values(self) -> tuple[Tensor, Tensor]:
         """The kept keys and values, the last ``min(seq_len, window)`` positions."""
         if self._k is None or self._v is None:
-            B, H = self.batch_size, self.n_kv_heads
-            return (torch.empty(B, H, 0, self.head_dim, device=self.device, dtype=self.dtype),
-                    torch.empty(B, H, 0, self.v_head_dim, device=self.device, dtype=self.dtype))
+            return self._empty_keys_values()
         return self._k, self._v
-
-    def memory_bytes(self) -> int:
-        return self._nbytes(self._k, self._v)
 
     def reset(self) -> None:
         self._seq_len = 0

@@ -21,16 +21,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnlab._validation import check_int, resolve_device_dtype
 from attnlab.cache.base import AttentionCache
 from attnlab.ops.linear.api import LinearState
 
 __all__ = ["RecurrentStateCache"]
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 class RecurrentStateCache(AttentionCache):
@@ -54,14 +49,11 @@ class RecurrentStateCache(AttentionCache):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.n_heads = _check_int("n_heads", n_heads, 1)
-        self.feature_dim = _check_int("feature_dim", feature_dim, 1)
-        self.value_dim = _check_int("value_dim", value_dim, 1)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.dtype = dtype if dtype is not None else torch.get_default_dtype()
-        if not self.dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating-point dtype, got {self.dtype}")
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.n_heads = check_int("n_heads", n_heads, 1)
+        self.feature_dim = check_int("feature_dim", feature_dim, 1)
+        self.value_dim = check_int("value_dim", value_dim, 1)
+        self.device, self.dtype = resolve_device_dtype(device, dtype)
         self._seq_len = 0
         self._kv = torch.zeros(self.batch_size, self.n_heads, self.feature_dim, self.value_dim,
                                device=self.device, dtype=self.dtype)  # (B, H, F, Dv)
@@ -92,7 +84,7 @@ class RecurrentStateCache(AttentionCache):
 
     def update(self, state: LinearState | tuple[Tensor, Tensor], n_tokens: int) -> None:
         """Replace the state by ``state`` (the state after ``n_tokens`` more tokens) and advance ``seq_len``."""
-        _check_int("n_tokens", n_tokens, 1)
+        check_int("n_tokens", n_tokens, 1)
         if not (isinstance(state, tuple) and len(state) == 2):
             raise ValueError(f"state must be a LinearState(kv, z), got {type(state).__name__}")
         kv, z = state

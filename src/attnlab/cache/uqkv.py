@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnlab._validation import check_int, resolve_device_dtype
 from attnlab.cache.base import AttentionCache
 from attnlab.ops.castle.api import CastleImpl, _resolve_scale, validate_inputs, validate_window
 from attnlab.ops.castle.decode import (
@@ -34,12 +35,6 @@ __all__ = ["UQKVCache"]
 _MIN_CAPACITY = 16
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 class UQKVCache(AttentionCache):
     """Decoding state of one CASTLE layer: ``(U^t, Q^U, K^C, V^C)`` for ``B`` sequences and ``H`` heads.
 
@@ -54,15 +49,12 @@ class UQKVCache(AttentionCache):
     def __init__(self, batch_size: int, n_heads: int, head_dim: int, *, window: int | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  capacity: int = _MIN_CAPACITY) -> None:
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.n_heads = _check_int("n_heads", n_heads, 1)
-        self.head_dim = _check_int("head_dim", head_dim, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.n_heads = check_int("n_heads", n_heads, 1)
+        self.head_dim = check_int("head_dim", head_dim, 1)
         self.window = validate_window(window)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.dtype = dtype if dtype is not None else torch.get_default_dtype()
-        if not self.dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating-point dtype, got {self.dtype}")
-        self._initial_capacity = _check_int("capacity", capacity, 1)
+        self.device, self.dtype = resolve_device_dtype(device, dtype)
+        self._initial_capacity = check_int("capacity", capacity, 1)
         self.reset()
 
     # ---- AttentionCache -------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from attnlab._validation import check_bool, check_float, check_head_geometry, check_int
 from attnlab.cache.uqkv import UQKVCache
 from attnlab.layers.registry import MechanismSpec, register
 from attnlab.layers.rope import apply_rope
@@ -30,19 +31,13 @@ from attnlab.ops.castle.api import IMPLS, CastleImpl, castle_attention, triton_a
 __all__ = ["CastleConfig", "CastleAttention", "heads_for_parity"]
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def heads_for_parity(n_standard_heads: int) -> int:
     """CASTLE heads with the parameter count of ``n_standard_heads`` standard heads: ``max(1, round(4 n / 7))``.
 
     Standard attention has ``4 n D d_model`` parameters, CASTLE ``7 n D d_model``. 14 -> 8 (exact), 16 -> 9 (4/7 of
     16 is 9.14: 1.6 % fewer parameters than the baseline), as in the paper's Table 4.
     """
-    _check_int("n_standard_heads", n_standard_heads, 1)
+    check_int("n_standard_heads", n_standard_heads, 1)
     return max(1, round(4 * n_standard_heads / 7))
 
 
@@ -76,25 +71,16 @@ class CastleConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_int("d_model", self.d_model, 1)
-        _check_int("n_heads", self.n_heads, 1)
-        if self.head_dim is None:
-            if self.d_model % self.n_heads:
-                raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model} (or pass head_dim)")
-        else:
-            _check_int("head_dim", self.head_dim, 1)
+        check_head_geometry(self.d_model, self.n_heads, self.head_dim)
         validate_window(self.window)
-        if not isinstance(self.rope, bool):
-            raise ValueError(f"rope must be a bool, got {self.rope!r}")
+        check_bool("rope", self.rope)
         if self.rope and self.resolved_head_dim % 2:
             raise ValueError(f"rope=True needs an even head_dim, got head_dim={self.resolved_head_dim}")
-        if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float)) or not self.rope_base > 1:
-            raise ValueError(f"rope_base must be a number > 1, got {self.rope_base!r}")
+        check_float("rope_base", self.rope_base, low=1, low_inclusive=False)
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
-        _check_int("block_size", self.block_size, 1)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout!r}")
+        check_int("block_size", self.block_size, 1)
+        check_float("dropout", self.dropout, low=0, high=1)
 
     @property
     def resolved_head_dim(self) -> int:

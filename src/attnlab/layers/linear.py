@@ -34,23 +34,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from attnlab._validation import (
+    check_bool,
+    check_float,
+    check_head_geometry,
+    check_int,
+    check_layer_context,
+    check_layer_input,
+    check_matches_param,
+)
 from attnlab.cache.recurrent import RecurrentStateCache
 from attnlab.layers.registry import MechanismSpec, register
 from attnlab.layers.rope import apply_rope
 from attnlab.ops.linear import LINEAR_IMPLS, FeatureMapName, LinearImpl, feature_dim, feature_map_names, linear_attention
 
 __all__ = ["LinearAttentionConfig", "LinearAttention"]
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be a bool, got {value!r}")
 
 
 @dataclass(kw_only=True)
@@ -92,35 +90,21 @@ class LinearAttentionConfig:
     bias: bool = False
 
     def __post_init__(self) -> None:
-        _check_int("d_model", self.d_model, 1)
-        _check_int("n_heads", self.n_heads, 1)
-        if self.head_dim is None:
-            if self.d_model % self.n_heads:
-                raise ValueError(
-                    f"n_heads={self.n_heads} must divide d_model={self.d_model} (or pass head_dim explicitly)"
-                )
-        else:
-            _check_int("head_dim", self.head_dim, 1)
-        if self.n_kv_heads is not None:
-            _check_int("n_kv_heads", self.n_kv_heads, 1)
-            if self.n_heads % self.n_kv_heads:
-                raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+        check_head_geometry(self.d_model, self.n_heads, self.head_dim, self.n_kv_heads)
         if self.qk_head_dim is not None:
-            _check_int("qk_head_dim", self.qk_head_dim, 1)
+            check_int("qk_head_dim", self.qk_head_dim, 1)
         if self.feature_map not in feature_map_names():
             raise ValueError(f"feature_map must be one of {feature_map_names()}, got {self.feature_map!r}")
-        _check_bool("causal", self.causal)
+        check_bool("causal", self.causal)
         if self.impl not in LINEAR_IMPLS:
             raise ValueError(f"impl must be one of {LINEAR_IMPLS}, got {self.impl!r}")
-        _check_int("chunk_size", self.chunk_size, 1)
-        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0 <= self.eps < math.inf:
-            raise ValueError(f"eps must be a finite float >= 0, got {self.eps!r}")
-        _check_bool("rope", self.rope)
+        check_int("chunk_size", self.chunk_size, 1)
+        check_float("eps", self.eps, low=0, high=math.inf)
+        check_bool("rope", self.rope)
         if self.rope and self.resolved_qk_head_dim % 2:
             raise ValueError(f"rope=True needs an even qk_head_dim, got qk_head_dim={self.resolved_qk_head_dim}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout!r}")
-        _check_bool("bias", self.bias)
+        check_float("dropout", self.dropout, low=0, high=1)
+        check_bool("bias", self.bias)
 
     @property
     def resolved_head_dim(self) -> int:
@@ -202,30 +186,12 @@ class LinearAttention(nn.Module):
     def _validate(self, x: object, context: object, cache: object) -> None:
         d = self.d_model
         w = self.q_proj.weight
-        if not isinstance(x, Tensor):
-            raise ValueError(f"x must be a torch.Tensor of shape (B, T, d_model={d}), got {type(x).__name__}")
-        if x.ndim != 3 or x.shape[-1] != d:
-            raise ValueError(f"x must have shape (B, T, d_model={d}), got {tuple(x.shape)}")
-        if x.shape[0] < 1 or x.shape[1] < 1:
-            raise ValueError(f"x must have B >= 1 and T >= 1, got shape {tuple(x.shape)}")
-        if x.dtype != w.dtype:
-            raise ValueError(f"x dtype must be the layer's parameter dtype {w.dtype}, got {x.dtype}")
-        if x.device != w.device:
-            raise ValueError(f"x device must be the layer's parameter device {w.device}, got {x.device}")
+        x = check_layer_input(x, d_model=d, reference_param=w)
         if context is not None:
             if self.causal:
                 raise ValueError("context= (cross-attention) needs causal=False; this layer has causal=True")
-            if not isinstance(context, Tensor):
-                raise ValueError(
-                    f"context must be a torch.Tensor of shape (B, S, d_model={d}), got {type(context).__name__}")
-            if context.ndim != 3 or context.shape[-1] != d or context.shape[0] != x.shape[0] or context.shape[1] < 1:
-                raise ValueError(
-                    f"context must have shape (B={x.shape[0]}, S >= 1, d_model={d}), got {tuple(context.shape)}")
-            if context.dtype != w.dtype:
-                raise ValueError(f"context dtype must be the layer's parameter dtype {w.dtype}, got {context.dtype}")
-            if context.device != w.device:
-                raise ValueError(f"context device must be the layer's parameter device {w.device}, "
-                                 f"got {context.device}")
+            context = check_layer_context(context, d_model=d, batch_size=x.shape[0])
+            check_matches_param("context", context, w)
             if cache is not None:
                 raise ValueError("cache is not supported together with context (cross-attention)")
         if cache is None:

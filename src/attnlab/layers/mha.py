@@ -38,6 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab._validation import (
+    check_bool,
+    check_float,
+    check_head_geometry,
+    check_int,
+    check_layer_context,
+    check_layer_input,
+)
 from attnlab.cache.kv import KVCache, SlidingKVCache, shifted_mask
 from attnlab.layers.rope import apply_rope
 from attnlab.masks import Mask, causal
@@ -53,12 +61,6 @@ from attnlab.ops.softmax import (
 from attnlab.ops.softmax.sdpa import SDPA_SCORES as _SDPA_SCORES
 
 __all__ = ["MultiHeadAttentionConfig", "MultiHeadAttention"]
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 @dataclass(kw_only=True)
@@ -104,41 +106,24 @@ class MultiHeadAttentionConfig:
     cross: bool = False
 
     def __post_init__(self) -> None:
-        _check_int("d_model", self.d_model, 1)
-        _check_int("n_heads", self.n_heads, 1)
-        if self.head_dim is None:
-            if self.d_model % self.n_heads:
-                raise ValueError(
-                    f"n_heads={self.n_heads} must divide d_model={self.d_model} (or pass head_dim explicitly)"
-                )
-        else:
-            _check_int("head_dim", self.head_dim, 1)
-        if self.n_kv_heads is not None:
-            _check_int("n_kv_heads", self.n_kv_heads, 1)
-            if self.n_heads % self.n_kv_heads:
-                raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+        check_head_geometry(self.d_model, self.n_heads, self.head_dim, self.n_kv_heads)
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
         if self.additive_dim is not None:
             if self.score != "additive":
                 raise ValueError(f"additive_dim is only used with score='additive', got score={self.score!r}")
-            _check_int("additive_dim", self.additive_dim, 1)
+            check_int("additive_dim", self.additive_dim, 1)
         if self.mask is not None and not isinstance(self.mask, Mask):
             raise ValueError(f"mask must be an attnlab.masks.Mask or None, got {type(self.mask).__name__}")
-        if not isinstance(self.rope, bool):
-            raise ValueError(f"rope must be a bool, got {self.rope!r}")
+        check_bool("rope", self.rope)
         if self.rope and self.resolved_head_dim % 2:
             raise ValueError(f"rope=True needs an even head_dim, got head_dim={self.resolved_head_dim}")
-        if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float)) or not self.rope_base > 1:
-            raise ValueError(f"rope_base must be a number > 1, got {self.rope_base!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"bias must be a bool, got {self.bias!r}")
+        check_float("rope_base", self.rope_base, low=1, low_inclusive=False)
+        check_float("dropout", self.dropout, low=0, high=1)
+        check_bool("bias", self.bias)
         if self.impl not in SOFTMAX_IMPLS:
             raise ValueError(f"impl must be one of {SOFTMAX_IMPLS}, got {self.impl!r}")
-        if not isinstance(self.cross, bool):
-            raise ValueError(f"cross must be a bool, got {self.cross!r}")
+        check_bool("cross", self.cross)
         if self.cross:
             if self.mask is not None and not self.mask.full:
                 raise ValueError(
@@ -253,12 +238,8 @@ class MultiHeadAttention(nn.Module):
     def _validate(self, x: object, context: object, cache: object, mask: object) -> None:
         d = self.d_model
         w = self.in_proj.weight
-        if not isinstance(x, Tensor):
-            raise ValueError(f"x must be a torch.Tensor of shape (B, T, d_model={d}), got {type(x).__name__}")
-        if x.ndim != 3 or x.shape[-1] != d:
-            raise ValueError(f"x must have shape (B, T, d_model={d}), got {tuple(x.shape)}")
-        if x.shape[0] < 1 or x.shape[1] < 1:
-            raise ValueError(f"x must have B >= 1 and T >= 1, got shape {tuple(x.shape)}")
+        x = check_layer_input(x, d_model=d, reference_param=None)
+        # this layer's own wording for dtype/device (tested in tests/layers/test_mha.py)
         if x.dtype != w.dtype:
             raise ValueError(f"x dtype {x.dtype} does not match the layer's parameters ({w.dtype})")
         if x.device != w.device:
@@ -269,12 +250,7 @@ class MultiHeadAttention(nn.Module):
             if self.cross:
                 raise ValueError("this is a cross-attention layer (cross=True): forward needs context=(B, S, d_model)")
         else:
-            if not isinstance(context, Tensor):
-                raise ValueError(f"context must be a torch.Tensor of shape (B, S, d_model={d}), got {type(context).__name__}")
-            if context.ndim != 3 or context.shape[-1] != d or context.shape[0] != x.shape[0] or context.shape[1] < 1:
-                raise ValueError(
-                    f"context must have shape (B={x.shape[0]}, S >= 1, d_model={d}), got {tuple(context.shape)}"
-                )
+            context = check_layer_context(context, d_model=d, batch_size=x.shape[0])
             if context.dtype != w.dtype or context.device != w.device:
                 raise ValueError(
                     f"context must have the layer's dtype {w.dtype} and device {w.device}, "

@@ -16,6 +16,7 @@ Shapes: b, h, q_idx, kv_idx are integer tensors that broadcast against each othe
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -84,20 +85,31 @@ def _as_mask(m: Mask | MaskFn, what: str) -> Mask:
     raise TypeError(f"{what} must be a Mask or a mask_mod callable, got {type(m).__name__}")
 
 
-def and_masks(*masks: Mask | MaskFn) -> Mask:
-    """Intersection: a key is visible only if every mask allows it."""
+def _operands(func: str, masks: tuple[Mask | MaskFn, ...]) -> list[Mask]:
+    """The operands of ``and_masks``/``or_masks`` (named ``func`` in errors) as :class:`Mask` objects."""
     if not masks:
-        raise ValueError("and_masks() needs at least one mask, got none")
-    ms = [_as_mask(m, f"masks[{i}]") for i, m in enumerate(masks)]
-    if len(ms) == 1:
-        return ms[0]
+        raise ValueError(f"{func}() needs at least one mask, got none")
+    return [_as_mask(m, f"masks[{i}]") for i, m in enumerate(masks)]
+
+
+def _fold(ms: list[Mask], op: Callable[[Tensor, Tensor], Tensor]) -> MaskFn:
+    """The predicate ``op(...op(op(ms[0], ms[1]), ms[2])..., ms[-1])``, evaluated left to right."""
 
     def fn(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
         out = ms[0](b, h, q, kv)
         for m in ms[1:]:
-            out = out & m(b, h, q, kv)
+            out = op(out, m(b, h, q, kv))
         return out
 
+    return fn
+
+
+def and_masks(*masks: Mask | MaskFn) -> Mask:
+    """Intersection: a key is visible only if every mask allows it."""
+    ms = _operands("and_masks", masks)
+    if len(ms) == 1:
+        return ms[0]
+    fn = _fold(ms, operator.and_)
     windows = [m.window for m in ms if m.window is not None]
     lens = [m.max_len for m in ms if m.max_len is not None]
     return Mask(
@@ -115,18 +127,10 @@ def and_masks(*masks: Mask | MaskFn) -> Mask:
 
 def or_masks(*masks: Mask | MaskFn) -> Mask:
     """Union: a key is visible if any mask allows it."""
-    if not masks:
-        raise ValueError("or_masks() needs at least one mask, got none")
-    ms = [_as_mask(m, f"masks[{i}]") for i, m in enumerate(masks)]
+    ms = _operands("or_masks", masks)
     if len(ms) == 1:
         return ms[0]
-
-    def fn(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-        out = ms[0](b, h, q, kv)
-        for m in ms[1:]:
-            out = out | m(b, h, q, kv)
-        return out
-
+    fn = _fold(ms, operator.or_)
     lens = [m.max_len for m in ms if m.max_len is not None]
     all_windowed = all(m.window is not None for m in ms)
     return Mask(

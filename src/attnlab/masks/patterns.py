@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnlab._validation import check_int
 from attnlab.masks.core import Mask
 
 __all__ = [
@@ -34,12 +35,6 @@ __all__ = [
     "prefix_lm",
     "document",
 ]
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def causal() -> Mask:
@@ -58,7 +53,7 @@ def sliding_window(window: int, *, causal: bool = True) -> Mask:
     Causal: query ``i`` sees keys ``j`` with ``i - window < j <= i`` (itself and the ``window - 1`` keys before).
     ``window=1`` sees only itself. ``causal=False`` gives the symmetric band ``|i - j| < window``.
     """
-    w = _check_int("window", window, 1)
+    w = check_int("window", window, 1)
     if causal:
         return Mask(
             name=f"sliding_window(window={w})",
@@ -75,7 +70,7 @@ def strided(stride: int, *, causal: bool = True) -> Mask:
     Key ``j`` is visible to query ``i`` iff ``i - j < stride`` or ``(i - j) % stride == 0`` (and ``j <= i`` when
     causal). ``causal=False`` applies the same rule to ``|i - j|``.
     """
-    s = _check_int("stride", stride, 1)
+    s = check_int("stride", stride, 1)
     if causal:
         def fn(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
             d = q - kv
@@ -97,7 +92,7 @@ def fixed(block: int, summary: int = 1, *, causal: bool = True) -> Mask:
     (``j // block == i // block``) or it is one of the last ``summary`` positions of its own block
     (``j % block >= block - summary``); when causal, additionally ``j <= i``.
     """
-    c = _check_int("block", block, 1)
+    c = check_int("block", block, 1)
     if isinstance(summary, bool) or not isinstance(summary, int) or not 1 <= summary <= c:
         raise ValueError(f"summary must be an int in [1, block={c}], got {summary!r}")
 
@@ -167,17 +162,17 @@ def bigbird(
     With ``causal=True`` everything is additionally restricted to ``j <= i``. ``n_heads`` draws a different
     random set per head (otherwise all heads share one). Positions must be below ``max_len``.
     """
-    w = _check_int("window", window, 1)
-    g = _check_int("n_global", n_global, 0)
-    r = _check_int("n_random", n_random, 0)
-    _check_int("seed", seed, 0)
-    _check_int("max_len", max_len, 1)
+    w = check_int("window", window, 1)
+    g = check_int("n_global", n_global, 0)
+    r = check_int("n_random", n_random, 0)
+    check_int("seed", seed, 0)
+    check_int("max_len", max_len, 1)
     if n_heads is not None:
-        _check_int("n_heads", n_heads, 1)
+        check_int("n_heads", n_heads, 1)
     if not causal and r > 0:
         if kv_len is None:
             raise ValueError("bigbird(causal=False, n_random>0) needs kv_len, the range random keys are drawn from")
-        _check_int("kv_len", kv_len, 1)
+        check_int("kv_len", kv_len, 1)
     per_head = n_heads is not None
     rand_range = None if causal else kv_len
 
@@ -205,7 +200,7 @@ def prefix_lm(prefix_len: int) -> Mask:
 
     Key ``j`` is visible to query ``i`` iff ``j <= i`` or ``j < prefix_len``.
     """
-    p = _check_int("prefix_len", prefix_len, 0)
+    p = check_int("prefix_len", prefix_len, 0)
     return Mask(name=f"prefix_lm(prefix_len={p})", fn=lambda b, h, q, kv: (kv <= q) | (kv < p))
 
 
