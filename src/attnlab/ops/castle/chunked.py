@@ -98,6 +98,9 @@ def _silu_and_grad(x: Tensor) -> tuple[Tensor, Tensor]:
 # on a 1-thread CPU: T=4096, 5 heads, one head at a time is ~20% faster than all 5 together). A group holds
 # about _ITEMS_PER_GEMM // N heads (at least one), so short sequences still batch every head into one GEMM.
 _ITEMS_PER_GEMM = 32
+# The softmax runs in base 2 (logits times log2(e), exp2, log-sum-exp in base 2): torch's CPU exp2 kernel is ~4x
+# faster than exp (measured 39 vs 165 us per 64 x 64 x 64 float32 elements); the result differs only by rounding.
+_LOG2E = 1.4426950408889634
 
 
 def _heads_per_group(n_heads: int, n_blocks: int) -> int:
@@ -119,10 +122,11 @@ def _forward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor,
     g_prev = _gate(qsu, ku, _gate_mask(C, 0, window, dev))  # G(j, j): (N, G, C, C)
     cm = _mm(qsc, vu.transpose(-1, -2)).tril_()  # (N, G, C, C)
     s_u = _mm(cm, g_prev.transpose(-1, -2))  # (N, G, C, C)
-    a = torch.baddbmm(_as3d(F.silu(s_u, inplace=True)), _as3d(qsc), _as3d(kc.transpose(-1, -2)), beta=-1.0)
+    a = torch.baddbmm(_as3d(F.silu(s_u, inplace=True)), _as3d(qsc), _as3d(kc.transpose(-1, -2)),
+                      beta=-_LOG2E, alpha=_LOG2E)  # logits in base 2
     a = a.view(N, G, C, C).masked_fill_(~tri, float("-inf"))  # (N, G, C, C)
     m = a.amax(dim=-1)  # (N, G, C)
-    p = a.sub_(m[..., None]).exp_()  # (N, G, C, C)
+    p = a.sub_(m[..., None]).exp2_()  # (N, G, C, C)
     l = p.sum(dim=-1)  # (N, G, C)
     o = _mm(p, vc)  # (N, G, C, D)
 
@@ -136,19 +140,19 @@ def _forward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor,
         s_u = _mm(qa, u[:n].transpose(-1, -2))  # (n, G, C, C)   eq. (24)
         if g is not None:  # within-block correction
             _acc(s_u, cm[k:], g.transpose(-1, -2))
-        a = torch.baddbmm(_as3d(F.silu(s_u, inplace=True)), _as3d(qa), _as3d(kc[:n].transpose(-1, -2)), beta=-1.0)
-        a = a.view(n, G, C, C)
+        a = torch.baddbmm(_as3d(F.silu(s_u, inplace=True)), _as3d(qa), _as3d(kc[:n].transpose(-1, -2)),
+                          beta=-_LOG2E, alpha=_LOG2E).view(n, G, C, C)  # logits in base 2
         m_a = m[k:]
         m_new = torch.maximum(m_a, a.amax(dim=-1))  # (n, G, C)
-        alpha = (m_a - m_new).exp_()
-        p = a.sub_(m_new[..., None]).exp_()  # (n, G, C, C)
+        alpha = (m_a - m_new).exp2_()
+        p = a.sub_(m_new[..., None]).exp2_()  # (n, G, C, C)
         l[k:] = l[k:] * alpha + p.sum(dim=-1)
         o[k:] *= alpha[..., None]
         _acc(o[k:], p, vc[:n])
         m[k:] = m_new
         g_prev = g
 
-    return o.div_(l[..., None]), m.add_(torch.log(l)), u
+    return o.div_(l[..., None]), m.add_(torch.log2(l)), u  # the log-sum-exp in base 2
 
 
 def _backward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor, vc: Tensor, o: Tensor, lse: Tensor,
@@ -190,8 +194,8 @@ def _backward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor
         if g_cur is not None:
             _acc(s_u, cm[k:], g_cur.transpose(-1, -2))
         silu, dsilu = _silu_and_grad(s_u)
-        a = torch.baddbmm(_as3d(silu), _as3d(qa), _as3d(kj.transpose(-1, -2)), beta=-1.0).view(n, G, C, C)
-        p = a.sub_(lse_a[..., None]).exp_()  # (n, G, C, C)
+        a = torch.baddbmm(_as3d(silu), _as3d(qa), _as3d(kj.transpose(-1, -2)), beta=-_LOG2E, alpha=_LOG2E)
+        p = a.view(n, G, C, C).sub_(lse_a[..., None]).exp2_()  # (n, G, C, C)
         da = _mm(doa, vc[:n].transpose(-1, -2)).sub_(delta_a[..., None]).mul_(p)  # dL/dA
         ds_u = dsilu.mul_(da).neg_()  # dL/dS^U
         _acc(dvc[:n], p.transpose(-1, -2), doa)
@@ -211,8 +215,8 @@ def _backward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor
     g = g_cur if N > 1 else gate_for(0, N)
     s_u = _mm(cm, g.transpose(-1, -2))  # (N, G, C, C)
     silu, dsilu = _silu_and_grad(s_u)
-    a = torch.baddbmm(_as3d(silu), _as3d(qsc), _as3d(kc.transpose(-1, -2)), beta=-1.0).view(N, G, C, C)
-    p = a.masked_fill_(~tri, float("-inf")).sub_(lse[..., None]).exp_()  # (N, G, C, C)
+    a = torch.baddbmm(_as3d(silu), _as3d(qsc), _as3d(kc.transpose(-1, -2)), beta=-_LOG2E, alpha=_LOG2E)
+    p = a.view(N, G, C, C).masked_fill_(~tri, float("-inf")).sub_(lse[..., None]).exp2_()  # (N, G, C, C)
     da = _mm(do, vc.transpose(-1, -2)).sub_(delta[..., None]).mul_(p)
     ds_u = dsilu.mul_(da).neg_()
     _acc(dvc, p.transpose(-1, -2), do)
