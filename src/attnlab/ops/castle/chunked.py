@@ -87,10 +87,14 @@ def _gate(qs_u: Tensor, k_u: Tensor, mask: Tensor | None) -> Tensor:
     return g
 
 
-def _silu_and_grad(x: Tensor) -> tuple[Tensor, Tensor]:
-    s = torch.sigmoid(x)
-    silu = x * s
-    return silu, (x - silu).add_(1.0).mul_(s)  # s (1 + x (1 - s))
+def _silu_backward(grad: Tensor, x: Tensor) -> Tensor:
+    """``grad * SiLU'(x)`` in one fused elementwise pass (``SiLU'(x) = s (1 + x (1 - s))``, ``s = sigmoid(x)``)."""
+    return torch.ops.aten.silu_backward(grad, x)
+
+
+def _sigmoid_backward(grad: Tensor, y: Tensor) -> Tensor:
+    """``grad * y (1 - y)`` for ``y = sigmoid(z)`` in one fused elementwise pass."""
+    return torch.ops.aten.sigmoid_backward(grad, y)
 
 
 # Heads are processed in groups so that the blocks one batched GEMM touches stay in cache: every step streams about a
@@ -173,17 +177,18 @@ def _backward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor
         mask = _gate_mask(C, k, window, dev)
         return None if mask is False else _gate(qsu[:n], ku[k : k + n], mask)
 
-    def gate_grad(k: int, n: int, g: Tensor, ds_u: Tensor) -> None:
+    def gate_grad(k: int, n: int, g: Tensor, nds_u: Tensor) -> None:
         """Backward through the gate block G(j, j+k), j < n: its two uses are the within-block correction of
-        step k (``cm G^T`` in S^U) and the U update of step k+1 (``G V^U``, j < n-1, gradient ``du``)."""
-        _acc(dcm[k:], ds_u, g)
-        dg = _mm(ds_u.transpose(-1, -2), cm[k:])  # (n, G, C, C): dL/dG
+        step k (``cm G^T`` in S^U) and the U update of step k+1 (``G V^U``, j < n-1, gradient ``du``).
+        ``nds_u`` is *minus* dL/dS^U; the sign is folded into the GEMMs' alpha."""
+        _acc(dcm[k:], nds_u, g, -1.0)
+        ndg = _mm(nds_u.transpose(-1, -2), cm[k:])  # (n, G, C, C): -dL/dG
         if n > 1:
-            _acc(dg[: n - 1], du[: n - 1], vu[k : k + n - 1].transpose(-1, -2))
+            _acc(ndg[: n - 1], du[: n - 1], vu[k : k + n - 1].transpose(-1, -2), -1.0)
             _acc(dvu[k : k + n - 1], g[: n - 1].transpose(-1, -2), du[: n - 1])
-        dz = dg.mul_(g * (1.0 - g))  # dL/d(pre-sigmoid) (zero where masked: g = 0 there)
-        _acc(dku[k:], dz.transpose(-1, -2), qsu[:n])
-        _acc(dqu[:n], dz, ku[k:])
+        ndz = _sigmoid_backward(ndg, g)  # -dL/d(pre-sigmoid) (zero where masked: g = 0 there)
+        _acc(dku[k:], ndz.transpose(-1, -2), qsu[:n], -1.0)
+        _acc(dqu[:n], ndz, ku[k:], -1.0)
 
     g_cur = gate_for(N - 1, 1) if N > 1 else None
     for k in range(N - 1, 0, -1):
@@ -193,18 +198,17 @@ def _backward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor
         s_u = _mm(qa, uj.transpose(-1, -2))  # (n, G, C, C)
         if g_cur is not None:
             _acc(s_u, cm[k:], g_cur.transpose(-1, -2))
-        silu, dsilu = _silu_and_grad(s_u)
-        a = torch.baddbmm(_as3d(silu), _as3d(qa), _as3d(kj.transpose(-1, -2)), beta=-_LOG2E, alpha=_LOG2E)
+        a = torch.baddbmm(_as3d(F.silu(s_u)), _as3d(qa), _as3d(kj.transpose(-1, -2)), beta=-_LOG2E, alpha=_LOG2E)
         p = a.view(n, G, C, C).sub_(lse_a[..., None]).exp2_()  # (n, G, C, C)
         da = _mm(doa, vc[:n].transpose(-1, -2)).sub_(delta_a[..., None]).mul_(p)  # dL/dA
-        ds_u = dsilu.mul_(da).neg_()  # dL/dS^U
+        nds_u = _silu_backward(da, s_u)  # -dL/dS^U (A = S^C - SiLU(S^U)); the sign goes into the GEMMs' alpha
         _acc(dvc[:n], p.transpose(-1, -2), doa)
         _acc(dqc[k:], da, kj)
-        _acc(dqc[k:], ds_u, uj)
+        _acc(dqc[k:], nds_u, uj, -1.0)
         _acc(dkc[:n], da.transpose(-1, -2), qa)
         if g_cur is not None:  # uses du before this step's contribution
-            gate_grad(k, n, g_cur, ds_u)
-        _acc(du[:n], ds_u.transpose(-1, -2), qa)
+            gate_grad(k, n, g_cur, nds_u)
+        _acc(du[:n], nds_u.transpose(-1, -2), qa, -1.0)
         # reverse eq. (23): un-update U_j by G(j, j+k-1) V^U_{j+k-1}; that gate is also the next step's
         g_next = gate_for(k - 1, n + 1)
         if g_next is not None:
@@ -214,15 +218,13 @@ def _backward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor
     # diagonal blocks (k = 0); u is back to zero here
     g = g_cur if N > 1 else gate_for(0, N)
     s_u = _mm(cm, g.transpose(-1, -2))  # (N, G, C, C)
-    silu, dsilu = _silu_and_grad(s_u)
-    a = torch.baddbmm(_as3d(silu), _as3d(qsc), _as3d(kc.transpose(-1, -2)), beta=-_LOG2E, alpha=_LOG2E)
+    a = torch.baddbmm(_as3d(F.silu(s_u)), _as3d(qsc), _as3d(kc.transpose(-1, -2)), beta=-_LOG2E, alpha=_LOG2E)
     p = a.view(N, G, C, C).masked_fill_(~tri, float("-inf")).sub_(lse[..., None]).exp2_()  # (N, G, C, C)
     da = _mm(do, vc.transpose(-1, -2)).sub_(delta[..., None]).mul_(p)
-    ds_u = dsilu.mul_(da).neg_()
     _acc(dvc, p.transpose(-1, -2), do)
     _acc(dqc, da, kc)
     _acc(dkc, da.transpose(-1, -2), qsc)
-    gate_grad(0, N, g, ds_u)
+    gate_grad(0, N, g, _silu_backward(da, s_u))
 
     # cm = tril(Q^C V^U^T * scale), shared by every block row
     dcm.tril_()
