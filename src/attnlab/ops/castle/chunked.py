@@ -52,16 +52,14 @@ def _gate_mask(C: int, k: int, window: int | None, device: torch.device) -> Tens
     Owner ``s = jC + p``, contributor ``jC + kC + q``; allowed iff ``0 < kC + q - p (<= window)``.
     Returns ``None`` when every entry is allowed and ``False`` when none is (the gate block is then zero).
     """
+    if k >= 1 and (window is None or k * C + C - 1 <= window):  # largest delta within W
+        return None
+    if k >= 1 and (k - 1) * C + 1 > window:  # smallest delta in the block exceeds W
+        return False
     p = torch.arange(C, device=device)
     delta = k * C + p[None, :] - p[:, None]  # (C, C): contributor minus owner
     if window is None:
-        if k >= 1:
-            return None
         return delta > 0
-    if k >= 1 and (k - 1) * C + 1 > window:  # smallest delta in the block exceeds W
-        return False
-    if k >= 1 and k * C + C - 1 <= window:  # largest delta within W
-        return None
     return (delta > 0) & (delta <= window)
 
 
@@ -150,7 +148,7 @@ def _forward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor,
         m_new = torch.maximum(m_a, a.amax(dim=-1))  # (n, G, C)
         alpha = (m_a - m_new).exp2_()
         p = a.sub_(m_new[..., None]).exp2_()  # (n, G, C, C)
-        l[k:] = l[k:] * alpha + p.sum(dim=-1)
+        l[k:].mul_(alpha).add_(p.sum(dim=-1))
         o[k:] *= alpha[..., None]
         _acc(o[k:], p, vc[:n])
         m[k:] = m_new
