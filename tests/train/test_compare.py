@@ -40,6 +40,8 @@ def test_compare_writes_leaderboard_plots_and_html(tmp_path: Path, small_cfg: Co
     for m in small_cfg.mechanisms:
         assert f"`{m}`" in md
     assert "beyond seed noise" in md and "Welch" in md and "baseline" in md
+    # provenance: the command line, the date and the machine that produced the leaderboard
+    assert "- command: `" in md and "- date: " in md and "- machine: " in md and "cores, torch" in md
     rows = list(csv.DictReader(open(out / "leaderboard.csv")))
     assert [r["mechanism"] for r in rows] == small_cfg.mechanisms
     base = rows[0]

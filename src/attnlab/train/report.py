@@ -90,6 +90,33 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
     return str(v)
 
 
+def _provenance() -> list[str]:
+    """How and where the report was produced: the command line, the date and the machine."""
+    import datetime as dt
+    import os
+    import platform
+    import sys
+
+    import torch
+
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    command = " ".join(["attnlab" if prog == "attnlab" else prog, *sys.argv[1:]])
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.lower().startswith("model name")), cpu)
+    except OSError:
+        pass
+    machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        machine += f", GPU {torch.cuda.get_device_name()}"
+    if hasattr(os, "getloadavg"):
+        machine += ", load average at the end " + " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return [f"- command: `{command}`",
+            f"- date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
+            f"- machine: {machine}"]
+
+
 def _markdown(cfg: Any, rows: list[dict[str, Any]]) -> str:
     char = all(r["val_bpc"] is not None for r in rows)
     has_test = any(r["test_loss_mean"] is not None for r in rows)
@@ -127,7 +154,8 @@ def _markdown(cfg: Any, rows: list[dict[str, Any]]) -> str:
                            "memory already held: compare CPU figures with care."),
         "tokens/s: training tokens over training time (evaluation and checkpoints excluded).",
     ]
-    return "# Leaderboard\n\n" + intro + "\n\n" + "\n".join(lines) + "\n" + "\n".join(notes) + "\n"
+    return ("# Leaderboard\n\n" + "\n".join(_provenance()) + "\n\n" + intro + "\n\n" + "\n".join(lines) + "\n"
+            + "\n".join(notes) + "\n")
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
