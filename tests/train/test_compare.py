@@ -72,9 +72,11 @@ def test_compare_writes_leaderboard_plots_and_html(tmp_path: Path, small_cfg: Co
     other = replace(small_cfg, seeds=[0])
     with pytest.raises(OutputDirError, match=r"holds a different comparison \(differs in: seeds\)"):
         run_compare(other, out, resume=True, log=lambda s: None)
+    md_before_force = (out / "leaderboard.md").read_text()  # re-written by the resume: new provenance lines,
+    assert md_before_force.split("\n\n", 2)[2] == md.split("\n\n", 2)[2]  # the same table and notes
     run_compare(other, out, force=True, log=lambda s: None)
     backups = list(tmp_path.glob("cmp.old-*"))
-    assert len(backups) == 1 and (backups[0] / "leaderboard.md").read_text() == md  # nothing lost
+    assert len(backups) == 1 and (backups[0] / "leaderboard.md").read_text() == md_before_force  # nothing lost
     assert json.loads((out / "compare.json").read_text())["seeds"] == [0]
 
 
