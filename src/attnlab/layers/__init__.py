@@ -7,7 +7,8 @@ built-in mechanism; a new mechanism only needs a new file here that calls ``regi
 import importlib
 import pkgutil
 
-for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+# The classic family registers first so that listings start with "standard"; the rest follow by file name.
+for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: (m.name != "classic", m.name)):
     if not _m.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_m.name}")
 
