@@ -192,3 +192,43 @@ def test_checkpoint_of_another_mechanism_is_refused(tmp_path: Path) -> None:
     ckpt.save_checkpoint(tmp_path, step=1, model=LM(LMConfig(attention="castle", **kw)), optimizer=None, state={})
     with pytest.raises(ckpt.CheckpointError, match=r"different architecture: .*blocks\.0\.attn"):
         ckpt.load_model_weights(tmp_path, LM(LMConfig(attention="standard", **kw)))
+
+
+def test_trainer_refuses_an_output_directory_with_results_unless_resuming(tmp_path: Path) -> None:
+    """Without resume, a used directory is an error (its checkpoints and metrics would be replaced / mixed);
+    nothing in it is touched."""
+    from attnlab.train.outdir import OutputDirError
+
+    cfg = _cfg(steps=5)
+    _trainer(cfg, tmp_path).fit()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert {"metrics.jsonl", "result.json"} <= set(before)
+    with pytest.raises(OutputDirError, match=r"already holds results \(ckpt-00000005, metrics.csv, metrics.jsonl, "
+                                             r"result.json\); pass resume=True"):
+        _trainer(cfg, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert _trainer(cfg, tmp_path, resume=True).step == 5  # resuming is allowed
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("unrelated")  # files that are not results do not block a run
+    assert _trainer(cfg, tmp_path / "other").step == 0
+
+
+def test_result_json_is_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash while writing result.json (the "finished" marker compare relies on) leaves the previous file
+    intact and no temporary behind."""
+    import os
+
+    from attnlab.train.outdir import atomic_write_text
+
+    target = tmp_path / "result.json"
+    atomic_write_text(target, '{"old": 1}')
+
+    def boom(fd: int) -> None:
+        raise Crash("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(Crash):
+        atomic_write_text(target, '{"new": 2, "half": ')
+    monkeypatch.undo()
+    assert target.read_text() == '{"old": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]

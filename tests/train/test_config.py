@@ -95,6 +95,9 @@ def test_unknown_key_in_toml(tmp_path: Path) -> None:
         ({"model.attention": "bidirectional"}, r"model: .*not causal"),
         ({"model.attention": ["standard", "castle"]}, r"model: attention is a list of 2 .* n_layers=4"),
         ({"model.attention_options.sliding-window.window": 8}, r"model: attention_options has options for 'sliding-window', which no layer uses"),
+        # no decay span: the rate would stay at the peak after warmup instead of decaying
+        ({"optim.warmup_steps": 100, "optim.decay_steps": 100},
+         r"optim.decay_steps=100 must be larger than optim.warmup_steps=100"),
     ],
 )
 def test_impossible_values_are_refused(overrides: dict, match: str) -> None:
@@ -119,3 +122,7 @@ def test_sections_are_kw_only_dataclasses() -> None:
         assert dataclasses.is_dataclass(cls)
         with pytest.raises(TypeError):
             cls(1)  # type: ignore[misc]
+
+
+def test_decay_steps_just_past_warmup_is_accepted() -> None:
+    assert apply_overrides(TrainConfig(), {"optim.warmup_steps": 10, "optim.decay_steps": 11}).optim.decay_steps == 11

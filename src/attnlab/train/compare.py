@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from attnlab.train.config import config_to_dict
-from attnlab.train.outdir import OutputDirError, prepare_out_dir
+from attnlab.train.outdir import OutputDirError, atomic_write_text, prepare_out_dir
 from attnlab.train.presets import CompareConfig
 from attnlab.train.trainer import Trainer
 
@@ -80,7 +80,7 @@ def run_compare(
                 "to move it aside"
             )
     else:
-        meta.write_text(json.dumps(desc, indent=1))
+        atomic_write_text(meta, json.dumps(desc, indent=1))
 
     if corpus is None:
         from attnlab.data import load_corpus

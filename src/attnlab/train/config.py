@@ -162,6 +162,12 @@ class OptimSection:
             raise ConfigError(f"optim.grad_clip must be positive or None, got {self.grad_clip}")
         if self.decay_steps is not None and self.decay_steps <= 0:
             raise ConfigError(f"optim.decay_steps must be positive or None, got {self.decay_steps}")
+        if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
+            # lr_at has no decay span then: the rate would stay at the peak for ever instead of decaying.
+            raise ConfigError(
+                f"optim.decay_steps={self.decay_steps} must be larger than optim.warmup_steps={self.warmup_steps} "
+                "(the cosine decay runs from the end of warmup to decay_steps)"
+            )
 
 
 @dataclass(kw_only=True)

@@ -174,6 +174,8 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.log = (log if self.dist.is_main else None) or (lambda s: None)
+        if not resume and self.out_dir is not None and self.dist.is_main:
+            self._refuse_used_out_dir(self.out_dir)
         self.micro = config.micro_batch_size(self.dist.world_size)
 
         if corpus is None:
@@ -225,6 +227,23 @@ class Trainer:
             self.metrics.truncate_after(self.resumed_from or 0)
 
     # ------------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _refuse_used_out_dir(out: Path) -> None:
+        """Without ``resume``, a directory holding a run's results (checkpoints, metrics, ``result.json``) is an
+        error: training into it would replace its checkpoints and mix two runs' metrics."""
+        if not out.is_dir():
+            return
+        found = sorted(p.name for p in out.iterdir()
+                       if p.name.startswith(ckpt._PREFIX) or p.name in ("metrics.jsonl", "metrics.csv", "result.json"))
+        if found:
+            from attnlab.train.outdir import OutputDirError
+
+            raise OutputDirError(
+                f"output directory {str(out)!r} already holds results ({', '.join(found[:4])}"
+                f"{', ...' if len(found) > 4 else ''}); pass resume=True (--resume) to continue them, or use another "
+                "directory (--force moves it aside)"
+            )
 
     def _check_data(self) -> None:
         T = self.config.model.block_size
@@ -443,9 +462,11 @@ class Trainer:
         if self.dist.is_main and self.out_dir is not None:
             import json
 
+            from attnlab.train.outdir import atomic_write_text
+
             d = result.to_dict()
             d.pop("train_losses")
-            (self.out_dir / "result.json").write_text(json.dumps(d, indent=1))
+            atomic_write_text(self.out_dir / "result.json", json.dumps(d, indent=1))  # "finished" marker
         msg = f"done: {self.step} steps, val loss {last_val.loss:.4f}"
         msg += f", {last_val.bits_per_char:.4f} bpc" if last_val.bits_per_char else f", ppl {last_val.ppl:.2f}"
         if test is not None:
