@@ -223,3 +223,42 @@ def test_auto_decodes_single_tokens_with_sdpa(monkeypatch: pytest.MonkeyPatch) -
     with torch.no_grad():
         _decode(bahdanau, x[:, :2], [1, 1])
     assert seen == ["auto", "auto"]  # SDPA cannot compute the additive score
+
+
+def test_refused_cached_call_leaves_the_cache_untouched() -> None:
+    """Arguments the softmax op would refuse (a position past the mask's max_len, a backend that cannot compute
+    the score, FlexAttention with dropout in training) are refused by the layer *before* ``cache.update``: the cache
+    keeps its length and contents, and the same cache goes on decoding correctly."""
+    layer = _layer(masks.bigbird(2, 1, 1, seed=3, max_len=6), impl="sdpa")
+    x = _x(6)
+    with torch.no_grad():
+        y = layer(x)
+        cache = layer.new_cache(2)
+        first = layer(x[:, :5], cache=cache)
+        k_before, v_before = (t.clone() for t in cache.keys_values())
+        with pytest.raises(ValueError, match=r"max_len=6, got query positions up to q_offset \+ T = 7 and S=7 keys"):
+            layer(_x(2, seed=1), cache=cache)
+        assert cache.seq_len == 5
+        k_after, v_after = cache.keys_values()
+        assert torch.equal(k_after, k_before) and torch.equal(v_after, v_before)
+        last = layer(x[:, 5:6], cache=cache)  # position 5 < max_len: still fine, and still exact
+    assert (torch.cat([first, last], dim=1) - y).abs().max() < TOL
+    # without a cache the same check fires before any matmul (previously only inside the op)
+    with pytest.raises(ValueError, match=r"max_len=6, got query positions up to q_offset \+ T = 7"):
+        layer(_x(7))
+
+    bahdanau = _layer(masks.causal(), score="additive", impl="reference")
+    cache = bahdanau.new_cache(2)
+    with torch.no_grad():
+        bahdanau(x[:, :3], cache=cache)
+        for impl in ("sdpa", "flex"):
+            bahdanau.impl = impl
+            with pytest.raises(ValueError, match=rf"impl='{impl}' does not support score='additive'"):
+                bahdanau(x[:, 3:4], cache=cache)
+            assert cache.seq_len == 3
+
+    drop = _layer(masks.causal(), impl="flex", dropout=0.1).train()
+    cache = drop.new_cache(2)
+    with pytest.raises(ValueError, match=r"impl='flex' does not support dropout, got dropout_p=0.1"):
+        drop(x[:, :3], cache=cache)
+    assert cache.seq_len == 0

@@ -58,6 +58,7 @@ from attnlab.ops.softmax import (
     SoftmaxImpl,
     softmax_attention,
 )
+from attnlab.ops.softmax.flex import FLEX_SCORES as _FLEX_SCORES
 from attnlab.ops.softmax.sdpa import SDPA_SCORES as _SDPA_SCORES
 
 __all__ = ["MultiHeadAttentionConfig", "MultiHeadAttention"]
@@ -258,6 +259,26 @@ class MultiHeadAttention(nn.Module):
                 )
             if cache is not None:
                 raise ValueError("cache is not supported together with context (cross-attention)")
+        # what softmax_attention would refuse, refused here: before any matmul and before the cache is updated
+        # (a refusal after ``cache.update`` would leave the cache advanced past tokens that were never attended)
+        impl = self._impl
+        if impl == "sdpa" and self.score not in _SDPA_SCORES:
+            raise ValueError(f"impl='sdpa' does not support score={self.score!r}; it supports {_SDPA_SCORES}")
+        if impl == "flex":
+            if self.score not in _FLEX_SCORES:
+                raise ValueError(f"impl='flex' does not support score={self.score!r}; it supports {_FLEX_SCORES}")
+            if self.training and self.dropout > 0:
+                raise ValueError(
+                    f"impl='flex' does not support dropout, got dropout_p={self.dropout}; use impl='sdpa'")
+        m_eff = (self.mask if mask is None else mask) if context is None else mask
+        if m_eff is not None and m_eff.max_len is not None:
+            q_end = x.shape[1] + (0 if cache is None else cache.seq_len)
+            n_keys = q_end if context is None else context.shape[1]
+            if q_end > m_eff.max_len or n_keys > m_eff.max_len:
+                raise ValueError(
+                    f"mask {m_eff.name} is defined for positions < max_len={m_eff.max_len}, got query positions "
+                    f"up to q_offset + T = {q_end} and S={n_keys} keys"
+                )
         if cache is None:
             return
         if not isinstance(cache, (KVCache, SlidingKVCache)):
