@@ -34,6 +34,21 @@ def test_live_tensor_tracker_counts_allocations_frees_and_peak():
     del c, d, e
 
 
+def test_live_tensor_tracker_does_not_count_views_or_in_place_ops_of_tensors_made_before():
+    a = torch.ones(1000)  # allocated before: neither its views nor in-place updates are allocations
+    with LiveTensorTracker() as t:
+        v = a.view(10, 100)
+        vt = v.t()
+        a.add_(1)
+        d = a.detach()
+    assert t.peak == 0 and t.live == 0
+    del v, vt, d
+    # F.linear decomposes into aten.t(weight) + addmm: only the output (32x64 float32) is new, not the weight
+    w, x = torch.randn(64, 64), torch.randn(32, 64)
+    with torch.no_grad():
+        assert peak_memory(lambda: torch.nn.functional.linear(x, w)) == 32 * 64 * 4
+
+
 def test_live_tensor_tracker_sees_the_backward_pass():
     w = torch.randn(64, 64, requires_grad=True)
     x = torch.randn(32, 64)

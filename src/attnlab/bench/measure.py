@@ -95,8 +95,10 @@ def time_fns(fns: dict[str, Callable[[], Any]], *, device: str | torch.device = 
 class LiveTensorTracker(TorchDispatchMode):
     """Tracks the bytes of tensor storages created while the mode is active; ``peak`` is the high-water mark.
 
-    Only storages *first produced* inside the mode count (an in-place op's output aliases its input and a view
-    shares its base's storage, so neither counts again). A storage stops counting when it is freed.
+    Only storages *first produced* inside the mode count: an output that shares the storage of one of the op's
+    inputs (a view, an in-place op, ``detach``, ``t()`` of a weight inside ``F.linear``) is not a new allocation,
+    whether that input was made inside the mode (already counted) or existed before it (never counted). A storage
+    stops counting when it is freed.
     """
 
     def __init__(self) -> None:
@@ -111,13 +113,18 @@ class LiveTensorTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = func(*args, **(kwargs or {}))
+        flat_in, _ = tree_flatten((args, kwargs or {}))
+        # storages of the inputs: an output aliasing one of them allocated nothing (a view or an in-place result
+        # of a tensor that existed before the step would otherwise be counted as new)
+        inputs = {id(a.untyped_storage()) for a in flat_in
+                  if isinstance(a, torch.Tensor) and a.device.type != "meta" and a.layout == torch.strided}
         flat, _ = tree_flatten(out)
         for t in flat:
             if not isinstance(t, torch.Tensor) or t.device.type == "meta":
                 continue
             st = t.untyped_storage()
             key = id(st)
-            if key in self._seen and self._seen[key]() is st:
+            if key in inputs or (key in self._seen and self._seen[key]() is st):
                 continue
             nbytes = st.nbytes()
             try:
