@@ -99,6 +99,21 @@ def test_awkward_sizes_and_other_seeds_still_pass():
         assert all(r.passed for r in run_check(_check(name), spec, opts))
 
 
+def test_sizes_that_leave_nothing_to_compare_are_skipped_not_passed():
+    # T=1: no later input to perturb, so even a leaking layer would "pass"; B=1: the example alone is the batch
+    leak, mixes = toy_spec(fault="leak-future"), toy_spec(fault="batch-mixes")
+    one_token = VerifyOptions(seq_len=1)
+    for name, spec, opts in (("causality-perturbation", leak, one_token), ("causality-gradient", leak, one_token),
+                             ("sees-future", toy_spec(causal=False), one_token),
+                             ("batch-consistency", mixes, VerifyOptions(batch_size=1))):
+        results = run_check(_check(name), spec, opts)
+        assert len(results) == 2 and all(is_skipped(r) and not r.passed for r in results), (name, results)
+        assert all("needs" in r.detail for r in results)
+    # at the smallest sizes that do compare something, the faults are caught
+    assert _failed("causality-perturbation", leak, VerifyOptions(seq_len=2))
+    assert _failed("batch-consistency", mixes, VerifyOptions(batch_size=2))
+
+
 def test_float32_uses_a_looser_written_tolerance():
     import torch
 

@@ -17,9 +17,10 @@ No check looks at a mechanism's name: what runs is decided by the spec (``causal
 ``batch-consistency``      running each example alone == running the batch
 ========================  ======================================================================================
 
-Every case records its tolerance next to it (``TOL_*`` below). A backend that cannot run on the device (only
-``"triton"`` on a CPU without ``TRITON_INTERPRET=1``) gives a result marked skipped (see :func:`is_skipped`), never
-a silent pass.
+Every case records its tolerance next to it (``TOL_*`` below). A backend that cannot run on the device
+(``"triton"`` on a CPU without ``TRITON_INTERPRET=1``, ``"flex"`` on CPU, see :func:`backend_unavailable_reason`)
+gives a result marked skipped (see :func:`is_skipped`), never a silent pass; so do sizes that leave a check nothing
+to compare (causality and ``sees-future`` at ``seq_len=1``, ``batch-consistency`` at ``batch_size=1``).
 """
 
 from __future__ import annotations
@@ -206,10 +207,17 @@ def _positions(T: int) -> list[int]:
     return list(range(T - 1))  # every t that has a future
 
 
+def _no_future(opts: VerifyOptions) -> str | None:
+    """A sequence of one token has no later input to perturb: a causality check would pass having checked nothing."""
+    return f"seq_len={opts.seq_len} has no later position (needs seq_len >= 2)" if opts.seq_len < 2 else None
+
+
 def _per_backend(name: str, spec: MechanismSpec, opts: VerifyOptions,
-                 body: Callable[[nn.Module, str], CheckResult]) -> list[CheckResult]:
+                 body: Callable[[nn.Module, str], CheckResult], *, vacuous: str | None = None) -> list[CheckResult]:
+    """``body`` on a fresh layer per backend; ``vacuous`` (why the sizes leave nothing to check) skips them all."""
     results = []
     for impl, reason in _runnable_backends(spec, opts):
+        reason = reason or vacuous
         if reason:
             results.append(_skip(name, spec, impl, reason))
             continue
@@ -226,7 +234,7 @@ def _causality_perturbation(spec: MechanismSpec, opts: VerifyOptions) -> list[Ch
         return _result(name, spec, impl, err, _tol(opts.dtype, TOL_CAUSAL),
                        detail=f"worst t={t}: outputs <= t moved when inputs > t changed")
 
-    return _per_backend(name, spec, opts, body)
+    return _per_backend(name, spec, opts, body, vacuous=_no_future(opts))
 
 
 def _causality_gradient(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
@@ -248,7 +256,7 @@ def _causality_gradient(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckR
         return _result(name, spec, impl, worst, _tol(opts.dtype, TOL_CAUSAL),
                        detail=f"worst t={worst_t}: |d out[t] / d in[>t]|")
 
-    return _per_backend(name, spec, opts, body)
+    return _per_backend(name, spec, opts, body, vacuous=_no_future(opts))
 
 
 def _sees_future(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
@@ -260,7 +268,7 @@ def _sees_future(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
         return _result(name, spec, impl, infl, MIN_FUTURE_INFLUENCE, higher_is_better=True,
                        detail=f"largest influence of later inputs on outputs <= t (at t={t}); must be >= tolerance")
 
-    return _per_backend(name, spec, opts, body)
+    return _per_backend(name, spec, opts, body, vacuous=_no_future(opts))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -322,7 +330,9 @@ def _batch_consistency(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckRe
             err = max(_max_abs(layer(x[i: i + 1]), y[i: i + 1]) for i in range(x.shape[0]))
         return _result(name, spec, impl, err, tol, detail="per-example vs batched output")
 
-    return _per_backend(name, spec, opts, body)
+    # one example alone *is* the batch: the comparison could not fail
+    vacuous = f"batch_size={opts.batch_size} (needs batch_size >= 2)" if opts.batch_size < 2 else None
+    return _per_backend(name, spec, opts, body, vacuous=vacuous)
 
 
 register_check(Check(
