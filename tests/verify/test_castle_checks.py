@@ -100,3 +100,16 @@ def test_params_catches_a_wrong_parity_rule() -> None:
     spec = dataclasses.replace(get("castle"), heads_for_parity=lambda n: n // 2)
     failed = _failed("castle-params", "castle", spec=spec)
     assert any("heads_for_parity(16)" in r.case for r in failed)
+
+
+def test_forms_reports_a_backend_that_cannot_run_here_as_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # as on a CUDA machine verifying on CPU: "triton" is listed but has no interpreter here; it must appear as a
+    # skipped case, not vanish from the results
+    from attnlab.verify.generic import is_skipped
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    spec = dataclasses.replace(get("castle"), backends=("reference", "parallel", "chunked", "triton"))
+    results = run_check(_check("castle-forms"), spec, VerifyOptions())
+    (triton,) = [r for r in results if "triton" in r.case]
+    assert is_skipped(triton) and not triton.passed and "TRITON_INTERPRET" in triton.detail
+    assert all(r.passed for r in results if r is not triton)

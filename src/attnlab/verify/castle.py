@@ -3,7 +3,8 @@
 ====================  ==============================================================================================
 ``castle-forms``      reference == parallel == chunked (block sizes 1, 3, 4, 13, incl. non-divisors of T), outputs
                       and the gradients w.r.t. all six projections, on the layer's own projections; and the layer
-                      with every CPU-runnable backend == the layer with ``parallel``
+                      with every other backend == the layer with ``parallel`` (a backend that cannot run on the
+                      device, e.g. ``triton`` on CPU without ``TRITON_INTERPRET=1``, is a skipped case)
 ``castle-decode``     decoding token by token from an empty UQ-KV cache, and prefill of T//2 tokens then decoding,
                       == the parallel layer output; the final cached ``U`` == ``U^L`` computed directly
 ``castle-reductions`` ``W^{UV} = 0`` gives standard causal attention on ``(Q^C, K^C, V^C)``; SWL with ``W = 0`` ==
@@ -26,6 +27,7 @@ from attnlab.layers.castle import CastleAttention, CastleConfig
 from attnlab.layers.registry import MechanismSpec
 from attnlab.ops.castle import castle_attention, lookahead_keys_at, lookahead_scores
 from attnlab.verify.core import Check, CheckResult, VerifyOptions, register_check
+from attnlab.verify.generic import SKIPPED_PREFIX, backend_unavailable_reason
 
 __all__ = ["TOL"]
 
@@ -108,10 +110,17 @@ def _forms(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     with torch.no_grad():
         base = layer(x)
         for impl in spec.backends:
-            if impl == "parallel" or (impl not in _CPU_FORMS and x.device.type == "cpu"):
+            if impl == "parallel":
+                continue
+            case = f"layer impl={impl} vs parallel"
+            reason = backend_unavailable_reason(impl, opts.device)
+            if reason:  # e.g. triton on a CPU without the interpreter: visibly skipped, never silently left out
+                results.append(CheckResult(check=name, mechanism=spec.name, case=case, max_error=float("nan"),
+                                           tolerance=tol, passed=False, detail=SKIPPED_PREFIX + reason,
+                                           skipped=True))
                 continue
             layer.impl = impl
-            results.append(_result(name, spec, f"layer impl={impl} vs parallel", _err(layer(x), base), tol))
+            results.append(_result(name, spec, case, _err(layer(x), base), tol))
     return results
 
 
