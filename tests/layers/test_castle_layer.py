@@ -138,6 +138,10 @@ def test_errors() -> None:
         layer(x, context=x)
     with pytest.raises(ValueError, match=r"x must have shape \(B, T >= 1, d_model=24\), got \(2, 3, 5\)"):
         layer(torch.randn(2, 3, 5, dtype=F64))
+    with pytest.raises(ValueError, match=r"x dtype must be the layer's parameter dtype torch.float64, got torch.float32"):
+        layer(x.float())
+    with pytest.raises(ValueError, match=r"x device must be the layer's parameter device cpu, got meta"):
+        layer(x.to("meta"))
     with pytest.raises(ValueError, match="cache was built for window=3, but this layer has window=None"):
         layer(x, cache=_layer(window=3).new_cache(2))
     layer.impl = "nope"

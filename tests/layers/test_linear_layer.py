@@ -180,6 +180,10 @@ def test_cache_interface() -> None:
         cache.update(LinearState(torch.zeros(1, 4, F, 5, dtype=F64), torch.zeros(1, 4, F, dtype=F64)), 1)
     with pytest.raises(ValueError, match="n_tokens must be an int >= 1"):
         cache.update(cache.state, 0)
+    n_before, kv_before = cache.seq_len, cache.state.kv
+    with pytest.raises(ValueError, match=r"state.kv.device must be the cache device cpu, got meta"):
+        cache.update(LinearState(*(t.to("meta") for t in cache.state)), 1)
+    assert cache.seq_len == n_before and cache.state.kv is kv_before  # a refused update stores nothing
     with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
         RecurrentStateCache(0, 1, 1, 1)
 

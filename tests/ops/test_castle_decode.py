@@ -144,3 +144,10 @@ def test_decode_step_rejects_bad_state() -> None:
         castle_decode_step(*xs, state, window=0)  # built with window=None: 1 row of Q^U kept, W=0 keeps none
     with pytest.raises(ValueError, match="castle_decode_step takes one token"):
         castle_decode_step(*_inputs(2), None)
+    # a state of another dtype used to reach the matmuls (RuntimeError there); now a ValueError naming it
+    f32 = type(state)(*(x.float() for x in state))
+    with pytest.raises(ValueError, match=r"state.u must have the dtype of q_u \(torch.float64\), got torch.float32"):
+        castle_decode_step(*xs, f32, window=None)
+    meta = type(state)(*(x.to("meta") for x in state))
+    with pytest.raises(ValueError, match=r"state.u must be on the device of q_u \(cpu\), got meta"):
+        castle_decode_step(*xs, meta, window=None)

@@ -94,6 +94,8 @@ class RecurrentStateCache(AttentionCache):
                 raise ValueError(f"{name} must have shape {want}, got {got}")
             if t.dtype != self.dtype:
                 raise ValueError(f"{name}.dtype must be the cache dtype {self.dtype}, got {t.dtype}")
+            if t.device.type != self.device.type:
+                raise ValueError(f"{name}.device must be the cache device {self.device}, got {t.device}")
         self._kv, self._z = kv, z
         self._seq_len += n_tokens
 

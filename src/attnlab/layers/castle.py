@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from attnlab._validation import check_bool, check_float, check_head_geometry, check_int
+from attnlab._validation import check_bool, check_float, check_head_geometry, check_int, check_matches_param
 from attnlab.cache.uqkv import UQKVCache
 from attnlab.layers.registry import MechanismSpec, register
 from attnlab.layers.rope import apply_rope
@@ -139,6 +139,8 @@ class CastleAttention(nn.Module):
         if not isinstance(x, Tensor) or x.ndim != 3 or x.shape[-1] != self.d_model or x.shape[1] < 1:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x must have shape (B, T >= 1, d_model={self.d_model}), got {shape}")
+        # dtype/device mismatches would otherwise surface as a RuntimeError from the first matmul
+        check_matches_param("x", x, self.in_proj.weight)
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
         B, T, _ = x.shape

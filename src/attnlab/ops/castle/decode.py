@@ -143,6 +143,13 @@ def castle_decode_step(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: 
     if state is None:
         state = empty_state(B, H, D, device=q_u.device, dtype=q_u.dtype)
     t = state.seq_len
+    for name, x in zip(("u", "q_u", "k_c", "v_c"), state):
+        if not isinstance(x, Tensor):
+            raise ValueError(f"state.{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype != q_u.dtype:
+            raise ValueError(f"state.{name} must have the dtype of q_u ({q_u.dtype}), got {x.dtype}")
+        if x.device != q_u.device:
+            raise ValueError(f"state.{name} must be on the device of q_u ({q_u.device}), got {x.device}")
     for name, x in zip(("u", "k_c", "v_c"), (state.u, state.k_c, state.v_c)):
         if x.shape != (B, H, t, D):
             raise ValueError(f"state.{name} must have shape {(B, H, t, D)}, got {tuple(x.shape)}")
