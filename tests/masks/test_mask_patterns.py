@@ -119,6 +119,20 @@ def test_document_cross_attention_ids() -> None:
     check(M.document(q_ids, kv_ids), lambda i, j: q_ids[i] == kv_ids[j], 4, 6, 0)
 
 
+def test_document_cross_attention_mixed_batch_ids() -> None:
+    """(B, T) query ids with (S,) key ids shared by the batch, and the reverse (used to raise IndexError for b > 0)."""
+    q_b = torch.tensor([[0, 0, 1], [0, 1, 1]])
+    kv = torch.tensor([0, 1, 1, 1])
+    for m, pred in ((M.document(q_b, kv), lambda b, i, j: q_b[b, i] == kv[j]),
+                    (M.document(kv, q_b.repeat(1, 2)[:, :3]), lambda b, i, j: kv[i] == q_b.repeat(1, 2)[b, j])):
+        assert m.per_batch
+        d = M.dense(m, 3, 3, batch_size=2)
+        for b in range(2):
+            assert torch.equal(d[b, 0], loop_dense(lambda i, j: pred(b, i, j), 3, 3))
+    with pytest.raises(ValueError, match=r"kv_doc_ids must have the batch size of doc_ids \(B=2\), got shape \(3, 4\)"):
+        M.document(q_b, kv.expand(3, -1))
+
+
 # ------------------------------------------------------------------------------------------------------ bigbird
 @EX
 @given(T=lengths, S=lengths, off=offsets, w=st.integers(1, 6), g=st.integers(0, 4))
@@ -265,6 +279,8 @@ def test_names_carry_parameters() -> None:
         (lambda: M.document(torch.zeros(2, 2, 2, dtype=torch.long)), r"doc_ids must be an integer tensor"),
         (lambda: M.dense(M.causal(), -1, 3), r"q_len must be a non-negative int, got -1"),
         (lambda: M.dense(M.causal(), 3, 3, q_offset=-2), r"q_offset must be a non-negative int, got -2"),
+        (lambda: M.dense(M.causal(), 3, 3, batch_size=0), r"batch_size must be None or an int >= 1, got 0"),
+        (lambda: M.dense(M.causal(), 3, 3, n_heads=-1), r"n_heads must be None or an int >= 1, got -1"),
         (lambda: M.dense(M.bigbird(2, 1, 1, max_len=10), 4, 4, q_offset=7), r"max_len=10"),
     ],
 )

@@ -181,6 +181,9 @@ def dense(
             f"mask {m.name} is defined for positions < max_len={m.max_len}, "
             f"got q positions up to {q_offset + q_len} and kv_len={kv_len}"
         )
+    for arg, val in (("batch_size", batch_size), ("n_heads", n_heads)):
+        if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < 1):
+            raise ValueError(f"{arg} must be None or an int >= 1, got {val!r}")
     four_d = batch_size is not None or n_heads is not None
     B = batch_size if batch_size is not None else 1
     H = n_heads if n_heads is not None else 1

@@ -209,8 +209,9 @@ def document(doc_ids: Tensor, kv_doc_ids: Tensor | None = None) -> Mask:
 
     Args:
         doc_ids: integer document id per position, shape ``(T,)`` (shared by the batch) or ``(B, T)``.
-        kv_doc_ids: ids of the key positions when they differ from the queries' (cross-attention);
-            defaults to ``doc_ids``.
+        kv_doc_ids: ids of the key positions when they differ from the queries' (cross-attention), ``(S,)`` or
+            ``(B, S)`` (the same ``B`` as a 2-d ``doc_ids``; a 1-d side is shared by the batch); defaults to
+            ``doc_ids``.
 
     Combine with :func:`causal` (``document(ids) & causal()``) for packed causal LM training.
     """
@@ -219,9 +220,14 @@ def document(doc_ids: Tensor, kv_doc_ids: Tensor | None = None) -> Mask:
     for name, ids in (("doc_ids", ids_q), ("kv_doc_ids", ids_kv)):
         if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.ndim not in (1, 2):
             raise ValueError(f"{name} must be an integer tensor of shape (T,) or (B, T), got {ids.dtype} {tuple(ids.shape)}")
+    if ids_q.ndim == 2 and ids_kv.ndim == 2 and ids_q.shape[0] != ids_kv.shape[0]:
+        raise ValueError(f"kv_doc_ids must have the batch size of doc_ids (B={ids_q.shape[0]}), "
+                         f"got shape {tuple(ids_kv.shape)}")
     per_batch = ids_q.ndim == 2 or ids_kv.ndim == 2
-    qi = ids_q if ids_q.ndim == 2 else ids_q.unsqueeze(0)
-    ki = ids_kv if ids_kv.ndim == 2 else ids_kv.unsqueeze(0)
+    n_rows = max(ids_q.shape[0] if ids_q.ndim == 2 else 1, ids_kv.shape[0] if ids_kv.ndim == 2 else 1)
+    # one row per batch element on both sides (a (T,) side is shared by the batch of the (B, T) side)
+    qi = (ids_q if ids_q.ndim == 2 else ids_q.unsqueeze(0)).expand(n_rows, -1)  # (B or 1, T)
+    ki = (ids_kv if ids_kv.ndim == 2 else ids_kv.unsqueeze(0)).expand(n_rows, -1)  # (B or 1, S)
     cache: dict[str, tuple[Tensor, Tensor]] = {}
 
     def fn(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
