@@ -89,3 +89,38 @@ def ddp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: s
     finally:
         dist.barrier()  # nobody leaves while another rank still talks to it
         dist.destroy_process_group()
+
+
+def ddp_resume_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: str, result_path: str) -> None:
+    """Two ranks with dropout: an uninterrupted run of ``steps`` (dir ``a``), a run stopped at ``steps // 2``
+    (dir ``b``, same schedule through ``optim.decay_steps``) and its resumption to ``steps``; saves both views."""
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from attnlab.train.config import TrainConfig
+    from attnlab.train.trainer import Trainer
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        cfg = TrainConfig.from_dict(cfg_dict)
+        runs = {}
+        for name, steps, resume in (("whole", cfg.steps, False), ("first", cfg.steps // 2, False),
+                                    ("rest", cfg.steps, True)):
+            torch.manual_seed(0)
+            model = TinyLM(11, dropout=cfg.model.dropout)
+            out = f"{out_dir}/{'a' if name == 'whole' else 'b'}"
+            t = Trainer(cfg.replace(steps=steps), corpus=tiny_corpus(), model=model, out_dir=out, log=None,
+                        resume=resume)
+            r = t.fit()
+            runs[name] = {"losses": r.train_losses, "val": r.val.loss, "resumed_from": r.resumed_from,
+                          "weights": {k: v.tolist() for k, v in t.model.state_dict().items()}}
+        with open(f"{result_path}.{rank}", "w") as f:
+            json.dump(runs, f)
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()

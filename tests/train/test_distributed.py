@@ -13,7 +13,7 @@ from attnlab.train import distributed as ddp
 from attnlab.train.config import ModelSection, OptimSection, TrainConfig
 from attnlab.train.trainer import Trainer
 
-from standin import TinyLM, ddp_worker, tiny_corpus
+from standin import TinyLM, ddp_resume_worker, ddp_worker, tiny_corpus
 
 
 def test_rank_rows_partition_the_global_batch() -> None:
@@ -61,3 +61,26 @@ def test_two_cpu_processes_equal_one(tmp_path: Path) -> None:
     assert (tmp_path / "two" / "metrics.jsonl").is_file()
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == len(
         (tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
+
+
+def test_two_process_resume_with_dropout_is_exact(tmp_path: Path) -> None:
+    """2 gloo processes, dropout 0.3: 6 steps straight == 3 steps, stop, resume to 6 (the schedule is fixed by
+    optim.decay_steps). Every rank restores its own dropout RNG stream, so losses and weights are identical
+    (tolerance 0: bitwise on CPU)."""
+    cfg = TrainConfig(
+        model=ModelSection(block_size=16, d_model=16, n_heads=2, dropout=0.3),
+        optim=OptimSection(lr=3e-2, warmup_steps=2, decay_steps=6),
+        steps=6, batch_size=8, grad_accum=2, eval_interval=3, log_interval=1, precision="float64",
+        progress=False, tensorboard=False,
+    )
+    port = ddp.free_port()
+    res = tmp_path / "resume.json"
+    mp.spawn(ddp_resume_worker, args=(2, port, cfg.to_dict(), str(tmp_path), str(res)), nprocs=2, join=True)
+    for rank in (0, 1):
+        r = json.loads(Path(f"{res}.{rank}").read_text())
+        whole, first, rest = r["whole"], r["first"], r["rest"]
+        assert rest["resumed_from"] == 3 and len(whole["losses"]) == 6
+        assert first["losses"] == whole["losses"][:3]
+        assert rest["losses"] == whole["losses"][3:]
+        assert rest["val"] == whole["val"]
+        assert rest["weights"] == whole["weights"]
