@@ -81,8 +81,14 @@ def test_bench_options_validation():
         BenchOptions(n_heads=3)
     with pytest.raises(ValueError, match="lengths must be positive ints"):
         BenchOptions(lengths=(0,))
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        BenchOptions(repeats=0)
     o = BenchOptions(quick=True)
     assert o.lengths_or(cpu=(1,), cuda=(2,), quick=(3,)) == (3,)
+    # --quick replaces warmup/repeats; the report header states the settings actually used
+    assert o.timing()["warmup"] == 1 and o.timing()["repeats"] == 3
+    t = BenchOptions(warmup=4, repeats=9).timing()
+    assert (t["warmup"], t["repeats"], t["min_time_s"], t["max_repeats"]) == (4, 9, 1.0, 200)
     assert BenchOptions(lengths=(5,)).lengths_or(cpu=(1,), cuda=(2,), quick=(3,)) == (5,)
 
 
@@ -103,6 +109,7 @@ def test_plugin_suite_registry_and_report(tmp_path, monkeypatch):
     paths = write_results(res, tmp_path, command="attnlab bench plugin-test")
     md = paths[0].read_text()
     assert "`attnlab bench plugin-test`" in md and "> a note" in md and "| a | ok | 1.50 |" in md
+    assert "2 warm-up call(s), then the median of at least 7 timed calls" in md
     assert "## Failures" in md and "b: FAILED correctness" in md
     assert paths[1].read_text().splitlines()[0] == "case,status,x"
     with pytest.raises(FileExistsError, match="--force"):

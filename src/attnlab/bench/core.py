@@ -28,8 +28,10 @@ class BenchOptions:
         device: ``"cpu"`` or ``"cuda"`` (``"cuda:N"``).
         dtype: the dtype of the timed runs (correctness checks compare against float64).
         lengths: sequence lengths ``T``; ``None`` takes the suite's default for the device.
-        quick: a short run (the demo): small lengths and few repeats.
-        warmup, repeats: calls before timing, and timed calls (the median is reported).
+        quick: a short run (the demo): small lengths (unless ``lengths`` is given) and, replacing ``warmup`` and
+            ``repeats``, 1 warm-up call and at least 3 timed calls (see :meth:`timing`).
+        warmup, repeats: calls before timing, and the least number of timed calls (the median is reported;
+            fast cases take more, see :meth:`timing`).
         budget_s: stop repeating a case after this many seconds (at least 3 timed calls always run).
         mechanisms: restrict the suites to these registry names (``None``: all registered).
         d_model, n_heads, batch_size: layer and batch sizes.
@@ -57,6 +59,22 @@ class BenchOptions:
             raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
         if torch.device(self.device).type not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.warmup < 0 or self.repeats < 1 or not self.budget_s > 0:
+            raise ValueError(f"need warmup >= 0, repeats >= 1 and budget_s > 0; got warmup={self.warmup}, "
+                             f"repeats={self.repeats}, budget_s={self.budget_s}")
+
+    def timing(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`attnlab.bench.measure.time_fns` that the suites time with.
+
+        A case is warmed up ``warmup`` times, then timed at least ``repeats`` times and until ``min_time_s`` of
+        timing have passed (so fast cases take many samples), at most ``max_repeats`` times; once ``budget_s`` is
+        spent it stops after ``min_repeats``. ``quick`` uses 1 warm-up call, 3 repeats and 0.05 s instead.
+        """
+        kw: dict[str, Any] = dict(device=self.device, warmup=self.warmup, repeats=self.repeats, min_repeats=3,
+                                  min_time_s=1.0, max_repeats=200, budget_s=self.budget_s)
+        if self.quick:
+            kw.update(warmup=1, repeats=3, min_time_s=0.05)
+        return kw
 
     @property
     def is_cuda(self) -> bool:

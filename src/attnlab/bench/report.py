@@ -80,9 +80,12 @@ def markdown(result: SuiteResult, *, command: str, date: str, plots: list[Path])
     lines = [f"# Benchmark `{result.suite}` on {o.device}", "",
              f"- command: `{command}`", f"- date: {date}"]
     lines += [f"- {k}: {v}" for k, v in machine_info(o).items()]
+    t = o.timing()  # what the suites really ran with (--quick replaces --warmup / --repeats)
     lines += [f"- dtype: {str(o.dtype).removeprefix('torch.')}, d_model={o.d_model}, n_heads={o.n_heads}, "
-              f"batch={o.batch_size}, warm-up {o.warmup}, median of up to {o.repeats} runs "
-              f"(budget {o.budget_s:g} s per case)", ""]
+              f"batch={o.batch_size}; timing: {t['warmup']} warm-up call(s), then the median of at least "
+              f"{t['repeats']} timed calls, more until {t['min_time_s']:g} s of timing have passed (at most "
+              f"{t['max_repeats']}), as few as {t['min_repeats']} once a case has used its "
+              f"{t['budget_s']:g} s budget", ""]
     for note in result.notes:
         lines.append(f"> {note}")
         lines.append("")

@@ -47,11 +47,7 @@ def _short_error(exc: BaseException) -> str:
 
 
 def _timing_kwargs(options: BenchOptions) -> dict[str, Any]:
-    kw: dict[str, Any] = dict(device=options.device, warmup=options.warmup, repeats=options.repeats,
-                              budget_s=options.budget_s, min_time_s=1.0)
-    if options.quick:
-        kw.update(warmup=1, repeats=3, min_time_s=0.05)
-    return kw
+    return options.timing()
 
 
 def measure_step(fwd: Callable[[], Any], fwdbwd: Callable[[], Any], options: BenchOptions,

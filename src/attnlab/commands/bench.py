@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="suites to run (default: mechanisms, overhead, sparsity and any plugin suites)")
     parser.add_argument("--out", default="benchmarks/results", help="output directory (default benchmarks/results)")
     parser.add_argument("--force", action="store_true", help="overwrite existing result files")
-    parser.add_argument("--quick", action="store_true", help="short run: small T, few repeats (the demo)")
+    parser.add_argument("--quick", action="store_true",
+                        help="short run (the demo): small T unless --lengths is given; 1 warm-up call and at least "
+                             "3 timed calls, replacing --warmup and --repeats")
     parser.add_argument("--lengths", type=_ints, default=None, help="comma-separated sequence lengths T")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
@@ -42,9 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--n-heads", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7, help="least number of timed calls per case")
-    parser.add_argument("--budget", type=float, default=15.0, help="seconds per case before repeats stop early")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing each case (default 2)")
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="timed calls per case: at least this many and until 1 s of timing has passed (at most "
+                             "200), stopping early (after at least 3) once a case has used its --budget (default 7)")
+    parser.add_argument("--budget", type=float, default=15.0,
+                        help="seconds of timing per case after which repeats stop early (default 15)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--list", action="store_true", help="list the registered suites and exit")
     parser.add_argument("--no-progress", action="store_true")
@@ -94,7 +99,10 @@ def run_suites(args: argparse.Namespace, *, echo=print) -> tuple[int, list[Path]
         return 2, []
     out = Path(args.out)
     if not args.force:  # refuse before measuring anything
-        clash = [p for n in names for p in output_paths(n, device, out)[:2] if p.exists()]
+        clash = []  # the same files write_results refuses to replace: Markdown, CSV and the suite's plots
+        for n in names:
+            md, csv_path, stem = output_paths(n, device, out)
+            clash += [p for p in (md, csv_path) if p.exists()] + sorted(out.glob(stem.name + "*.png"))
         if clash:
             echo(f"attnlab bench: {', '.join(map(str, clash))} already exist; pass --force or choose another --out")
             return 2, []
