@@ -146,6 +146,11 @@ def test_sdpa_dropout_is_unbiased_and_keeps_empty_rows_zero() -> None:
     assert (out[:, :, [2, 5]] == 0).all()
     assert not torch.allclose(out[0], out[1])  # it did drop something
     torch.testing.assert_close(out.mean(0, keepdim=True), base, atol=0.2, rtol=0)
+    # and, tighter, element by element against the measured standard error of the mean: within 6 standard errors
+    # (the 24 elements of this seed stay below 1.5); a missing 1/(1-p) rescaling is up to ~44 standard errors off
+    mean, se = out.mean(0, keepdim=True), out.std(0, keepdim=True) / n**0.5
+    assert ((mean - base).abs() <= 6 * se + 1e-12).all()
+    assert ((mean * (1 - p) - base).abs() > 6 * se).any()  # the bound does detect the classic rescaling bug
 
 
 def test_sdpa_empty_rows_zero_output_and_grad() -> None:

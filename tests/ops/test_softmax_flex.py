@@ -137,9 +137,19 @@ def test_flex_cpu_backward_raises_clear_error() -> None:
 
 
 def test_flex_rejects_additive_and_dropout() -> None:
+    from attnlab.ops.softmax import AdditiveScoreParams
+
     q, k, v = qkv(5, 5, 2, 2)
     with pytest.raises(ValueError, match=r"impl='flex' does not support dropout, got dropout_p=0.1"):
         softmax_attention(q, k, v, impl="flex", dropout_p=0.1)
+    params = AdditiveScoreParams(w_q=torch.zeros(2, 12, 3, dtype=torch.float64),
+                                 w_k=torch.zeros(2, 12, 3, dtype=torch.float64), v=torch.zeros(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"impl='flex' does not support score='additive'; it supports"):
+        softmax_attention(q, k, v, impl="flex", score="additive", score_params=params)
+    # the backend function itself refuses too (it is importable and callable without the public validation)
+    with pytest.raises(ValueError, match=r"impl='flex' does not support score='additive'"):
+        flex_softmax_attention(q, k, v, mask=None, scale=1.0, score="additive", score_params=params, q_offset=0,
+                               dropout_p=0.0)
 
 
 # ----------------------------------------------------------------------------------------------------- GPU tier
