@@ -149,3 +149,60 @@ def test_a_backend_that_cannot_run_here_is_reported_skipped_not_passed(monkeypat
     assert main(["verify", "standard-with-flex", "--check", "backends-vs-reference", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "skip" in out and "skipped (could not run on this device" in out
+
+
+def _mask_fault_spec(name: str, used_mask):
+    """``strided`` as registered, but its layer attends through ``used_mask`` while exposing its own mask."""
+    import dataclasses
+    import types
+
+    from torch import nn
+
+    from attnlab.layers import registry
+
+    base = registry.get("strided")
+
+    class Wrapped(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+            self.mask, self.n_heads, self.cross = inner.mask, inner.n_heads, inner.cross
+
+        @property
+        def impl(self) -> str:
+            return self.inner.impl
+
+        @impl.setter
+        def impl(self, value: str) -> None:
+            self.inner.impl = value
+
+        def forward(self, x, **kwargs):
+            return self.inner(x, mask=used_mask)
+
+    def make_config(**kw):
+        return types.SimpleNamespace(build=lambda: Wrapped(base.make_config(**kw).build()))
+
+    return dataclasses.replace(base, name=name, make_config=make_config)
+
+
+def test_mask_respected_catches_a_loosened_and_a_tightened_mask():
+    """The check fails for a layer that attends through a looser mask (a hidden key leaks) or a tighter one (a
+    visible key has no influence) than the mask it declares, and passes for the honest layer."""
+    from attnlab.layers import registry
+    from attnlab.masks import causal, sliding_window
+
+    check = _check("mask-respected")
+    honest = run_check(check, registry.get("strided"), VerifyOptions())
+    assert honest and all(r.passed for r in honest), honest
+    loose = run_check(check, _mask_fault_spec("strided-loose", causal()), VerifyOptions())
+    assert loose and all(not r.passed and "worst hidden key at" in r.detail for r in loose), loose
+    tight = run_check(check, _mask_fault_spec("strided-tight", sliding_window(2)), VerifyOptions())
+    assert tight and all(not r.passed and "a visible key has no influence" in r.detail for r in tight), tight
+
+
+def test_mask_respected_applies_only_to_masked_self_attention_layers():
+    from attnlab.layers import registry
+
+    check = _check("mask-respected")
+    assert check.applies(registry.get("strided")) and check.applies(registry.get("prefix-lm"))
+    assert not check.applies(registry.get("linear")) and not check.applies(registry.get("castle"))

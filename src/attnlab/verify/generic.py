@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.layers.registry import MechanismSpec
+from attnlab.masks import Mask, dense
 from attnlab.verify.core import Check, CheckResult, VerifyOptions, register_check
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
 TOL_BACKEND = 1e-9  # backend vs reference, outputs and gradients
 TOL_CAUSAL = 1e-12  # change of a past output when the future changes: masked terms contribute exact zeros
 MIN_FUTURE_INFLUENCE = 1e-6  # a bidirectional layer's early outputs must move at least this much
+TOL_VISIBLE = 1e-9  # a visible key's influence on an output must exceed this (random weights: never exactly 0)
 TOL_CACHE = 1e-9  # cached decoding vs parallel
 TOL_BATCH = 1e-10  # per-example vs batched
 
@@ -335,6 +337,56 @@ def _batch_consistency(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckRe
     return _per_backend(name, spec, opts, body, vacuous=vacuous)
 
 
+
+# --------------------------------------------------------------------------------------------------------------
+# mask-respected
+
+
+def _declares_mask(spec: MechanismSpec) -> bool:
+    """Whether the mechanism's layer attends through a :class:`~attnlab.masks.Mask` it exposes as ``layer.mask``."""
+    layer = build_layer(spec, VerifyOptions())
+    return isinstance(getattr(layer, "mask", None), Mask) and not getattr(layer, "cross", False)
+
+
+def _mask_respected(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
+    """Self-attention through ``layer.mask``: output ``i`` depends on input ``j != i`` exactly where the mask lets
+    query ``i`` see key ``j`` (in any head). Hidden keys must have a zero gradient (tolerance ``TOL_CAUSAL``);
+    visible keys a non-zero one (> ``TOL_VISIBLE``: with random weights an exact zero would mean the layer
+    ignores a key its mask allows), so a layer that ignores, loosens or tightens its mask fails."""
+    name = "mask-respected"
+    x0 = _inputs(opts)
+    B, T = x0.shape[0], x0.shape[1]
+
+    def body(layer: nn.Module, impl: str) -> CheckResult:
+        vis = dense(layer.mask, T, T, batch_size=B, n_heads=getattr(layer, "n_heads", 1)).any(dim=1)  # (B, T, T)
+        vis = vis.to(x0.device)
+        x = x0.detach().clone().requires_grad_(True)
+        y = layer(x)  # (B, T, d_model)
+        g = torch.Generator().manual_seed(opts.seed + 5)
+        w = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
+        leak, leak_at, weakest, weak_at = 0.0, "-", math.inf, "-"
+        for i in range(T):
+            (gx,) = torch.autograd.grad((y[:, i] * w[:, i]).sum(), x, retain_graph=True)  # (B, T, d_model)
+            infl = gx.abs().amax(dim=-1)  # (B, T): influence of each input position on output i
+            for b in range(B):
+                for j in range(T):
+                    if j == i:
+                        continue
+                    v = float(infl[b, j])
+                    if bool(vis[b, i, j]):
+                        if v < weakest:
+                            weakest, weak_at = v, f"b={b} i={i} j={j}"
+                    elif math.isnan(v) or v > leak:
+                        leak, leak_at = v, f"b={b} i={i} j={j}"
+        tol = _tol(opts.dtype, TOL_CAUSAL)
+        if weakest <= TOL_VISIBLE:
+            return _result(name, spec, impl, float("inf"), tol,
+                           detail=f"a visible key has no influence: |d out / d in| = {weakest:.3g} at {weak_at}")
+        hidden = f"worst hidden key at {leak_at}" if leak_at != "-" else "every hidden key has exactly zero influence"
+        return _result(name, spec, impl, leak, tol, detail=f"{hidden}; weakest visible key {weakest:.3g} at {weak_at}")
+
+    return _per_backend(name, spec, opts, body, vacuous="needs T >= 2" if T < 2 else None)
+
 register_check(Check(
     name="backends-vs-reference",
     description="every backend equals the reference: outputs and gradients (input, context, parameters)",
@@ -364,6 +416,12 @@ register_check(Check(
     description="prefill + one token at a time equals the parallel output",
     applies=lambda s: s.cache is not None,
     run=_cached_decoding,
+))
+register_check(Check(
+    name="mask-respected",
+    description="output i depends on input j != i exactly where the layer's mask lets query i see key j",
+    applies=_declares_mask,
+    run=_mask_respected,
 ))
 register_check(Check(
     name="batch-consistency",
