@@ -104,6 +104,8 @@ def test_eval_and_generate_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     (tmp_path / "empty").mkdir()
     assert main(["generate", "--checkpoint", str(tmp_path / "empty")]) == 2
     assert "no checkpoint in" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "empty"), "--batch-size", "0"]) == 2
+    assert "--batch-size must be a positive number of windows, got 0" in capsys.readouterr().err
 
 
 def test_compare_cli(tmp_path: Path, text: Path, capsys: pytest.CaptureFixture[str]) -> None:

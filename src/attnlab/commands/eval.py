@@ -25,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from attnlab.train.loading import load_trained
     from attnlab.train.trainer import evaluate
 
+    if args.batch_size is not None and args.batch_size < 1:
+        return fail(f"--batch-size must be a positive number of windows, got {args.batch_size}")
     try:
         t = load_trained(args.checkpoint, device=args.device)
         d = t.config.data
