@@ -121,6 +121,10 @@ def test_damaged_cache_is_rebuilt_not_used(tmp_path: Path) -> None:
     assert np.array_equal(again.train, expected)
     (again.cache_path / "meta.json").write_text("{ not json")
     assert np.array_equal(load_corpus(f, cache_dir=tmp_path / "cache", progress=False).train, expected)
+    damaged = expected.copy()
+    damaged[5] = (int(damaged[5]) + 1) % c.vocab_size  # same length and dtype, one token changed
+    np.save(c.cache_path / "train.npy", damaged)
+    assert np.array_equal(load_corpus(f, cache_dir=tmp_path / "cache", progress=False).train, expected)
 
 
 def test_cache_files_are_complete_and_no_temporaries_remain(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@
 ``.npy`` files under a cache directory (default ``$ATTNLAB_CACHE_DIR`` or ``~/.cache/attnlab``). The cache key
 is a SHA-256 of the split texts, the tokenizer's vocabulary and the format version, so a changed file or
 tokenizer always gets a new entry and a stale one is never read. Files are written to a temporary name and
-moved into place with ``os.replace``; ``meta.json`` is written last and marks the entry complete.
+moved into place with ``os.replace``; ``meta.json`` is written last and marks the entry complete. It records
+each array's length, dtype and SHA-256, checked on every load: an entry damaged in place is rebuilt, never used.
 
 Splits: ``"tinyshakespeare"`` and user text use the first ``1 - val_fraction`` of the *characters* for
 training and the rest for validation (nanoGPT's split; there is no test split); ``"wikitext2"`` has its own
@@ -40,7 +41,7 @@ __all__ = ["Corpus", "load_corpus", "default_cache_dir", "BUNDLED_CORPORA", "rea
 #: Names accepted by :func:`load_corpus` besides paths.
 BUNDLED_CORPORA = ("tinyshakespeare", "wikitext2")
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: meta.json holds the SHA-256 of every token array, checked on load
 _CHUNK_CHARS = 1 << 18  # characters per encode call (the progress-bar step)
 
 TokenizerKind = Literal["char", "gpt2", "word"]
@@ -240,6 +241,11 @@ def _atomic_write(path: Path, write: Any) -> None:
             tmp.unlink()
 
 
+def _array_digest(arr: np.ndarray) -> str:
+    """SHA-256 of a token array's bytes (a few milliseconds for the bundled corpora)."""
+    return hashlib.sha256(np.ascontiguousarray(arr).data).hexdigest()
+
+
 def _load_cached(entry: Path, key: str, splits: list[str]) -> dict[str, np.ndarray] | None:
     meta_path = entry / "meta.json"
     try:
@@ -250,6 +256,8 @@ def _load_cached(entry: Path, key: str, splits: list[str]) -> dict[str, np.ndarr
         for split in splits:
             arr = np.load(entry / f"{split}.npy", mmap_mode="r")
             if arr.ndim != 1 or len(arr) != meta["lengths"][split] or str(arr.dtype) != meta["dtype"]:
+                return None
+            if _array_digest(arr) != meta["sha256"][split]:  # damaged in place: rebuild, never use
                 return None
             arrays[split] = arr
         return arrays
@@ -347,6 +355,7 @@ def _build(
     entry.mkdir(parents=True, exist_ok=True)
     dtype = _token_dtype(tok.vocab_size)
     lengths: dict[str, int] = {}
+    digests: dict[str, str] = {}
     total = sum(len(t) for t in splits.values())
     with tqdm(
         total=total, unit="char", unit_scale=True, desc=f"tokenizing {name} ({tok.name})", disable=not progress
@@ -354,6 +363,7 @@ def _build(
         for split, text in splits.items():
             ids = _encode(text, tok, dtype, bar)
             lengths[split] = int(len(ids))
+            digests[split] = _array_digest(ids)
             _atomic_write(entry / f"{split}.npy", lambda f, ids=ids: np.save(f, ids, allow_pickle=False))
     meta = {
         "version": _FORMAT_VERSION,
@@ -361,6 +371,7 @@ def _build(
         "name": name,
         "dtype": str(dtype),
         "lengths": lengths,
+        "sha256": digests,
         "tokenizer": tok.to_dict(),
     }
     _atomic_write(entry / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
