@@ -87,6 +87,28 @@ def _worst(pairs: dict[str, tuple[Tensor, Tensor]]) -> tuple[float, str]:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _triton_vs_parallel(spec: MechanismSpec, opts: VerifyOptions, xs: list[Tensor], W: int | None, go: Tensor,
+                        want: Tensor, want_g: tuple[Tensor, ...], tol: float) -> CheckResult:
+    """The Triton kernels (forward and backward) against Theorem 1 at the op level: compiled on CUDA, in Triton's
+    interpreter on CPU (``TRITON_INTERPRET=1`` set before triton is first imported); otherwise a visible skip."""
+    name, case = "castle-forms", f"triton vs parallel (W={W})"
+
+    def skip(reason: str) -> CheckResult:
+        return CheckResult(check=name, mechanism=spec.name, case=case, max_error=float("nan"), tolerance=tol,
+                           passed=False, detail=SKIPPED_PREFIX + reason, skipped=True)
+
+    try:
+        from attnlab.ops.castle import triton_kernel
+    except Exception as exc:  # triton not installed, or the kernels fail to import
+        return skip(f"the Triton kernels do not import ({type(exc).__name__}: {exc})")
+    if not str(opts.device).startswith("cuda") and not triton_kernel._interpreter_active():
+        return skip(f"triton needs CUDA, or TRITON_INTERPRET=1 set before triton is first imported, on {opts.device}")
+    out = triton_kernel.castle_triton(*xs, W, xs[0].shape[-1] ** -0.5)
+    grads = torch.autograd.grad(out, xs, go)
+    err, detail = _worst({"output": (out, want)} | {f"d{n}": (a, b) for n, a, b in zip(_NAMES, grads, want_g)})
+    return _result(name, spec, case, err, tol, detail)
+
+
 def _forms(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     name, tol = "castle-forms", _tol(opts.dtype)
     layer = _build(spec, opts)
@@ -105,6 +127,7 @@ def _forms(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
         err, detail = _worst(pairs)
         label = impl if impl == "reference" else f"chunked block={block}"
         results.append(_result(name, spec, f"{label} vs parallel (W={W})", err, tol, detail))
+    results.append(_triton_vs_parallel(spec, opts, xs, W, go, want, want_g, tol))
     x = _x(opts, 1)
     layer.impl = "parallel"
     with torch.no_grad():
