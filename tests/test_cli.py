@@ -127,3 +127,16 @@ def test_demo_runs_every_step_into_a_fresh_directory(toys, tmp_path, capsys):
 def test_demo_fails_when_verification_fails(toys, tmp_path):
     assert main(["demo", "--out", str(tmp_path), "--mechanisms", "toy-leaky", "--mask-length", "8",
                  "--skip-bench", "--skip-masks", "--no-progress"]) == 1
+
+
+def test_demo_counts_a_case_that_cannot_run_here_as_skipped_not_failed(tmp_path, capsys, monkeypatch):
+    # castle-forms' Triton case cannot run on CPU without the interpreter: the tour reports it, and still passes
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from attnlab.ops.castle import triton_kernel
+
+    if triton_kernel._interpreter_active():
+        pytest.skip("triton's interpreter is active in this process: the Triton case runs instead of skipping")
+    assert main(["demo", "--out", str(tmp_path), "--mechanisms", "castle", "--skip-bench", "--skip-masks",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "0 failed, 1 skipped (cannot run on this device)" in out
