@@ -256,33 +256,20 @@ class LinearAttention(nn.Module):
 _BACKENDS = ("recurrent", "parallel", "chunked")  # the recurrent loop is the specification, so it comes first
 _VERIFY = {"chunk_size": 4}  # at verify's T=13: chunks of 4, 4, 4, 1, so the chunked form really chunks
 
-register(MechanismSpec(
-    name="linear",
-    description="linear attention, phi = elu + 1 (Katharopoulos et al. 2020); recurrent-state cache",
-    make_config=LinearAttentionConfig,
-    causal=True,
-    cache="recurrent",
-    backends=_BACKENDS,
-    defaults={"feature_map": "elu1"},
-    verify_options=dict(_VERIFY),
-))
-register(MechanismSpec(
-    name="linear-relu",
-    description="linear attention, phi = relu; recurrent-state cache",
-    make_config=LinearAttentionConfig,
-    causal=True,
-    cache="recurrent",
-    backends=_BACKENDS,
-    defaults={"feature_map": "relu"},
-    verify_options=dict(_VERIFY),
-))
-register(MechanismSpec(
-    name="based",
-    description="Based's Taylor linear attention, phi.phi = 1 + s + s^2/2, q/k dim 16; recurrent-state cache",
-    make_config=LinearAttentionConfig,
-    causal=True,
-    cache="recurrent",
-    backends=_BACKENDS,
-    defaults={"feature_map": "taylor", "qk_head_dim": 16},
-    verify_options=dict(_VERIFY),
-))
+for _name, _description, _defaults in (
+    ("linear", "linear attention, phi = elu + 1 (Katharopoulos et al. 2020); recurrent-state cache",
+     {"feature_map": "elu1"}),
+    ("linear-relu", "linear attention, phi = relu; recurrent-state cache", {"feature_map": "relu"}),
+    ("based", "Based's Taylor linear attention, phi.phi = 1 + s + s^2/2, q/k dim 16; recurrent-state cache",
+     {"feature_map": "taylor", "qk_head_dim": 16}),
+):
+    register(MechanismSpec(
+        name=_name,
+        description=_description,
+        make_config=LinearAttentionConfig,
+        causal=True,
+        cache="recurrent",
+        backends=_BACKENDS,
+        defaults=_defaults,
+        verify_options=dict(_VERIFY),
+    ))
