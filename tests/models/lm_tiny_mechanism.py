@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from attnlab.cache import AttentionCache
 from attnlab.layers import registry
 from attnlab.layers.registry import MechanismSpec
 from attnlab.layers.rope import apply_rope
+from attnlab.verify.toys import ToyCache  # the same plain key/value cache the verification toys use
 
 
 @dataclass(kw_only=True)
@@ -34,22 +34,6 @@ class TinyConfig:
         return TinyAttention(self)
 
 
-class TinyCache(AttentionCache):
-    def __init__(self) -> None:
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
-
-    @property
-    def seq_len(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
-
-    def memory_bytes(self) -> int:
-        return self._nbytes(self.k, self.v)
-
-    def reset(self) -> None:
-        self.k = self.v = None
-
-
 class TinyAttention(nn.Module):
     def __init__(self, cfg: TinyConfig) -> None:
         super().__init__()
@@ -60,10 +44,10 @@ class TinyAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * self.n_heads * self.head_dim, bias=False)
         self.out_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)
 
-    def new_cache(self, batch_size: int, *, device: object = None, dtype: object = None) -> TinyCache:
-        return TinyCache()
+    def new_cache(self, batch_size: int, *, device: object = None, dtype: object = None) -> ToyCache:
+        return ToyCache()
 
-    def forward(self, x: Tensor, *, context: Tensor | None = None, cache: TinyCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, *, context: Tensor | None = None, cache: ToyCache | None = None) -> Tensor:
         B, T, _ = x.shape
         H, D = self.n_heads, self.head_dim
         q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # (B, H, T, D) each
