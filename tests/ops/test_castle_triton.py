@@ -291,13 +291,14 @@ try:
 except Exception as exc:  # the ahead-of-time compile API moved between Triton versions
     print(f"SETUP-UNAVAILABLE: {type(exc).__name__}: {exc}")
     sys.exit(3)
-from attnlab.ops.castle import triton_kernel as tk
+from attnlab.ops.castle.triton_bwd import castle_bwd_step
+from attnlab.ops.castle.triton_fwd import castle_fwd_step
 
 ptr = {"fwd": dict.fromkeys(["QU", "KU", "VU", "QC", "KC", "VC", "O"], "*bf16"),
        "bwd": dict.fromkeys(["QU", "KU", "VU", "QC", "KC", "VC", "DO"], "*bf16")}
 ints = {"T", "k", "window", "stride_in", "stride_st", "stride_row", "stride_vec"}
 consts = {"HAS_WINDOW": True, "BLOCK": 64, "HEAD_D": 64, "PREC": "tf32", "MM_DT": tl.bfloat16}
-for name, fn in (("fwd", tk._castle_fwd_step), ("bwd", tk._castle_bwd_step)):
+for name, fn in (("fwd", castle_fwd_step), ("bwd", castle_bwd_step)):
     jf = triton.jit(fn, do_not_specialize=["k", "window"])
     sig = {}
     for a in jf.arg_names:

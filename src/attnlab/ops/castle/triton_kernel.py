@@ -10,34 +10,12 @@ six inputs. The math it computes is Theorem 1 (spec eqs. 11-12)::
     S^U = ((Q^C V^U^T * scale) ⊙ tril) G^T                                                     # (T, T)
     out = softmax(Q^C K^C^T * scale + causal - SiLU(S^U)) V^C                                  # (T, D)
 
-Schedule (forward, the paper's wavefront)
------------------------------------------
-The host launches one kernel per block diagonal k = 0 .. N-1; within a launch, program (bh, j) handles the score
-block (query rows r = j + k, key columns c = j). Programs of one launch touch disjoint row blocks r and disjoint key
-blocks c, so no two programs race; launches run in stream order, which serialises the diagonals.
-
-* ``D`` state (BH, Tp, Dp), row-major per key position s (the transpose of the paper's d x L matrix): before diagonal
-  k is processed, row s of block c holds the lookahead key of token s built from contributors in blocks c .. r-2.
-  Program (r, c) with k >= 1 first applies eq. (23): D_c += G(c, r-1) V^U_{r-1}, so that D_c covers blocks
-  c .. r-1 (every contributor that is fully earlier than the query block). It then forms eq. (24):
-  S^U_{r,c} = Q^C_r D_c^T * scale + ((Q^C_r V^U_r^T * scale) ⊙ tri) G(c, r)^T, where the second term adds the
-  contributors inside the query's own block (j' <= t). On the diagonal (k = 0) D_c is still 0, giving eq. (22).
-* The scores A = Q^C_r K^C_c^T * scale + causal/length mask - SiLU(S^U) feed a FlashAttention-2 online softmax whose
-  running (m, l, acc) live in global float32 buffers (BH, Tp) / (BH, Tp, Dp), read and written by the one program
-  that owns row block r in each launch. Row block r is last touched at k = r (c = 0); that program normalises and
-  writes the output and the log-sum-exp ``lse = m + log l``.
-* Saved for backward: the inputs, the output, lse and the final D (O(T D) extra memory, as in the paper).
-
-Backward (Algorithm 3, reverse wavefront)
-------------------------------------------
-Launch k = N-1 .. 0 with the same (bh, j) grid. Each program recomputes S^U and A for its block from the current D
-state, P = exp(A - lse), dA = P ⊙ (dO V^C^T - Δ) with Δ = rowsum(dO ⊙ O), dS^U = -SiLU'(S^U) ⊙ dA, and accumulates
-the gradients of eq. (24) (Q^C, K^C, V^C, the within-block V^U/K^U and Q^U terms, and dD_c). It then back-propagates
-the accumulated dD_c (which holds the gradient of every S^U block that used D_c at this diagonal or later) through
-eq. (23) into V^U_{r-1}, K^U_{r-1} and Q^U_c, and "un-updates" D_c -= G(c, r-1) V^U_{r-1} to recover the state of
-diagonal k-1. A program writes dV^U/dK^U at both row blocks r and r-1; as in the paper, the r-contributions and the
-(r-1)-contributions go to two separate accumulators that are summed at the end, so programs of one launch never
-write the same memory. All gradient accumulators are float32 (float64 for float64 inputs).
+Kernels
+-------
+The forward step kernel (the paper's wavefront: one launch per block diagonal, an online softmax per row block) is in
+:mod:`attnlab.ops.castle.triton_fwd`, the backward step kernel (the reverse wavefront of Algorithm 3) in
+:mod:`attnlab.ops.castle.triton_bwd`; each module's docstring describes its schedule. This module is the host side:
+validation, padding, the scratch buffers, the launches and the autograd ``Function``.
 
 Design decisions
 ----------------
@@ -90,222 +68,14 @@ from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
 
+# the kernels are plain functions, wrapped by triton.jit or the interpreter in _kernels()
+from attnlab.ops.castle.triton_bwd import castle_bwd_step
+from attnlab.ops.castle.triton_fwd import castle_fwd_step
+
 __all__ = ["castle_triton", "MAX_HEAD_DIM", "SUPPORTED_DTYPES"]
 
 MAX_HEAD_DIM = 128
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-# ----------------------------------------------------------------------------------------------------------------
-# Kernels (plain functions; wrapped by triton.jit or the interpreter in _kernels()). No helper jit functions are
-# called so that the same source works under both wrappers.
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _castle_fwd_step(
-    QU, KU, VU, QC, KC, VC,  # inputs, (BH, T, Dp) contiguous
-    O, LSE,  # output (BH, T, Dp) input dtype; log-sum-exp (BH, Tp) accumulator dtype
-    DST, MST, LST, AST,  # D state (BH, Tp, Dp); running max / sum (BH, Tp); running acc (BH, Tp, Dp)
-    T, k, window, scale,
-    stride_in, stride_st, stride_row, stride_vec,
-    HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr, HEAD_D: tl.constexpr, PREC: tl.constexpr, MM_DT: tl.constexpr,
-):
-    bh = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1)
-    r = j + k  # query block; key block c = j
-    dt = MM_DT  # matmul operand dtype: the input dtype (float32 for bfloat16 under the interpreter)
-    acc_dt = DST.dtype.element_ty
-    ar = tl.arange(0, BLOCK)
-    dd = tl.arange(0, HEAD_D)
-    rows = r * BLOCK + ar  # query positions t
-    cols = j * BLOCK + ar  # key / lookahead-owner positions s
-    rmask = rows < T
-    cmask = cols < T
-    r_off = bh * stride_in + rows[:, None] * stride_row + dd[None, :]
-    c_off = bh * stride_in + cols[:, None] * stride_row + dd[None, :]
-    qc = tl.load(QC + r_off, mask=rmask[:, None], other=0.0).to(dt)  # (BLK, Dp)
-    qu = tl.load(QU + c_off, mask=cmask[:, None], other=0.0).to(dt)  # (BLK, Dp)
-    kc = tl.load(KC + c_off, mask=cmask[:, None], other=0.0).to(dt)
-    vc = tl.load(VC + c_off, mask=cmask[:, None], other=0.0).to(dt)
-    dst_off = bh * stride_st + cols[:, None] * stride_row + dd[None, :]
-    d_c = tl.load(DST + dst_off)  # (BLK, Dp) lookahead keys of block c from blocks c .. r-2
-
-    # eq. (23): D_c += G(c, r-1) V^U_{r-1}, skipped when G(c, r-1) is identically zero
-    need_p = k > 0
-    if HAS_WINDOW:
-        need_p = need_p & ((r - 1) * BLOCK - (j * BLOCK + BLOCK - 1) <= window)
-    if need_p:
-        prow = rows - BLOCK
-        p_off = bh * stride_in + prow[:, None] * stride_row + dd[None, :]
-        ku_p = tl.load(KU + p_off, mask=(prow < T)[:, None], other=0.0).to(dt)
-        vu_p = tl.load(VU + p_off, mask=(prow < T)[:, None], other=0.0).to(dt)
-        z_p = tl.dot(qu, tl.trans(ku_p), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_p)
-        ok_p = (cols[:, None] < prow[None, :]) & (prow < T)[None, :]
-        if HAS_WINDOW:
-            ok_p = ok_p & (prow[None, :] <= cols[:, None] + window)
-        g_p = tl.where(ok_p, tl.sigmoid(z_p), 0.0)
-        d_c += tl.dot(g_p.to(dt), vu_p, input_precision=PREC).to(acc_dt)
-        tl.store(DST + dst_off, d_c)
-
-    # eq. (24): S^U_{r,c} = Q^C_r D_c^T * scale + ((Q^C_r V^U_r^T * scale) ⊙ tri) G(c, r)^T
-    su = tl.dot(qc, tl.trans(d_c.to(dt)), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_c)
-    need_r = True
-    if HAS_WINDOW:
-        need_r = r * BLOCK - (j * BLOCK + BLOCK - 1) <= window
-    if need_r:
-        ku_r = tl.load(KU + r_off, mask=rmask[:, None], other=0.0).to(dt)
-        vu_r = tl.load(VU + r_off, mask=rmask[:, None], other=0.0).to(dt)
-        z_r = tl.dot(qu, tl.trans(ku_r), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_r)
-        ok_r = (cols[:, None] < rows[None, :]) & rmask[None, :]
-        if HAS_WINDOW:
-            ok_r = ok_r & (rows[None, :] <= cols[:, None] + window)
-        g_r = tl.where(ok_r, tl.sigmoid(z_r), 0.0)
-        wv = tl.dot(qc, tl.trans(vu_r), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_r)
-        wv = tl.where(rows[:, None] >= rows[None, :], wv, 0.0)
-        su += tl.dot(wv.to(dt), tl.trans(g_r).to(dt), input_precision=PREC).to(acc_dt)
-
-    # eqs. (18)-(19): A = Q^C K^C^T * scale + M^C - SiLU(S^U), then the online softmax
-    s = tl.dot(qc, tl.trans(kc), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_c)
-    a = s - su * tl.sigmoid(su)
-    valid = (rows[:, None] >= cols[None, :]) & cmask[None, :]
-    a = tl.where(valid, a, float("-inf"))
-    vec_off = bh * stride_vec + rows
-    m_prev = tl.load(MST + vec_off)
-    l_prev = tl.load(LST + vec_off)
-    ast_off = bh * stride_st + rows[:, None] * stride_row + dd[None, :]
-    acc = tl.load(AST + ast_off)
-    m_new = tl.maximum(m_prev, tl.max(a, 1))  # finite: every row block sees >= 1 valid key on its diagonal
-    alpha = tl.exp(m_prev - m_new)
-    p = tl.exp(a - m_new[:, None])
-    l_new = l_prev * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(dt), vc, input_precision=PREC).to(acc_dt)
-    if j == 0:  # last visit of row block r: normalise and write out
-        out = acc / l_new[:, None]
-        tl.store(O + r_off, out.to(O.dtype.element_ty), mask=rmask[:, None])
-        tl.store(LSE + vec_off, m_new + tl.log(l_new))
-    else:
-        tl.store(MST + vec_off, m_new)
-        tl.store(LST + vec_off, l_new)
-        tl.store(AST + ast_off, acc)
-
-
-def _castle_bwd_step(
-    QU, KU, VU, QC, KC, VC, DO,  # inputs and upstream gradient, (BH, T, Dp) contiguous
-    LSE, DELTA,  # (BH, Tp) accumulator dtype
-    DST, DDST,  # D state (un-updated in place) and its gradient, (BH, Tp, Dp)
-    DQU, DKU_A, DKU_B, DVU_A, DVU_B, DQC, DKC, DVC,  # gradient accumulators (BH, Tp, Dp)
-    T, k, window, scale,
-    stride_in, stride_st, stride_row, stride_vec,
-    HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr, HEAD_D: tl.constexpr, PREC: tl.constexpr, MM_DT: tl.constexpr,
-):
-    bh = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1)
-    r = j + k
-    dt = MM_DT  # matmul operand dtype: the input dtype (float32 for bfloat16 under the interpreter)
-    acc_dt = DST.dtype.element_ty
-    ar = tl.arange(0, BLOCK)
-    dd = tl.arange(0, HEAD_D)
-    rows = r * BLOCK + ar
-    cols = j * BLOCK + ar
-    rmask = rows < T
-    cmask = cols < T
-    r_off = bh * stride_in + rows[:, None] * stride_row + dd[None, :]
-    c_off = bh * stride_in + cols[:, None] * stride_row + dd[None, :]
-    qc = tl.load(QC + r_off, mask=rmask[:, None], other=0.0).to(dt)
-    do = tl.load(DO + r_off, mask=rmask[:, None], other=0.0).to(dt)
-    qu = tl.load(QU + c_off, mask=cmask[:, None], other=0.0).to(dt)
-    kc = tl.load(KC + c_off, mask=cmask[:, None], other=0.0).to(dt)
-    vc = tl.load(VC + c_off, mask=cmask[:, None], other=0.0).to(dt)
-    vec_off = bh * stride_vec + rows
-    lse = tl.load(LSE + vec_off)
-    delta = tl.load(DELTA + vec_off)
-    sr_off = bh * stride_st + rows[:, None] * stride_row + dd[None, :]  # scratch offsets, row block r
-    sc_off = bh * stride_st + cols[:, None] * stride_row + dd[None, :]  # scratch offsets, key block c
-    d_c = tl.load(DST + sc_off)  # D^{(k)}_c (after this diagonal's eq. (23) update)
-    dd_c = tl.load(DDST + sc_off)
-
-    # recompute S^U (eq. 24) and P
-    su = tl.dot(qc, tl.trans(d_c.to(dt)), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_c)
-    need_r = True
-    if HAS_WINDOW:
-        need_r = r * BLOCK - (j * BLOCK + BLOCK - 1) <= window
-    ok_r = (cols[:, None] < rows[None, :]) & rmask[None, :]
-    if HAS_WINDOW:
-        ok_r = ok_r & (rows[None, :] <= cols[:, None] + window)
-    tri = rows[:, None] >= rows[None, :]
-    g_r = tl.zeros((BLOCK, BLOCK), dtype=acc_dt)
-    wv = tl.zeros((BLOCK, BLOCK), dtype=acc_dt)
-    ku_r = tl.zeros((BLOCK, HEAD_D), dtype=dt)
-    vu_r = tl.zeros((BLOCK, HEAD_D), dtype=dt)
-    if need_r:
-        ku_r = tl.load(KU + r_off, mask=rmask[:, None], other=0.0).to(dt)
-        vu_r = tl.load(VU + r_off, mask=rmask[:, None], other=0.0).to(dt)
-        z_r = tl.dot(qu, tl.trans(ku_r), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_r)
-        g_r = tl.where(ok_r, tl.sigmoid(z_r), 0.0)
-        wv = tl.dot(qc, tl.trans(vu_r), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_r)
-        wv = tl.where(tri, wv, 0.0)
-        su += tl.dot(wv.to(dt), tl.trans(g_r).to(dt), input_precision=PREC).to(acc_dt)
-    s = tl.dot(qc, tl.trans(kc), input_precision=PREC).to(acc_dt) * scale
-    sig_su = tl.sigmoid(su)
-    a = s - su * sig_su
-    valid = (rows[:, None] >= cols[None, :]) & cmask[None, :]
-    p = tl.where(valid, tl.exp(a - lse[:, None]), 0.0)  # (BLK_r, BLK_c)
-
-    # softmax and causal-score gradients
-    dvc = tl.dot(tl.trans(p).to(dt), do, input_precision=PREC).to(acc_dt)  # (BLK_c, Dp)
-    dp = tl.dot(do, tl.trans(vc), input_precision=PREC).to(acc_dt)  # (BLK_r, BLK_c)
-    da = p * (dp - delta[:, None])
-    dqc = tl.dot(da.to(dt), kc, input_precision=PREC).to(acc_dt) * scale  # (BLK_r, Dp)
-    dkc = tl.dot(tl.trans(da).to(dt), qc, input_precision=PREC).to(acc_dt) * scale  # (BLK_c, Dp)
-
-    # S^U gradient: SiLU'(x) = sigmoid(x) (1 + x (1 - sigmoid(x)))
-    dsu = -da * (sig_su * (1.0 + su * (1.0 - sig_su)))  # (BLK_r, BLK_c)
-    dqc += tl.dot(dsu.to(dt), d_c.to(dt), input_precision=PREC).to(acc_dt) * scale
-    dd_c += tl.dot(tl.trans(dsu).to(dt), qc, input_precision=PREC).to(acc_dt) * scale
-    dqu = tl.zeros((BLOCK, HEAD_D), dtype=acc_dt)
-    if need_r:
-        # within-block factor ((Q^C_r V^U_r^T * scale) ⊙ tri)
-        e = tl.where(tri, tl.dot(dsu.to(dt), g_r.to(dt), input_precision=PREC).to(acc_dt), 0.0) * scale
-        dqc += tl.dot(e.to(dt), vu_r, input_precision=PREC).to(acc_dt)
-        dvu_a = tl.dot(tl.trans(e).to(dt), qc, input_precision=PREC).to(acc_dt)  # (BLK_r, Dp)
-        # sigmoid factor G(c, r)
-        dg = tl.dot(tl.trans(dsu).to(dt), wv.to(dt), input_precision=PREC).to(acc_dt)  # (BLK_c, BLK_r)
-        f = tl.where(ok_r, dg * g_r * (1.0 - g_r), 0.0) * scale
-        dqu += tl.dot(f.to(dt), ku_r, input_precision=PREC).to(acc_dt)
-        dku_a = tl.dot(tl.trans(f).to(dt), qu, input_precision=PREC).to(acc_dt)  # (BLK_r, Dp)
-        tl.store(DVU_A + sr_off, tl.load(DVU_A + sr_off) + dvu_a)
-        tl.store(DKU_A + sr_off, tl.load(DKU_A + sr_off) + dku_a)
-
-    # back through eq. (23) at this diagonal, then un-update D_c
-    need_p = k > 0
-    if HAS_WINDOW:
-        need_p = need_p & ((r - 1) * BLOCK - (j * BLOCK + BLOCK - 1) <= window)
-    if need_p:
-        prow = rows - BLOCK
-        p_off = bh * stride_in + prow[:, None] * stride_row + dd[None, :]
-        sp_off = bh * stride_st + prow[:, None] * stride_row + dd[None, :]
-        ku_p = tl.load(KU + p_off, mask=(prow < T)[:, None], other=0.0).to(dt)
-        vu_p = tl.load(VU + p_off, mask=(prow < T)[:, None], other=0.0).to(dt)
-        z_p = tl.dot(qu, tl.trans(ku_p), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_p)
-        ok_p = (cols[:, None] < prow[None, :]) & (prow < T)[None, :]
-        if HAS_WINDOW:
-            ok_p = ok_p & (prow[None, :] <= cols[:, None] + window)
-        g_p = tl.where(ok_p, tl.sigmoid(z_p), 0.0)
-        dvu_b = tl.dot(tl.trans(g_p).to(dt), dd_c.to(dt), input_precision=PREC).to(acc_dt)  # (BLK_p, Dp)
-        dg_p = tl.dot(dd_c.to(dt), tl.trans(vu_p), input_precision=PREC).to(acc_dt)  # (BLK_c, BLK_p)
-        f_p = tl.where(ok_p, dg_p * g_p * (1.0 - g_p), 0.0) * scale
-        dqu += tl.dot(f_p.to(dt), ku_p, input_precision=PREC).to(acc_dt)
-        dku_b = tl.dot(tl.trans(f_p).to(dt), qu, input_precision=PREC).to(acc_dt)  # (BLK_p, Dp)
-        tl.store(DVU_B + sp_off, tl.load(DVU_B + sp_off) + dvu_b)
-        tl.store(DKU_B + sp_off, tl.load(DKU_B + sp_off) + dku_b)
-        d_c -= tl.dot(g_p.to(dt), vu_p, input_precision=PREC).to(acc_dt)
-        tl.store(DST + sc_off, d_c)
-
-    tl.store(DDST + sc_off, dd_c)
-    tl.store(DQC + sr_off, tl.load(DQC + sr_off) + dqc)
-    tl.store(DQU + sc_off, tl.load(DQU + sc_off) + dqu)
-    tl.store(DKC + sc_off, tl.load(DKC + sc_off) + dkc)
-    tl.store(DVC + sc_off, tl.load(DVC + sc_off) + dvc)
-
 
 _KERNEL_CACHE: dict[bool, tuple[Any, Any]] = {}
 
@@ -334,14 +104,14 @@ def _kernels(device: torch.device) -> tuple[Any, Any]:
         if interpret:
             from triton.runtime.interpreter import InterpretedFunction
 
-            _KERNEL_CACHE[interpret] = (InterpretedFunction(_castle_fwd_step), InterpretedFunction(_castle_bwd_step))
+            _KERNEL_CACHE[interpret] = (InterpretedFunction(castle_fwd_step), InterpretedFunction(castle_bwd_step))
         else:
             # k (the diagonal) and window change between launches: do not specialise on k == 1 etc., which would
             # compile extra variants of each kernel
             nospec = ["k", "window"]
             _KERNEL_CACHE[interpret] = (
-                triton.jit(_castle_fwd_step, do_not_specialize=nospec),
-                triton.jit(_castle_bwd_step, do_not_specialize=nospec),
+                triton.jit(castle_fwd_step, do_not_specialize=nospec),
+                triton.jit(castle_bwd_step, do_not_specialize=nospec),
             )
     return _KERNEL_CACHE[interpret]
 
