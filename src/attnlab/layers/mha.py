@@ -14,6 +14,12 @@ Masks and positions
     ``context`` (cross-attention) is unmasked unless a per-call ``mask=`` is given, and never uses RoPE: query
     and context positions are unrelated.
 
+Cross-attention to a fixed context (encoder-decoder decoding)
+    :meth:`MultiHeadAttention.project_context` returns the context's keys and values ``(B, H_kv, S, D)``;
+    ``forward(x, context_kv=(k, v))`` attends to them without projecting the context again. Decoding one token at
+    a time against an encoder's output thus projects the source once per sequence instead of once per step, and
+    gives the same output as ``forward(x, context=context)`` (the latter calls ``project_context`` itself).
+
 Cached decoding (``new_cache`` + ``forward(x, cache=cache)``)
     * Causal masks (standard, sliding window, strided, fixed, BigBird, documents & causal): any split works,
       prefill of ``m`` tokens then one at a time equals the parallel output.
@@ -235,8 +241,53 @@ class MultiHeadAttention(nn.Module):
                                   device=device, dtype=dtype)
         return KVCache(batch_size, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
 
+    def project_context(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of a cross-attention ``context`` ``(B, S, d_model)``: ``(k, v)``, each ``(B, H_kv, S, D)``.
+
+        No RoPE (context positions are unrelated to query positions). Pass the pair as ``forward(x,
+        context_kv=(k, v))`` to attend to the same context many times without projecting it again.
+        """
+        w, bias = self.in_proj.weight, self.in_proj.bias
+        if not isinstance(context, Tensor) or context.ndim != 3 or context.shape[-1] != self.d_model \
+                or context.shape[0] < 1 or context.shape[1] < 1:
+            got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+            raise ValueError(f"context must have shape (B >= 1, S >= 1, d_model={self.d_model}), got {got}")
+        if context.dtype != w.dtype or context.device != w.device:
+            raise ValueError(
+                f"context must have the layer's dtype {w.dtype} and device {w.device}, "
+                f"got {context.dtype} on {context.device}"
+            )
+        B, S, _ = context.shape
+        Hkv, D = self.n_kv_heads, self.head_dim
+        hd = self.n_heads * D
+        kv = F.linear(context, w[hd:], None if bias is None else bias[hd:])  # (B, S, 2 H_kv D)
+        k, v = kv.split(self._split[1:], dim=-1)  # (B, S, H_kv D) x 2
+        k = k.view(B, S, Hkv, D).transpose(1, 2)  # (B, H_kv, S, D)
+        v = v.view(B, S, Hkv, D).transpose(1, 2)  # (B, H_kv, S, D)
+        return k, v
+
+    def _check_context_kv(self, context_kv: object, batch_size: int) -> int:
+        """``context_kv`` must be ``(k, v)`` from :meth:`project_context` for ``batch_size`` rows; returns ``S``."""
+        w = self.in_proj.weight
+        Hkv, D = self.n_kv_heads, self.head_dim
+        if not (isinstance(context_kv, (tuple, list)) and len(context_kv) == 2
+                and all(isinstance(t, Tensor) for t in context_kv)):
+            raise ValueError(
+                f"context_kv must be a pair (k, v) of tensors from project_context(), got {type(context_kv).__name__}")
+        k, v = context_kv
+        want = f"(B={batch_size}, H_kv={Hkv}, S >= 1, D={D})"
+        for name, t in (("k", k), ("v", v)):
+            if t.ndim != 4 or t.shape[0] != batch_size or t.shape[1] != Hkv or t.shape[3] != D or t.shape[2] < 1:
+                raise ValueError(f"context_kv {name} must have shape {want}, got {tuple(t.shape)}")
+            if t.dtype != w.dtype or t.device != w.device:
+                raise ValueError(f"context_kv {name} must have the layer's dtype {w.dtype} and device {w.device}, "
+                                 f"got {t.dtype} on {t.device}")
+        if k.shape[2] != v.shape[2]:
+            raise ValueError(f"context_kv k and v must have the same length S, got {k.shape[2]} and {v.shape[2]}")
+        return int(k.shape[2])
+
     # ----------------------------------------------------------------------------------------------------------
-    def _validate(self, x: object, context: object, cache: object, mask: object) -> None:
+    def _validate(self, x: object, context: object, cache: object, mask: object, context_kv: object = None) -> None:
         d = self.d_model
         w = self.in_proj.weight
         x = check_layer_input(x, d_model=d, reference_param=None)
@@ -247,9 +298,18 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"x is on {x.device} but the layer's parameters are on {w.device}")
         if mask is not None and not isinstance(mask, Mask):
             raise ValueError(f"mask must be an attnlab.masks.Mask or None, got {type(mask).__name__}")
-        if context is None:
+        if context is not None and context_kv is not None:
+            raise ValueError("pass at most one of context (B, S, d_model) and context_kv=(k, v), not both")
+        n_context: int | None = None
+        if context_kv is not None:
+            n_context = self._check_context_kv(context_kv, x.shape[0])
+            if cache is not None:
+                raise ValueError("cache is not supported together with context_kv (cross-attention)")
+        elif context is None:
             if self.cross:
-                raise ValueError("this is a cross-attention layer (cross=True): forward needs context=(B, S, d_model)")
+                raise ValueError(
+                    "this is a cross-attention layer (cross=True): forward needs context=(B, S, d_model) "
+                    "or context_kv=(k, v) from project_context()")
         else:
             context = check_layer_context(context, d_model=d, batch_size=x.shape[0])
             if context.dtype != w.dtype or context.device != w.device:
@@ -259,6 +319,7 @@ class MultiHeadAttention(nn.Module):
                 )
             if cache is not None:
                 raise ValueError("cache is not supported together with context (cross-attention)")
+            n_context = context.shape[1]
         # what softmax_attention would refuse, refused here: before any matmul and before the cache is updated
         # (a refusal after ``cache.update`` would leave the cache advanced past tokens that were never attended)
         impl = self._impl
@@ -270,10 +331,10 @@ class MultiHeadAttention(nn.Module):
             if self.training and self.dropout > 0:
                 raise ValueError(
                     f"impl='flex' does not support dropout, got dropout_p={self.dropout}; use impl='sdpa'")
-        m_eff = (self.mask if mask is None else mask) if context is None else mask
+        m_eff = (self.mask if mask is None else mask) if n_context is None else mask
         if m_eff is not None and m_eff.max_len is not None:
             q_end = x.shape[1] + (0 if cache is None else cache.seq_len)
-            n_keys = q_end if context is None else context.shape[1]
+            n_keys = q_end if n_context is None else n_context
             if q_end > m_eff.max_len or n_keys > m_eff.max_len:
                 raise ValueError(
                     f"mask {m_eff.name} is defined for positions < max_len={m_eff.max_len}, got query positions "
@@ -322,6 +383,7 @@ class MultiHeadAttention(nn.Module):
         context: Tensor | None = None,
         cache: KVCache | SlidingKVCache | None = None,
         mask: Mask | None = None,
+        context_kv: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Attend from ``x`` ``(B, T, d_model)`` to itself (or to ``context`` ``(B, S, d_model)``).
 
@@ -329,33 +391,33 @@ class MultiHeadAttention(nn.Module):
             x: the input, ``(B, T, d_model)``, in the parameters' dtype and device.
             context: keys/values come from here instead of ``x`` (cross-attention; unmasked unless ``mask``).
             cache: from :meth:`new_cache`; ``x`` holds the next ``T`` tokens, at positions from ``cache.seq_len``.
-            mask: per-call override of the configured mask (e.g. a document mask for packed sequences);
-                ``None`` keeps the configured one (for ``context``: no mask).
+            mask: per-call override of the configured mask (e.g. a document mask for packed sequences, a key
+                padding mask); ``None`` keeps the configured one (for ``context``/``context_kv``: no mask).
+            context_kv: instead of ``context``, its keys and values ``(k, v)`` from :meth:`project_context`, each
+                ``(B, H_kv, S, D)``; the same output as ``context=`` without projecting the context again.
 
         Returns:
             ``(B, T, d_model)``.
         """
-        self._validate(x, context, cache, mask)
+        self._validate(x, context, cache, mask, context_kv)
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        if context is None:
-            S = T
+        self_attention = context is None and context_kv is None
+        if self_attention:
             q, k, v = self.in_proj(x).split(self._split, dim=-1)  # (B, T, H D), (B, T, H_kv D) x 2
+            k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, H_kv, T, D)
+            v = v.view(B, T, Hkv, D).transpose(1, 2)  # (B, H_kv, T, D)
             m = self.mask if mask is None else mask
         else:
-            S = context.shape[1]
             w, bias = self.in_proj.weight, self.in_proj.bias
             hd = H * D
             q = F.linear(x, w[:hd], None if bias is None else bias[:hd])  # (B, T, H D)
-            kv = F.linear(context, w[hd:], None if bias is None else bias[hd:])  # (B, S, 2 H_kv D)
-            k, v = kv.split(self._split[1:], dim=-1)
+            k, v = self.project_context(context) if context_kv is None else context_kv  # (B, H_kv, S, D) x 2
             m = mask
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, S, Hkv, D).transpose(1, 2)  # (B, H_kv, S, D)
-        v = v.view(B, S, Hkv, D).transpose(1, 2)  # (B, H_kv, S, D)
 
         offset = 0 if cache is None else cache.seq_len
-        if self.rope and context is None:
+        if self.rope and self_attention:
             q = apply_rope(q, offset, self.rope_base)
             k = apply_rope(k, offset, self.rope_base)
         if cache is not None:
