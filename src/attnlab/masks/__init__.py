@@ -6,6 +6,7 @@ at step ``t`` has ``q_idx = t``.
 """
 
 from attnlab.masks.core import Mask, MaskFn, and_masks, dense, or_masks
+from attnlab.masks.padding import key_padding
 from attnlab.masks.patterns import (
     bidirectional,
     bigbird,
@@ -31,4 +32,5 @@ __all__ = [
     "bigbird",
     "prefix_lm",
     "document",
+    "key_padding",
 ]
