@@ -43,6 +43,10 @@ class MechanismSpec:
         defaults: default option values (e.g. a window size) used when a model builds the layer.
         verify_options: option overrides for the small sizes of ``attnlab verify`` (e.g. ``window=4`` at
             ``T=13``, so that a window really masks something).
+        renamed: options that were renamed, ``{old: (new, what new means)}``, e.g. ``{"window": ("lookahead",
+            "the paper's W, current token not counted")}``. :meth:`config` refuses an old name with a ``ValueError``
+            that names the new one (instead of the config's bare ``TypeError``); ``defaults`` and
+            ``verify_options`` must use the new names.
     """
 
     name: str
@@ -55,9 +59,28 @@ class MechanismSpec:
     heads_for_parity: Callable[[int], int] = _same_heads
     defaults: dict[str, Any] = field(default_factory=dict)
     verify_options: dict[str, Any] = field(default_factory=dict)
+    renamed: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for old, new in self.renamed.items():
+            if not (isinstance(new, tuple) and len(new) == 2 and all(isinstance(x, str) for x in new)):
+                raise ValueError(f"{self.name}: renamed[{old!r}] must be a pair (new name, meaning), got {new!r}")
+            if new[0] == old:
+                raise ValueError(f"{self.name}: renamed[{old!r}] names the same option {old!r}")
+            for where, opts in (("defaults", self.defaults), ("verify_options", self.verify_options)):
+                if old in opts:
+                    raise ValueError(f"{self.name}: {where} uses the old option name {old!r}; use {new[0]!r}")
+
+    def _refuse_renamed(self, options: dict[str, Any]) -> None:
+        """A ``ValueError`` naming the new option for every renamed option in ``options``."""
+        hints = [f"option {old!r} was renamed {new!r} ({meaning}); pass {new}={options[old]!r} instead"
+                 for old, (new, meaning) in self.renamed.items() if old in options]
+        if hints:
+            raise ValueError(f"{self.name}: " + ". ".join(hints))
 
     def config(self, *, d_model: int, n_heads: int, **options: Any) -> Any:
-        """A validated config with this spec's defaults, overridden by ``options``."""
+        """A validated config with this spec's defaults, overridden by ``options`` (renamed options refused)."""
+        self._refuse_renamed(options)
         return self.make_config(d_model=d_model, n_heads=n_heads, **{**self.defaults, **options})
 
     def build(self, *, d_model: int, n_heads: int, **options: Any) -> nn.Module:
