@@ -54,9 +54,9 @@ def test_registry_entries() -> None:
         assert spec.causal and not spec.cross and spec.cache == "uq-kv"
         assert spec.backends[:3] == ("reference", "parallel", "chunked")
         assert ("triton" in spec.backends) == triton_available()
-    assert castle.build(d_model=24, n_heads=4).window is None
-    assert swl.defaults == {"window": 128} and swl.build(d_model=24, n_heads=4).window == 128
-    assert swl.verify_options == {"window": 3}
+    assert castle.build(d_model=24, n_heads=4).lookahead is None
+    assert swl.defaults == {"lookahead": 128} and swl.build(d_model=24, n_heads=4).lookahead == 128
+    assert swl.verify_options == {"lookahead": 3}
 
 
 def test_rope_rotates_all_but_v_c() -> None:
@@ -73,9 +73,9 @@ def test_rope_rotates_all_but_v_c() -> None:
         torch.testing.assert_close(off[i], raw[i], atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("window", [None, 3])
-def test_backends_agree_outputs_and_grads(window: int | None) -> None:
-    layer = _layer(window=window, block_size=4)
+@pytest.mark.parametrize("lookahead", [None, 3])
+def test_backends_agree_outputs_and_grads(lookahead: int | None) -> None:
+    layer = _layer(lookahead=lookahead, chunk_size=4)
     x = _x().requires_grad_()
     outs, grads = {}, {}
     for impl in ("reference", "parallel", "chunked", "auto"):
@@ -93,9 +93,9 @@ def test_backends_agree_outputs_and_grads(window: int | None) -> None:
 
 
 @pytest.mark.parametrize("rope", [True, False])
-@pytest.mark.parametrize("window", [None, 2])
-def test_causality_with_rope(rope: bool, window: int | None) -> None:
-    layer = _layer(rope=rope, window=window, block_size=3, impl="chunked")
+@pytest.mark.parametrize("lookahead", [None, 2])
+def test_causality_with_rope(rope: bool, lookahead: int | None) -> None:
+    layer = _layer(rope=rope, lookahead=lookahead, chunk_size=3, impl="chunked")
     x = _x(T=12)
     m = 5
     y = layer(x)
@@ -111,14 +111,14 @@ def test_causality_with_rope(rope: bool, window: int | None) -> None:
         assert g[:, : t + 1].abs().sum() > 0
 
 
-@pytest.mark.parametrize("window", [None, 0, 3])
+@pytest.mark.parametrize("lookahead", [None, 0, 3])
 @pytest.mark.parametrize("prefill", [0, 1, 5])
-def test_cached_decoding_equals_parallel(window: int | None, prefill: int) -> None:
-    layer = _layer(window=window, impl="parallel")
+def test_cached_decoding_equals_parallel(lookahead: int | None, prefill: int) -> None:
+    layer = _layer(lookahead=lookahead, impl="parallel")
     x = _x(T=12)
     want = layer(x)
     cache = layer.new_cache(2)
-    assert isinstance(cache, UQKVCache) and cache.dtype == F64 and cache.window == window
+    assert isinstance(cache, UQKVCache) and cache.dtype == F64 and cache.lookahead == lookahead
     with torch.no_grad():
         outs = [layer(x[:, :prefill], cache=cache)] if prefill else []
         outs += [layer(x[:, t : t + 1], cache=cache) for t in range(prefill, 12)]
@@ -128,7 +128,7 @@ def test_cached_decoding_equals_parallel(window: int | None, prefill: int) -> No
     q_u, k_u, v_u, *_ = layer.project(x)
     from attnlab.ops.castle import lookahead_keys_at
 
-    torch.testing.assert_close(cache.state().u, lookahead_keys_at(q_u, k_u, v_u, 11, window=window), atol=1e-12, rtol=0)
+    torch.testing.assert_close(cache.state().u, lookahead_keys_at(q_u, k_u, v_u, 11, lookahead=lookahead), atol=1e-12, rtol=0)
 
 
 def test_errors() -> None:
@@ -142,8 +142,8 @@ def test_errors() -> None:
         layer(x.float())
     with pytest.raises(ValueError, match=r"x device must be the layer's parameter device cpu, got meta"):
         layer(x.to("meta"))
-    with pytest.raises(ValueError, match="cache was built for window=3, but this layer has window=None"):
-        layer(x, cache=_layer(window=3).new_cache(2))
+    with pytest.raises(ValueError, match="cache was built for lookahead=3, but this layer has lookahead=None"):
+        layer(x, cache=_layer(lookahead=3).new_cache(2))
     layer.impl = "nope"
     with pytest.raises(ValueError, match="impl must be one of"):
         layer(x)
@@ -152,8 +152,8 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="rope=True needs an even head_dim, got head_dim=3"):
         CastleConfig(d_model=24, n_heads=8)
     CastleConfig(d_model=24, n_heads=8, rope=False)  # odd head dim is fine without RoPE
-    with pytest.raises(ValueError, match="window must be None or an int >= 0, got window=-2"):
-        CastleConfig(d_model=24, n_heads=4, window=-2)
+    with pytest.raises(ValueError, match="lookahead must be None or an int >= 0, got lookahead=-2"):
+        CastleConfig(d_model=24, n_heads=4, lookahead=-2)
     with pytest.raises(ValueError, match="dropout must be a float in \\[0, 1\\), got 1.5"):
         CastleConfig(d_model=24, n_heads=4, dropout=1.5)
     with pytest.raises(TypeError):

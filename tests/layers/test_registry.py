@@ -51,6 +51,18 @@ def test_defaults_and_verify_options_must_use_the_new_names() -> None:
         MechanismSpec(name="toy", description="toy", make_config=_ToyConfig, causal=True, renamed={"x": ("x", "")})
 
 
+@pytest.mark.parametrize("name", ["castle", "castle-swl"])
+def test_castle_renamed_window_and_block_size(name: str) -> None:
+    with pytest.raises(ValueError, match=rf"^{name}: option 'window' was renamed 'lookahead' \(the paper's W: .*"
+                                         r"current token not counted\); pass lookahead=3 instead$"):
+        registry.build(name, d_model=24, n_heads=4, window=3)
+    with pytest.raises(ValueError, match=rf"^{name}: option 'block_size' was renamed 'chunk_size' .*"
+                                         r"pass chunk_size=16 instead$"):
+        registry.get(name).config(d_model=24, n_heads=4, block_size=16)
+    cfg = registry.get(name).config(d_model=24, n_heads=4, lookahead=3, chunk_size=16)
+    assert (cfg.lookahead, cfg.chunk_size) == (3, 16)
+
+
 def test_every_registered_spec_uses_current_names() -> None:
     # MechanismSpec.__post_init__ already refuses old names in defaults/verify_options; the old names must also not
     # be real config fields any more (a rename that left the old field behind would be ambiguous)

@@ -35,17 +35,17 @@ def test_wrong_rank_and_dtype() -> None:
         castle_attention(*xs)
 
 
-@pytest.mark.parametrize("window", [-1, -7])
-def test_negative_window(window: int) -> None:
-    with pytest.raises(ValueError, match=f"window must be None or an int >= 0, got window={window}"):
-        castle_attention(*_inputs(), window=window)
+@pytest.mark.parametrize("lookahead", [-1, -7])
+def test_negative_lookahead(lookahead: int) -> None:
+    with pytest.raises(ValueError, match=f"lookahead must be None or an int >= 0, got lookahead={lookahead}"):
+        castle_attention(*_inputs(), lookahead=lookahead)
 
 
 def test_non_int_window() -> None:
-    with pytest.raises(ValueError, match="window must be None or an int >= 0, got window=2.5"):
-        castle_attention(*_inputs(), window=2.5)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="window must be None or an int >= 0, got window=True"):
-        castle_attention(*_inputs(), window=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lookahead must be None or an int >= 0, got lookahead=2.5"):
+        castle_attention(*_inputs(), lookahead=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lookahead must be None or an int >= 0, got lookahead=True"):
+        castle_attention(*_inputs(), lookahead=True)  # type: ignore[arg-type]
 
 
 def test_empty_sequence() -> None:
@@ -59,9 +59,9 @@ def test_bad_impl_lists_valid_ones() -> None:
         castle_attention(*_inputs(), impl="flash")  # type: ignore[arg-type]
 
 
-def test_bad_block_size_and_scale() -> None:
-    with pytest.raises(ValueError, match="block_size must be an int >= 1, got block_size=0"):
-        castle_attention(*_inputs(), impl="chunked", block_size=0)
+def test_bad_chunk_size_and_scale() -> None:
+    with pytest.raises(ValueError, match="chunk_size must be an int >= 1, got chunk_size=0"):
+        castle_attention(*_inputs(), impl="chunked", chunk_size=0)
     with pytest.raises(ValueError, match="scale must be None or a finite float, got scale=nan"):
         castle_attention(*_inputs(), scale=float("nan"))
 
@@ -84,7 +84,7 @@ def test_triton_dispatch_on_cuda_matches_parallel() -> None:
 
     assert triton_available(), "CUDA is present but attnlab.ops.castle.triton_kernel does not import"
     xs = [torch.randn(2, 3, 70, 32, device="cuda") for _ in range(6)]
-    want = castle_parallel(*[x.double() for x in xs], window=5)
+    want = castle_parallel(*[x.double() for x in xs], lookahead=5)
     for impl in ("triton", "auto"):
-        got = castle_attention(*xs, window=5, impl=impl)
+        got = castle_attention(*xs, lookahead=5, impl=impl)
         torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=0)  # fp32 kernel vs fp64 Theorem 1

@@ -31,14 +31,14 @@ def test_heads_per_group_bounds() -> None:
 # items -> heads per group with N = 4 blocks (T = 13, block 4) and B*H = 6: 1 -> 1 head, 12 -> 3 heads,
 # 16 -> 4 heads (ragged: groups of 4 and 2), 10**6 -> all 6 heads in one group
 @pytest.mark.parametrize("items", [1, 12, 16, 10**6])
-@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("lookahead", [None, 3])
 def test_grouped_heads_equal_parallel_outputs_and_grads(monkeypatch: pytest.MonkeyPatch, items: int,
-                                                         window: int | None) -> None:
+                                                         lookahead: int | None) -> None:
     monkeypatch.setattr(chunked_mod, "_ITEMS_PER_GEMM", items)
     xs = _inputs(2, 3, 13, 4)
     go = torch.randn(2, 3, 13, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
-    want = castle_parallel(*xs, window=window)
-    got = castle_chunked(*xs, window=window, block_size=4)
+    want = castle_parallel(*xs, lookahead=lookahead)
+    got = castle_chunked(*xs, lookahead=lookahead, chunk_size=4)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)  # float64: rounding only
     gw = torch.autograd.grad(want, xs, go)
     gg = torch.autograd.grad(got, xs, go)
@@ -50,8 +50,8 @@ def test_grouped_heads_are_independent(monkeypatch: pytest.MonkeyPatch) -> None:
     """One head per group gives bit-for-bit the same per-head result as running that head alone."""
     monkeypatch.setattr(chunked_mod, "_ITEMS_PER_GEMM", 1)
     xs = _inputs(1, 3, 11, 4, seed=3)
-    full = castle_chunked(*xs, block_size=4)
-    alone = castle_chunked(*(x[:, 1:2] for x in xs), block_size=4)
+    full = castle_chunked(*xs, chunk_size=4)
+    alone = castle_chunked(*(x[:, 1:2] for x in xs), chunk_size=4)
     assert torch.equal(full[:, 1:2], alone)
 
 
@@ -66,7 +66,7 @@ def test_grouped_heads_save_only_linear_memory(monkeypatch: pytest.MonkeyPatch) 
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = castle_chunked(*xs, block_size=8)
+        out = castle_chunked(*xs, chunk_size=8)
     out.sum().backward()
     linear = B * H * T * D  # one T x T matrix per head would be B*H*T*T = 12288
     assert sizes and max(sizes) <= linear, sizes

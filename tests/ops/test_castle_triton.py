@@ -46,14 +46,14 @@ F64 = dict(atol=1e-12, rtol=1e-10)
 F32 = dict(atol=2e-5, rtol=1e-4)
 
 
-def reference(qu, ku, vu, qc, kc, vc, window, scale):
+def reference(qu, ku, vu, qc, kc, vc, lookahead, scale):
     """Theorem 1 (eqs. 11-12), O(T^3), any shape (..., T, D)."""
     t = qu.shape[-2]
     i = torch.arange(t, device=qu.device)
     causal = i[:, None] >= i[None, :]  # (T, T) M~^C
     la = i[:, None] < i[None, :]  # (T, T) M^U: owner s < contributor j
-    if window is not None:
-        la = la & (i[None, :] <= i[:, None] + window)
+    if lookahead is not None:
+        la = la & (i[None, :] <= i[:, None] + lookahead)
     g = torch.where(la, torch.sigmoid(qu @ ku.transpose(-1, -2) * scale), 0.0)  # (B, H, T, T)
     su = torch.where(causal, qc @ vu.transpose(-1, -2) * scale, 0.0) @ g.transpose(-1, -2)  # (B, H, T, T)
     a = torch.where(causal, qc @ kc.transpose(-1, -2) * scale - F.silu(su), float("-inf"))  # (B, H, T, T)
@@ -70,14 +70,14 @@ def inputs(b, h, t, d, dtype=torch.float64, device="cpu", seed=0, spread=1.0):
     ]
 
 
-def compare(xs, window, scale, tol, block_size=16, ref_dtype=torch.float64):
+def compare(xs, lookahead, scale, tol, chunk_size=16, ref_dtype=torch.float64):
     """Kernel vs reference (evaluated in ref_dtype on the same input values): output and all six gradients."""
-    out = castle_triton(*xs, window, scale, block_size=block_size)
+    out = castle_triton(*xs, lookahead, scale, chunk_size=chunk_size)
     assert out.dtype == xs[0].dtype and out.shape == xs[0].shape
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     grads = torch.autograd.grad(out, xs, grad_out.to(device=out.device, dtype=out.dtype))
     xr = [x.detach().to(ref_dtype).requires_grad_(True) for x in xs]
-    ref = reference(*xr, window, scale)
+    ref = reference(*xr, lookahead, scale)
     ref_grads = torch.autograd.grad(ref, xr, grad_out.to(device=ref.device, dtype=ref_dtype))
     torch.testing.assert_close(out.to(ref_dtype), ref, **tol, msg=lambda m: f"output: {m}")
     for name, g1, g2 in zip(("q_u", "k_u", "v_u", "q_c", "k_c", "v_c"), grads, ref_grads):
@@ -90,7 +90,7 @@ def compare(xs, window, scale, tol, block_size=16, ref_dtype=torch.float64):
 
 @needs_interp
 @pytest.mark.parametrize(
-    "t,window",
+    "t,lookahead",
     [
         (1, None),  # one token: o = v_c, all lookahead gradients 0
         (5, None),  # T < block: one partial block
@@ -103,16 +103,16 @@ def compare(xs, window, scale, tol, block_size=16, ref_dtype=torch.float64):
         (33, 100),  # W >= T - 1 (clamped on the host)
     ],
 )
-def test_float64_matches_theorem1(t, window):
+def test_float64_matches_theorem1(t, lookahead):
     # float64 tolerance F64 (1e-12 abs); scale 0.3 is not a power of two (checks the host-side scale folding)
-    compare(inputs(1, 2, t, 16), window, 0.3, F64)
+    compare(inputs(1, 2, t, 16), lookahead, 0.3, F64)
 
 
 @needs_interp
-@pytest.mark.parametrize("t,window", [(5, None), (33, None), (33, 5)])
-def test_float32_matches_theorem1(t, window):
+@pytest.mark.parametrize("t,lookahead", [(5, None), (33, None), (33, 5)])
+def test_float32_matches_theorem1(t, lookahead):
     # float32 kernel vs float64 reference on the same values: tolerance F32 (2e-5 abs, 1e-4 rel)
-    compare(inputs(1, 2, t, 16, dtype=torch.float32), window, 16**-0.5, F32)
+    compare(inputs(1, 2, t, 16, dtype=torch.float32), lookahead, 16**-0.5, F32)
 
 
 def _rel_err(a, b):
@@ -144,10 +144,10 @@ def test_half_precision_relative_error(dtype, max_rel):
 
 
 @needs_interp
-@pytest.mark.parametrize("t,window", [(70, None), (70, 20)])
-def test_deep_wavefront(t, window):
+@pytest.mark.parametrize("t,lookahead", [(70, None), (70, 20)])
+def test_deep_wavefront(t, lookahead):
     # 5 blocks of 16: D_0 is updated 4 times and un-updated 4 times in the backward; float64, tolerance F64
-    compare(inputs(1, 1, t, 16, seed=3), window, 0.25, F64)
+    compare(inputs(1, 1, t, 16, seed=3), lookahead, 0.25, F64)
 
 
 @needs_interp
@@ -158,9 +158,9 @@ def test_head_dim_padding(d):
 
 
 @needs_interp
-def test_block_size_32_and_batch():
+def test_chunk_size_32_and_batch():
     # a different blocking (block 32 -> 2 blocks at T=40) and B=2; float64, tolerance F64
-    compare(inputs(2, 1, 40, 16, seed=5), 9, 0.25, F64, block_size=32)
+    compare(inputs(2, 1, 40, 16, seed=5), 9, 0.25, F64, chunk_size=32)
 
 
 @needs_interp
@@ -176,9 +176,9 @@ def test_matches_package_parallel_form():
     from attnlab.ops.castle.parallel import castle_parallel
 
     xs = inputs(1, 2, 21, 16, seed=9)
-    for window in (None, 3):
-        out = castle_triton(*xs, window, 0.25)
-        torch.testing.assert_close(out, castle_parallel(*xs, window=window, scale=0.25), **F64)
+    for lookahead in (None, 3):
+        out = castle_triton(*xs, lookahead, 0.25)
+        torch.testing.assert_close(out, castle_parallel(*xs, lookahead=lookahead, scale=0.25), **F64)
 
 
 @needs_interp
@@ -191,7 +191,7 @@ def test_lookahead_term_is_not_negligible():
 
 
 @needs_interp
-def test_window_zero_and_zero_vu_are_standard_attention():
+def test_lookahead_zero_and_zero_vu_are_standard_attention():
     # spec §7.1 invariant 5; float64, tolerance F64
     qu, ku, vu, qc, kc, vc = inputs(1, 2, 33, 16)
     plain = F.scaled_dot_product_attention(qc, kc, vc, is_causal=True, scale=0.25)
@@ -200,7 +200,7 @@ def test_window_zero_and_zero_vu_are_standard_attention():
 
 
 @needs_interp
-def test_window_at_least_t_minus_1_is_full_castle():
+def test_lookahead_at_least_t_minus_1_is_full_castle():
     xs = inputs(1, 1, 21, 16)
     full = castle_triton(*xs, None, 0.25)
     torch.testing.assert_close(castle_triton(*xs, 20, 0.25), full, atol=0.0, rtol=0.0)  # same kernels, same math
@@ -258,13 +258,13 @@ def test_empty_sequence():
 @settings(max_examples=6, deadline=None)
 @given(
     t=st.integers(1, 40),
-    window=st.one_of(st.none(), st.integers(0, 40)),
+    lookahead=st.one_of(st.none(), st.integers(0, 40)),
     d=st.sampled_from([8, 16]),
     seed=st.integers(0, 2**16),
 )
-def test_property_float64(t, window, d, seed):
-    # random lengths / windows / seeds; float64, tolerance F64
-    compare(inputs(1, 1, t, d, seed=seed), window, d**-0.5, F64)
+def test_property_float64(t, lookahead, d, seed):
+    # random lengths / lookaheads / seeds; float64, tolerance F64
+    compare(inputs(1, 1, t, d, seed=seed), lookahead, d**-0.5, F64)
 
 
 def test_interpreter_suite_in_subprocess():
@@ -296,10 +296,10 @@ from attnlab.ops.castle.triton_fwd import castle_fwd_step
 
 ptr = {"fwd": dict.fromkeys(["QU", "KU", "VU", "QC", "KC", "VC", "O"], "*bf16"),
        "bwd": dict.fromkeys(["QU", "KU", "VU", "QC", "KC", "VC", "DO"], "*bf16")}
-ints = {"T", "k", "window", "stride_in", "stride_st", "stride_row", "stride_vec"}
-consts = {"HAS_WINDOW": True, "BLOCK": 64, "HEAD_D": 64, "PREC": "tf32", "MM_DT": tl.bfloat16}
+ints = {"T", "k", "lookahead", "stride_in", "stride_st", "stride_row", "stride_vec"}
+consts = {"HAS_LOOKAHEAD": True, "CHUNK": 64, "HEAD_D": 64, "PREC": "tf32", "MM_DT": tl.bfloat16}
 for name, fn in (("fwd", castle_fwd_step), ("bwd", castle_bwd_step)):
-    jf = triton.jit(fn, do_not_specialize=["k", "window"])
+    jf = triton.jit(fn, do_not_specialize=["k", "lookahead"])
     sig = {}
     for a in jf.arg_names:
         sig[a] = ("constexpr" if a in consts else "i32" if a in ints else "fp32" if a == "scale"
@@ -344,20 +344,20 @@ def test_rejects_mismatched_inputs(mutate, match):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(window=-1), "window must be None or an int >= 0"),
-        (dict(window=True), "window must be None or an int >= 0"),
-        (dict(window=2.5), "window must be None or an int >= 0"),
+        (dict(lookahead=-1), "lookahead must be None or an int >= 0"),
+        (dict(lookahead=True), "lookahead must be None or an int >= 0"),
+        (dict(lookahead=2.5), "lookahead must be None or an int >= 0"),
         (dict(scale=float("nan")), "scale must be a finite float"),
-        (dict(block_size=24), "block_size must be None or a power of two >= 16"),
-        (dict(block_size=8), "block_size must be None or a power of two >= 16"),
+        (dict(chunk_size=24), "chunk_size must be None or a power of two >= 16"),
+        (dict(chunk_size=8), "chunk_size must be None or a power of two >= 16"),
     ],
 )
 def test_rejects_bad_arguments(kwargs, match):
     xs = [x.detach() for x in inputs(1, 1, 4, 16)]
-    args = dict(window=None, scale=0.25) | kwargs
-    block = args.pop("block_size", None)
+    args = dict(lookahead=None, scale=0.25) | kwargs
+    block = args.pop("chunk_size", None)
     with pytest.raises(ValueError, match=match):
-        castle_triton(*xs, args["window"], args["scale"], block_size=block)
+        castle_triton(*xs, args["lookahead"], args["scale"], chunk_size=block)
 
 
 def test_rejects_head_dim_and_dtype():
@@ -398,15 +398,15 @@ def test_cpu_without_interpreter_raises_clear_error():
 # ------------------------------------------------------------------------------------------------ GPU tier
 
 
-def _gpu_case(b, h, t, d, dtype, window, max_rel):
+def _gpu_case(b, h, t, d, dtype, lookahead, max_rel):
     """Compiled kernel vs float64 Theorem-1 reference on the same (rounded) inputs, relative Frobenius error."""
     xs = inputs(b, h, t, d, dtype=dtype, device="cuda", seed=t + d)
     scale = d**-0.5
-    out = castle_triton(*xs, window, scale)
+    out = castle_triton(*xs, lookahead, scale)
     go = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).cuda()
     grads = torch.autograd.grad(out, xs, go.to(dtype))
     xr = [x.detach().double().requires_grad_(True) for x in xs]
-    ref = reference(*xr, window, scale)
+    ref = reference(*xr, lookahead, scale)
     ref_grads = torch.autograd.grad(ref, xr, go)
     errs = {"out": _rel_err(out, ref)}
     errs |= {n: _rel_err(g1, g2) for n, g1, g2 in zip(("q_u", "k_u", "v_u", "q_c", "k_c", "v_c"), grads, ref_grads)}
@@ -416,10 +416,10 @@ def _gpu_case(b, h, t, d, dtype, window, max_rel):
 
 @pytest.mark.gpu
 @needs_compiled_gpu
-@pytest.mark.parametrize("window", [None, 128])
-def test_gpu_float32_t1024(window):
+@pytest.mark.parametrize("lookahead", [None, 128])
+def test_gpu_float32_t1024(lookahead):
     # float32 with IEEE dots: relative Frobenius error <= 1e-4 for the output and every gradient
-    _gpu_case(2, 4, 1024, 64, torch.float32, window, 1e-4)
+    _gpu_case(2, 4, 1024, 64, torch.float32, lookahead, 1e-4)
 
 
 @pytest.mark.gpu
@@ -434,10 +434,10 @@ def test_gpu_float32_t1024(window):
         (torch.bfloat16, 3e-2),
     ],
 )
-@pytest.mark.parametrize("window", [None, 128])
-def test_gpu_half_t1024(dtype, max_rel, window):
+@pytest.mark.parametrize("lookahead", [None, 128])
+def test_gpu_half_t1024(dtype, max_rel, lookahead):
     # relative Frobenius error of the output and every gradient vs float64 Theorem 1 on the same rounded inputs
-    _gpu_case(2, 4, 1024, 64, dtype, window, max_rel)
+    _gpu_case(2, 4, 1024, 64, dtype, lookahead, max_rel)
 
 
 @pytest.mark.gpu

@@ -51,7 +51,7 @@ def test_castle_checks_apply_only_to_castle() -> None:
 
 def test_swl_check_really_uses_a_window() -> None:
     layer = vcastle._build(get("castle-swl"), VerifyOptions())
-    assert layer.window == 3 < VerifyOptions().seq_len - 1  # W=3 at T=13 masks something
+    assert layer.lookahead == 3 < VerifyOptions().seq_len - 1  # W=3 at T=13 masks something
 
 
 def test_float32_run_passes_with_looser_tolerance() -> None:
@@ -81,11 +81,11 @@ def test_decode_catches_a_wrong_rank1_update(monkeypatch: pytest.MonkeyPatch) ->
     assert _failed("castle-decode", "castle-swl")
 
 
-def test_reductions_catch_a_window_off_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reductions_catch_a_lookahead_off_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
     real = castle_api.castle_chunked
 
-    def broken(*xs, window=None, **kw):
-        return real(*xs, window=None if window is None else window + 1, **kw)
+    def broken(*xs, lookahead=None, **kw):
+        return real(*xs, lookahead=None if lookahead is None else lookahead + 1, **kw)
 
     monkeypatch.setattr(castle_api, "castle_chunked", broken)
     failed = _failed("castle-reductions", "castle")

@@ -50,7 +50,7 @@ TIME_TARGET = 2.5  # CASTLE / standard time on CPU, forward and forward+backward
 DECODE_TARGET = 2.0  # CASTLE / standard per-token decode latency
 MEMORY_EXPONENT_TARGET = 1.1  # CASTLE's own peak memory ~ T^p with p <= this
 PARALLEL_CPU_BUDGET = 2.0 * GiB  # the naive parallel form is not run where its projected peak exceeds this on CPU
-CHECK_T = 80  # correctness checks run at this length: > the chunked block size 64, with a ragged last block
+CHECK_T = 80  # correctness checks run at this length: > the chunked form's chunk_size 64, with a ragged last chunk
 DECODE_STEPS_CHECKED = 6  # decode check: prefill CHECK_T - 6 tokens, then 6 single steps
 
 TIME_COLUMNS = ["T", "status", "castle impl", "standard fwd ms", "castle fwd ms", "fwd ratio",

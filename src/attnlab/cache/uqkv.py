@@ -3,8 +3,9 @@
 Shape legend: B batch, H heads, t cached positions, T new positions, r retained rows of Q^U, D head dim.
 
 Per head and token the cache holds ``U`` (updated in place by a rank-1 term at every step, eq. 13), ``Q^U``,
-``K^C`` and ``V^C``: 4 D numbers against a KV cache's 2 D. For CASTLE-SWL only the last ``W`` rows of ``Q^U``
-are kept (older rows are never updated again); ``U`` is kept in full.
+``K^C`` and ``V^C``: 4 D numbers against a KV cache's 2 D. For CASTLE-SWL (``lookahead=W``: a lookahead key
+summarises the next ``W`` tokens, the current one not counted) only the last ``W`` rows of ``Q^U`` are kept (older
+rows are never updated again); ``U`` is kept in full.
 
 Storage is preallocated and grows by doubling (no quadratic ``torch.cat``); ``Q^U`` of SWL lives in a buffer of
 ``2 W`` rows compacted every ``W`` steps (O(D) amortised per step). ``memory_bytes`` counts the allocated buffers.
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from attnlab._validation import check_int, resolve_device_dtype
 from attnlab.cache.base import AttentionCache
-from attnlab.ops.castle.api import CastleImpl, _resolve_scale, validate_inputs, validate_window
+from attnlab.ops.castle.api import CastleImpl, _resolve_scale, validate_inputs, validate_lookahead
 from attnlab.ops.castle.decode import (
     CastleState,
     castle_decode_step,
@@ -40,19 +41,20 @@ class UQKVCache(AttentionCache):
 
     Args:
         batch_size, n_heads, head_dim: shape of what it holds, ``(B, H, t, D)``.
-        window: the layer's CASTLE-SWL window ``W`` (``None`` for full CASTLE); it decides which rows of ``Q^U`` and
-            ``U`` a new token updates, so it must equal the window of the layer using the cache.
+        lookahead: the layer's CASTLE-SWL ``W`` (the paper's W: the lookahead key of token ``s`` summarises
+            ``x_{s+1..s+W}``, the current token not counted; ``None`` for full CASTLE); it decides which rows of
+            ``Q^U`` and ``U`` a new token updates, so it must equal the ``lookahead`` of the layer using the cache.
         device, dtype: where and how tensors are stored; must match the layer.
         capacity: positions allocated at the first write (then doubled as needed).
     """
 
-    def __init__(self, batch_size: int, n_heads: int, head_dim: int, *, window: int | None = None,
+    def __init__(self, batch_size: int, n_heads: int, head_dim: int, *, lookahead: int | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  capacity: int = _MIN_CAPACITY) -> None:
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.n_heads = check_int("n_heads", n_heads, 1)
         self.head_dim = check_int("head_dim", head_dim, 1)
-        self.window = validate_window(window)
+        self.lookahead = validate_lookahead(lookahead)
         self.device, self.dtype = resolve_device_dtype(device, dtype)
         self._initial_capacity = check_int("capacity", capacity, 1)
         self.reset()
@@ -97,27 +99,27 @@ class UQKVCache(AttentionCache):
 
     # ---- writes ---------------------------------------------------------------------------------------------
     def extend(self, q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Tensor, v_c: Tensor, *,
-               scale: float | None = None, impl: CastleImpl = "auto", block_size: int = 64) -> Tensor:
+               scale: float | None = None, impl: CastleImpl = "auto", chunk_size: int = 64) -> Tensor:
         """Consume ``T`` new tokens (six ``(B, H, T, D)`` projections, already position-encoded); return ``(B, H, T, D)``.
 
         An empty cache is prefilled in one pass (Algorithm 4, with ``impl``); otherwise tokens are decoded one at
-        a time (Algorithm 5).
+        a time (Algorithm 5). ``chunk_size`` is the chunked form's (used by the prefill only).
         """
         self._check(q_u, k_u, v_u, q_c, k_c, v_c)
         if self._seq_len == 0 and q_u.shape[2] > 1:
-            return self.prefill(q_u, k_u, v_u, q_c, k_c, v_c, scale=scale, impl=impl, block_size=block_size)
+            return self.prefill(q_u, k_u, v_u, q_c, k_c, v_c, scale=scale, impl=impl, chunk_size=chunk_size)
         outs = [self.step(*(x[:, :, i : i + 1] for x in (q_u, k_u, v_u, q_c, k_c, v_c)), scale=scale)
                 for i in range(q_u.shape[2])]
         return torch.cat(outs, dim=2)
 
     def prefill(self, q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Tensor, v_c: Tensor, *,
-                scale: float | None = None, impl: CastleImpl = "auto", block_size: int = 64) -> Tensor:
+                scale: float | None = None, impl: CastleImpl = "auto", chunk_size: int = 64) -> Tensor:
         """Algorithm 4 on an empty cache: outputs ``(B, H, T, D)``; stores ``U^T``, ``Q^U``, ``K^C``, ``V^C``."""
         self._check(q_u, k_u, v_u, q_c, k_c, v_c)
         if self._seq_len:
             raise ValueError(f"prefill needs an empty cache, but seq_len={self._seq_len}; use extend() or step()")
-        out, st = castle_prefill(q_u, k_u, v_u, q_c, k_c, v_c, window=self.window, scale=scale, impl=impl,
-                                 block_size=block_size)
+        out, st = castle_prefill(q_u, k_u, v_u, q_c, k_c, v_c, lookahead=self.lookahead, scale=scale,
+                                 impl=impl, chunk_size=chunk_size)
         T = q_u.shape[2]
         if any(x.requires_grad for x in st):
             self._state = st
@@ -143,7 +145,7 @@ class UQKVCache(AttentionCache):
             state = self.state()
             if self._state is None:
                 state = CastleState(*(x.clone() for x in state))
-            out, self._state = castle_decode_step(*xs, state, window=self.window, scale=scale)
+            out, self._state = castle_decode_step(*xs, state, lookahead=self.lookahead, scale=scale)
             self._u = self._qu = self._kc = self._vc = None
             self._seq_len += 1
             return out
@@ -191,20 +193,20 @@ class UQKVCache(AttentionCache):
                 new[:, :, :t].copy_(old[:, :, :t])
             bufs.append(new)
         self._u, self._kc, self._vc = bufs
-        if self.window is None:  # Q^U grows with the sequence
+        if self.lookahead is None:  # Q^U grows with the sequence
             new = self._new(cap)
             if self._qu is not None and self._qu_len:
                 new[:, :, : self._qu_len].copy_(self._qu[:, :, self._qu_start : self._qu_start + self._qu_len])
             self._qu, self._qu_start = new, 0
         elif self._qu is None:  # SWL: a fixed buffer of 2W rows
-            self._qu = self._new(2 * self.window)
+            self._qu = self._new(2 * self.lookahead)
 
     def _append_qu(self, rows: Tensor) -> None:
         """Append rows of ``Q^U`` ``(B, H, n, D)``, keeping only the rows later tokens can still update."""
         assert self._qu is not None
         n = rows.shape[2]
-        if self.window is not None:
-            W = self.window
+        if self.lookahead is not None:
+            W = self.lookahead
             rows = rows[:, :, max(0, n - W) :]
             n = rows.shape[2]
             if n == 0:
@@ -217,10 +219,10 @@ class UQKVCache(AttentionCache):
         end = self._qu_start + self._qu_len
         self._qu[:, :, end : end + n].copy_(rows)
         self._qu_len += n
-        if self.window is not None and self._qu_len > self.window:
-            self._qu_start += self._qu_len - self.window
-            self._qu_len = self.window
+        if self.lookahead is not None and self._qu_len > self.lookahead:
+            self._qu_start += self._qu_len - self.lookahead
+            self._qu_len = self.lookahead
 
     def __repr__(self) -> str:
         return (f"UQKVCache(batch_size={self.batch_size}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
-                f"window={self.window}, seq_len={self.seq_len}, capacity={self.capacity})")
+                f"lookahead={self.lookahead}, seq_len={self.seq_len}, capacity={self.capacity})")

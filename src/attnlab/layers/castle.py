@@ -26,7 +26,14 @@ from attnlab._validation import check_bool, check_float, check_head_geometry, ch
 from attnlab.cache.uqkv import UQKVCache
 from attnlab.layers.registry import MechanismSpec, register
 from attnlab.layers.rope import apply_rope
-from attnlab.ops.castle.api import IMPLS, CastleImpl, castle_attention, triton_available, validate_window
+from attnlab.ops.castle.api import (
+    IMPLS,
+    CastleImpl,
+    castle_attention,
+    triton_available,
+    validate_chunk_size,
+    validate_lookahead,
+)
 
 __all__ = ["CastleConfig", "CastleAttention", "heads_for_parity"]
 
@@ -50,12 +57,16 @@ class CastleConfig:
         n_heads: CASTLE heads ``H`` (see :func:`heads_for_parity` to match a standard layer's parameters).
         head_dim: per-head dim ``D``; ``None`` means ``d_model // n_heads`` (which must divide). With an explicit
             value ``W^O`` maps ``H D -> d_model`` (the paper's M: 9 heads of 64 -> 1024).
-        window: CASTLE-SWL lookahead window ``W`` (``None``: full CASTLE; the paper uses 128 for S, 512 otherwise).
+        lookahead: CASTLE-SWL's ``W``, the paper's W (eq. 9): the lookahead key of token ``s`` summarises
+            ``x_{s+1..s+W}``; the current token is not counted, so ``0`` is allowed (standard causal attention).
+            ``None``: full CASTLE. The paper uses 128 for S, 512 otherwise. Not a ``window``: everywhere else in
+            attnlab a ``window`` counts the current token (``sliding-window``'s ``window=w`` sees ``i-w+1 .. i``).
         rope: RoPE on ``q^C, k^C, q^U, k^U, v^U`` (needs an even head dim).
         rope_base: RoPE frequency base.
         impl: backend of :func:`~attnlab.ops.castle.castle_attention` (``"auto"``, ``"reference"``,
             ``"parallel"``, ``"chunked"``, ``"triton"``); the module's ``impl`` may be reassigned later.
-        block_size: block size of the chunked form (and of the prefill's lookahead-key pass).
+        chunk_size: positions per chunk of the chunked form (and of the prefill's lookahead-key pass); not a
+            context length.
         dropout: dropout on the layer output (after ``W^O``), training mode only. The attention probabilities are
             not dropped: the blocked and Triton forms have no dropout.
     """
@@ -63,23 +74,23 @@ class CastleConfig:
     d_model: int
     n_heads: int
     head_dim: int | None = None
-    window: int | None = None
+    lookahead: int | None = None
     rope: bool = True
     rope_base: float = 10000.0
     impl: CastleImpl = "auto"
-    block_size: int = 64
+    chunk_size: int = 64
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
         check_head_geometry(self.d_model, self.n_heads, self.head_dim)
-        validate_window(self.window)
+        validate_lookahead(self.lookahead)
         check_bool("rope", self.rope)
         if self.rope and self.resolved_head_dim % 2:
             raise ValueError(f"rope=True needs an even head_dim, got head_dim={self.resolved_head_dim}")
         check_float("rope_base", self.rope_base, low=1, low_inclusive=False)
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
-        check_int("block_size", self.block_size, 1)
+        validate_chunk_size(self.chunk_size)
         check_float("dropout", self.dropout, low=0, high=1)
 
     @property
@@ -101,11 +112,11 @@ class CastleAttention(nn.Module):
         self.d_model = config.d_model
         self.n_heads = config.n_heads
         self.head_dim = config.resolved_head_dim
-        self.window = config.window
+        self.lookahead = config.lookahead
         self.rope = config.rope
         self.rope_base = float(config.rope_base)
         self.impl: str = config.impl
-        self.block_size = config.block_size
+        self.chunk_size = config.chunk_size
         HD = self.n_heads * self.head_dim
         self.in_proj = nn.Linear(config.d_model, 6 * HD, bias=False)  # rows [q_u | k_u | v_u | q_c | k_c | v_c]
         self.out_proj = nn.Linear(HD, config.d_model, bias=False)
@@ -128,7 +139,7 @@ class CastleAttention(nn.Module):
                   dtype: torch.dtype | None = None) -> UQKVCache:
         """An empty :class:`~attnlab.cache.uqkv.UQKVCache` for this layer (defaults: the layer's device and dtype)."""
         w = self.in_proj.weight
-        return UQKVCache(batch_size, self.n_heads, self.head_dim, window=self.window,
+        return UQKVCache(batch_size, self.n_heads, self.head_dim, lookahead=self.lookahead,
                          device=w.device if device is None else device, dtype=w.dtype if dtype is None else dtype)
 
     def forward(self, x: Tensor, *, context: Tensor | None = None, cache: UQKVCache | None = None) -> Tensor:
@@ -145,20 +156,21 @@ class CastleAttention(nn.Module):
             raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
         B, T, _ = x.shape
         if cache is None:
-            heads = castle_attention(*self.project(x), window=self.window, impl=self.impl,  # type: ignore[arg-type]
-                                     block_size=self.block_size)  # (B, H, T, D)
+            heads = castle_attention(*self.project(x), lookahead=self.lookahead,  # type: ignore[arg-type]
+                                     impl=self.impl, chunk_size=self.chunk_size)  # (B, H, T, D)
         else:
             if not isinstance(cache, UQKVCache):
                 raise ValueError(f"cache must be a UQKVCache from new_cache(), got {type(cache).__name__}")
-            if cache.window != self.window:
-                raise ValueError(f"cache was built for window={cache.window}, but this layer has window={self.window}")
+            if cache.lookahead != self.lookahead:
+                raise ValueError(f"cache was built for lookahead={cache.lookahead}, but this layer has "
+                                 f"lookahead={self.lookahead}")
             heads = cache.extend(*self.project(x, cache.seq_len), impl=self.impl,  # type: ignore[arg-type]
-                                 block_size=self.block_size)  # (B, H, T, D)
+                                 chunk_size=self.chunk_size)  # (B, H, T, D)
         out = heads.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H D)
         return self.drop(self.out_proj(out))
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, window={self.window}, "
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, lookahead={self.lookahead}, "
                 f"rope={self.rope}, impl={self.impl!r}")
 
 
@@ -166,6 +178,13 @@ def _backends() -> tuple[str, ...]:
     base = ("reference", "parallel", "chunked")
     return base + ("triton",) if triton_available() else base
 
+
+# Options renamed so that each name has one meaning across attnlab: a ``window`` counts the current token everywhere
+# else, and ``block_size`` was also the LM's context length.
+_RENAMED = {
+    "window": ("lookahead", "the paper's W: a lookahead key covers the next W tokens, the current token not counted"),
+    "block_size": ("chunk_size", "positions per chunk of the chunked form"),
+}
 
 register(MechanismSpec(
     name="castle",
@@ -175,16 +194,18 @@ register(MechanismSpec(
     cache="uq-kv",
     backends=_backends(),
     heads_for_parity=heads_for_parity,
+    renamed=_RENAMED,
 ))
 
 register(MechanismSpec(
     name="castle-swl",
-    description="CASTLE-SWL: CASTLE with a sliding window W on the lookahead keys (default W=128)",
+    description="CASTLE-SWL: each lookahead key covers only the next W tokens (lookahead=W, default 128)",
     make_config=CastleConfig,
     causal=True,
     cache="uq-kv",
     backends=_backends(),
     heads_for_parity=heads_for_parity,
-    defaults={"window": 128},
-    verify_options={"window": 3},
+    defaults={"lookahead": 128},
+    verify_options={"lookahead": 3},
+    renamed=_RENAMED,
 ))

@@ -1,7 +1,7 @@
 """Checks specific to CASTLE (``castle`` and ``castle-swl``; any spec whose config is :class:`CastleConfig`).
 
 ====================  ==============================================================================================
-``castle-forms``      reference == parallel == chunked (block sizes 1, 3, 4, 13, incl. non-divisors of T), outputs
+``castle-forms``      reference == parallel == chunked (chunk sizes 1, 3, 4, 13, incl. non-divisors of T), outputs
                       and the gradients w.r.t. all six projections, on the layer's own projections; and the layer
                       with every other backend == the layer with ``parallel`` (a backend that cannot run on the
                       device, e.g. ``triton`` on CPU without ``TRITON_INTERPRET=1``, is a skipped case)
@@ -12,6 +12,9 @@
 ``castle-structure``  ``S^U`` strictly lower triangular; ``u^t_t = 0`` for every ``t``; first output ``o_1 = v^C_1``
 ``castle-params``     parameter count ``= 7 n d d_model``; ``heads_for_parity(14) == 8``, ``(16) == 9``
 ====================  ==============================================================================================
+
+``W`` in case names is the layer's ``lookahead`` (CASTLE-SWL's W: a lookahead key covers the next W tokens, the current
+token not counted; ``None`` for full CASTLE).
 
 Errors are ``max |got - want| / max(1, max |want|)``. Tolerances are for float64 (observed errors ~1e-15) and are
 loosened for lower precisions.
@@ -112,20 +115,20 @@ def _triton_vs_parallel(spec: MechanismSpec, opts: VerifyOptions, xs: list[Tenso
 def _forms(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     name, tol = "castle-forms", _tol(opts.dtype)
     layer = _build(spec, opts)
-    W = layer.window
+    W = layer.lookahead
     xs = [p.requires_grad_() for p in _projections(layer, opts)]
-    want = castle_attention(*xs, window=W, impl="parallel")
+    want = castle_attention(*xs, lookahead=W, impl="parallel")
     go = torch.randn(want.shape, generator=torch.Generator().manual_seed(opts.seed + 5), dtype=torch.float64)
     go = go.to(want)
     want_g = torch.autograd.grad(want, xs, go)
     results = []
     cases = [("reference", 64)] + [("chunked", b) for b in (1, 3, 4, 13)]
-    for impl, block in cases:
-        out = castle_attention(*xs, window=W, impl=impl, block_size=block)  # type: ignore[arg-type]
+    for impl, chunk in cases:
+        out = castle_attention(*xs, lookahead=W, impl=impl, chunk_size=chunk)  # type: ignore[arg-type]
         grads = torch.autograd.grad(out, xs, go)
         pairs = {"output": (out, want)} | {f"d{n}": (a, b) for n, a, b in zip(_NAMES, grads, want_g)}
         err, detail = _worst(pairs)
-        label = impl if impl == "reference" else f"chunked block={block}"
+        label = impl if impl == "reference" else f"chunked chunk_size={chunk}"
         results.append(_result(name, spec, f"{label} vs parallel (W={W})", err, tol, detail))
     results.append(_triton_vs_parallel(spec, opts, xs, W, go, want, want_g, tol))
     x = _x(opts, 1)
@@ -163,7 +166,7 @@ def _decode(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
             label = "from scratch" if m == 0 else f"prefill {m} + decode"
             results.append(_result(name, spec, f"{label} vs parallel", _err(torch.cat(outs, dim=1), want), tol))
             q_u, k_u, v_u, *_ = layer.project(x)
-            u_l = lookahead_keys_at(q_u, k_u, v_u, T - 1, window=layer.window)
+            u_l = lookahead_keys_at(q_u, k_u, v_u, T - 1, lookahead=layer.lookahead)
             results.append(_result(name, spec, f"{label}: cached U == U^L", _err(cache.state().u, u_l), tol))
     return results
 
@@ -186,12 +189,12 @@ def _reductions(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
             results.append(_result(name, spec, f"W^UV=0 == standard (layer, {impl})", _err(layer(x), std_layer), tol))
         xs = _projections(_build(spec, opts), opts)
         std = F.scaled_dot_product_attention(xs[3], xs[4], xs[5], is_causal=True)
-        full = castle_attention(*xs, window=None, impl="parallel")
+        full = castle_attention(*xs, lookahead=None, impl="parallel")
         for impl in _CPU_FORMS:
-            out = castle_attention(*xs, window=0, impl=impl, block_size=4)  # type: ignore[arg-type]
+            out = castle_attention(*xs, lookahead=0, impl=impl, chunk_size=4)  # type: ignore[arg-type]
             results.append(_result(name, spec, f"SWL W=0 == standard ({impl})", _err(out, std), tol))
             for w in (T - 1, T + 3):
-                out = castle_attention(*xs, window=w, impl=impl, block_size=4)  # type: ignore[arg-type]
+                out = castle_attention(*xs, lookahead=w, impl=impl, chunk_size=4)  # type: ignore[arg-type]
                 results.append(_result(name, spec, f"SWL W={w} >= L-1 == full ({impl})", _err(out, full), tol))
     return results
 
@@ -199,16 +202,16 @@ def _reductions(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
 def _structure(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     name, tol = "castle-structure", _tol(opts.dtype)
     layer = _build(spec, opts)
-    W = layer.window
+    W = layer.lookahead
     q_u, k_u, v_u, q_c, k_c, v_c = xs = _projections(layer, opts)
     T = q_u.shape[2]
-    s_u = lookahead_scores(q_u, k_u, v_u, q_c, window=W)  # (B, H, T, T)
+    s_u = lookahead_scores(q_u, k_u, v_u, q_c, lookahead=W)  # (B, H, T, T)
     results = [_result(name, spec, "S^U strictly lower triangular: max |triu(S^U)|", float(s_u.triu().abs().max()),
                        0.0)]
-    newest = max(float(lookahead_keys_at(q_u, k_u, v_u, t, window=W)[:, :, t].abs().max()) for t in range(T))
+    newest = max(float(lookahead_keys_at(q_u, k_u, v_u, t, lookahead=W)[:, :, t].abs().max()) for t in range(T))
     results.append(_result(name, spec, "u^t_t = 0 for every t: max |u^t_t|", newest, 0.0))
     for impl in _CPU_FORMS:
-        out = castle_attention(*xs, window=W, impl=impl, block_size=4)  # type: ignore[arg-type]
+        out = castle_attention(*xs, lookahead=W, impl=impl, chunk_size=4)  # type: ignore[arg-type]
         results.append(_result(name, spec, f"o_1 == v^C_1 ({impl})", _err(out[:, :, 0], v_c[:, :, 0]), tol))
     return results
 

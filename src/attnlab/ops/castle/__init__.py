@@ -3,6 +3,10 @@
 Forms: :func:`castle_reference` (recurrent definition), :func:`castle_parallel` (Theorem 1),
 :func:`castle_chunked` (blocked O(T^2 D), custom backward), a Triton kernel (``impl="triton"``), and the UQ-KV
 decoding helpers in :mod:`attnlab.ops.castle.decode`. Use :func:`castle_attention` to pick one by ``impl=``.
+
+Names: ``lookahead=W`` is CASTLE-SWL's W (the paper's W, eq. 9): the lookahead key of token ``s`` summarises
+``x_{s+1..s+W}``; the current token is not counted (``W = 0`` allowed; ``None``: full CASTLE). A ``window`` everywhere
+else in attnlab counts the current token. ``chunk_size`` is the chunked form's positions per chunk.
 """
 
 from attnlab.ops.castle.api import IMPLS, CastleImpl, castle_attention, triton_available

@@ -1,6 +1,17 @@
 """The public CASTLE op: one function, several executions chosen by ``impl=``.
 
 Shape legend: B batch, H heads, T sequence length, D head dim. All six inputs are ``(B, H, T, D)``.
+
+Two CASTLE-specific names, used with this one meaning throughout ``attnlab.ops.castle``, the CASTLE layer and its
+cache:
+
+* ``lookahead``: CASTLE-SWL's ``W`` (the paper's W, eq. 9). ``lookahead=W``: the lookahead key of token ``s``
+  summarises ``x_{s+1..s+W}``; the current token is not counted, so ``W = 0`` is allowed (no lookahead: standard
+  causal attention) and ``W >= T - 1`` equals full CASTLE. ``None`` is full CASTLE (unbounded lookahead). This is not
+  a ``window``: everywhere else in attnlab (``masks.sliding_window``, the ``sliding-window`` layer,
+  ``SlidingKVCache``) a ``window`` counts the current token (``window=w``: query ``i`` sees keys ``i-w+1 .. i``).
+* ``chunk_size``: positions per chunk of the chunked (blocked) algorithm, the paper's block size; unrelated to a
+  model's context length.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from attnlab.ops.castle.chunked import castle_chunked
 from attnlab.ops.castle.parallel import castle_parallel
 from attnlab.ops.castle.reference import castle_reference
 
-__all__ = ["CastleImpl", "IMPLS", "castle_attention", "triton_available", "validate_inputs", "validate_window"]
+__all__ = ["CastleImpl", "IMPLS", "castle_attention", "triton_available", "validate_chunk_size", "validate_inputs", "validate_lookahead"]
 
 CastleImpl = Literal["auto", "reference", "parallel", "chunked", "triton"]
 IMPLS: tuple[str, ...] = get_args(CastleImpl)
@@ -35,15 +46,26 @@ def triton_available() -> bool:
     return True
 
 
-def validate_window(window: int | None) -> int | None:
-    """``None`` (full CASTLE) or an int ``W >= 0`` (CASTLE-SWL); anything else is a ValueError."""
-    if window is None:
+def validate_lookahead(lookahead: int | None) -> int | None:
+    """``None`` (full CASTLE) or an int ``W >= 0`` (CASTLE-SWL); anything else is a ValueError.
+
+    ``lookahead=W``: the lookahead key of token ``s`` summarises ``x_{s+1..s+W}`` (the current token is not counted;
+    the paper's W, eq. 9), so ``W = 0`` is valid.
+    """
+    if lookahead is None:
         return None
-    if isinstance(window, bool) or not isinstance(window, int):
-        raise ValueError(f"window must be None or an int >= 0, got window={window!r}")
-    if window < 0:
-        raise ValueError(f"window must be None or an int >= 0, got window={window}")
-    return window
+    if isinstance(lookahead, bool) or not isinstance(lookahead, int):
+        raise ValueError(f"lookahead must be None or an int >= 0, got lookahead={lookahead!r}")
+    if lookahead < 0:
+        raise ValueError(f"lookahead must be None or an int >= 0, got lookahead={lookahead}")
+    return lookahead
+
+
+def validate_chunk_size(chunk_size: int) -> int:
+    """An int ``>= 1`` (positions per chunk of the chunked form); anything else is a ValueError."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got chunk_size={chunk_size!r}")
+    return chunk_size
 
 
 def validate_inputs(*tensors: Tensor, names: tuple[str, ...] = _NAMES, allow_empty: bool = False) -> None:
@@ -79,8 +101,8 @@ def _resolve_scale(scale: float | None, D: int) -> float:
 
 
 def castle_attention(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Tensor, v_c: Tensor, *,
-                     window: int | None = None, scale: float | None = None, impl: CastleImpl = "auto",
-                     block_size: int = 64) -> Tensor:
+                     lookahead: int | None = None, scale: float | None = None, impl: CastleImpl = "auto",
+                     chunk_size: int = 64) -> Tensor:
     """CASTLE attention (Song et al. 2025, arXiv:2509.07301): causal attention with lookahead keys.
 
     For output row ``t`` (0-based)::
@@ -91,13 +113,16 @@ def castle_attention(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Te
     Args:
         q_u, k_u, v_u: lookahead-branch queries, keys, values, ``(B, H, T, D)``.
         q_c, k_c, v_c: causal-branch queries, keys, values, ``(B, H, T, D)``.
-        window: CASTLE-SWL lookahead window ``W`` (a token's lookahead key sees ``x_{s+1..s+W}``); ``None`` for
-            full CASTLE; ``W = 0`` gives standard causal attention.
+        lookahead: CASTLE-SWL's ``W`` (the paper's W, eq. 9): the lookahead key of token ``s`` summarises
+            ``x_{s+1..s+W}``; the current token is not counted, so ``W = 0`` gives standard causal attention and
+            ``W >= T - 1`` full CASTLE. ``None`` for full CASTLE. (A ``window`` elsewhere in attnlab counts the
+            current token; this does not.)
         scale: default ``1/sqrt(D)``; the same factor is used inside the sigmoid, in ``s^C`` and in ``s^U``.
         impl: ``"reference"`` (recurrent definition, O(T^3 D)), ``"parallel"`` (Theorem 1, T x T matrices),
             ``"chunked"`` (blocked O(T^2 D) algorithm with a custom O(T D)-memory backward), ``"triton"`` (CUDA
             kernel), or ``"auto"`` (triton on CUDA when available, else chunked).
-        block_size: block size of ``"chunked"`` (any ``T`` works; the last block may be ragged).
+        chunk_size: positions per chunk of ``"chunked"`` (any ``T`` works; the last chunk may be ragged). The
+            ``"triton"`` form picks its own power-of-two chunk; the other forms do not chunk.
 
     Returns:
         ``(B, H, T, D)``.
@@ -105,19 +130,18 @@ def castle_attention(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Te
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got impl={impl!r}")
     validate_inputs(q_u, k_u, v_u, q_c, k_c, v_c)
-    window = validate_window(window)
+    lookahead = validate_lookahead(lookahead)
     scale = _resolve_scale(scale, q_u.shape[-1])
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"block_size must be an int >= 1, got block_size={block_size!r}")
+    validate_chunk_size(chunk_size)
     args = (q_u, k_u, v_u, q_c, k_c, v_c)
     if impl == "auto":
         impl = "triton" if q_u.is_cuda and triton_available() else "chunked"
     if impl == "reference":
-        return castle_reference(*args, window=window, scale=scale)
+        return castle_reference(*args, lookahead=lookahead, scale=scale)
     if impl == "parallel":
-        return castle_parallel(*args, window=window, scale=scale)
+        return castle_parallel(*args, lookahead=lookahead, scale=scale)
     if impl == "chunked":
-        return castle_chunked(*args, window=window, scale=scale, block_size=block_size)
+        return castle_chunked(*args, lookahead=lookahead, scale=scale, chunk_size=chunk_size)
     # impl == "triton"
     if not q_u.is_cuda:
         raise ValueError(f"impl='triton' needs CUDA tensors, got device={q_u.device}; use impl='chunked' on CPU")
@@ -126,4 +150,4 @@ def castle_attention(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Te
     except Exception as exc:  # triton missing, or the kernel module failed to import
         raise RuntimeError(f"impl='triton' is unavailable: cannot import attnlab.ops.castle.triton_kernel "
                            f"({type(exc).__name__}: {exc}); use impl='chunked'") from exc
-    return castle_triton(q_u, k_u, v_u, q_c, k_c, v_c, window, scale)
+    return castle_triton(q_u, k_u, v_u, q_c, k_c, v_c, lookahead, scale)

@@ -1,10 +1,11 @@
 """CASTLE, blocked O(T^2 D) algorithm (spec section 2.2, Algorithm 1) with its own backward (Algorithm 3).
 
-Shape legend: B batch, H heads, T sequence length, D head dim, N number of blocks, C block size (the paper's
-``B``; renamed to keep ``B`` for the batch). All inputs are ``(B, H, T, D)``.
+Shape legend: B batch, H heads, T sequence length, D head dim, N number of blocks, C = ``chunk_size`` positions per
+block (the paper's block size ``B``; renamed to keep ``B`` for the batch). All inputs are ``(B, H, T, D)``.
 
-Positions are split into N blocks of C (T is zero-padded at the end to N*C; padded positions are in the future of
-every real position, so they never reach a real output, and their rows are dropped). Blocks are visited as a
+Positions are split into N blocks (chunks) of C (T is zero-padded at the end to N*C; padded positions are in the
+future of every real position, so they never reach a real output, and their rows are dropped). ``W`` is the
+``lookahead`` argument (the paper's W: a lookahead key summarises the next W tokens, the current one not counted). Blocks are visited as a
 wavefront over block diagonals: iteration 0 handles the N diagonal blocks, iteration ``k`` the N-k blocks
 ``(query block j+k, key block j)`` together (one batched matmul per step, vectorised over batch, heads and j).
 
@@ -46,21 +47,21 @@ from torch import Tensor
 __all__ = ["castle_chunked"]
 
 
-def _gate_mask(C: int, k: int, window: int | None, device: torch.device) -> Tensor | None | bool:
+def _gate_mask(C: int, k: int, lookahead: int | None, device: torch.device) -> Tensor | None | bool:
     """Lookahead pass-through mask for owner block j and contributor block j+k: ``(C, C)`` bool.
 
-    Owner ``s = jC + p``, contributor ``jC + kC + q``; allowed iff ``0 < kC + q - p (<= window)``.
+    Owner ``s = jC + p``, contributor ``jC + kC + q``; allowed iff ``0 < kC + q - p (<= lookahead)``.
     Returns ``None`` when every entry is allowed and ``False`` when none is (the gate block is then zero).
     """
-    if k >= 1 and (window is None or k * C + C - 1 <= window):  # largest delta within W
+    if k >= 1 and (lookahead is None or k * C + C - 1 <= lookahead):  # largest delta within W
         return None
-    if k >= 1 and (k - 1) * C + 1 > window:  # smallest delta in the block exceeds W
+    if k >= 1 and (k - 1) * C + 1 > lookahead:  # smallest delta in the block exceeds W
         return False
     p = torch.arange(C, device=device)
     delta = k * C + p[None, :] - p[:, None]  # (C, C): contributor minus owner
-    if window is None:
+    if lookahead is None:
         return delta > 0
-    return (delta > 0) & (delta <= window)
+    return (delta > 0) & (delta <= lookahead)
 
 
 def _as3d(x: Tensor) -> Tensor:
@@ -110,7 +111,7 @@ def _heads_per_group(n_heads: int, n_blocks: int) -> int:
 
 
 def _forward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor, vc: Tensor,
-                   window: int | None) -> tuple[Tensor, Tensor, Tensor]:
+                   lookahead: int | None) -> tuple[Tensor, Tensor, Tensor]:
     """Algorithm 1 on block-major ``(N, G, C, D)`` inputs (``G`` = batch x heads of one group); queries pre-scaled.
 
     Returns the normalised output ``(N, G, C, D)``, the log-sum-exp ``(N, G, C)`` and the final ``U`` ``(N, G, C, D)``.
@@ -121,7 +122,7 @@ def _forward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor,
     tri = torch.ones(C, C, dtype=torch.bool, device=dev).tril()  # (C, C)
 
     # diagonal blocks (k = 0)
-    g_prev = _gate(qsu, ku, _gate_mask(C, 0, window, dev))  # G(j, j): (N, G, C, C)
+    g_prev = _gate(qsu, ku, _gate_mask(C, 0, lookahead, dev))  # G(j, j): (N, G, C, C)
     cm = _mm(qsc, vu.transpose(-1, -2)).tril_()  # (N, G, C, C)
     s_u = _mm(cm, g_prev.transpose(-1, -2))  # (N, G, C, C)
     a = torch.baddbmm(_as3d(F.silu(s_u, inplace=True)), _as3d(qsc), _as3d(kc.transpose(-1, -2)),
@@ -136,7 +137,7 @@ def _forward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor,
         n = N - k
         if g_prev is not None:  # eq. (23): U_j += G(j, j+k-1) V^U_{j+k-1}
             _acc(u[:n], g_prev[:n], vu[k - 1 : k - 1 + n])
-        mask = _gate_mask(C, k, window, dev)
+        mask = _gate_mask(C, k, lookahead, dev)
         g = None if mask is False else _gate(qsu[:n], ku[k:], mask)  # G(j, j+k)
         qa = qsc[k:]  # (n, G, C, D): query blocks a = j + k
         s_u = _mm(qa, u[:n].transpose(-1, -2))  # (n, G, C, C)   eq. (24)
@@ -158,7 +159,7 @@ def _forward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor,
 
 
 def _backward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor, vc: Tensor, o: Tensor, lse: Tensor,
-                    u_saved: Tensor, do: Tensor, window: int | None) -> tuple[Tensor, ...]:
+                    u_saved: Tensor, do: Tensor, lookahead: int | None) -> tuple[Tensor, ...]:
     """Algorithm 3 on one group's block-major tensors; gradients w.r.t. the *scaled* queries for ``dq``."""
     N, G, C, _ = qsu.shape
     dev = qsu.device
@@ -172,7 +173,7 @@ def _backward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor
     dcm = torch.zeros_like(cm)
 
     def gate_for(k: int, n: int) -> Tensor | None:
-        mask = _gate_mask(C, k, window, dev)
+        mask = _gate_mask(C, k, lookahead, dev)
         return None if mask is False else _gate(qsu[:n], ku[k : k + n], mask)
 
     def gate_grad(k: int, n: int, g: Tensor, nds_u: Tensor) -> None:
@@ -234,11 +235,11 @@ def _backward_group(qsu: Tensor, ku: Tensor, vu: Tensor, qsc: Tensor, kc: Tensor
 class _CastleChunked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Tensor, v_c: Tensor,  # type: ignore[override]
-                window: int | None, scale: float, block_size: int) -> Tensor:
+                lookahead: int | None, scale: float, chunk_size: int) -> Tensor:
         Bsz, H, T, D = q_u.shape
         in_dtype = q_u.dtype
         dtype = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype
-        C = min(block_size, T)
+        C = min(chunk_size, T)
         N = -(-T // C)
         BH, dev = Bsz * H, q_u.device
         o = torch.empty(N, BH, C, D, dtype=dtype, device=dev)  # block-major over all heads
@@ -250,15 +251,15 @@ class _CastleChunked(torch.autograd.Function):
             # the scale is folded into the two query tensors once: qs_c = Q^C * scale, qs_u = Q^U * scale
             xs = [_group_blocks(x, h0, h1, N, C, dtype, s) for x, s in
                   ((q_u, scale), (k_u, None), (v_u, None), (q_c, scale), (k_c, None), (v_c, None))]
-            o[:, h0:h1], lse[:, h0:h1], u[:, h0:h1] = _forward_group(*xs, window)
+            o[:, h0:h1], lse[:, h0:h1], u[:, h0:h1] = _forward_group(*xs, lookahead)
         ctx.save_for_backward(q_u, k_u, v_u, q_c, k_c, v_c, o, lse, u)
-        ctx.meta = (window, scale, T, C, N, dtype)
+        ctx.meta = (lookahead, scale, T, C, N, dtype)
         return _unblock(o, Bsz, H, T).to(in_dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         q_u, k_u, v_u, q_c, k_c, v_c, o, lse, u = ctx.saved_tensors
-        window, scale, T, C, N, dtype = ctx.meta
+        lookahead, scale, T, C, N, dtype = ctx.meta
         Bsz, H, _, D = q_u.shape
         BH = Bsz * H
         grads = [torch.empty(N, BH, C, D, dtype=dtype, device=q_u.device) for _ in range(6)]
@@ -269,7 +270,7 @@ class _CastleChunked(torch.autograd.Function):
                   ((q_u, scale), (k_u, None), (v_u, None), (q_c, scale), (k_c, None), (v_c, None))]
             do = _group_blocks(grad_out, h0, h1, N, C, dtype, None)
             gs = _backward_group(*xs, o[:, h0:h1].contiguous(), lse[:, h0:h1].contiguous(),
-                                 u[:, h0:h1].contiguous(), do, window)
+                                 u[:, h0:h1].contiguous(), do, lookahead)
             for dst, src in zip(grads, gs):
                 dst[:, h0:h1] = src
         grads[0].mul_(scale)  # gradients were taken w.r.t. the scaled queries
@@ -299,11 +300,14 @@ def _unblock(x: Tensor, Bsz: int, H: int, T: int) -> Tensor:
 
 
 def castle_chunked(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Tensor, v_c: Tensor, *,
-                   window: int | None = None, scale: float | None = None, block_size: int = 64) -> Tensor:
-    """CASTLE by the blocked algorithm; same contract as :func:`castle_parallel`, any ``T`` (ragged last block ok).
+                   lookahead: int | None = None, scale: float | None = None, chunk_size: int = 64) -> Tensor:
+    """CASTLE by the blocked algorithm; same contract as :func:`castle_parallel`, any ``T`` (ragged last chunk ok).
+
+    ``chunk_size`` is the number of positions per block (``C``); ``lookahead`` is CASTLE-SWL's ``W`` (the lookahead
+    key of token ``s`` summarises ``x_{s+1..s+W}``, the current token not counted; ``None``: full CASTLE).
 
     Inputs are validated by :func:`attnlab.ops.castle.castle_attention`; this function assumes six
     ``(B, H, T, D)`` tensors of one floating dtype on one device. float16/bfloat16 are computed in float32.
     """
     scale = 1.0 / math.sqrt(q_u.shape[-1]) if scale is None else float(scale)
-    return _CastleChunked.apply(q_u, k_u, v_u, q_c, k_c, v_c, window, scale, int(block_size))
+    return _CastleChunked.apply(q_u, k_u, v_u, q_c, k_c, v_c, lookahead, scale, int(chunk_size))

@@ -5,7 +5,7 @@ Shape legend: B batch, H heads, T prompt length, t tokens seen so far, r retaine
 The state after ``t`` tokens is ``(U^t, Q^U, K^C, V^C)``. A new token at position ``t`` (0-based) updates the
 lookahead keys with one rank-1 term (eq. 13)::
 
-    u_s += sigmoid(q^U_s . k^U_t * scale) v^U_t      for s < t (and s >= t - W for CASTLE-SWL)
+    u_s += sigmoid(q^U_s . k^U_t * scale) v^U_t      for s < t (and s >= t - W for CASTLE-SWL, W = lookahead)
     u_t  = 0
 
 then attends exactly like one row of the parallel form. Work per step is O(t D). For CASTLE-SWL rows older
@@ -27,8 +27,9 @@ from attnlab.ops.castle.api import (
     CastleImpl,
     _resolve_scale,
     castle_attention,
+    validate_chunk_size,
     validate_inputs,
-    validate_window,
+    validate_lookahead,
 )
 
 __all__ = [
@@ -64,9 +65,9 @@ class CastleState(NamedTuple):
         return self.u.shape[-2]
 
 
-def retained_rows(t: int, window: int | None) -> int:
+def retained_rows(t: int, lookahead: int | None) -> int:
     """How many rows of ``Q^U`` the state keeps after ``t`` tokens: ``t`` (CASTLE) or ``min(t, W)`` (SWL)."""
-    return t if window is None else min(t, window)
+    return t if lookahead is None else min(t, lookahead)
 
 
 def empty_state(batch_size: int, n_heads: int, head_dim: int, *, device: torch.device | str | None = None,
@@ -76,27 +77,28 @@ def empty_state(batch_size: int, n_heads: int, head_dim: int, *, device: torch.d
     return CastleState(z, z, z, z)
 
 
-def lookahead_keys(q_u: Tensor, k_u: Tensor, v_u: Tensor, *, window: int | None = None, scale: float | None = None,
-                   block_size: int = 64) -> Tensor:
-    """``U^T = sigmoid(Q^U K^U^T * scale + M^U) V^U`` (eq. 3), ``(B, H, T, D)``, one block of owner rows at a time.
+def lookahead_keys(q_u: Tensor, k_u: Tensor, v_u: Tensor, *, lookahead: int | None = None,
+                   scale: float | None = None, chunk_size: int = 64) -> Tensor:
+    """``U^T = sigmoid(Q^U K^U^T * scale + M^U) V^U`` (eq. 3), ``(B, H, T, D)``, one chunk of owner rows at a time.
 
-    Transient memory is ``block_size x T`` per head (no ``T x T`` tensor); for SWL only the ``W`` contributors of
-    each row block are visited.
+    Transient memory is ``chunk_size x T`` per head (no ``T x T`` tensor); for SWL (``lookahead=W``) only the ``W``
+    contributors after each row of a chunk are visited.
     """
-    window = validate_window(window)
+    lookahead = validate_lookahead(lookahead)
+    validate_chunk_size(chunk_size)
     B, H, T, D = q_u.shape
     scale = _resolve_scale(scale, D)
     pos = torch.arange(T, device=q_u.device)
     out = []
-    for r0 in range(0, T, block_size):
-        r1 = min(T, r0 + block_size)
-        c0, c1 = r0 + 1, T if window is None else min(T, r1 + window)  # contributors j in (s, s + W]
+    for r0 in range(0, T, chunk_size):
+        r1 = min(T, r0 + chunk_size)
+        c0, c1 = r0 + 1, T if lookahead is None else min(T, r1 + lookahead)  # contributors j in (s, s + W]
         if c1 <= c0:
             out.append(q_u.new_zeros(B, H, r1 - r0, D))
             continue
         allowed = pos[r0:r1, None] < pos[None, c0:c1]  # (C, c1 - c0)
-        if window is not None:
-            allowed = allowed & (pos[None, c0:c1] <= pos[r0:r1, None] + window)
+        if lookahead is not None:
+            allowed = allowed & (pos[None, c0:c1] <= pos[r0:r1, None] + lookahead)
         g = torch.sigmoid(q_u[..., r0:r1, :] @ k_u[..., c0:c1, :].transpose(-1, -2) * scale)  # (B, H, C, c1-c0)
         g = g.masked_fill(~allowed, 0.0)
         out.append(g @ v_u[..., c0:c1, :])  # (B, H, C, D)
@@ -116,26 +118,26 @@ def decode_attend(q_c: Tensor, k_c: Tensor, u: Tensor, v_c: Tensor, scale: float
 
 
 def castle_prefill(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Tensor, v_c: Tensor, *,
-                   window: int | None = None, scale: float | None = None, impl: CastleImpl = "auto",
-                   block_size: int = 64) -> tuple[Tensor, CastleState]:
+                   lookahead: int | None = None, scale: float | None = None, impl: CastleImpl = "auto",
+                   chunk_size: int = 64) -> tuple[Tensor, CastleState]:
     """Algorithm 4: outputs for a prompt ``(B, H, T, D)`` and the state ``(U^T, Q^U, K^C, V^C)`` to decode from."""
-    out = castle_attention(q_u, k_u, v_u, q_c, k_c, v_c, window=window, scale=scale, impl=impl,
-                           block_size=block_size)
-    u = lookahead_keys(q_u, k_u, v_u, window=window, scale=scale, block_size=block_size)
+    out = castle_attention(q_u, k_u, v_u, q_c, k_c, v_c, lookahead=lookahead, scale=scale, impl=impl,
+                           chunk_size=chunk_size)
+    u = lookahead_keys(q_u, k_u, v_u, lookahead=lookahead, scale=scale, chunk_size=chunk_size)
     T = q_u.shape[-2]
-    keep = retained_rows(T, window)
+    keep = retained_rows(T, lookahead)
     return out, CastleState(u, q_u[..., T - keep :, :], k_c, v_c)
 
 
 def castle_decode_step(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Tensor, v_c: Tensor,
-                       state: CastleState | None, *, window: int | None = None,
+                       state: CastleState | None, *, lookahead: int | None = None,
                        scale: float | None = None) -> tuple[Tensor, CastleState]:
     """Algorithm 5: one new token (six ``(B, H, 1, D)`` projections) -> output ``(B, H, 1, D)`` and the next state.
 
-    ``state=None`` starts from an empty prompt. ``window`` must be the one the state was built with.
+    ``state=None`` starts from an empty prompt. ``lookahead`` must be the one the state was built with.
     """
     validate_inputs(q_u, k_u, v_u, q_c, k_c, v_c)
-    window = validate_window(window)
+    lookahead = validate_lookahead(lookahead)
     B, H, T, D = q_u.shape
     if T != 1:
         raise ValueError(f"castle_decode_step takes one token: q_u must have shape (B, H, 1, D), got {tuple(q_u.shape)}")
@@ -153,9 +155,9 @@ def castle_decode_step(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: 
     for name, x in zip(("u", "k_c", "v_c"), (state.u, state.k_c, state.v_c)):
         if x.shape != (B, H, t, D):
             raise ValueError(f"state.{name} must have shape {(B, H, t, D)}, got {tuple(x.shape)}")
-    r = retained_rows(t, window)
+    r = retained_rows(t, lookahead)
     if state.q_u.shape != (B, H, r, D):
-        raise ValueError(f"state.q_u must have shape {(B, H, r, D)} for window={window} after t={t} tokens, "
+        raise ValueError(f"state.q_u must have shape {(B, H, r, D)} for lookahead={lookahead} after t={t} tokens, "
                          f"got {tuple(state.q_u.shape)}")
     inc = lookahead_update(state.q_u, k_u, v_u, scale)  # (B, H, r, D): rows t-r .. t-1
     u = torch.cat([state.u[..., : t - r, :], state.u[..., t - r :, :] + inc, torch.zeros_like(v_u)], dim=-2)
@@ -163,5 +165,5 @@ def castle_decode_step(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: 
     v_all = torch.cat([state.v_c, v_c], dim=-2)  # (B, H, t+1, D)
     out = decode_attend(q_c, k_all, u, v_all, scale)
     q_rows = torch.cat([state.q_u, q_u], dim=-2)
-    q_rows = q_rows[..., q_rows.shape[-2] - retained_rows(t + 1, window) :, :]
+    q_rows = q_rows[..., q_rows.shape[-2] - retained_rows(t + 1, lookahead) :, :]
     return out, CastleState(u, q_rows, k_all, v_all)

@@ -21,41 +21,41 @@ from torch import Tensor
 __all__ = ["castle_parallel", "lookahead_gate", "lookahead_scores"]
 
 
-def _allowed(T: int, window: int | None, device: torch.device) -> Tensor:
+def _allowed(T: int, lookahead: int | None, device: torch.device) -> Tensor:
     pos = torch.arange(T, device=device)
     allowed = pos[:, None] < pos[None, :]  # s < j
-    if window is not None:
-        allowed = allowed & (pos[None, :] <= pos[:, None] + window)  # j <= s + W
+    if lookahead is not None:
+        allowed = allowed & (pos[None, :] <= pos[:, None] + lookahead)  # j <= s + W
     return allowed  # (T, T)
 
 
-def lookahead_gate(q_u: Tensor, k_u: Tensor, *, window: int | None = None, scale: float | None = None) -> Tensor:
+def lookahead_gate(q_u: Tensor, k_u: Tensor, *, lookahead: int | None = None, scale: float | None = None) -> Tensor:
     """``sigmoid(Q^U K^U^T * scale + M^U)``: ``(B, H, T, T)``, rows are key owners ``s``, columns contributors ``j``."""
     scale = 1.0 / math.sqrt(q_u.shape[-1]) if scale is None else scale
     T = q_u.shape[-2]
     gate = torch.sigmoid(q_u @ k_u.transpose(-1, -2) * scale)  # (B, H, T, T)
-    return torch.where(_allowed(T, window, q_u.device), gate, torch.zeros((), dtype=gate.dtype, device=gate.device))
+    return torch.where(_allowed(T, lookahead, q_u.device), gate, torch.zeros((), dtype=gate.dtype, device=gate.device))
 
 
-def lookahead_scores(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, *, window: int | None = None,
+def lookahead_scores(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, *, lookahead: int | None = None,
                      scale: float | None = None) -> Tensor:
     """``S^U`` of eq. (11), ``(B, H, T, T)``: row ``t`` holds ``q^C_t . u^t_s * scale``; strictly lower triangular."""
     scale = 1.0 / math.sqrt(q_u.shape[-1]) if scale is None else scale
     T = q_u.shape[-2]
     causal = torch.ones(T, T, dtype=torch.bool, device=q_u.device).tril()  # (T, T)
-    gate = lookahead_gate(q_u, k_u, window=window, scale=scale)  # (B, H, T, T)
+    gate = lookahead_gate(q_u, k_u, lookahead=lookahead, scale=scale)  # (B, H, T, T)
     cv = torch.where(causal, q_c @ v_u.transpose(-1, -2) * scale, torch.zeros((), dtype=q_c.dtype,
                                                                                device=q_c.device))  # (B, H, T, T)
     return cv @ gate.transpose(-1, -2)  # (B, H, T, T)
 
 
 def castle_parallel(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Tensor, v_c: Tensor, *,
-                    window: int | None = None, scale: float | None = None) -> Tensor:
+                    lookahead: int | None = None, scale: float | None = None) -> Tensor:
     """CASTLE by Theorem 1 (eqs. 11-12). Inputs and output ``(B, H, T, D)``; see :func:`castle_reference`."""
     scale = 1.0 / math.sqrt(q_u.shape[-1]) if scale is None else scale
     T = q_u.shape[-2]
     causal = torch.ones(T, T, dtype=torch.bool, device=q_u.device).tril()  # (T, T)
-    s_u = lookahead_scores(q_u, k_u, v_u, q_c, window=window, scale=scale)  # (B, H, T, T)
+    s_u = lookahead_scores(q_u, k_u, v_u, q_c, lookahead=lookahead, scale=scale)  # (B, H, T, T)
     logits = q_c @ k_c.transpose(-1, -2) * scale - F.silu(s_u)  # (B, H, T, T)
     logits = logits.masked_fill(~causal, float("-inf"))
     return torch.softmax(logits, dim=-1) @ v_c  # (B, H, T, D)

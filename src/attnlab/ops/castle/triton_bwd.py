@@ -27,19 +27,19 @@ def castle_bwd_step(
     LSE, DELTA,  # (BH, Tp) accumulator dtype
     DST, DDST,  # D state (un-updated in place) and its gradient, (BH, Tp, Dp)
     DQU, DKU_A, DKU_B, DVU_A, DVU_B, DQC, DKC, DVC,  # gradient accumulators (BH, Tp, Dp)
-    T, k, window, scale,
+    T, k, lookahead, scale,
     stride_in, stride_st, stride_row, stride_vec,
-    HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr, HEAD_D: tl.constexpr, PREC: tl.constexpr, MM_DT: tl.constexpr,
+    HAS_LOOKAHEAD: tl.constexpr, CHUNK: tl.constexpr, HEAD_D: tl.constexpr, PREC: tl.constexpr, MM_DT: tl.constexpr,
 ):
     bh = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
     r = j + k
     dt = MM_DT  # matmul operand dtype: the input dtype (float32 for bfloat16 under the interpreter)
     acc_dt = DST.dtype.element_ty
-    ar = tl.arange(0, BLOCK)
+    ar = tl.arange(0, CHUNK)
     dd = tl.arange(0, HEAD_D)
-    rows = r * BLOCK + ar
-    cols = j * BLOCK + ar
+    rows = r * CHUNK + ar
+    cols = j * CHUNK + ar
     rmask = rows < T
     cmask = cols < T
     r_off = bh * stride_in + rows[:, None] * stride_row + dd[None, :]
@@ -58,77 +58,77 @@ def castle_bwd_step(
     dd_c = tl.load(DDST + sc_off)
 
     # recompute S^U (eq. 24) and P
-    su = tl.dot(qc, tl.trans(d_c.to(dt)), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_c)
+    su = tl.dot(qc, tl.trans(d_c.to(dt)), input_precision=PREC).to(acc_dt) * scale  # (C_r, C_c)
     need_r = True
-    if HAS_WINDOW:
-        need_r = r * BLOCK - (j * BLOCK + BLOCK - 1) <= window
+    if HAS_LOOKAHEAD:
+        need_r = r * CHUNK - (j * CHUNK + CHUNK - 1) <= lookahead
     ok_r = (cols[:, None] < rows[None, :]) & rmask[None, :]
-    if HAS_WINDOW:
-        ok_r = ok_r & (rows[None, :] <= cols[:, None] + window)
+    if HAS_LOOKAHEAD:
+        ok_r = ok_r & (rows[None, :] <= cols[:, None] + lookahead)
     tri = rows[:, None] >= rows[None, :]
-    g_r = tl.zeros((BLOCK, BLOCK), dtype=acc_dt)
-    wv = tl.zeros((BLOCK, BLOCK), dtype=acc_dt)
-    ku_r = tl.zeros((BLOCK, HEAD_D), dtype=dt)
-    vu_r = tl.zeros((BLOCK, HEAD_D), dtype=dt)
+    g_r = tl.zeros((CHUNK, CHUNK), dtype=acc_dt)
+    wv = tl.zeros((CHUNK, CHUNK), dtype=acc_dt)
+    ku_r = tl.zeros((CHUNK, HEAD_D), dtype=dt)
+    vu_r = tl.zeros((CHUNK, HEAD_D), dtype=dt)
     if need_r:
         ku_r = tl.load(KU + r_off, mask=rmask[:, None], other=0.0).to(dt)
         vu_r = tl.load(VU + r_off, mask=rmask[:, None], other=0.0).to(dt)
-        z_r = tl.dot(qu, tl.trans(ku_r), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_r)
+        z_r = tl.dot(qu, tl.trans(ku_r), input_precision=PREC).to(acc_dt) * scale  # (C_c, C_r)
         g_r = tl.where(ok_r, tl.sigmoid(z_r), 0.0)
-        wv = tl.dot(qc, tl.trans(vu_r), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_r)
+        wv = tl.dot(qc, tl.trans(vu_r), input_precision=PREC).to(acc_dt) * scale  # (C_r, C_r)
         wv = tl.where(tri, wv, 0.0)
         su += tl.dot(wv.to(dt), tl.trans(g_r).to(dt), input_precision=PREC).to(acc_dt)
     s = tl.dot(qc, tl.trans(kc), input_precision=PREC).to(acc_dt) * scale
     sig_su = tl.sigmoid(su)
     a = s - su * sig_su
     valid = (rows[:, None] >= cols[None, :]) & cmask[None, :]
-    p = tl.where(valid, tl.exp(a - lse[:, None]), 0.0)  # (BLK_r, BLK_c)
+    p = tl.where(valid, tl.exp(a - lse[:, None]), 0.0)  # (C_r, C_c)
 
     # softmax and causal-score gradients
-    dvc = tl.dot(tl.trans(p).to(dt), do, input_precision=PREC).to(acc_dt)  # (BLK_c, Dp)
-    dp = tl.dot(do, tl.trans(vc), input_precision=PREC).to(acc_dt)  # (BLK_r, BLK_c)
+    dvc = tl.dot(tl.trans(p).to(dt), do, input_precision=PREC).to(acc_dt)  # (C_c, Dp)
+    dp = tl.dot(do, tl.trans(vc), input_precision=PREC).to(acc_dt)  # (C_r, C_c)
     da = p * (dp - delta[:, None])
-    dqc = tl.dot(da.to(dt), kc, input_precision=PREC).to(acc_dt) * scale  # (BLK_r, Dp)
-    dkc = tl.dot(tl.trans(da).to(dt), qc, input_precision=PREC).to(acc_dt) * scale  # (BLK_c, Dp)
+    dqc = tl.dot(da.to(dt), kc, input_precision=PREC).to(acc_dt) * scale  # (C_r, Dp)
+    dkc = tl.dot(tl.trans(da).to(dt), qc, input_precision=PREC).to(acc_dt) * scale  # (C_c, Dp)
 
     # S^U gradient: SiLU'(x) = sigmoid(x) (1 + x (1 - sigmoid(x)))
-    dsu = -da * (sig_su * (1.0 + su * (1.0 - sig_su)))  # (BLK_r, BLK_c)
+    dsu = -da * (sig_su * (1.0 + su * (1.0 - sig_su)))  # (C_r, C_c)
     dqc += tl.dot(dsu.to(dt), d_c.to(dt), input_precision=PREC).to(acc_dt) * scale
     dd_c += tl.dot(tl.trans(dsu).to(dt), qc, input_precision=PREC).to(acc_dt) * scale
-    dqu = tl.zeros((BLOCK, HEAD_D), dtype=acc_dt)
+    dqu = tl.zeros((CHUNK, HEAD_D), dtype=acc_dt)
     if need_r:
         # within-block factor ((Q^C_r V^U_r^T * scale) ⊙ tri)
         e = tl.where(tri, tl.dot(dsu.to(dt), g_r.to(dt), input_precision=PREC).to(acc_dt), 0.0) * scale
         dqc += tl.dot(e.to(dt), vu_r, input_precision=PREC).to(acc_dt)
-        dvu_a = tl.dot(tl.trans(e).to(dt), qc, input_precision=PREC).to(acc_dt)  # (BLK_r, Dp)
+        dvu_a = tl.dot(tl.trans(e).to(dt), qc, input_precision=PREC).to(acc_dt)  # (C_r, Dp)
         # sigmoid factor G(c, r)
-        dg = tl.dot(tl.trans(dsu).to(dt), wv.to(dt), input_precision=PREC).to(acc_dt)  # (BLK_c, BLK_r)
+        dg = tl.dot(tl.trans(dsu).to(dt), wv.to(dt), input_precision=PREC).to(acc_dt)  # (C_c, C_r)
         f = tl.where(ok_r, dg * g_r * (1.0 - g_r), 0.0) * scale
         dqu += tl.dot(f.to(dt), ku_r, input_precision=PREC).to(acc_dt)
-        dku_a = tl.dot(tl.trans(f).to(dt), qu, input_precision=PREC).to(acc_dt)  # (BLK_r, Dp)
+        dku_a = tl.dot(tl.trans(f).to(dt), qu, input_precision=PREC).to(acc_dt)  # (C_r, Dp)
         tl.store(DVU_A + sr_off, tl.load(DVU_A + sr_off) + dvu_a)
         tl.store(DKU_A + sr_off, tl.load(DKU_A + sr_off) + dku_a)
 
     # back through eq. (23) at this diagonal, then un-update D_c
     need_p = k > 0
-    if HAS_WINDOW:
-        need_p = need_p & ((r - 1) * BLOCK - (j * BLOCK + BLOCK - 1) <= window)
+    if HAS_LOOKAHEAD:
+        need_p = need_p & ((r - 1) * CHUNK - (j * CHUNK + CHUNK - 1) <= lookahead)
     if need_p:
-        prow = rows - BLOCK
+        prow = rows - CHUNK
         p_off = bh * stride_in + prow[:, None] * stride_row + dd[None, :]
         sp_off = bh * stride_st + prow[:, None] * stride_row + dd[None, :]
         ku_p = tl.load(KU + p_off, mask=(prow < T)[:, None], other=0.0).to(dt)
         vu_p = tl.load(VU + p_off, mask=(prow < T)[:, None], other=0.0).to(dt)
-        z_p = tl.dot(qu, tl.trans(ku_p), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_p)
+        z_p = tl.dot(qu, tl.trans(ku_p), input_precision=PREC).to(acc_dt) * scale  # (C_c, C_p)
         ok_p = (cols[:, None] < prow[None, :]) & (prow < T)[None, :]
-        if HAS_WINDOW:
-            ok_p = ok_p & (prow[None, :] <= cols[:, None] + window)
+        if HAS_LOOKAHEAD:
+            ok_p = ok_p & (prow[None, :] <= cols[:, None] + lookahead)
         g_p = tl.where(ok_p, tl.sigmoid(z_p), 0.0)
-        dvu_b = tl.dot(tl.trans(g_p).to(dt), dd_c.to(dt), input_precision=PREC).to(acc_dt)  # (BLK_p, Dp)
-        dg_p = tl.dot(dd_c.to(dt), tl.trans(vu_p), input_precision=PREC).to(acc_dt)  # (BLK_c, BLK_p)
+        dvu_b = tl.dot(tl.trans(g_p).to(dt), dd_c.to(dt), input_precision=PREC).to(acc_dt)  # (C_p, Dp)
+        dg_p = tl.dot(dd_c.to(dt), tl.trans(vu_p), input_precision=PREC).to(acc_dt)  # (C_c, C_p)
         f_p = tl.where(ok_p, dg_p * g_p * (1.0 - g_p), 0.0) * scale
         dqu += tl.dot(f_p.to(dt), ku_p, input_precision=PREC).to(acc_dt)
-        dku_b = tl.dot(tl.trans(f_p).to(dt), qu, input_precision=PREC).to(acc_dt)  # (BLK_p, Dp)
+        dku_b = tl.dot(tl.trans(f_p).to(dt), qu, input_precision=PREC).to(acc_dt)  # (C_p, Dp)
         tl.store(DVU_B + sp_off, tl.load(DVU_B + sp_off) + dvu_b)
         tl.store(DKU_B + sp_off, tl.load(DKU_B + sp_off) + dku_b)
         d_c -= tl.dot(g_p.to(dt), vu_p, input_precision=PREC).to(acc_dt)

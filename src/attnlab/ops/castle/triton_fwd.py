@@ -1,7 +1,10 @@
 """CASTLE forward step as a Triton kernel (spec §2.2 Algorithm 1): one launch per block diagonal.
 
 Shape legend: B batch, H heads, T sequence length, D head dim, BH = B * H, Dp = D padded to a power of two (>= 16),
-Tp = T rounded up to a multiple of the block size BLK, N = Tp // BLK blocks. Positions are 0-based.
+C = CHUNK = chunk_size (positions per block; tiles are C x C, and a shape comment (C_r, C_c) names the blocks its rows
+and columns come from), Tp = T rounded up to a multiple of C, N = Tp // C blocks. Positions are 0-based.
+``lookahead`` is CASTLE-SWL's W (contributors s < j <= s + W; the current token is not counted), used when
+HAS_LOOKAHEAD.
 
 The host (:mod:`attnlab.ops.castle.triton_kernel`) launches this kernel once per block diagonal k = 0 .. N-1;
 within a launch, program (bh, j) handles the score block (query rows r = j + k, key columns c = j). Programs of one
@@ -35,66 +38,66 @@ def castle_fwd_step(
     QU, KU, VU, QC, KC, VC,  # inputs, (BH, T, Dp) contiguous
     O, LSE,  # output (BH, T, Dp) input dtype; log-sum-exp (BH, Tp) accumulator dtype
     DST, MST, LST, AST,  # D state (BH, Tp, Dp); running max / sum (BH, Tp); running acc (BH, Tp, Dp)
-    T, k, window, scale,
+    T, k, lookahead, scale,
     stride_in, stride_st, stride_row, stride_vec,
-    HAS_WINDOW: tl.constexpr, BLOCK: tl.constexpr, HEAD_D: tl.constexpr, PREC: tl.constexpr, MM_DT: tl.constexpr,
+    HAS_LOOKAHEAD: tl.constexpr, CHUNK: tl.constexpr, HEAD_D: tl.constexpr, PREC: tl.constexpr, MM_DT: tl.constexpr,
 ):
     bh = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
     r = j + k  # query block; key block c = j
     dt = MM_DT  # matmul operand dtype: the input dtype (float32 for bfloat16 under the interpreter)
     acc_dt = DST.dtype.element_ty
-    ar = tl.arange(0, BLOCK)
+    ar = tl.arange(0, CHUNK)
     dd = tl.arange(0, HEAD_D)
-    rows = r * BLOCK + ar  # query positions t
-    cols = j * BLOCK + ar  # key / lookahead-owner positions s
+    rows = r * CHUNK + ar  # query positions t
+    cols = j * CHUNK + ar  # key / lookahead-owner positions s
     rmask = rows < T
     cmask = cols < T
     r_off = bh * stride_in + rows[:, None] * stride_row + dd[None, :]
     c_off = bh * stride_in + cols[:, None] * stride_row + dd[None, :]
-    qc = tl.load(QC + r_off, mask=rmask[:, None], other=0.0).to(dt)  # (BLK, Dp)
-    qu = tl.load(QU + c_off, mask=cmask[:, None], other=0.0).to(dt)  # (BLK, Dp)
+    qc = tl.load(QC + r_off, mask=rmask[:, None], other=0.0).to(dt)  # (C, Dp)
+    qu = tl.load(QU + c_off, mask=cmask[:, None], other=0.0).to(dt)  # (C, Dp)
     kc = tl.load(KC + c_off, mask=cmask[:, None], other=0.0).to(dt)
     vc = tl.load(VC + c_off, mask=cmask[:, None], other=0.0).to(dt)
     dst_off = bh * stride_st + cols[:, None] * stride_row + dd[None, :]
-    d_c = tl.load(DST + dst_off)  # (BLK, Dp) lookahead keys of block c from blocks c .. r-2
+    d_c = tl.load(DST + dst_off)  # (C, Dp) lookahead keys of block c from blocks c .. r-2
 
     # eq. (23): D_c += G(c, r-1) V^U_{r-1}, skipped when G(c, r-1) is identically zero
     need_p = k > 0
-    if HAS_WINDOW:
-        need_p = need_p & ((r - 1) * BLOCK - (j * BLOCK + BLOCK - 1) <= window)
+    if HAS_LOOKAHEAD:
+        need_p = need_p & ((r - 1) * CHUNK - (j * CHUNK + CHUNK - 1) <= lookahead)
     if need_p:
-        prow = rows - BLOCK
+        prow = rows - CHUNK
         p_off = bh * stride_in + prow[:, None] * stride_row + dd[None, :]
         ku_p = tl.load(KU + p_off, mask=(prow < T)[:, None], other=0.0).to(dt)
         vu_p = tl.load(VU + p_off, mask=(prow < T)[:, None], other=0.0).to(dt)
-        z_p = tl.dot(qu, tl.trans(ku_p), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_p)
+        z_p = tl.dot(qu, tl.trans(ku_p), input_precision=PREC).to(acc_dt) * scale  # (C_c, C_p)
         ok_p = (cols[:, None] < prow[None, :]) & (prow < T)[None, :]
-        if HAS_WINDOW:
-            ok_p = ok_p & (prow[None, :] <= cols[:, None] + window)
+        if HAS_LOOKAHEAD:
+            ok_p = ok_p & (prow[None, :] <= cols[:, None] + lookahead)
         g_p = tl.where(ok_p, tl.sigmoid(z_p), 0.0)
         d_c += tl.dot(g_p.to(dt), vu_p, input_precision=PREC).to(acc_dt)
         tl.store(DST + dst_off, d_c)
 
     # eq. (24): S^U_{r,c} = Q^C_r D_c^T * scale + ((Q^C_r V^U_r^T * scale) ⊙ tri) G(c, r)^T
-    su = tl.dot(qc, tl.trans(d_c.to(dt)), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_c)
+    su = tl.dot(qc, tl.trans(d_c.to(dt)), input_precision=PREC).to(acc_dt) * scale  # (C_r, C_c)
     need_r = True
-    if HAS_WINDOW:
-        need_r = r * BLOCK - (j * BLOCK + BLOCK - 1) <= window
+    if HAS_LOOKAHEAD:
+        need_r = r * CHUNK - (j * CHUNK + CHUNK - 1) <= lookahead
     if need_r:
         ku_r = tl.load(KU + r_off, mask=rmask[:, None], other=0.0).to(dt)
         vu_r = tl.load(VU + r_off, mask=rmask[:, None], other=0.0).to(dt)
-        z_r = tl.dot(qu, tl.trans(ku_r), input_precision=PREC).to(acc_dt) * scale  # (BLK_c, BLK_r)
+        z_r = tl.dot(qu, tl.trans(ku_r), input_precision=PREC).to(acc_dt) * scale  # (C_c, C_r)
         ok_r = (cols[:, None] < rows[None, :]) & rmask[None, :]
-        if HAS_WINDOW:
-            ok_r = ok_r & (rows[None, :] <= cols[:, None] + window)
+        if HAS_LOOKAHEAD:
+            ok_r = ok_r & (rows[None, :] <= cols[:, None] + lookahead)
         g_r = tl.where(ok_r, tl.sigmoid(z_r), 0.0)
-        wv = tl.dot(qc, tl.trans(vu_r), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_r)
+        wv = tl.dot(qc, tl.trans(vu_r), input_precision=PREC).to(acc_dt) * scale  # (C_r, C_r)
         wv = tl.where(rows[:, None] >= rows[None, :], wv, 0.0)
         su += tl.dot(wv.to(dt), tl.trans(g_r).to(dt), input_precision=PREC).to(acc_dt)
 
     # eqs. (18)-(19): A = Q^C K^C^T * scale + M^C - SiLU(S^U), then the online softmax
-    s = tl.dot(qc, tl.trans(kc), input_precision=PREC).to(acc_dt) * scale  # (BLK_r, BLK_c)
+    s = tl.dot(qc, tl.trans(kc), input_precision=PREC).to(acc_dt) * scale  # (C_r, C_c)
     a = s - su * tl.sigmoid(su)
     valid = (rows[:, None] >= cols[None, :]) & cmask[None, :]
     a = tl.where(valid, a, float("-inf"))

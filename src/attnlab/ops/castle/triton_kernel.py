@@ -1,7 +1,9 @@
 """CASTLE blocked algorithm (spec §2.2 Algorithm 1, §2.3 Algorithm 3) as Triton kernels.
 
 Shape legend: B batch, H heads, T sequence length, D head dim, BH = B * H, Dp = D padded to a power of two (>= 16),
-Tp = T rounded up to a multiple of the block size BLK, N = Tp // BLK blocks. Positions are 0-based.
+C = chunk_size (positions per block; score tiles are C x C), Tp = T rounded up to a multiple of C, N = Tp // C blocks.
+Positions are 0-based. W = lookahead (CASTLE-SWL, the paper's W: a lookahead key covers the next W tokens, the current
+one not counted).
 
 Public entry point: :func:`castle_triton` (an autograd ``Function`` underneath), differentiable with respect to all
 six inputs. The math it computes is Theorem 1 (spec eqs. 11-12)::
@@ -24,7 +26,7 @@ Design decisions
   so tensor cores are used; for float32 inputs the dots use ``input_precision="ieee"`` (no TF32), so the kernel
   agrees with a float32 PyTorch reference to ~1e-6 rather than TF32's ~1e-3. Exception: under the interpreter,
   bfloat16 operands are upcast to float32 because Triton 3.9's interpreter computes bf16 ``tl.dot`` wrongly (see
-  ``_mm_dtype``); float16 runs the same low-precision path as the GPU. Measured (interpreter, T=256, D=64, BLK=64,
+  ``_mm_dtype``); float16 runs the same low-precision path as the GPU. Measured (interpreter, T=256, D=64, C=64,
   relative Frobenius error vs float64 Theorem 1 on the same inputs): float16 out 3.7e-4, gradients <= 1.3e-3, below
   a float16 PyTorch Theorem-1 evaluation (6.1e-4 / 1.4e-3); float32 out 2.6e-7, gradients <= 7.2e-7.
 * **float64** runs (interpreter: yes, tested; CUDA: Triton's FMA path). Triton passes Python floats to kernels as
@@ -35,10 +37,10 @@ Design decisions
 * **Head dim.** D is zero-padded to Dp = max(16, next power of two) on the host. Zero columns change no dot product
   (the scale is explicit), and the padded output/gradient columns are sliced off, so the result is exact. D > 128 is
   rejected with a ValueError (the backward's per-program tiles would not fit in registers).
-* **Block size** BLK (rows = columns, it also defines the D-state partition): on CUDA 64 for float16/bfloat16 with
-  Dp <= 64, else 32 (float32's backward at BLK=64 needs ~180 KB of shared memory); CPU (interpreter) runs use 16
-  unless ``block_size`` is given. ``block_size`` must be a power of two >= 16.
-* **CASTLE-SWL skipping.** With a window W, G(c, b) is identically zero when b*BLK - (c*BLK + BLK - 1) > W; the kernels
+* **Chunk size** C = ``chunk_size`` (rows = columns of a tile; it also defines the D-state partition): on CUDA 64
+  for float16/bfloat16 with Dp <= 64, else 32 (float32's backward at C=64 needs ~180 KB of shared memory); CPU
+  (interpreter) runs use 16 unless ``chunk_size`` is given. ``chunk_size`` must be a power of two >= 16.
+* **CASTLE-SWL skipping.** With lookahead=W, G(c, b) is identically zero when b*C - (c*C + C - 1) > W; the kernels
   then skip the eq. (23) update and the within-block term (and their gradients). Skipping only removes exact zeros.
 * **CPU.** CPU tensors run through Triton's interpreter, which must be active: ``TRITON_INTERPRET=1`` set before
   triton is first imported in the process (triton decorates its own library functions at import). Otherwise a
@@ -48,7 +50,7 @@ Design decisions
   launch is BH * (N - k) programs (the wavefront's limitation noted in spec §6).
 * **Status.** Checked against Theorem 1 under the interpreter (float64 to 1e-12, float32, float16, bfloat16 with
   upcast operands) and compiled ahead of time for sm_90 with Triton 3.9 (no register spills; backward shared memory
-  64 KB bf16 BLK=64 Dp=64, 131 KB float32 BLK=32 Dp=128). Not yet executed or timed on a GPU: the ``gpu``-marked
+  64 KB bf16 C=64 Dp=64, 131 KB float32 C=32 Dp=128). Not yet executed or timed on a GPU: the ``gpu``-marked
   tests in tests/ops/test_castle_triton.py are written for that.
 """
 
@@ -106,9 +108,9 @@ def _kernels(device: torch.device) -> tuple[Any, Any]:
 
             _KERNEL_CACHE[interpret] = (InterpretedFunction(castle_fwd_step), InterpretedFunction(castle_bwd_step))
         else:
-            # k (the diagonal) and window change between launches: do not specialise on k == 1 etc., which would
+            # k (the diagonal) and lookahead change between launches: do not specialise on k == 1 etc., which would
             # compile extra variants of each kernel
-            nospec = ["k", "window"]
+            nospec = ["k", "lookahead"]
             _KERNEL_CACHE[interpret] = (
                 triton.jit(castle_fwd_step, do_not_specialize=nospec),
                 triton.jit(castle_bwd_step, do_not_specialize=nospec),
@@ -123,7 +125,7 @@ def _kernels(device: torch.device) -> tuple[Any, Any]:
 _NAMES = ("q_u", "k_u", "v_u", "q_c", "k_c", "v_c")
 
 
-def _validate(tensors: tuple[Tensor, ...], window: int | None, scale: float, block_size: int | None) -> None:
+def _validate(tensors: tuple[Tensor, ...], lookahead: int | None, scale: float, chunk_size: int | None) -> None:
     ref = tensors[0]
     for name, t in zip(_NAMES, tensors):
         if not isinstance(t, Tensor):
@@ -143,17 +145,17 @@ def _validate(tensors: tuple[Tensor, ...], window: int | None, scale: float, blo
     head_dim = ref.shape[-1]
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"castle_triton: head dim D must be in [1, {MAX_HEAD_DIM}], got D={head_dim}")
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
-        raise ValueError(f"castle_triton: window must be None or an int >= 0, got window={window!r}")
+    if lookahead is not None and (isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 0):
+        raise ValueError(f"castle_triton: lookahead must be None or an int >= 0, got lookahead={lookahead!r}")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"castle_triton: scale must be a finite float, got scale={scale!r}")
-    if block_size is not None and (
-        isinstance(block_size, bool)
-        or not isinstance(block_size, int)
-        or block_size < 16
-        or block_size & (block_size - 1)
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or chunk_size < 16
+        or chunk_size & (chunk_size - 1)
     ):
-        raise ValueError(f"castle_triton: block_size must be None or a power of two >= 16, got {block_size!r}")
+        raise ValueError(f"castle_triton: chunk_size must be None or a power of two >= 16, got {chunk_size!r}")
 
 
 def _mm_dtype(dtype: torch.dtype) -> Any:
@@ -173,11 +175,11 @@ def _padded_head_dim(head_dim: int) -> int:
     return max(16, 1 << (head_dim - 1).bit_length())
 
 
-def _default_block(head_dim_padded: int, dtype: torch.dtype, device: torch.device) -> int:
+def _default_chunk(head_dim_padded: int, dtype: torch.dtype, device: torch.device) -> int:
     if device.type == "cpu":
         return 16
-    # compiled for sm_90 (Triton 3.9): the backward step at BLK=64, Dp=64 needs ~80 KB shared memory with 16-bit
-    # operands but ~180 KB with float32 ones (over an A100's 164 KB); BLK=32 keeps float32 near 80 KB.
+    # compiled for sm_90 (Triton 3.9): the backward step at C=64, Dp=64 needs ~80 KB shared memory with 16-bit
+    # operands but ~180 KB with float32 ones (over an A100's 164 KB); C=32 keeps float32 near 80 KB.
     return 64 if head_dim_padded <= 64 and dtype in (torch.float16, torch.bfloat16) else 32
 
 
@@ -200,7 +202,7 @@ class _CastleTritonFn(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any,
         q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Tensor, v_c: Tensor,
-        window: int | None, scale: float, block_size: int,
+        lookahead: int | None, scale: float, chunk_size: int,
     ) -> Tensor:
         shape = q_u.shape
         b, h, t, d = shape
@@ -212,8 +214,8 @@ class _CastleTritonFn(torch.autograd.Function):
             q_u, q_c, kscale = q_u * scale, q_c * scale, 1.0
         qu, ku, vu, qc, kc, vc = (_prep(x, dp) for x in (q_u, k_u, v_u, q_c, k_c, v_c))
         bh = b * h
-        n_blocks = triton.cdiv(t, block_size)
-        tp = n_blocks * block_size
+        n_blocks = triton.cdiv(t, chunk_size)
+        tp = n_blocks * chunk_size
         acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         dev = qu.device
         out = torch.empty((bh, t, dp), device=dev, dtype=dtype)
@@ -222,31 +224,31 @@ class _CastleTritonFn(torch.autograd.Function):
         m_state = torch.full((bh, tp), float("-inf"), device=dev, dtype=acc_dtype)
         l_state = torch.zeros((bh, tp), device=dev, dtype=acc_dtype)
         a_state = torch.zeros((bh, tp, dp), device=dev, dtype=acc_dtype)
-        win = 0 if window is None else min(int(window), t)
+        w_arg = 0 if lookahead is None else min(int(lookahead), t)  # the kernels' lookahead argument
         prec = "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
         mm_dt = _mm_dtype(dtype)
         fwd, _ = _kernels(dev)
         for k in range(n_blocks):
             fwd[(bh, n_blocks - k)](
                 qu, ku, vu, qc, kc, vc, out, lse, d_state, m_state, l_state, a_state,
-                t, k, win, kscale,
+                t, k, w_arg, kscale,
                 t * dp, tp * dp, dp, tp,
-                HAS_WINDOW=window is not None, BLOCK=block_size, HEAD_D=dp, PREC=prec, MM_DT=mm_dt,
+                HAS_LOOKAHEAD=lookahead is not None, CHUNK=chunk_size, HEAD_D=dp, PREC=prec, MM_DT=mm_dt,
             )
         ctx.save_for_backward(qu, ku, vu, qc, kc, vc, out, lse, d_state)
-        ctx.meta = (shape, window, win, float(scale), kscale, prescale, block_size, prec, mm_dt)
+        ctx.meta = (shape, lookahead, w_arg, float(scale), kscale, prescale, chunk_size, prec, mm_dt)
         return out[:, :, :d].reshape(b, h, t, d)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         qu, ku, vu, qc, kc, vc, out, lse, d_saved = ctx.saved_tensors
-        shape, window, win, scale, kscale, prescale, block_size, prec, mm_dt = ctx.meta
+        shape, lookahead, w_arg, scale, kscale, prescale, chunk_size, prec, mm_dt = ctx.meta
         b, h, t, d = shape
         dtype = qu.dtype
         bh, _, dp = qu.shape
         tp = lse.shape[1]
-        n_blocks = tp // block_size
+        n_blocks = tp // chunk_size
         acc_dtype = lse.dtype
         do = _prep(grad_out.to(dtype), dp)  # (BH, T, Dp)
         delta = torch.zeros((bh, tp), device=qu.device, dtype=acc_dtype)
@@ -259,9 +261,9 @@ class _CastleTritonFn(torch.autograd.Function):
             bwd[(bh, n_blocks - k)](
                 qu, ku, vu, qc, kc, vc, do, lse, delta, d_state, dd_state,
                 dqu, dku_a, dku_b, dvu_a, dvu_b, dqc, dkc, dvc,
-                t, k, win, kscale,
+                t, k, w_arg, kscale,
                 t * dp, tp * dp, dp, tp,
-                HAS_WINDOW=window is not None, BLOCK=block_size, HEAD_D=dp, PREC=prec, MM_DT=mm_dt,
+                HAS_LOOKAHEAD=lookahead is not None, CHUNK=chunk_size, HEAD_D=dp, PREC=prec, MM_DT=mm_dt,
             )
         if prescale:
             dqu, dqc = dqu * scale, dqc * scale
@@ -285,21 +287,23 @@ def castle_triton(
     q_c: Tensor,
     k_c: Tensor,
     v_c: Tensor,
-    window: int | None,
+    lookahead: int | None,
     scale: float,
     *,
-    block_size: int | None = None,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """CASTLE / CASTLE-SWL attention with Triton kernels (blocked wavefront, spec Algorithms 1 and 3).
 
     Args:
         q_u, k_u, v_u: lookahead-branch projections, each (B, H, T, D).
         q_c, k_c, v_c: causal-branch projections, each (B, H, T, D).
-        window: None for full CASTLE; an int W >= 0 for CASTLE-SWL (token s's lookahead key takes contributors
-            s < j <= s + W). W = 0 is standard causal attention; W >= T - 1 equals full CASTLE.
+        lookahead: None for full CASTLE; an int W >= 0 for CASTLE-SWL, the paper's W (eq. 9): token s's lookahead
+            key summarises x_{s+1..s+W} (contributors s < j <= s + W; the current token is not counted). W = 0 is
+            standard causal attention; W >= T - 1 equals full CASTLE.
         scale: the factor applied to Q^U K^U^T, Q^C K^C^T and Q^C V^U^T (usually D ** -0.5).
-        block_size: rows (= columns) per block, a power of two >= 16; None picks 64 (16-bit dtypes, Dp <= 64) or
-            32 on CUDA and 16 on CPU. It sets the blocking of the D state; the result does not depend on it beyond rounding.
+        chunk_size: positions per block (rows = columns of a tile), a power of two >= 16; None picks 64 (16-bit
+            dtypes, Dp <= 64) or 32 on CUDA and 16 on CPU. It sets the blocking of the D state; the result does not
+            depend on it beyond rounding.
 
     Returns:
         (B, H, T, D) in the input dtype; differentiable (first order only: the backward is itself not
@@ -310,9 +314,9 @@ def castle_triton(
     two >= 16; exact).
     """
     tensors = (q_u, k_u, v_u, q_c, k_c, v_c)
-    _validate(tensors, window, scale, block_size)
+    _validate(tensors, lookahead, scale, chunk_size)
     b, h, t, d = q_u.shape
     if b * h * t == 0:  # nothing to compute; keep the autograd graph connected
         return (q_u + k_u + v_u + q_c + k_c + v_c) * 0.0
-    block = block_size if block_size is not None else _default_block(_padded_head_dim(d), q_u.dtype, q_u.device)
-    return _CastleTritonFn.apply(q_u, k_u, v_u, q_c, k_c, v_c, window, float(scale), block)
+    chunk = chunk_size if chunk_size is not None else _default_chunk(_padded_head_dim(d), q_u.dtype, q_u.device)
+    return _CastleTritonFn.apply(q_u, k_u, v_u, q_c, k_c, v_c, lookahead, float(scale), chunk)
