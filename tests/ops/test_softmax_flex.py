@@ -81,7 +81,7 @@ def test_flex_small_blocks_skip_empty_blocks_cpu(mask_name: str) -> None:
     ref = softmax_attention(q, k, v, mask=mask, q_offset=off, impl="reference")
     out = flex_softmax_attention(
         q, k, v, mask=mask, scale=12**-0.5, score="scaled_dot", score_params=None, q_offset=off, dropout_p=0.0,
-        block_size=4,
+        flex_block=4,
     )
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=RTOL)
 
@@ -91,7 +91,7 @@ def test_flex_small_blocks_skip_empty_blocks_cpu(mask_name: str) -> None:
 def test_block_mask_keeps_exactly_the_nonempty_blocks(mask_name: str, q_offset: int) -> None:
     T, S, H, bs = 13, 18, 4, 4
     mask = make_mask(mask_name, T, S, q_offset, H)
-    bm = block_mask_for(mask, batch_size=B, n_heads=H, q_len=T, kv_len=S, q_offset=q_offset, block_size=bs)
+    bm = block_mask_for(mask, batch_size=B, n_heads=H, q_len=T, kv_len=S, q_offset=q_offset, flex_block=bs)
     dense = M.dense(mask, T, S, batch_size=B, n_heads=H, q_offset=q_offset)  # (B, H, T, S)
     nq, nk = -(-T // bs), -(-S // bs)
     padded = torch.zeros(B, H, nq * bs, nk * bs, dtype=torch.bool)
@@ -105,10 +105,13 @@ def test_block_mask_keeps_exactly_the_nonempty_blocks(mask_name: str, q_offset: 
 def test_block_mask_cache_hits_and_distinguishes() -> None:
     clear_block_mask_cache()
     m = M.sliding_window(3)
-    a = block_mask_for(m, batch_size=1, n_heads=1, q_len=9, kv_len=9, q_offset=0, block_size=4)
-    assert block_mask_for(m, batch_size=1, n_heads=1, q_len=9, kv_len=9, q_offset=0, block_size=4) is a
-    assert block_mask_for(m, batch_size=1, n_heads=1, q_len=9, kv_len=9, q_offset=1, block_size=4) is not a
-    assert block_mask_for(M.sliding_window(3), batch_size=1, n_heads=1, q_len=9, kv_len=9, block_size=4) is not a
+    a = block_mask_for(m, batch_size=1, n_heads=1, q_len=9, kv_len=9, q_offset=0, flex_block=4)
+    assert block_mask_for(m, batch_size=1, n_heads=1, q_len=9, kv_len=9, q_offset=0, flex_block=4) is a
+    assert block_mask_for(m, batch_size=1, n_heads=1, q_len=9, kv_len=9, q_offset=1, flex_block=4) is not a
+    assert block_mask_for(M.sliding_window(3), batch_size=1, n_heads=1, q_len=9, kv_len=9, flex_block=4) is not a
+    assert block_mask_for(m, batch_size=1, n_heads=1, q_len=9, kv_len=9, q_offset=0, flex_block=8) is not a
+    with pytest.raises(ValueError, match="flex_block must be an int >= 1, got 0"):
+        block_mask_for(m, batch_size=1, n_heads=1, q_len=9, kv_len=9, flex_block=0)
 
 
 def test_flex_general_and_dot_scores_cpu() -> None:

@@ -6,8 +6,11 @@ D head dim, Dv value dim.
 * The mask predicate becomes a ``BlockMask`` (``create_block_mask``), shifted so that query row ``i`` is
   evaluated at ``q_idx = q_offset + i``. Blocks with no visible entry are skipped by the kernel, so sparse
   masks (sliding window, strided, fixed, BigBird, documents) cost roughly their density. BlockMasks are cached
-  by ``(mask object, T, S, q_offset, device, B if per-batch, H if per-head, block size)``; the cache keeps a
+  by ``(mask object, T, S, q_offset, device, B if per-batch, H if per-head, flex_block)``; the cache keeps a
   reference to the mask so an ``id`` cannot be reused while cached.
+* ``flex_block``: the side of FlexAttention's square blocks (torch's ``BLOCK_SIZE``; default 128), the
+  granularity at which empty parts of the mask are skipped. Named so as not to be confused with CASTLE's
+  ``chunk_size`` or a model's context length.
 * Scores: ``scaled_dot`` / ``dot`` via ``scale``; ``general`` via ``q' = q @ W``. ``additive`` is not offered
   (it would need a per-element ``tanh`` over ``A`` inside ``score_mod``) and raises ``ValueError``.
 * Rows with no visible key: FlexAttention returns zeros for them (its log-sum-exp is ``-inf``); tested
@@ -30,13 +33,14 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from attnlab._validation import check_int
 from attnlab.masks import Mask
 from attnlab.ops.softmax.scores import GeneralScoreParams, ScoreParams
 
 __all__ = ["flex_softmax_attention", "block_mask_for", "FLEX_SCORES", "clear_block_mask_cache"]
 
 FLEX_SCORES: tuple[str, ...] = ("scaled_dot", "dot", "general")
-DEFAULT_BLOCK_SIZE = 128
+DEFAULT_FLEX_BLOCK = 128
 _CACHE_SIZE = 64
 
 _cache: "OrderedDict[tuple[Any, ...], tuple[Mask, Any]]" = OrderedDict()
@@ -59,18 +63,20 @@ def block_mask_for(
     kv_len: int,
     q_offset: int = 0,
     device: torch.device | str = "cpu",
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    flex_block: int = DEFAULT_FLEX_BLOCK,
 ):
     """The (cached) FlexAttention ``BlockMask`` of ``mask`` for query rows at ``q_offset .. q_offset + q_len``.
 
-    The BlockMask broadcasts over batch/heads unless the mask depends on them (``per_batch``/``per_head``).
+    The BlockMask broadcasts over batch/heads unless the mask depends on them (``per_batch``/``per_head``);
+    its blocks are ``flex_block x flex_block`` (query x key positions).
     """
     from torch.nn.attention.flex_attention import create_block_mask
 
+    check_int("flex_block", flex_block, 1)
     dev = torch.device(device)
     B = batch_size if mask.per_batch else None
     H = n_heads if mask.per_head else None
-    key = (id(mask), q_len, kv_len, q_offset, str(dev), B, H, block_size)
+    key = (id(mask), q_len, kv_len, q_offset, str(dev), B, H, flex_block)
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None and hit[0] is mask:
@@ -89,7 +95,7 @@ def block_mask_for(
         def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
             return fn(b, h, q_idx, kv_idx)
 
-    bm = create_block_mask(mask_mod, B=B, H=H, Q_LEN=q_len, KV_LEN=kv_len, device=dev, BLOCK_SIZE=block_size)
+    bm = create_block_mask(mask_mod, B=B, H=H, Q_LEN=q_len, KV_LEN=kv_len, device=dev, BLOCK_SIZE=flex_block)
     with _cache_lock:
         _cache[key] = (mask, bm)
         _cache.move_to_end(key)
@@ -120,7 +126,7 @@ def flex_softmax_attention(
     score_params: ScoreParams | None,
     q_offset: int,
     dropout_p: float,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    flex_block: int = DEFAULT_FLEX_BLOCK,
 ) -> Tensor:
     """Masked softmax attention via FlexAttention; see the module docstring. Inputs are assumed validated."""
     if score not in FLEX_SCORES:
@@ -151,7 +157,8 @@ def flex_softmax_attention(
     block_mask = None
     if mask is not None and not mask.full:
         block_mask = block_mask_for(
-            mask, batch_size=B, n_heads=H, q_len=T, kv_len=S, q_offset=q_offset, device=q.device, block_size=block_size
+            mask, batch_size=B, n_heads=H, q_len=T, kv_len=S, q_offset=q_offset, device=q.device,
+            flex_block=flex_block,
         )
     fn = _flex_fn(q.device)
     with warnings.catch_warnings():
