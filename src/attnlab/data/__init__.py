@@ -5,6 +5,7 @@
 * Tokenizers: :class:`CharTokenizer`, :class:`WordTokenizer`, :class:`GPT2Tokenizer` (bundled ranks, no
   network), all following the :class:`Tokenizer` protocol; :func:`tokenizer_from_dict` rebuilds one.
 * Batching: :func:`sample_batch` (random training windows) and :func:`iterate_eval_batches` (the whole split).
+* Translation: :func:`load_parallel` (bundled ``"multi30k"`` or aligned files) gives a :class:`ParallelCorpus`.
 
 Sources and licences of the bundled files: ``attnlab/data/corpora/LICENSES.md`` and ``docs/data.md``.
 """
@@ -12,6 +13,7 @@ Sources and licences of the bundled files: ``attnlab/data/corpora/LICENSES.md`` 
 from attnlab.data.batching import count_eval_targets, iterate_eval_batches, sample_batch
 from attnlab.data.bundled import BUNDLED, read_bundled, read_bundled_text
 from attnlab.data.corpus import BUNDLED_CORPORA, Corpus, default_cache_dir, load_corpus, read_text_source
+from attnlab.data.parallel import ParallelCorpus, ParallelFiles, load_parallel
 from attnlab.data.tokenizers import (
     CharTokenizer,
     GPT2Tokenizer,
@@ -26,12 +28,15 @@ __all__ = [
     "CharTokenizer",
     "Corpus",
     "GPT2Tokenizer",
+    "ParallelCorpus",
+    "ParallelFiles",
     "Tokenizer",
     "WordTokenizer",
     "count_eval_targets",
     "default_cache_dir",
     "iterate_eval_batches",
     "load_corpus",
+    "load_parallel",
     "read_bundled",
     "read_bundled_text",
     "read_text_source",

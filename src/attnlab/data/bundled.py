@@ -1,9 +1,9 @@
-"""The corpora and tokenizer files shipped inside the package (``attnlab/data/corpora/*.xz``).
+"""The corpora and tokenizer files shipped inside the package (``attnlab/data/corpora/**/*.xz``).
 
-Each file is an ``xz`` compression of a public file (sources and licences: ``corpora/LICENSES.md`` and
-``docs/data.md``). :func:`read_bundled` decompresses one in memory and checks the SHA-256 of the decompressed
-bytes, so a corrupted install fails loudly instead of training on damaged text. Nothing here touches the
-network.
+Each file is an ``xz`` compression of a public file (a ``.gz`` original is decompressed first), sources and
+licences in ``corpora/LICENSES.md`` and ``docs/data.md``. :func:`read_bundled` decompresses one in memory and
+checks the SHA-256 of the decompressed bytes, so a corrupted install fails loudly instead of training on damaged
+text. Nothing here touches the network.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import lzma
 from dataclasses import dataclass
 from importlib import resources
 
-__all__ = ["BundledFile", "BUNDLED", "read_bundled", "read_bundled_text"]
+__all__ = ["BundledFile", "BUNDLED", "BUNDLED_PARALLEL", "read_bundled", "read_bundled_text"]
 
 
 @dataclass(frozen=True)
@@ -43,20 +43,51 @@ BUNDLED: dict[str, BundledFile] = {
     ),
 }
 
+#: Parallel text: Multi30K task 1 (raw, untokenized; Elliott et al. 2016), one sentence per line, line ``i`` of the
+#: English file translating line ``i`` of the German one. Read through :func:`attnlab.data.load_parallel`. Kept in
+#: a table of its own beside :data:`BUNDLED` (the single-language corpora and the GPT-2 ranks); :func:`read_bundled`
+#: serves both.
+BUNDLED_PARALLEL: dict[str, BundledFile] = {
+    "multi30k/train.de": BundledFile(
+        "corpora/multi30k/train.de.xz", 2_110_398, "2c2b73fd2b548fbcde3a875e0a78d6ee94d498bfdee6bd3eae3945779e9ddf72"
+    ),
+    "multi30k/train.en": BundledFile(
+        "corpora/multi30k/train.en.xz", 1_801_238, "460a15fbd157e34a7a9957ee388c1ca247fe47af3ef25fb50442af6c274e0fc6"
+    ),
+    "multi30k/val.de": BundledFile(
+        "corpora/multi30k/val.de.xz", 75_981, "660e09eb7e1da2f856ea13ee5ad3cf6d36b3d5b0b733c857e94c5747a3dfc660"
+    ),
+    "multi30k/val.en": BundledFile(
+        "corpora/multi30k/val.en.xz", 63_297, "1f2a23d992769b5b3d209b0a10dd0b77c08cceb1f20dfb97ed0aafa49d107227"
+    ),
+    "multi30k/test_2016_flickr.de": BundledFile(
+        "corpora/multi30k/test_2016_flickr.de.xz",
+        70_649,
+        "4be6b5b3236b79c25475c6bb829800a7ce559e9ba7a1f6c2394fe4d40be46d16",
+    ),
+    "multi30k/test_2016_flickr.en": BundledFile(
+        "corpora/multi30k/test_2016_flickr.en.xz",
+        62_076,
+        "399a4382932c1aadd3ceb9bef1008d388a64c76d4ae4e9d4728c6f4301cac182",
+    ),
+}
+
 
 def read_bundled(name: str) -> bytes:
-    """The decompressed bytes of the bundled file ``name`` (a key of :data:`BUNDLED`), checked by SHA-256."""
+    """The decompressed bytes of the bundled file ``name`` (a key of :data:`BUNDLED` or :data:`BUNDLED_PARALLEL`),
+    checked by SHA-256."""
+    table = {**BUNDLED, **BUNDLED_PARALLEL}
     try:
-        entry = BUNDLED[name]
+        entry = table[name]
     except KeyError:
-        raise ValueError(f"unknown bundled file {name!r}; bundled: {', '.join(sorted(BUNDLED))}") from None
+        raise ValueError(f"unknown bundled file {name!r}; bundled: {', '.join(sorted(table))}") from None
     resource = resources.files("attnlab.data").joinpath(entry.filename)
     try:
         compressed = resource.read_bytes()
     except FileNotFoundError:
         raise ValueError(
             f"bundled file {entry.filename!r} is missing from the attnlab installation; reinstall attnlab "
-            "(the package data glob 'data/corpora/*' must be included)"
+            "(the package data globs 'data/corpora/*' and 'data/corpora/**/*' must be included)"
         ) from None
     data = lzma.decompress(compressed)
     digest = hashlib.sha256(data).hexdigest()
