@@ -5,7 +5,8 @@
 * Tokenizers: :class:`CharTokenizer`, :class:`WordTokenizer`, :class:`GPT2Tokenizer` (bundled ranks, no
   network), all following the :class:`Tokenizer` protocol; :func:`tokenizer_from_dict` rebuilds one.
 * Batching: :func:`sample_batch` (random training windows) and :func:`iterate_eval_batches` (the whole split).
-* Translation: :func:`load_parallel` (bundled ``"multi30k"`` or aligned files) gives a :class:`ParallelCorpus`.
+* Translation: :func:`load_parallel` (bundled ``"multi30k"`` or aligned files) gives a :class:`ParallelCorpus`;
+  :func:`global_batch`, :func:`rank_rows`, :func:`pad_batch` and :func:`eval_batches` make length-bucketed batches.
 
 Sources and licences of the bundled files: ``attnlab/data/corpora/LICENSES.md`` and ``docs/data.md``.
 """
@@ -13,6 +14,16 @@ Sources and licences of the bundled files: ``attnlab/data/corpora/LICENSES.md`` 
 from attnlab.data.batching import count_eval_targets, iterate_eval_batches, sample_batch
 from attnlab.data.bundled import BUNDLED, read_bundled, read_bundled_text
 from attnlab.data.corpus import BUNDLED_CORPORA, Corpus, default_cache_dir, load_corpus, read_text_source
+from attnlab.data.mt_batching import (
+    IGNORE_INDEX,
+    EncodedSplit,
+    MTBatch,
+    batches_per_epoch,
+    eval_batches,
+    global_batch,
+    pad_batch,
+    rank_rows,
+)
 from attnlab.data.parallel import ParallelCorpus, ParallelFiles, load_parallel
 from attnlab.data.tokenizers import (
     CharTokenizer,
@@ -27,16 +38,24 @@ __all__ = [
     "BUNDLED_CORPORA",
     "CharTokenizer",
     "Corpus",
+    "EncodedSplit",
     "GPT2Tokenizer",
+    "IGNORE_INDEX",
+    "MTBatch",
     "ParallelCorpus",
     "ParallelFiles",
     "Tokenizer",
     "WordTokenizer",
+    "batches_per_epoch",
     "count_eval_targets",
     "default_cache_dir",
+    "eval_batches",
+    "global_batch",
     "iterate_eval_batches",
     "load_corpus",
     "load_parallel",
+    "pad_batch",
+    "rank_rows",
     "read_bundled",
     "read_bundled_text",
     "read_text_source",
