@@ -6,7 +6,9 @@
   network), all following the :class:`Tokenizer` protocol; :func:`tokenizer_from_dict` rebuilds one.
 * Batching: :func:`sample_batch` (random training windows) and :func:`iterate_eval_batches` (the whole split).
 * Translation: :func:`load_parallel` (bundled ``"multi30k"`` or aligned files) gives a :class:`ParallelCorpus`;
-  :func:`global_batch`, :func:`rank_rows`, :func:`pad_batch` and :func:`eval_batches` make length-bucketed batches.
+  :func:`build_subword_tokenizer` trains (and caches) a joint BPE :class:`SubwordTokenizer`; :func:`encode_parallel`
+  encodes the splits; :func:`global_batch`, :func:`rank_rows`, :func:`pad_batch` and :func:`eval_batches` make
+  length-bucketed batches. The subword tokenizer needs ``pip install attnlab[mt]``, imported only when used.
 
 Sources and licences of the bundled files: ``attnlab/data/corpora/LICENSES.md`` and ``docs/data.md``.
 """
@@ -25,6 +27,7 @@ from attnlab.data.mt_batching import (
     rank_rows,
 )
 from attnlab.data.parallel import ParallelCorpus, ParallelFiles, load_parallel
+from attnlab.data.subword import SubwordConfig, SubwordTokenizer, build_subword_tokenizer, encode_parallel
 from attnlab.data.tokenizers import (
     CharTokenizer,
     GPT2Tokenizer,
@@ -44,11 +47,15 @@ __all__ = [
     "MTBatch",
     "ParallelCorpus",
     "ParallelFiles",
+    "SubwordConfig",
+    "SubwordTokenizer",
     "Tokenizer",
     "WordTokenizer",
     "batches_per_epoch",
+    "build_subword_tokenizer",
     "count_eval_targets",
     "default_cache_dir",
+    "encode_parallel",
     "eval_batches",
     "global_batch",
     "iterate_eval_batches",
