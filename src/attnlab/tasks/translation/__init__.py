@@ -1,0 +1,1 @@
+"""Encoder-decoder translation: the task, and its metrics (:mod:`attnlab.tasks.translation.metrics`)."""
