@@ -30,7 +30,7 @@ def text(tmp_path: Path) -> Path:
 
 def _small(text: Path, tmp_path: Path) -> list[str]:
     return ["--set", f"data.source={text}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
-            "--set", "model.n_layers=1", "--set", "model.d_model=32", "--set", "model.block_size=32",
+            "--set", "model.n_layers=1", "--set", "model.d_model=32", "--set", "model.context_len=32",
             "--set", "eval_interval=4", "--set", "tensorboard=true", "--steps", "8", "--batch-size", "4",
             "--no-progress"]
 
@@ -76,9 +76,9 @@ def test_train_errors_are_clear(tmp_path: Path, text: Path, capsys: pytest.Captu
     err = capsys.readouterr().err
     assert "unknown config key 'model.n_layer'" in err and "n_layers" in err
     assert main([*args, "--set", "model.n_heads=5"]) == 2
-    assert "model.n_heads=5 must divide model.d_model=32" in capsys.readouterr().err
-    assert main([*args, "--set", "model.block_size=9000"]) == 2
-    assert "model.block_size=9000 is longer than the training split" in capsys.readouterr().err
+    assert "model: n_heads=5 must divide d_model=32" in capsys.readouterr().err
+    assert main([*args, "--set", "model.context_len=9000"]) == 2
+    assert "model.context_len=9000 is longer than the training split" in capsys.readouterr().err
     assert main([*args, "--preset", "nope"]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
     # bad data files through the data API
@@ -105,7 +105,7 @@ def test_eval_and_generate_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["generate", "--checkpoint", str(tmp_path / "empty")]) == 2
     assert "no checkpoint in" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path / "empty"), "--batch-size", "0"]) == 2
-    assert "--batch-size must be a positive number of windows, got 0" in capsys.readouterr().err
+    assert "--batch-size must be a positive number of rows, got 0" in capsys.readouterr().err
 
 
 def test_compare_cli(tmp_path: Path, text: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -122,9 +122,10 @@ def test_compare_cli(tmp_path: Path, text: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_presets_resolve() -> None:
-    from attnlab.train.presets import COMPARE_PRESETS, PRESETS, get_compare_preset, get_preset
+    from attnlab.compare.presets import COMPARE_PRESETS, get_compare_preset
+    from attnlab.train.presets import PRESETS, get_preset
 
     for name in PRESETS:
         assert get_preset(name).steps > 0
     for name in COMPARE_PRESETS:
-        assert get_compare_preset(name).mechanisms
+        assert get_compare_preset(name).variants

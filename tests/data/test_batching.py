@@ -57,7 +57,7 @@ def test_sample_batch_can_reach_both_ends() -> None:
 def test_eval_batches_cover_the_whole_split_once(n: int, batch: int, block: int) -> None:
     tokens = _tokens(n)
     if block + 1 > n:
-        with pytest.raises(ValueError, match=f"block_size={block} needs at least"):
+        with pytest.raises(ValueError, match=f"context_len={block} needs at least"):
             list(iterate_eval_batches(tokens, batch, block))
         return
     xs, ys, partial_seen = [], [], False
@@ -83,7 +83,7 @@ def test_eval_batches_concrete_layout() -> None:
 
 def test_bad_arguments() -> None:
     tokens = _tokens(10)
-    with pytest.raises(ValueError, match="block_size=10 needs at least block_size \\+ 1 = 11 tokens, but the split has 10"):
+    with pytest.raises(ValueError, match="context_len=10 needs at least context_len \\+ 1 = 11 tokens, but the split has 10"):
         sample_batch(tokens, 2, 10, torch.Generator())
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         sample_batch(tokens, 0, 4, torch.Generator())

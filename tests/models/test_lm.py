@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from attnlab.layers import registry
 from attnlab.models import LM, LMConfig
+from attnlab.tasks.lm import lm_loss
 
 V, BLOCK = 37, 12
 CAUSAL = [s.name for s in registry.all_specs() if s.causal]
@@ -19,7 +20,7 @@ CACHED = [s.name for s in registry.all_specs() if s.causal and s.cache is not No
 def _config(attention: str | list[str] = "standard", **kw: object) -> LMConfig:
     mechs = [attention] if isinstance(attention, str) else attention
     opts = {m: dict(registry.get(m).verify_options) for m in set(mechs) if registry.get(m).verify_options}
-    base = dict(vocab_size=V, n_layers=2, d_model=16, n_heads=2, block_size=BLOCK, attention=attention,
+    base = dict(vocab_size=V, n_layers=2, d_model=16, n_heads=2, context_len=BLOCK, attention=attention,
                 attention_options=opts)
     base.update(kw)
     return LMConfig(**base)
@@ -41,20 +42,20 @@ def test_standard_is_registered() -> None:
 def test_forward_shapes_and_loss_is_mean_cross_entropy() -> None:
     m = _model()
     idx, tgt = _idx(), _idx(seed=2)
-    logits, loss = m(idx, tgt)
+    logits = m(idx)
+    loss = lm_loss(logits, tgt)
     assert logits.shape == (2, BLOCK, V) and logits.dtype == torch.float64
     # reference: mean over all B*T positions of -log softmax(logits)[target]
     ref = -logits.log_softmax(-1).gather(-1, tgt[..., None]).mean()
     torch.testing.assert_close(loss, ref, rtol=0, atol=1e-12)  # float64, same math
-    assert m(idx)[1] is None
     tgt[0, :5] = -1  # ignored positions
     ref = F.cross_entropy(logits[tgt >= 0], tgt[tgt >= 0])
-    torch.testing.assert_close(m(idx, tgt)[1], ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(lm_loss(m(idx), tgt), ref, rtol=0, atol=1e-12)
 
 
 def test_initial_loss_is_near_uniform() -> None:
     m = _model(dtype=torch.float32)
-    _, loss = m(_idx(B=4), _idx(B=4, seed=5))
+    loss = lm_loss(m(_idx(B=4)), _idx(B=4, seed=5))
     assert abs(loss.item() - math.log(V)) < 0.1  # small init: logits near zero
 
 
@@ -63,11 +64,11 @@ def test_lm_is_causal(name: str) -> None:
     """Changing the token at position t leaves logits before t unchanged and changes logits at t and t+1."""
     m = _model(name)
     idx = _idx()
-    base, _ = m(idx)
+    base = m(idx)
     for t in (0, 5, BLOCK - 2):
         pert = idx.clone()
         pert[:, t] = (pert[:, t] + 1) % V
-        out, _ = m(pert)
+        out = m(pert)
         torch.testing.assert_close(out[:, :t], base[:, :t], rtol=0, atol=1e-12)  # float64: exact up to rounding
         assert (out[:, t] - base[:, t]).abs().max() > 1e-6
         assert (out[:, t + 1] - base[:, t + 1]).abs().max() > 1e-6, "the next position must see the change"
@@ -76,10 +77,10 @@ def test_lm_is_causal(name: str) -> None:
 def test_lm_is_causal_with_the_test_mechanism(tiny_mechanisms: None) -> None:
     m = _model(["test-tiny", "standard"])
     idx = _idx()
-    base, _ = m(idx)
+    base = m(idx)
     pert = idx.clone()
     pert[:, 6] = (pert[:, 6] + 3) % V
-    out, _ = m(pert)
+    out = m(pert)
     torch.testing.assert_close(out[:, :6], base[:, :6], rtol=0, atol=1e-12)
     assert (out[:, 7] - base[:, 7]).abs().max() > 1e-6
 
@@ -89,11 +90,11 @@ def test_cached_decoding_equals_full_forward(name: str) -> None:
     """Prefill 5 tokens, then one token at a time: the logits equal the full forward (float64, atol 1e-10)."""
     m = _model(name)
     idx = _idx()
-    full, _ = m(idx)
+    full = m(idx)
     caches = m.new_caches(2)
-    parts = [m(idx[:, :5], caches=caches)[0]]
+    parts = [m(idx[:, :5], caches=caches)]
     for t in range(5, BLOCK):
-        parts.append(m(idx[:, t : t + 1], caches=caches)[0])
+        parts.append(m(idx[:, t : t + 1], caches=caches))
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=0, atol=1e-10)
     assert all(c.seq_len == BLOCK for c in caches)
 
@@ -101,9 +102,9 @@ def test_cached_decoding_equals_full_forward(name: str) -> None:
 def test_cached_decoding_with_the_test_mechanism_and_mixed_layers(tiny_mechanisms: None) -> None:
     m = _model(["test-tiny", "standard", "test-tiny"], n_layers=3)
     idx = _idx()
-    full, _ = m(idx)
+    full = m(idx)
     caches = m.new_caches(2)
-    parts = [m(idx[:, :1], caches=caches)[0]] + [m(idx[:, t : t + 1], caches=caches)[0] for t in range(1, BLOCK)]
+    parts = [m(idx[:, :1], caches=caches)] + [m(idx[:, t : t + 1], caches=caches) for t in range(1, BLOCK)]
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=0, atol=1e-10)
 
 
@@ -117,7 +118,7 @@ def test_cache_overflow_and_mismatched_caches() -> None:
     m = _model()
     caches = m.new_caches(1)
     m(_idx(B=1, T=10), caches=caches)
-    with pytest.raises(ValueError, match="cached 10 \\+ new T=3 = 13 tokens exceeds block_size=12"):
+    with pytest.raises(ValueError, match="cached 10 \\+ new T=3 = 13 tokens exceeds context_len=12"):
         m(_idx(B=1, T=3), caches=caches)
     with pytest.raises(ValueError, match="caches must be a list of n_layers=2 caches"):
         m(_idx(B=1, T=1), caches=caches[:1])
@@ -163,7 +164,7 @@ def test_castle_at_parity_matches_standard_attention_parameters() -> None:
 def test_gpt2_style_init() -> None:
     torch.manual_seed(0)
     L, d = 8, 64
-    m = LMConfig(vocab_size=500, n_layers=L, d_model=d, n_heads=4, block_size=16).build()
+    m = LMConfig(vocab_size=500, n_layers=L, d_model=d, n_heads=4, context_len=16).build()
     resid = 0.02 / math.sqrt(2 * L)
     downs = torch.cat([b.mlp.down.weight.flatten() for b in m.blocks])
     outs = torch.cat([b.attn.out_proj.weight.flatten() for b in m.blocks])
@@ -177,7 +178,7 @@ def test_gpt2_style_init() -> None:
 
 def test_every_parameter_gets_a_gradient() -> None:
     m = _model(dtype=torch.float32).train()
-    _, loss = m(_idx(), _idx(seed=3))
+    loss = lm_loss(m(_idx()), _idx(seed=3))
     loss.backward()
     missing = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
@@ -190,7 +191,7 @@ def test_a_few_steps_fit_a_repeated_sequence() -> None:
     seq = torch.arange(BLOCK + 1)[None] % 7  # a period-7 pattern: predictable after one period
     first = None
     for _ in range(40):
-        _, loss = m(seq[:, :-1], seq[:, 1:])
+        loss = lm_loss(m(seq[:, :-1]), seq[:, 1:])
         first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
@@ -206,14 +207,41 @@ def test_forward_input_errors() -> None:
         m(torch.tensor([[0, V]]))
     with pytest.raises(ValueError, match="idx values must be in \\[0, vocab_size=37\\), got min -1"):
         m(torch.tensor([[-1, 2]]))
-    with pytest.raises(ValueError, match="T=13 exceeds block_size=12"):
+    with pytest.raises(ValueError, match="T=13 exceeds context_len=12"):
         m(_idx(T=13))
     with pytest.raises(ValueError, match="idx must have shape \\(B, T\\)"):
         m(torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match="targets must be a torch.long tensor of shape \\(2, 12\\)"):
-        m(_idx(), _idx()[:, :5])
-    with pytest.raises(ValueError, match="targets must be in \\[0, vocab_size=37\\) or -1"):
-        m(_idx(), torch.full((2, BLOCK), V))
+    with pytest.raises(ValueError, match="pass exactly one of idx"):
+        m(_idx(), inputs_embeds=m.embed(_idx()))
+    with pytest.raises(ValueError, match="pass exactly one of idx"):
+        m()
+    with pytest.raises(ValueError, match="inputs_embeds must have shape \\(B, T, d_model=16\\), got \\(2, 12, 8\\)"):
+        m(inputs_embeds=torch.zeros(2, BLOCK, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="inputs_embeds must have the model's dtype torch.float64"):
+        m(inputs_embeds=torch.zeros(2, BLOCK, 16))
+
+
+def test_inputs_embeds_equal_ids_and_give_input_gradients() -> None:
+    """The hook distillation needs: the same logits from embeddings as from ids, and d loss / d embeddings equal
+    to the gradient autograd gives the embedding rows (checked by finite differences in float64)."""
+    m = _model()
+    idx, tgt = _idx(), _idx(seed=4)
+    emb = m.embed(idx).detach().requires_grad_()
+    logits = m(inputs_embeds=emb)
+    torch.testing.assert_close(logits, m(idx), rtol=0, atol=0)
+    lm_loss(logits, tgt).backward()
+    assert emb.grad is not None and emb.grad.shape == emb.shape
+    # finite difference on one coordinate
+    b, t, c, h = 1, 3, 5, 1e-6
+    plus, minus = emb.detach().clone(), emb.detach().clone()
+    plus[b, t, c] += h
+    minus[b, t, c] -= h
+    fd = (lm_loss(m(inputs_embeds=plus), tgt) - lm_loss(m(inputs_embeds=minus), tgt)) / (2 * h)
+    assert abs(fd.item() - emb.grad[b, t, c].item()) < 1e-7
+    # causality of the input gradient: the loss at position 2 does not depend on embeddings after it
+    emb2 = m.embed(idx).detach().requires_grad_()
+    m(inputs_embeds=emb2)[:, 2].sum().backward()
+    assert emb2.grad[:, 3:].abs().max().item() == 0.0 and emb2.grad[:, :3].abs().max().item() > 0
 
 
 # ------------------------------------------------------------------------------------------- GPU tier
@@ -224,10 +252,10 @@ def test_forward_input_errors() -> None:
 def test_cuda_cached_decoding_matches_full_forward(name: str) -> None:
     m = _model(name, dtype=torch.float32).cuda()
     idx = _idx().cuda()
-    full, _ = m(idx)
+    full = m(idx)
     caches = m.new_caches(2)
     assert all(c.memory_bytes() >= 0 for c in caches)
-    parts = [m(idx[:, :5], caches=caches)[0]] + [m(idx[:, t : t + 1], caches=caches)[0] for t in range(5, BLOCK)]
+    parts = [m(idx[:, :5], caches=caches)] + [m(idx[:, t : t + 1], caches=caches) for t in range(5, BLOCK)]
     # float32 on the GPU, fused kernels accumulate in other orders: logits are O(0.1), so 1e-4 is ~1e-3 relative
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-4, atol=1e-4)
 
@@ -242,7 +270,8 @@ def test_cuda_bf16_autocast_training_step() -> None:
     tokens = (np.arange(500) % V).astype(np.uint16)
     x, y = sample_batch(tokens, 4, BLOCK, torch.Generator().manual_seed(0), "cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits, loss = m(x, y)
+        logits = m(x)
+        loss = lm_loss(logits, y)
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())

@@ -7,7 +7,7 @@ import pytest
 from attnlab.layers import registry
 from attnlab.models import LMConfig, swiglu_hidden
 
-BASE = dict(vocab_size=50, n_layers=5, d_model=32, n_heads=4, block_size=16)
+BASE = dict(vocab_size=50, n_layers=5, d_model=32, n_heads=4, context_len=16)
 HAS_SW = "sliding-window" in registry.names()
 
 
@@ -62,8 +62,10 @@ def test_round_trip_through_dict(tiny_mechanisms: None) -> None:
     cfg = LMConfig(**BASE, attention=["standard", "test-tiny"] * 2 + ["standard"],
                    attention_options={"test-tiny": {"impl": "reference"}}, dropout=0.1)
     assert LMConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="unknown field\\(s\\) \\['n_layer'\\]"):
+    with pytest.raises(ValueError, match="unknown config key 'n_layer'; valid keys at the top level: vocab_size, "):
         LMConfig.from_dict({**cfg.to_dict(), "n_layer": 3})
+    with pytest.raises(ValueError, match="config key 'block_size' was renamed 'context_len'"):
+        LMConfig.from_dict({**cfg.to_dict(), "block_size": 3})
 
 
 @pytest.mark.parametrize(
@@ -72,17 +74,17 @@ def test_round_trip_through_dict(tiny_mechanisms: None) -> None:
         (dict(n_heads=3), "n_heads=3 must divide d_model=32 \\(or pass head_dim explicitly\\)"),
         (dict(n_layers=0), "n_layers must be an int >= 1, got 0"),
         (dict(vocab_size=2.5), "vocab_size must be an int >= 1, got 2.5"),
-        (dict(head_dim=0), "head_dim must be an int >= 1 or None, got 0"),
+        (dict(head_dim=0), "head_dim must be an int >= 1, got 0"),
         (dict(attention="nope"), "layer 1 has unknown mechanism 'nope'; registered: .*standard, .*sliding-window"),
         (dict(attention=["standard"] * 4), "attention is a list of 4 mechanism names but n_layers=5"),
         (dict(schedule="every-third"), "schedule must be one of \\('uniform', 'alternate'\\), got 'every-third'"),
-        (dict(dropout=1.0), "dropout must be a float in \\[0, 1\\), got 1.0"),
-        (dict(rope_base=1), "rope_base must be a number > 1, got 1"),
-        (dict(norm_eps=0), "norm_eps must be a number > 0, got 0"),
-        (dict(ffn_hidden=-1), "ffn_hidden must be an int >= 1 or None, got -1"),
+        (dict(dropout=1.0), "dropout must be a float in \\[0.0, 1.0\\), got 1.0"),
+        (dict(rope_base=1), "rope_base must be a number > 1.0, got 1"),
+        (dict(norm_eps=0), "norm_eps must be a number > 0.0, got 0"),
+        (dict(ffn_hidden=-1), "ffn_hidden must be an int >= 1, got -1"),
         (dict(parity=1), "parity must be a bool, got 1"),
         (dict(attention_options={"gqa": {}}), "options for 'gqa', which no layer uses; this model uses standard"),
-        (dict(attention_options={"standard": {"n_heads": 2}}), "sets n_heads, which the LM sets for every layer"),
+        (dict(attention_options={"standard": {"n_heads": 2}}), "sets n_heads, which a decoder-only LM sets for every layer"),
         (dict(attention_options={"standard": {"windw": 3}}), "attention 'standard': invalid layer options .*windw"),
         (dict(attention_options={"standard": 3}), "attention_options\\['standard'\\] must be a dict of options"),
     ],

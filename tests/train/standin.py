@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -23,20 +22,17 @@ class TinyLM(nn.Module):
         self.head.weight = self.emb.weight
         nn.init.normal_(self.emb.weight, std=0.1)
 
-    def forward(self, idx, targets=None, *, caches=None):
+    def forward(self, idx, *, caches=None):
         h = self.emb(idx)  # (B, T, d)
         n = torch.arange(1, idx.size(1) + 1, device=idx.device, dtype=h.dtype)[None, :, None]
         h = h + self.drop(torch.tanh(self.fc(self.norm(h.cumsum(1) / n))))
-        logits = self.head(h)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+        return self.head(h)  # logits (B, T, V): the task computes the loss
 
 
 @dataclass
 class Tok:
     name: str = "char"
+    vocab_size: int = 11
 
     def to_dict(self):
         return {"name": self.name}
@@ -59,7 +55,7 @@ def tiny_corpus(n: int = 4000, vocab: int = 11, seed: int = 0) -> TinyCorpus:
     for i in range(1, n):
         toks[i] = (toks[i - 1] + 1) % vocab if rng.random() < 0.8 else rng.integers(vocab)
     a, b = int(n * 0.8), int(n * 0.9)
-    return TinyCorpus(toks[:a], toks[a:b], toks[b:], vocab, Tok())
+    return TinyCorpus(toks[:a], toks[a:b], toks[b:], vocab, Tok(vocab_size=vocab))
 
 
 def ddp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: str, result_path: str) -> None:
@@ -81,7 +77,7 @@ def ddp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: s
         torch.manual_seed(0)  # the injected stand-in model is initialised by the caller, as in the test
         model = TinyLM(11)
         torch.manual_seed(1000 + rank)  # the trainer must not depend on the caller's RNG after that
-        t = Trainer(cfg, corpus=tiny_corpus(), model=model, out_dir=out_dir, log=None)
+        t = Trainer(cfg, data=tiny_corpus(), model=model, out_dir=out_dir, log=None)
         r = t.fit()
         weights = {k: v.tolist() for k, v in t.model.state_dict().items()}
         with open(f"{result_path}.{rank}", "w") as f:
@@ -114,7 +110,7 @@ def ddp_resume_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out
             torch.manual_seed(0)
             model = TinyLM(11, dropout=cfg.model.dropout)
             out = f"{out_dir}/{'a' if name == 'whole' else 'b'}"
-            t = Trainer(cfg.replace(steps=steps), corpus=tiny_corpus(), model=model, out_dir=out, log=None,
+            t = Trainer(cfg.replace(steps=steps), data=tiny_corpus(), model=model, out_dir=out, log=None,
                         resume=resume)
             r = t.fit()
             runs[name] = {"losses": r.train_losses, "val": r.val.loss, "resumed_from": r.resumed_from,

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from attnlab.train import checkpoint as ckpt
-from attnlab.train.config import ModelSection, OptimSection, TrainConfig
+from attnlab.models.lm import LMConfig
+from attnlab.train.config import OptimConfig, TrainConfig
 from attnlab.train.metrics import read_jsonl
 from attnlab.train.trainer import Trainer
 
@@ -18,8 +19,8 @@ from standin import TinyLM, tiny_corpus
 
 def _cfg(**kw) -> TrainConfig:
     base = dict(
-        model=ModelSection(block_size=16, d_model=16, n_heads=2, dropout=0.1),
-        optim=OptimSection(lr=3e-2, warmup_steps=4),
+        model=LMConfig(context_len=16, d_model=16, n_heads=2, dropout=0.1),
+        optim=OptimConfig(lr=3e-2, warmup_steps=4),
         steps=20, batch_size=8, grad_accum=2, eval_interval=5, log_interval=1, precision="float64",
         progress=False, tensorboard=False, keep_checkpoints=2,
     )
@@ -29,7 +30,7 @@ def _cfg(**kw) -> TrainConfig:
 
 def _trainer(cfg: TrainConfig, out: Path | None, **kw) -> Trainer:
     torch.manual_seed(123)  # the trainer must not depend on the caller's RNG: it seeds itself
-    return Trainer(cfg, corpus=tiny_corpus(), model=TinyLM(11, dropout=cfg.model.dropout), out_dir=out, log=None, **kw)
+    return Trainer(cfg, data=tiny_corpus(), model=TinyLM(11, dropout=cfg.model.dropout), out_dir=out, log=None, **kw)
 
 
 class Crash(RuntimeError):
@@ -140,7 +141,7 @@ def test_other_architecture_is_a_clear_error(tmp_path: Path) -> None:
 def test_resume_with_a_different_model_config_is_refused(tmp_path: Path) -> None:
     cfg = _cfg(steps=5)
     _trainer(cfg, tmp_path).fit()
-    other = _cfg(steps=10, model=ModelSection(block_size=16, d_model=32, n_heads=2, dropout=0.1))
+    other = _cfg(steps=10, model=LMConfig(context_len=16, d_model=32, n_heads=2, dropout=0.1))
     with pytest.raises(ckpt.CheckpointError, match=r"model.d_model: checkpoint 16 vs now 32"):
         _trainer(other, tmp_path, resume=True)
 
@@ -148,8 +149,8 @@ def test_resume_with_a_different_model_config_is_refused(tmp_path: Path) -> None
 def test_block_longer_than_the_data_is_refused() -> None:
     from attnlab.train.config import ConfigError
 
-    cfg = _cfg(model=ModelSection(block_size=5000, d_model=16, n_heads=2))
-    with pytest.raises(ConfigError, match=r"model.block_size=5000 is longer than the training split \(3200 tokens"):
+    cfg = _cfg(model=LMConfig(context_len=5000, d_model=16, n_heads=2))
+    with pytest.raises(ConfigError, match=r"model.context_len=5000 is longer than the training split \(3200 tokens"):
         _trainer(cfg, None)
 
 
@@ -161,12 +162,12 @@ def test_real_lm_resume_is_exact(tmp_path: Path, mechanism: str) -> None:
     src = tmp_path / "t.txt"
     src.write_text(read_bundled_text("tinyshakespeare")[:5000])
     corpus = load_corpus(str(src), cache_dir=tmp_path / "c", progress=False)
-    cfg = TrainConfig(model=ModelSection(n_layers=1, d_model=16, n_heads=2, block_size=16, attention=mechanism,
+    cfg = TrainConfig(model=LMConfig(n_layers=1, d_model=16, n_heads=2, context_len=16, attention=mechanism,
                                          dropout=0.1),
-                      optim=OptimSection(lr=1e-2, warmup_steps=2), steps=8, batch_size=4, eval_interval=4,
+                      optim=OptimConfig(lr=1e-2, warmup_steps=2), steps=8, batch_size=4, eval_interval=4,
                       log_interval=1, precision="float64", progress=False, tensorboard=False)
-    whole = Trainer(cfg, corpus=corpus, out_dir=tmp_path / "a", log=None).fit()
-    t = Trainer(cfg, corpus=corpus, out_dir=tmp_path / "b", log=None)
+    whole = Trainer(cfg, data=corpus, out_dir=tmp_path / "a", log=None).fit()
+    t = Trainer(cfg, data=corpus, out_dir=tmp_path / "b", log=None)
     orig = t.optimizer.step
     n = {"k": 0}
 
@@ -179,7 +180,7 @@ def test_real_lm_resume_is_exact(tmp_path: Path, mechanism: str) -> None:
     t.optimizer.step = step  # type: ignore[method-assign]
     with pytest.raises(Crash):
         t.fit()
-    rest = Trainer(cfg, corpus=corpus, out_dir=tmp_path / "b", resume=True, log=None).fit()
+    rest = Trainer(cfg, data=corpus, out_dir=tmp_path / "b", resume=True, log=None).fit()
     assert rest.train_losses == whole.train_losses[4:] and rest.val.loss == whole.val.loss
     assert whole.train_losses[-1][1] < whole.train_losses[0][1]  # it learns something
 
@@ -188,7 +189,7 @@ def test_checkpoint_of_another_mechanism_is_refused(tmp_path: Path) -> None:
     """A CASTLE LM's weights do not load into a standard LM of the same size: the error names the tensors."""
     from attnlab.models import LM, LMConfig
 
-    kw = dict(vocab_size=11, n_layers=1, d_model=16, n_heads=2, block_size=8)
+    kw = dict(vocab_size=11, n_layers=1, d_model=16, n_heads=2, context_len=8)
     ckpt.save_checkpoint(tmp_path, step=1, model=LM(LMConfig(attention="castle", **kw)), optimizer=None, state={})
     with pytest.raises(ckpt.CheckpointError, match=r"different architecture: .*blocks\.0\.attn"):
         ckpt.load_model_weights(tmp_path, LM(LMConfig(attention="standard", **kw)))

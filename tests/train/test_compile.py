@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from attnlab.train.config import ModelSection, OptimSection, TrainConfig
+from attnlab.models.lm import LMConfig
+from attnlab.train.config import OptimConfig, TrainConfig
 from attnlab.train.trainer import Trainer
 
 from standin import TinyLM, tiny_corpus
@@ -18,13 +19,13 @@ def test_compiled_training_matches_eager() -> None:
     """Four steps of the stand-in LM, eager vs torch.compile (Inductor on CPU), float32, no dropout: the same
     losses up to float32 reordering inside fused kernels (rel 1e-4, observed ~1e-7) and the model really is
     compiled (an OptimizedModule)."""
-    cfg = TrainConfig(model=ModelSection(block_size=16, d_model=16, n_heads=2, dropout=0.0),
-                      optim=OptimSection(lr=1e-2, warmup_steps=1), steps=4, batch_size=4, eval_interval=4,
+    cfg = TrainConfig(model=LMConfig(context_len=16, d_model=16, n_heads=2, dropout=0.0),
+                      optim=OptimConfig(lr=1e-2, warmup_steps=1), steps=4, batch_size=4, eval_interval=4,
                       log_interval=1, precision="float32", progress=False, tensorboard=False)
 
     def run(compile_: bool):
         torch.manual_seed(0)
-        t = Trainer(dataclasses.replace(cfg, compile=compile_), corpus=tiny_corpus(),
+        t = Trainer(dataclasses.replace(cfg, compile=compile_), data=tiny_corpus(),
                     model=TinyLM(11), out_dir=None, log=None)
         return t, t.fit()
 

@@ -10,16 +10,18 @@ import torch
 import torch.multiprocessing as mp
 
 from attnlab.train import distributed as ddp
-from attnlab.train.config import ModelSection, OptimSection, TrainConfig
+from attnlab.models.lm import LMConfig
+from attnlab.train.config import OptimConfig, TrainConfig
+from attnlab.tasks.lm import window_offsets
 from attnlab.train.trainer import Trainer
 
 from standin import TinyLM, ddp_resume_worker, ddp_worker, tiny_corpus
 
 
 def test_rank_rows_partition_the_global_batch() -> None:
-    off = ddp.batch_offsets(3, seed=7, n_tokens=1000, block_size=16, batch_size=12)
-    assert torch.equal(off, ddp.batch_offsets(3, seed=7, n_tokens=1000, block_size=16, batch_size=12))
-    assert not torch.equal(off, ddp.batch_offsets(4, seed=7, n_tokens=1000, block_size=16, batch_size=12))
+    off = window_offsets(3, seed=7, n_tokens=1000, context_len=16, batch_size=12)
+    assert torch.equal(off, window_offsets(3, seed=7, n_tokens=1000, context_len=16, batch_size=12))
+    assert not torch.equal(off, window_offsets(4, seed=7, n_tokens=1000, context_len=16, batch_size=12))
     assert int(off.max()) <= 1000 - 16 - 1 and int(off.min()) >= 0
     for m in range(2):  # grad_accum = 2, world = 3, micro = 2
         single = ddp.rank_rows(off, micro_step=m, rank=0, world_size=1, micro=6)
@@ -32,14 +34,14 @@ def test_two_cpu_processes_equal_one(tmp_path: Path) -> None:
     gloo run equal a 1-process run. float64; tolerance 1e-12 relative (only the summation order of the
     gradient average differs)."""
     cfg = TrainConfig(
-        model=ModelSection(block_size=16, d_model=16, n_heads=2),
-        optim=OptimSection(lr=3e-2, warmup_steps=2),
+        model=LMConfig(context_len=16, d_model=16, n_heads=2),
+        optim=OptimConfig(lr=3e-2, warmup_steps=2),
         steps=6, batch_size=8, grad_accum=2, eval_interval=3, log_interval=1, precision="float64",
         progress=False, tensorboard=False,
     )
     torch.manual_seed(0)
     model = TinyLM(11)
-    single_t = Trainer(cfg, corpus=tiny_corpus(), model=model, out_dir=tmp_path / "one", log=None)
+    single_t = Trainer(cfg, data=tiny_corpus(), model=model, out_dir=tmp_path / "one", log=None)
     single = single_t.fit()
 
     port = ddp.free_port()
@@ -68,8 +70,8 @@ def test_two_process_resume_with_dropout_is_exact(tmp_path: Path) -> None:
     optim.decay_steps). Every rank restores its own dropout RNG stream, so losses and weights are identical
     (tolerance 0: bitwise on CPU)."""
     cfg = TrainConfig(
-        model=ModelSection(block_size=16, d_model=16, n_heads=2, dropout=0.3),
-        optim=OptimSection(lr=3e-2, warmup_steps=2, decay_steps=6),
+        model=LMConfig(context_len=16, d_model=16, n_heads=2, dropout=0.3),
+        optim=OptimConfig(lr=3e-2, warmup_steps=2, decay_steps=6),
         steps=6, batch_size=8, grad_accum=2, eval_interval=3, log_interval=1, precision="float64",
         progress=False, tensorboard=False,
     )

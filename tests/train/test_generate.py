@@ -8,7 +8,7 @@ import torch
 
 from attnlab.layers import registry
 from attnlab.models import LM, LMConfig
-from attnlab.train.generate import generate, generate_with_logits, sample_next
+from attnlab.models.lm import generate, generate_with_logits, sample_next
 
 CACHED = [s.name for s in registry.all_specs() if s.causal and s.cache is not None]
 
@@ -17,7 +17,7 @@ def _model(name: str, block: int = 12) -> LM:
     spec = registry.get(name)
     opts = {name: dict(spec.verify_options)} if spec.verify_options else {}
     torch.manual_seed(0)
-    cfg = LMConfig(vocab_size=17, n_layers=2, d_model=32, n_heads=4, block_size=block, attention=name,
+    cfg = LMConfig(vocab_size=17, n_layers=2, d_model=32, n_heads=4, context_len=block, attention=name,
                    attention_options=opts)
     model = LM(cfg).double()
     with torch.no_grad():  # larger weights than the 0.02 init, so that logits are far from uniform

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnlab.train.config import ModelSection, OptimSection, TrainConfig
+from attnlab.models.lm import LMConfig
+from attnlab.train.config import OptimConfig, TrainConfig
 from attnlab.train.trainer import Trainer
 
 pytestmark = pytest.mark.gpu
@@ -16,8 +17,8 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize("compile_model", [False, True])
 def test_bf16_training_on_cuda(tmp_path: Path, compile_model: bool) -> None:
-    cfg = TrainConfig(model=ModelSection(n_layers=2, d_model=64, n_heads=4, block_size=64, attention="castle"),
-                      optim=OptimSection(lr=3e-3, warmup_steps=5), steps=40, batch_size=16, eval_interval=20,
+    cfg = TrainConfig(model=LMConfig(n_layers=2, d_model=64, n_heads=4, context_len=64, attention="castle"),
+                      optim=OptimConfig(lr=3e-3, warmup_steps=5), steps=40, batch_size=16, eval_interval=20,
                       device="cuda", precision="auto", compile=compile_model, progress=False, tensorboard=False)
     t = Trainer(cfg, out_dir=tmp_path, log=None)
     assert t.autocast_dtype == torch.bfloat16 and t.device.type == "cuda"
@@ -33,10 +34,10 @@ def test_bf16_training_on_cuda(tmp_path: Path, compile_model: bool) -> None:
 @pytest.mark.parametrize("name", ["standard", "castle", "sliding-window", "linear"])
 def test_cached_generation_on_cuda(name: str) -> None:
     from attnlab.models import LM, LMConfig
-    from attnlab.train.generate import generate_with_logits
+    from attnlab.models.lm import generate_with_logits
 
     torch.manual_seed(0)
-    model = LM(LMConfig(vocab_size=33, n_layers=2, d_model=64, n_heads=4, block_size=24, attention=name))
+    model = LM(LMConfig(vocab_size=33, n_layers=2, d_model=64, n_heads=4, context_len=24, attention=name))
     model = model.to("cuda", torch.float64)  # float64 on the device: exact comparison, as on CPU
     prompt = torch.randint(33, (2, 6))
     a, la = generate_with_logits(model, prompt, 24, temperature=0.0, use_cache=True)

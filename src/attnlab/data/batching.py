@@ -15,17 +15,17 @@ from torch import Tensor
 __all__ = ["sample_batch", "iterate_eval_batches", "count_eval_targets"]
 
 
-def _check(tokens: np.ndarray, batch_size: int, block_size: int, who: str) -> None:
+def _check(tokens: np.ndarray, batch_size: int, context_len: int, who: str) -> None:
     if not isinstance(tokens, np.ndarray) or tokens.ndim != 1:
         got = f"shape {tokens.shape}" if isinstance(tokens, np.ndarray) else type(tokens).__name__
         raise ValueError(f"{who}: tokens must be a 1-D numpy array, got {got}")
-    for arg, val in (("batch_size", batch_size), ("block_size", block_size)):
+    for arg, val in (("batch_size", batch_size), ("context_len", context_len)):
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
             raise ValueError(f"{who}: {arg} must be a positive int, got {val!r}")
-    if len(tokens) < block_size + 1:
+    if len(tokens) < context_len + 1:
         raise ValueError(
-            f"{who}: block_size={block_size} needs at least block_size + 1 = {block_size + 1} tokens, but the split "
-            f"has {len(tokens)}; use a smaller block_size or more data (e.g. a larger val_fraction)"
+            f"{who}: context_len={context_len} needs at least context_len + 1 = {context_len + 1} tokens, but the split "
+            f"has {len(tokens)}; use a smaller context_len or more data (e.g. a larger val_fraction)"
         )
 
 
@@ -42,20 +42,20 @@ def _to_device(a: np.ndarray, device: torch.device | str | None) -> Tensor:
 def sample_batch(
     tokens: np.ndarray,
     batch_size: int,
-    block_size: int,
+    context_len: int,
     generator: torch.Generator,
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``batch_size`` random windows of ``block_size`` tokens: ``(x, y)``, each ``LongTensor (B, T)``.
+    """``batch_size`` random windows of ``context_len`` tokens: ``(x, y)``, each ``LongTensor (B, T)``.
 
-    Window starts are drawn uniformly from ``[0, len(tokens) - block_size)`` with ``generator`` (a CPU
+    Window starts are drawn uniformly from ``[0, len(tokens) - context_len)`` with ``generator`` (a CPU
     ``torch.Generator``), so the same generator state gives the same batch on every device.
     """
-    _check(tokens, batch_size, block_size, "sample_batch")
+    _check(tokens, batch_size, context_len, "sample_batch")
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"sample_batch: generator must be a torch.Generator, got {type(generator).__name__}")
-    starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator).tolist()
-    offsets = np.arange(block_size + 1)
+    starts = torch.randint(len(tokens) - context_len, (batch_size,), generator=generator).tolist()
+    offsets = np.arange(context_len + 1)
     windows = np.asarray(tokens)[np.asarray(starts)[:, None] + offsets[None, :]]  # (B, T + 1)
     return _to_device(windows[:, :-1], device), _to_device(windows[:, 1:], device)
 
@@ -63,7 +63,7 @@ def sample_batch(
 def iterate_eval_batches(
     tokens: np.ndarray,
     batch_size: int,
-    block_size: int,
+    context_len: int,
     device: torch.device | str | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Non-overlapping windows covering the whole split: every token but the first is a target exactly once.
@@ -73,19 +73,19 @@ def iterate_eval_batches(
     loss over the whole split, weight each batch's mean loss by ``y.numel()``: the weights sum to
     ``len(tokens) - 1`` (:func:`count_eval_targets`).
     """
-    _check(tokens, batch_size, block_size, "iterate_eval_batches")
+    _check(tokens, batch_size, context_len, "iterate_eval_batches")
     n_targets = len(tokens) - 1
-    n_full = n_targets // block_size
+    n_full = n_targets // context_len
     for first in range(0, n_full, batch_size):
         count = min(batch_size, n_full - first)
-        lo = first * block_size
-        chunk = np.asarray(tokens[lo : lo + count * block_size + 1])
-        x = chunk[:-1].reshape(count, block_size)  # (B, T)
-        y = chunk[1:].reshape(count, block_size)  # (B, T)
+        lo = first * context_len
+        chunk = np.asarray(tokens[lo : lo + count * context_len + 1])
+        x = chunk[:-1].reshape(count, context_len)  # (B, T)
+        y = chunk[1:].reshape(count, context_len)  # (B, T)
         yield _to_device(x, device), _to_device(y, device)
-    rest = n_targets - n_full * block_size
+    rest = n_targets - n_full * context_len
     if rest:
-        lo = n_full * block_size
+        lo = n_full * context_len
         chunk = np.asarray(tokens[lo:])  # rest + 1 tokens
         yield _to_device(chunk[None, :-1], device), _to_device(chunk[None, 1:], device)
 

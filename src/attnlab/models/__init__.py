@@ -1,6 +1,11 @@
-"""Models built from the attention registry: the decoder-only language model :class:`LM` and its config."""
+"""Model families built from the attention registry, one folder each, sharing :mod:`attnlab.models.common`.
 
-from attnlab.models.config import SCHEDULES, LMConfig, swiglu_hidden
-from attnlab.models.lm import IGNORE_INDEX, LM, Block, SwiGLU
+* :mod:`attnlab.models.lm`: the decoder-only language model :class:`LM` and its :class:`LMConfig`.
+* :mod:`attnlab.models.encdec`: the encoder-decoder (translation) model.
+"""
 
-__all__ = ["IGNORE_INDEX", "LM", "LMConfig", "SCHEDULES", "Block", "SwiGLU", "swiglu_hidden"]
+from attnlab.models.common import IGNORE_INDEX, ResidualBlock, RMSNorm, SwiGLU, swiglu_hidden
+from attnlab.models.lm import LM, LMConfig
+from attnlab.models.stack import SCHEDULES
+
+__all__ = ["IGNORE_INDEX", "LM", "LMConfig", "RMSNorm", "ResidualBlock", "SCHEDULES", "SwiGLU", "swiglu_hidden"]

@@ -44,7 +44,7 @@ __all__ = [
     "CheckpointError",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: run configs with a task (attnlab 0.2); 1: LM-only configs with block_size
 _PREFIX = "ckpt-"
 
 
@@ -185,8 +185,10 @@ def read_state(ckpt_dir: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{ckpt_dir / 'state.json'} is not valid JSON: {e}") from None
     if state.get("format") != FORMAT_VERSION:
+        hint = (" (written by attnlab 0.1, before tasks and the renamed config keys; retrain, or load its "
+                "model.safetensors by hand)" if state.get("format") == 1 else "")
         raise CheckpointError(
-            f"{ckpt_dir}: checkpoint format {state.get('format')!r} is not supported (expected {FORMAT_VERSION})"
+            f"{ckpt_dir}: checkpoint format {state.get('format')!r} is not supported (expected {FORMAT_VERSION}){hint}"
         )
     return state
 

@@ -8,13 +8,13 @@ Launch the ordinary trainer under ``torchrun``::
 group with NCCL on CUDA and gloo on CPU. The model is wrapped in ``DistributedDataParallel``; only rank 0
 writes (checkpoints, metrics, progress).
 
-Data sharding. Every optimizer step ``s`` draws ``batch_size`` global window offsets from a generator seeded
-by ``(seed, s)`` alone (:func:`batch_offsets`), so every rank knows the whole global batch without talking
-to the others, and a resumed run knows it from the step number. Rows are laid out ``[micro-step][rank][row]``:
-on micro-step ``m`` rank ``r`` reads rows ``(m * world + r) * micro .. + micro``. For one process the rows of
-micro-step ``m`` are therefore exactly the union of what the ranks read at ``m``, and since each rank's loss is
-a mean over equal-sized micro-batches and DDP averages gradients over ranks, the update equals the
-single-process update with the same global batch (up to float summation order).
+Data sharding. The task gives the rows of the global batch of step ``s`` as a function of ``(seed, s)`` alone
+(:meth:`attnlab.tasks.Task.global_batch`), so every rank knows the whole global batch without talking to the
+others, and a resumed run knows it from the step number. Rows are laid out ``[micro-step][rank][row]``: on
+micro-step ``m`` rank ``r`` reads rows ``(m * world + r) * micro .. + micro`` (:func:`rank_rows`). For one process
+the rows of micro-step ``m`` are therefore exactly the union of what the ranks read at ``m``; the trainer weights
+each micro-batch by its share of the global batch's loss targets and DDP averages gradients over ranks, so the
+update equals the single-process update with the same global batch (up to float summation order).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init", "shutdown", "batch_offsets", "rank_rows", "free_port", "gather_windows"]
+__all__ = ["DistInfo", "init", "shutdown", "rank_rows", "free_port"]
 
 
 @dataclass(frozen=True)
@@ -79,28 +79,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def batch_offsets(step: int, *, seed: int, n_tokens: int, block_size: int, batch_size: int) -> torch.Tensor:
-    """Start offsets ``(batch_size,)`` of the global batch of optimizer step ``step``.
-
-    Windows are ``tokens[o : o + block_size + 1]`` (inputs and shifted targets), so ``o`` is uniform in
-    ``[0, n_tokens - block_size - 1]``. Depends on ``(seed, step)`` only.
-    """
-    high = n_tokens - block_size
-    if high <= 0:
-        raise ValueError(f"block_size={block_size} needs more than {block_size + 1} tokens, the split has {n_tokens}")
-    g_seed = int(np.random.SeedSequence([seed, step, 0x5EED]).generate_state(1, dtype=np.uint64)[0] >> 1)
-    g = torch.Generator().manual_seed(g_seed)
-    return torch.randint(0, high, (batch_size,), generator=g)
-
-
-def rank_rows(offsets: torch.Tensor, *, micro_step: int, rank: int, world_size: int, micro: int) -> torch.Tensor:
-    """The offsets rank ``rank`` reads on micro-step ``micro_step`` (layout ``[micro-step][rank][row]``)."""
+def rank_rows(rows: Any, *, micro_step: int, rank: int, world_size: int, micro: int) -> Any:
+    """The rows rank ``rank`` reads on micro-step ``micro_step`` (layout ``[micro-step][rank][row]``)."""
     start = (micro_step * world_size + rank) * micro
-    return offsets[start : start + micro]
-
-
-def gather_windows(tokens: np.ndarray, offsets: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs ``x`` and targets ``y`` ``(len(offsets), block_size)`` int64 for windows starting at ``offsets``."""
-    idx = offsets.numpy()[:, None] + np.arange(block_size + 1)[None, :]  # (B, T+1)
-    win = torch.from_numpy(np.asarray(tokens[idx]).astype(np.int64))  # (B, T+1)
-    return win[:, :-1], win[:, 1:]
+    return rows[start : start + micro]

@@ -4,40 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["MetricsWriter", "EvalResult", "PeakMemory", "read_jsonl", "CSV_COLUMNS"]
+__all__ = ["MetricsWriter", "PeakMemory", "read_jsonl", "CSV_COLUMNS"]
 
 CSV_COLUMNS = [
     "kind", "step", "tokens", "loss", "ppl", "bpc", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "split",
 ]
-
-
-@dataclass(kw_only=True)
-class EvalResult:
-    """Loss over a whole split: mean cross-entropy per token in nats, its perplexity and (char data) bits/char."""
-
-    split: str
-    loss: float
-    tokens: int
-    bits_per_char: float | None = None
-
-    @property
-    def ppl(self) -> float:
-        return math.exp(self.loss) if self.loss < 700 else float("inf")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ppl"] = self.ppl
-        return d
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -60,6 +39,7 @@ class MetricsWriter:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self._tb = None
         self._tensorboard = tensorboard
+        self._columns: list[str] | None = None
         if self.enabled:
             assert self.out_dir is not None
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +54,21 @@ class MetricsWriter:
             self._tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
         return self._tb
 
+    def _rewrite_csv(self, records: list[dict[str, Any]]) -> None:
+        """Write the CSV afresh: the standard columns, then every other key the records have (task metrics such as
+        ``bleu``, auxiliary loss terms ``loss.<name>``) in order of appearance."""
+        cols = list(CSV_COLUMNS)
+        for r in records:
+            cols += [k for k in r if k not in cols]
+        self._columns = cols
+        tmp = self.csv_path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            for r in records:
+                w.writerow(r)
+        os.replace(tmp, self.csv_path)
+
     def truncate_after(self, step: int) -> None:
         """Forget records with ``step > step`` (used when resuming from the checkpoint of ``step``)."""
         if not self.enabled:
@@ -82,25 +77,18 @@ class MetricsWriter:
         tmp = self.jsonl_path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
         os.replace(tmp, self.jsonl_path)
-        tmp = self.csv_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            for r in records:
-                w.writerow(r)
-        os.replace(tmp, self.csv_path)
+        self._rewrite_csv(records)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with open(self.jsonl_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        new = not self.csv_path.exists()
-        with open(self.csv_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow(record)
+        if self._columns is None or not self.csv_path.exists() or any(k not in self._columns for k in record):
+            self._rewrite_csv(read_jsonl(self.jsonl_path))  # a new column (rare): rebuild from the JSONL
+        else:
+            with open(self.csv_path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self._columns, extrasaction="ignore").writerow(record)
         tb = self._open_tb()
         if tb is not None:
             kind = record.get("kind", "train")

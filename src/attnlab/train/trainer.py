@@ -1,14 +1,17 @@
-"""The training loop: one readable function's worth of steps, with evaluation, checkpoints and metrics.
+"""The training loop over a task: one readable function's worth of steps, with evaluation, checkpoints and metrics.
 
-Per optimizer step ``s``:
+The trainer knows tasks (:class:`attnlab.tasks.Task`), not models. Per optimizer step ``s``:
 
-1. set the learning rate from :func:`~attnlab.train.schedule.lr_at` (warmup, cosine to 10% of peak);
-2. for each of ``grad_accum`` micro-steps: read this rank's rows of the global batch of step ``s``
-   (:mod:`attnlab.train.distributed`), forward under autocast, ``backward(loss / grad_accum)`` (DDP gradient
-   sync only on the last micro-step);
-3. clip the gradient norm, ``optimizer.step()``, ``zero_grad``;
-4. every ``log_interval`` steps log the training loss; every ``eval_interval`` steps (and at the end) evaluate
-   on the *whole* validation split; checkpoint at each evaluation (or every ``checkpoint_interval``).
+1. set the learning rate from :func:`~attnlab.train.schedule.lr_at` (warmup, cosine to ``min_lr_ratio``);
+2. ask the task for the rows of the global batch of step ``s`` (a function of ``(seed, s)``) and their number of
+   loss targets ``N``; deal the rows out as ``[micro-step][rank][row]`` (:func:`~attnlab.train.distributed.rank_rows`);
+3. for each of ``grad_accum`` micro-steps: the task's micro-batch and :class:`~attnlab.tasks.Loss`, forward under
+   autocast, ``backward(total * world_size * n_i / N)`` where ``n_i`` is the micro-batch's number of targets (DDP
+   averages gradients over ranks, so the update is the gradient of the mean over all ``N`` targets, the same for
+   any split over micro-steps and ranks; DDP gradient sync only on the last micro-step);
+4. clip the gradient norm, ``optimizer.step()``, ``zero_grad``;
+5. every ``log_interval`` steps log the loss terms; every ``eval_interval`` steps (and at the end) evaluate on the
+   *whole* validation split; checkpoint at each evaluation (or every ``checkpoint_interval``).
 
 Determinism: initialisation is seeded by ``seed``; the data of step ``s`` depends on ``(seed, s)`` only; the
 dropout RNG state (under DDP: every rank's) is saved in each checkpoint. Resuming from the checkpoint of step
@@ -25,29 +28,28 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from attnlab.tasks import EvalContext, EvalResult, Task
 from attnlab.train import checkpoint as ckpt
 from attnlab.train import distributed as ddp
 from attnlab.train.config import ConfigError, TrainConfig, config_to_dict
-from attnlab.train.metrics import EvalResult, MetricsWriter, PeakMemory
+from attnlab.train.metrics import MetricsWriter, PeakMemory
 from attnlab.train.schedule import lr_at, make_optimizer
 
-__all__ = ["Trainer", "TrainResult", "evaluate", "build_model", "resolve_device", "train"]
+__all__ = ["Trainer", "TrainResult", "make_task", "resolve_device", "train"]
 
 
 @dataclass(kw_only=True)
 class TrainResult:
-    """What a run produced (on every rank; only rank 0's files exist)."""
+    """What a run produced (on every rank; only rank 0's files exist). ``tokens`` counts loss targets."""
 
     steps: int
     tokens: int
@@ -83,56 +85,22 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def build_model(model_cfg: Any, vocab_size: int) -> nn.Module:
-    """The :class:`attnlab.models.LM` of a config's model section."""
-    from attnlab.models import LM
+def make_task(config: TrainConfig, *, data: Any = None, progress: bool = False) -> Task:
+    """The task of a run config (``data``: already loaded data for it, e.g. a Corpus for ``"lm"``)."""
+    cls = config.task_class
+    kwargs: dict[str, Any] = {"progress": progress}
+    if data is not None:
+        kwargs[getattr(cls, "data_argument", "corpus")] = data
+    return cls(config.model, config.data, seed=config.seed, **kwargs)
 
-    return LM(model_cfg.lm_config(vocab_size))
 
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    tokens: np.ndarray,
-    *,
-    split: str,
-    block_size: int,
-    batch_size: int,
-    device: torch.device,
-    autocast_dtype: torch.dtype | None = None,
-    char_level: bool = False,
-    dist_info: ddp.DistInfo | None = None,
-) -> EvalResult:
-    """Mean next-token cross-entropy over the whole ``tokens`` split: every token but the first is a target
-    exactly once (non-overlapping windows of :func:`attnlab.data.iterate_eval_batches`).
-
-    Under DDP the batches are dealt round-robin to the ranks and the sums all-reduced. For character-level
-    data ``bits_per_char = loss / ln 2``.
-    """
-    info = dist_info or ddp.DistInfo()
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = torch.zeros((), dtype=torch.float64, device=device)
-    from attnlab.data import iterate_eval_batches
-
-    for i, (x, y) in enumerate(iterate_eval_batches(tokens, batch_size, block_size)):
-        if i % info.world_size != info.rank:
-            continue
-        x, y = x.to(device), y.to(device)
-        with _autocast(device, autocast_dtype):
-            logits, _ = model(x, targets=y)
-        if logits.dtype not in (torch.float32, torch.float64):
-            logits = logits.float()
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
-        total += ce.double()
-        count += y.numel()
-    if info.enabled:
-        torch_dist.all_reduce(total)
-        torch_dist.all_reduce(count)
-    model.train(was_training)
-    loss = float(total / count)
-    return EvalResult(split=split, loss=loss, tokens=int(count), bits_per_char=loss / math.log(2) if char_level else None)
+def _config_diff(a: Any, b: Any, prefix: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += _config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: checkpoint {a!r} vs now {b!r}"]
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -141,18 +109,15 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str) -> list[str]:
-    return [f"{prefix}{k}: checkpoint {a.get(k)!r} vs now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
 class Trainer:
-    """Train a language model as described by a :class:`TrainConfig`.
+    """Train the model of a task as described by a :class:`TrainConfig`.
 
     Args:
         config: the run.
         out_dir: where checkpoints, metrics and ``result.json`` go (``None``: nothing is written).
-        corpus: an :class:`attnlab.data.Corpus` (default: ``load_corpus`` of ``config.data``).
-        model: a model to train instead of building ``LM(config.model)`` (tests).
+        task: the task to train (default: ``make_task(config, data=data)``).
+        data: already loaded data for the default task (e.g. an :class:`attnlab.data.Corpus` for ``"lm"``).
+        model: a model to train instead of ``task.build_model()`` (tests).
         resume: continue from the newest checkpoint in ``out_dir`` if there is one.
         log: where one-line messages go (rank 0 only).
     """
@@ -162,7 +127,8 @@ class Trainer:
         config: TrainConfig,
         *,
         out_dir: str | Path | None = None,
-        corpus: Any = None,
+        task: Task | None = None,
+        data: Any = None,
         model: nn.Module | None = None,
         resume: bool = False,
         log: Callable[[str], None] | None = print,
@@ -180,14 +146,12 @@ class Trainer:
             self._refuse_used_out_dir(self.out_dir)
         self.micro = config.micro_batch_size(self.dist.world_size)
 
-        if corpus is None:
-            from attnlab.data import load_corpus
-
-            d = config.data
-            corpus = load_corpus(d.source, tokenizer=d.tokenizer, cache_dir=d.cache_dir,
-                                 val_fraction=d.val_fraction, progress=config.progress and self.dist.is_main)
-        self.corpus = corpus
-        self._check_data()
+        self.task = task if task is not None else make_task(config, data=data,
+                                                             progress=config.progress and self.dist.is_main)
+        try:
+            self.task.check_data(self.micro)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
         # Precision.
         self.param_dtype = torch.float64 if config.precision == "float64" else torch.float32
@@ -198,8 +162,10 @@ class Trainer:
             self.autocast_dtype = None
 
         torch.manual_seed(config.seed)
-        self.model = model if model is not None else build_model(config.model, corpus.vocab_size)
+        self.model = model if model is not None else self.task.build_model()
         self.model.to(device=self.device, dtype=self.param_dtype)
+        if self.task.teacher is not None:  # frozen: never trained, never checkpointed
+            self.task.teacher.to(device=self.device, dtype=self.param_dtype).eval().requires_grad_(False)
         self.n_params = sum(p.numel() for p in self.model.parameters())
         o = config.optim
         self.optimizer = make_optimizer(self.model, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
@@ -247,41 +213,18 @@ class Trainer:
                 "directory (--force moves it aside)"
             )
 
-    def _check_data(self) -> None:
-        T = self.config.model.block_size
-        c = self.corpus
-        if len(c.train) < T + 2:
-            raise ConfigError(
-                f"model.block_size={T} is longer than the training split ({len(c.train)} tokens of "
-                f"{getattr(c, 'name', 'the corpus')}); it needs at least block_size + 2 tokens"
-            )
-        for split in ("val", "test"):
-            toks = getattr(c, split, None)
-            if toks is not None and len(toks) < T + 1:
-                raise ConfigError(
-                    f"model.block_size={T} is longer than the {split} split ({len(toks)} tokens of "
-                    f"{getattr(c, 'name', 'the corpus')}); use a smaller block_size or a larger data.val_fraction"
-                )
-
-    @property
-    def char_level(self) -> bool:
-        tok = getattr(self.corpus, "tokenizer", None)
-        return getattr(tok, "name", None) == "char"
-
     def _state(self, rng_ranks: list[Any] | None = None) -> dict[str, Any]:
-        tok = getattr(self.corpus, "tokenizer", None)
         return {
             "config": config_to_dict(self.config),
-            "vocab_size": int(self.corpus.vocab_size),
-            "tokenizer": tok.to_dict() if tok is not None and hasattr(tok, "to_dict") else None,
-            "corpus": getattr(self.corpus, "name", None),
+            "task": self.config.task,
+            "task_state": self.task.state(),
             "tokens_seen": self.tokens_seen,
             "lr": self.optimizer.param_groups[0]["lr"],
             "world_size": self.dist.world_size,
             "rng": ckpt.rng_state(),
             # under DDP every rank's dropout stream (index = rank), so that each rank resumes its own exactly
             "rng_ranks": rng_ranks,
-            "data": {"order": "per-step seeded global batch (attnlab.train.distributed.batch_offsets)",
+            "data": {"order": "per-step seeded global batch (Task.global_batch(step))",
                      "seed": self.config.seed, "next_step": self.step},
             "n_params": self.n_params,
         }
@@ -304,16 +247,11 @@ class Trainer:
         state = ckpt.read_state(path)
         saved = state.get("config", {})
         now = config_to_dict(self.config)
-        diffs = _config_diff(saved.get("model", {}), now["model"], "model.") + _config_diff(
-            saved.get("data", {}), now["data"], "data.")
-        for k in ("seed", "batch_size"):
-            if saved.get(k) != now[k]:
-                diffs.append(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}")
+        diffs = []
+        for k in ("task", "model", "data", "seed", "batch_size"):
+            diffs += _config_diff(saved.get(k), now[k], f"{k}.")
         if diffs:
             raise ckpt.CheckpointError(f"cannot resume from {str(path)!r}: the configuration differs: " + "; ".join(diffs))
-        if state.get("vocab_size") != self.corpus.vocab_size:
-            raise ckpt.CheckpointError(
-                f"cannot resume from {str(path)!r}: vocab_size {state.get('vocab_size')} vs {self.corpus.vocab_size}")
         ckpt.load_model_weights(path, self.model)
         ckpt.load_optimizer(path, self.optimizer, state)
         ranks = state.get("rng_ranks")
@@ -330,39 +268,66 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------------
 
-    def evaluate(self, split: str = "val") -> EvalResult:
-        tokens = getattr(self.corpus, split)
-        if tokens is None:
-            raise ValueError(f"the corpus has no {split!r} split")
-        bs = self.config.eval_batch_size or self.micro
-        return evaluate(self.model, tokens, split=split, block_size=self.config.model.block_size, batch_size=bs,
-                        device=self.device, autocast_dtype=self.autocast_dtype, char_level=self.char_level,
-                        dist_info=self.dist)
+    def eval_context(self) -> EvalContext:
+        return EvalContext(device=self.device, batch_size=self.config.eval_batch_size or self.micro,
+                           autocast_dtype=self.autocast_dtype, rank=self.dist.rank, world_size=self.dist.world_size)
 
-    def _batch(self, offsets: torch.Tensor, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = ddp.rank_rows(offsets, micro_step=micro_step, rank=self.dist.rank,
-                             world_size=self.dist.world_size, micro=self.micro)
-        x, y = ddp.gather_windows(self.corpus.train, rows, self.config.model.block_size)
-        if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device), y.to(self.device)
+    def evaluate(self, split: str = "val") -> EvalResult:
+        """The task's metrics over the whole ``split``."""
+        return self.task.evaluate(self.model, split, self.eval_context())
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def train_step(self) -> tuple[float, dict[str, torch.Tensor], int, torch.Tensor | None, float]:
+        """One optimizer step: returns (learning rate, this rank's weighted loss terms, the step's global number of
+        targets, the gradient norm before clipping or ``None``, seconds spent making batches)."""
+        cfg = self.config
+        s = self.step
+        lr = lr_at(s, peak=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps,
+                   total_steps=cfg.optim.decay_steps or cfg.steps, min_ratio=cfg.optim.min_lr_ratio)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        t0 = time.perf_counter()
+        rows = self.task.global_batch(s, cfg.batch_size)
+        n_global = self.task.count_targets(rows)
+        data_s = time.perf_counter() - t0
+        A, W = cfg.grad_accum, self.dist.world_size
+        terms: dict[str, torch.Tensor] = {}
+        for m in range(A):
+            t0 = time.perf_counter()
+            batch = self.task.make_batch(ddp.rank_rows(rows, micro_step=m, rank=self.dist.rank, world_size=W,
+                                                       micro=self.micro), self.device)
+            data_s += time.perf_counter() - t0
+            weight = batch.n_targets / n_global
+            sync_ctx = (self.ddp.no_sync() if self.ddp is not None and m < A - 1  # type: ignore[operator]
+                        else contextlib.nullcontext())
+            with sync_ctx:
+                with _autocast(self.device, self.autocast_dtype):
+                    loss = self.task.loss(self.forward_model, batch)
+                (loss.total * (weight * W)).backward()
+            for k, v in loss.terms().items():
+                w = v.detach().double() * weight
+                terms[k] = terms[k] + w if k in terms else w
+        grad_norm = None
+        if cfg.optim.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr, terms, n_global, grad_norm, data_s
+
     def fit(self) -> TrainResult:
         """Train to ``config.steps``; evaluate on the whole validation (and test) split at the end."""
         cfg = self.config
-        T = cfg.model.block_size
-        A = cfg.grad_accum
         train_losses: list[tuple[int, float]] = []
         eval_history: list[tuple[int, float]] = []
         compute_s = eval_s = ckpt_s = 0.0
         ckpt_every = cfg.checkpoint_interval or cfg.eval_interval
         last_val: EvalResult | None = None
-        pending: list[tuple[int, torch.Tensor]] = []
+        pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         start_step = self.step
+        tokens_run = 0
         bar = None
         if cfg.progress and self.dist.is_main:
             from tqdm.auto import tqdm
@@ -373,56 +338,36 @@ class Trainer:
         wall0 = time.perf_counter()
         with PeakMemory(self.device) as mem:
             while self.step < cfg.steps:
-                s = self.step
                 t_step = time.perf_counter()
-                lr = lr_at(s, peak=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps,
-                           total_steps=cfg.optim.decay_steps or cfg.steps, min_ratio=cfg.optim.min_lr_ratio)
-                for g in self.optimizer.param_groups:
-                    g["lr"] = lr
-                offsets = ddp.batch_offsets(s, seed=cfg.seed, n_tokens=len(self.corpus.train), block_size=T,
-                                            batch_size=cfg.batch_size)
-                loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-                data_s = 0.0
-                for m in range(A):
-                    t0 = time.perf_counter()
-                    x, y = self._batch(offsets, m)
-                    data_s += time.perf_counter() - t0
-                    sync_ctx = (self.ddp.no_sync() if self.ddp is not None and m < A - 1  # type: ignore[operator]
-                                else contextlib.nullcontext())
-                    with sync_ctx:
-                        with _autocast(self.device, self.autocast_dtype):
-                            _, loss = self.forward_model(x, targets=y)
-                        (loss / A).backward()
-                    loss_sum += loss.detach().double()
-                grad_norm = None
-                if cfg.optim.grad_clip is not None:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                lr, terms, n_global, grad_norm, data_s = self.train_step()
                 self._sync()
                 compute_s += time.perf_counter() - t_step - data_s
                 self.step += 1
-                self.tokens_seen += cfg.batch_size * T
-                pending.append((self.step, loss_sum / A))
+                self.tokens_seen += n_global
+                tokens_run += n_global
+                pending.append((self.step, terms))
 
                 step_time = time.perf_counter() - t_step
-                tps = cfg.batch_size * T / max(step_time, 1e-9)
+                tps = n_global / max(step_time, 1e-9)
                 ema_tps = tps if ema_tps is None else 0.9 * ema_tps + 0.1 * tps
                 if self.step % cfg.log_interval == 0 or self.step == cfg.steps:
-                    losses = torch.stack([l for _, l in pending])
-                    if self.dist.enabled:
-                        torch_dist.all_reduce(losses)
-                        losses /= self.dist.world_size
-                    vals = losses.tolist()
-                    train_losses.extend((st, v) for (st, _), v in zip(pending, vals))
+                    names = list(pending[-1][1])
+                    stacked = torch.stack([torch.stack([t[k] for k in names]) for _, t in pending])  # (steps, terms)
+                    if self.dist.enabled:  # each rank holds its share of the global mean: sum them
+                        torch_dist.all_reduce(stacked)
+                    vals = stacked.tolist()
+                    train_losses.extend((st, sum(v)) for (st, _), v in zip(pending, vals))
                     pending.clear()
-                    rec = {"kind": "train", "step": self.step, "tokens": self.tokens_seen, "loss": vals[-1],
+                    last = dict(zip(names, vals[-1]))
+                    rec = {"kind": "train", "step": self.step, "tokens": self.tokens_seen, "loss": sum(vals[-1]),
                            "lr": lr, "tokens_per_s": ema_tps, "elapsed_s": time.perf_counter() - wall0}
+                    if len(names) > 1:
+                        rec.update({f"loss.{k}": v for k, v in last.items()})
                     if grad_norm is not None:
                         rec["grad_norm"] = float(grad_norm)
                     self.metrics.log(rec)
                     if bar is not None:
-                        bar.set_postfix(loss=f"{vals[-1]:.4f}", tok_s=f"{ema_tps:,.0f}", refresh=False)
+                        bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{ema_tps:,.0f}", refresh=False)
                 if bar is not None:
                     bar.update(1)
 
@@ -432,14 +377,9 @@ class Trainer:
                     last_val = self.evaluate("val")
                     eval_s += time.perf_counter() - t0
                     eval_history.append((self.step, last_val.loss))
-                    rec = {"kind": "eval", "step": self.step, "tokens": self.tokens_seen, "split": "val",
-                           "loss": last_val.loss, "ppl": last_val.ppl, "bpc": last_val.bits_per_char,
-                           "elapsed_s": time.perf_counter() - wall0}
-                    self.metrics.log(rec)
+                    self._log_eval(last_val, elapsed_s=time.perf_counter() - wall0)
                     if bar is not None:
-                        bar.write(f"step {self.step}: val loss {last_val.loss:.4f}"
-                                  + (f" ({last_val.bits_per_char:.4f} bpc)" if last_val.bits_per_char else
-                                     f" (ppl {last_val.ppl:.2f})"))
+                        bar.write(f"step {self.step}: {last_val.summary()}")
                 if self.step % ckpt_every == 0 or at_end:
                     t0 = time.perf_counter()
                     self.save()
@@ -452,7 +392,7 @@ class Trainer:
             last_val = self.evaluate("val")
             eval_s += time.perf_counter() - t0
         test = None
-        if getattr(self.corpus, "test", None) is not None:
+        if "test" in self.task.splits:
             t0 = time.perf_counter()
             test = self.evaluate("test")
             eval_s += time.perf_counter() - t0
@@ -461,15 +401,14 @@ class Trainer:
         result = TrainResult(
             steps=self.step, tokens=self.tokens_seen, n_params=self.n_params, val=last_val, test=test,
             train_losses=train_losses, eval_history=eval_history,
-            tokens_per_s=steps_run * cfg.batch_size * T / train_time if steps_run and train_time > 0 else 0.0,
+            tokens_per_s=tokens_run / train_time if steps_run and train_time > 0 else 0.0,
             wall_s=wall, train_time_s=train_time, compute_time_s=compute_s, eval_time_s=eval_s,
             checkpoint_time_s=ckpt_s,
             overhead_fraction=max(0.0, 1.0 - compute_s / train_time) if train_time > 0 and steps_run else 0.0,
             peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind, resumed_from=self.resumed_from,
         )
         if test is not None:
-            self.metrics.log({"kind": "eval", "step": self.step, "tokens": self.tokens_seen, "split": "test",
-                              "loss": test.loss, "ppl": test.ppl, "bpc": test.bits_per_char})
+            self._log_eval(test)
         self.metrics.close()
         if self.dist.is_main and self.out_dir is not None:
             import json
@@ -478,14 +417,19 @@ class Trainer:
 
             d = result.to_dict()
             d.pop("train_losses")
+            d["task"] = cfg.task
             atomic_write_text(self.out_dir / "result.json", json.dumps(d, indent=1))  # "finished" marker
-        msg = f"done: {self.step} steps, val loss {last_val.loss:.4f}"
-        msg += f", {last_val.bits_per_char:.4f} bpc" if last_val.bits_per_char else f", ppl {last_val.ppl:.2f}"
+        msg = f"done: {self.step} steps, {last_val.summary()}"
         if test is not None:
-            msg += f"; test loss {test.loss:.4f}, ppl {test.ppl:.2f}"
+            msg += f"; {test.summary()}"
         msg += f"; {result.tokens_per_s:,.0f} tok/s, trainer overhead {100 * result.overhead_fraction:.1f}%"
         self.log(msg)
         return result
+
+    def _log_eval(self, r: EvalResult, **extra: Any) -> None:
+        rec = {"kind": "eval", "step": self.step, "tokens": self.tokens_seen, "split": r.split, "loss": r.loss,
+               "ppl": r.ppl, "bpc": r.bits_per_char, **r.metrics, **extra}
+        self.metrics.log(rec)
 
 
 def train(config: TrainConfig, **kwargs: Any) -> TrainResult:

@@ -20,12 +20,14 @@ from typing import Any
 
 from attnlab.train.metrics import read_jsonl
 
+RunKey = tuple[str, int]
+
 __all__ = ["leaderboard_rows", "write_report", "significance", "SIGNIFICANCE_RULE"]
 
 SIGNIFICANCE_RULE = (
     "A difference from the baseline counts as beyond seed noise when |mean - mean_baseline| > "
     "2 * sqrt(s^2/n + s_baseline^2/n_baseline) (Welch standard error; s = sample std over seeds). "
-    "Needs at least 2 seeds per mechanism."
+    "Needs at least 2 seeds per variant."
 )
 
 
@@ -34,8 +36,9 @@ def _mean_std(xs: list[float]) -> tuple[float, float | None]:
     return m, (statistics.stdev(xs) if len(xs) >= 2 else None)
 
 
-def significance(a: list[float], b: list[float]) -> tuple[str, float | None]:
-    """(verdict, Welch standard error) for loss samples ``a`` (mechanism) vs ``b`` (baseline)."""
+def significance(a: list[float], b: list[float], *, lower_is_better: bool = True) -> tuple[str, float | None]:
+    """(verdict, Welch standard error) for samples ``a`` (a variant) vs ``b`` (the baseline) of a metric where
+    lower is better (a loss; ``lower_is_better=False`` for BLEU)."""
     if len(a) < 2 or len(b) < 2:
         return "unknown (needs >= 2 seeds)", None
     se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
@@ -43,23 +46,37 @@ def significance(a: list[float], b: list[float]) -> tuple[str, float | None]:
     if se == 0.0:
         return ("yes" if diff != 0 else "no"), se
     if abs(diff) > 2 * se:
-        return ("yes: better" if diff < 0 else "yes: worse"), se
+        return ("yes: better" if (diff < 0) == lower_is_better else "yes: worse"), se
     return "no", se
 
 
-def leaderboard_rows(cfg: Any, runs: dict[tuple[str, int], dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per mechanism, in the order of ``cfg.mechanisms``."""
-    base_losses = [runs[(cfg.baseline, s)]["val"]["loss"] for s in cfg.seeds]
+def _metric(run: dict[str, Any], name: str, split: str = "val") -> float | None:
+    r = run.get(split)
+    if not r:
+        return None
+    return r["loss"] if name == "loss" else r.get("metrics", {}).get(name)
+
+
+def leaderboard_rows(cfg: Any, runs: dict[RunKey, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per variant (mechanism, cross score, ...), in the order of ``cfg.variants``.
+
+    The verdict compares the task's primary metric (validation loss for language modelling, BLEU for
+    translation) with the baseline's; ``delta_vs_baseline`` is that metric's difference of means."""
+    metric, direction = cfg.primary_metric
+    base = [_metric(runs[(cfg.baseline, s)], metric) for s in cfg.seeds]
     rows = []
-    for mech in cfg.mechanisms:
-        rs = [runs[(mech, s)] for s in cfg.seeds]
+    for var in cfg.variants:
+        rs = [runs[(var, s)] for s in cfg.seeds]
         losses = [r["val"]["loss"] for r in rs]
         mean, std = _mean_std(losses)
+        prim = [_metric(r, metric) for r in rs]
+        pm, ps = _mean_std(prim)  # type: ignore[arg-type]
         bpc = [r["val"].get("bits_per_char") for r in rs]
         test = [r["test"]["loss"] for r in rs if r.get("test")]
-        verdict, se = significance(losses, base_losses) if mech != cfg.baseline else ("baseline", None)
+        verdict, se = significance(prim, base, lower_is_better=direction == "min") if var != cfg.baseline \
+            else ("baseline", None)
         row = {
-            "mechanism": mech,
+            "mechanism": var,
             "params": rs[0]["n_params"],
             "seeds": len(rs),
             "val_loss_mean": mean,
@@ -68,7 +85,13 @@ def leaderboard_rows(cfg: Any, runs: dict[tuple[str, int], dict[str, Any]]) -> l
             "val_bpc": statistics.fmean(bpc) if all(b is not None for b in bpc) else None,
             "test_loss_mean": statistics.fmean(test) if test else None,
             "test_ppl": math.exp(statistics.fmean(test)) if test else None,
-            "delta_vs_baseline": mean - statistics.fmean(base_losses),
+        }
+        if metric != "loss":
+            test_m = [_metric(r, metric, "test") for r in rs if r.get("test")]
+            row.update({f"val_{metric}_mean": pm, f"val_{metric}_std": ps,
+                        f"test_{metric}_mean": statistics.fmean(test_m) if test_m and None not in test_m else None})
+        row.update({
+            "delta_vs_baseline": pm - statistics.fmean(base),  # type: ignore[arg-type]
             "welch_se": se,
             "beyond_noise": verdict,
             "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in rs),
@@ -77,7 +100,7 @@ def leaderboard_rows(cfg: Any, runs: dict[tuple[str, int], dict[str, Any]]) -> l
             "wall_s": statistics.fmean(r["wall_s"] for r in rs),
             "overhead_fraction": statistics.fmean(r["overhead_fraction"] for r in rs),
             "tokens": rs[0]["tokens"],
-        }
+        })
         rows.append(row)
     return rows
 
@@ -120,10 +143,13 @@ def _provenance() -> list[str]:
 def _markdown(cfg: Any, rows: list[dict[str, Any]]) -> str:
     char = all(r["val_bpc"] is not None for r in rows)
     has_test = any(r["test_loss_mean"] is not None for r in rows)
-    head = ["mechanism", "params", "val loss (mean ± std)", "bpc" if char else "val ppl"]
+    metric = cfg.primary_metric[0]
+    head = [cfg.variant_label, "params", "val loss (mean ± std)", "bpc" if char else "val ppl"]
     if has_test:
         head += ["test ppl"]
-    head += ["Δ vs baseline", "beyond seed noise", "tokens/s", "peak mem (MiB)", "wall (s)"]
+    if metric != "loss":
+        head += [f"val {metric} (mean ± std)", f"test {metric}"]
+    head += [f"Δ {metric} vs baseline", "beyond seed noise", "tokens/s", "peak mem (MiB)", "wall (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         loss = f"{r['val_loss_mean']:.4f}" + (f" ± {r['val_loss_std']:.4f}" if r["val_loss_std"] is not None else "")
@@ -131,18 +157,14 @@ def _markdown(cfg: Any, rows: list[dict[str, Any]]) -> str:
                  _fmt(r["val_bpc"]) if char else _fmt(r["val_ppl"], ".2f")]
         if has_test:
             cells.append(_fmt(r["test_ppl"], ".2f"))
+        if metric != "loss":
+            std = r[f"val_{metric}_std"]
+            cells += [f"{r[f'val_{metric}_mean']:.2f}" + (f" ± {std:.2f}" if std is not None else ""),
+                      _fmt(r[f"test_{metric}_mean"], ".2f")]
         cells += [f"{r['delta_vs_baseline']:+.4f}", r["beyond_noise"], f"{r['tokens_per_s']:,.0f}",
                   f"{r['peak_mem_mib']:.1f}", f"{r['wall_s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    b = cfg.base
-    intro = (
-        f"Each mechanism trained {b.steps} steps x {b.batch_size} sequences x {b.model.block_size} tokens "
-        f"= {rows[0]['tokens']:,} tokens per run on `{b.data.source}` ({b.data.tokenizer} tokens), seeds "
-        f"{', '.join(map(str, cfg.seeds))}; {b.model.n_layers} layers, d_model {b.model.d_model}, "
-        f"{b.model.n_heads} standard heads (parity {'on' if b.model.parity else 'off'}). Validation loss is the "
-        "mean cross-entropy (nats/token) over the whole validation split. Baseline: "
-        f"`{cfg.baseline}`."
-    )
+    intro = cfg.describe(rows[0]["tokens"])
     mem = rows[0]["memory_kind"]
     notes = [
         "",
@@ -168,12 +190,10 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _curves(out: Path, cfg: Any) -> dict[str, list[tuple[list[float], list[float], list[float], list[float]]]]:
     """Per mechanism, per seed: (train tokens, train loss, eval tokens, eval loss)."""
-    from attnlab.train.compare import run_dir
-
     curves: dict[str, list] = {}
-    for mech in cfg.mechanisms:
+    for mech in cfg.variants:
         for s in cfg.seeds:
-            recs = read_jsonl(run_dir(out, mech, s) / "metrics.jsonl")
+            recs = read_jsonl(cfg.run_dir(out, mech, s) / "metrics.jsonl")
             tr = [r for r in recs if r["kind"] == "train"]
             ev = [r for r in recs if r["kind"] == "eval" and r.get("split") == "val"]
             curves.setdefault(mech, []).append(

@@ -1,11 +1,11 @@
-"""``attnlab compare``: train mechanisms x seeds under one token budget at equal parameters, then report.
+"""``attnlab compare``: train variants x seeds under one budget at equal parameters, then report.
 
 Output directory::
 
     OUT/
       compare.json              the comparison (config of every run), written first
-      runs/<mechanism>/seed<k>/ one trainer run each (checkpoints, metrics.jsonl/csv, result.json)
-      leaderboard.md, .csv      one row per mechanism (see :mod:`attnlab.train.report`)
+      runs/<variant>/seed<k>/   one trainer run each (checkpoints, metrics.jsonl/csv, result.json)
+      leaderboard.md, .csv      one row per variant (see :mod:`attnlab.compare.report`)
       loss_curves.png, final_loss.png, report.html
 
 A run is finished when its ``result.json`` exists. ``resume=True`` keeps finished runs, continues unfinished
@@ -25,12 +25,11 @@ from typing import Any, Callable
 
 import torch
 
-from attnlab.train.config import config_to_dict
+from attnlab.compare.config import CompareConfig
 from attnlab.train.outdir import OutputDirError, atomic_write_text, prepare_out_dir
-from attnlab.train.presets import CompareConfig
-from attnlab.train.trainer import Trainer
+from attnlab.train.trainer import Trainer, make_task
 
-__all__ = ["run_compare", "CompareResult", "run_dir"]
+__all__ = ["run_compare", "CompareResult"]
 
 
 @dataclass
@@ -41,35 +40,24 @@ class CompareResult:
     wall_s: float = 0.0
 
 
-def run_dir(out_dir: Path, mechanism: str, seed: int) -> Path:
-    return out_dir / "runs" / mechanism / f"seed{seed}"
-
-
-def _describe(cfg: CompareConfig) -> dict[str, Any]:
-    return {
-        "mechanisms": cfg.mechanisms,
-        "seeds": cfg.seeds,
-        "baseline": cfg.baseline,
-        "options": cfg.options,
-        "base": config_to_dict(cfg.base),
-    }
-
-
 def run_compare(
     cfg: CompareConfig,
     out_dir: str | Path,
     *,
     resume: bool = False,
     force: bool = False,
-    corpus: Any = None,
+    data: Any = None,
     log: Callable[[str], None] = print,
 ) -> CompareResult:
-    """Train every (mechanism, seed) run of ``cfg`` into ``out_dir`` and write the leaderboard and report."""
+    """Train every (variant, seed) run of ``cfg`` into ``out_dir`` and write the leaderboard and report.
+
+    ``data``: already loaded data for the task (default: loaded once from ``cfg.base.data`` and shared by every
+    run)."""
     out = Path(out_dir)
     backup = prepare_out_dir(out, resume=resume, force=force)
     if backup is not None:
         log(f"moved the previous contents of {out} to {backup}")
-    desc = _describe(cfg)
+    desc = cfg.to_dict()
     meta = out / "compare.json"
     if meta.exists():
         old = json.loads(meta.read_text())
@@ -82,26 +70,22 @@ def run_compare(
     else:
         atomic_write_text(meta, json.dumps(desc, indent=1))
 
-    if corpus is None:
-        from attnlab.data import load_corpus
-
-        d = cfg.base.data
-        corpus = load_corpus(d.source, tokenizer=d.tokenizer, cache_dir=d.cache_dir, val_fraction=d.val_fraction,
-                             progress=cfg.base.progress)
+    if data is None:  # load the data once for every run
+        data = make_task(cfg.base, progress=cfg.base.progress).shared_data()
     t0 = time.perf_counter()
     result = CompareResult(out_dir=out)
-    total = len(cfg.mechanisms) * len(cfg.seeds)
+    total = len(cfg.variants) * len(cfg.seeds)
     i = 0
-    for mech in cfg.mechanisms:
+    for mech in cfg.variants:
         for seed in cfg.seeds:
             i += 1
-            rdir = run_dir(out, mech, seed)
+            rdir = cfg.run_dir(out, mech, seed)
             done = rdir / "result.json"
             if done.is_file():
                 log(f"[{i}/{total}] {mech} seed {seed}: finished earlier, kept")
             else:
                 log(f"[{i}/{total}] {mech} seed {seed}")
-                trainer = Trainer(cfg.run_config(mech, seed), out_dir=rdir, corpus=corpus, resume=True, log=log)
+                trainer = Trainer(cfg.run_config(mech, seed), out_dir=rdir, data=data, resume=True, log=log)
                 trainer.fit()
                 del trainer
                 gc.collect()
@@ -110,7 +94,7 @@ def run_compare(
             result.runs[(mech, seed)] = json.loads(done.read_text())
     result.wall_s = time.perf_counter() - t0
 
-    from attnlab.train.report import write_report
+    from attnlab.compare.report import write_report
 
     result.files = write_report(out, cfg, result.runs)
     log("wrote " + ", ".join(str(p) for p in result.files.values()))

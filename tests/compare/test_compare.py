@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from attnlab.train.compare import run_compare, run_dir
+from attnlab.compare import run_compare
 from attnlab.train.outdir import OutputDirError
-from attnlab.train.presets import CompareConfig, tiny
-from attnlab.train.report import significance
+from attnlab.compare import CompareConfig
+from attnlab.compare.presets import tiny
+from attnlab.compare.report import significance
 
 
 
@@ -35,19 +36,19 @@ def _text() -> str:
 def test_compare_writes_leaderboard_plots_and_html(tmp_path: Path, small_cfg: CompareConfig) -> None:
     out = tmp_path / "cmp"
     res = run_compare(small_cfg, out, log=lambda s: None)
-    assert set(res.runs) == {(m, s) for m in small_cfg.mechanisms for s in (0, 1)}
+    assert set(res.runs) == {(m, s) for m in small_cfg.variants for s in (0, 1)}
     md = (out / "leaderboard.md").read_text()
-    for m in small_cfg.mechanisms:
+    for m in small_cfg.variants:
         assert f"`{m}`" in md
     assert "beyond seed noise" in md and "Welch" in md and "baseline" in md
     # provenance: the command line, the date and the machine that produced the leaderboard
     assert "- command: `" in md and "- date: " in md and "- machine: " in md and "cores, torch" in md
     rows = list(csv.DictReader(open(out / "leaderboard.csv")))
-    assert [r["mechanism"] for r in rows] == small_cfg.mechanisms
+    assert [r["mechanism"] for r in rows] == small_cfg.variants
     base = rows[0]
     assert base["beyond_noise"] == "baseline" and float(base["delta_vs_baseline"]) == 0.0
     for r in rows:
-        losses = [json.loads((run_dir(out, r["mechanism"], s) / "result.json").read_text())["val"]["loss"]
+        losses = [json.loads((small_cfg.run_dir(out, r["mechanism"], s) / "result.json").read_text())["val"]["loss"]
                   for s in (0, 1)]
         assert float(r["val_loss_mean"]) == pytest.approx(sum(losses) / 2, rel=1e-12)
         assert float(r["val_loss_std"]) == pytest.approx(abs(losses[0] - losses[1]) / math.sqrt(2), rel=1e-9)
@@ -64,10 +65,10 @@ def test_compare_writes_leaderboard_plots_and_html(tmp_path: Path, small_cfg: Co
     # ---- output directory protection
     with pytest.raises(OutputDirError, match="already holds results; pass --resume .* or --force"):
         run_compare(small_cfg, out, log=lambda s: None)
-    stamp = (run_dir(out, "castle", 1) / "result.json").stat().st_mtime_ns
+    stamp = (small_cfg.run_dir(out, "castle", 1) / "result.json").stat().st_mtime_ns
     logs: list[str] = []
     run_compare(small_cfg, out, resume=True, log=logs.append)  # finished runs are kept, not retrained
-    assert (run_dir(out, "castle", 1) / "result.json").stat().st_mtime_ns == stamp
+    assert (small_cfg.run_dir(out, "castle", 1) / "result.json").stat().st_mtime_ns == stamp
     assert sum("finished earlier, kept" in l for l in logs) == 10
     other = replace(small_cfg, seeds=[0])
     with pytest.raises(OutputDirError, match=r"holds a different comparison \(differs in: seeds\)"):
@@ -81,13 +82,13 @@ def test_compare_writes_leaderboard_plots_and_html(tmp_path: Path, small_cfg: Co
 
 
 def test_unfinished_run_is_resumed(tmp_path: Path, small_cfg: CompareConfig) -> None:
-    cfg = replace(small_cfg, mechanisms=["standard", "linear"], seeds=[0])
+    cfg = replace(small_cfg, variants=["standard", "linear"], seeds=[0])
     out = tmp_path / "cmp"
     run_compare(cfg, out, log=lambda s: None)
-    first = json.loads((run_dir(out, "linear", 0) / "result.json").read_text())
-    (run_dir(out, "linear", 0) / "result.json").unlink()  # as if it had crashed after its last checkpoint
+    first = json.loads((small_cfg.run_dir(out, "linear", 0) / "result.json").read_text())
+    (small_cfg.run_dir(out, "linear", 0) / "result.json").unlink()  # as if it had crashed after its last checkpoint
     run_compare(cfg, out, resume=True, log=lambda s: None)
-    again = json.loads((run_dir(out, "linear", 0) / "result.json").read_text())
+    again = json.loads((small_cfg.run_dir(out, "linear", 0) / "result.json").read_text())
     assert again["resumed_from"] == cfg.base.steps and again["val"]["loss"] == first["val"]["loss"]
 
 
@@ -102,16 +103,16 @@ def test_significance_rule() -> None:
 
 
 def test_compare_config_errors() -> None:
-    from attnlab.train.config import ConfigError
+    from attnlab.config import ConfigError
 
     base = tiny().base
     with pytest.raises(ConfigError, match="duplicates"):
-        CompareConfig(base=base, mechanisms=["standard", "standard"])
+        CompareConfig(base=base, variants=["standard", "standard"])
     with pytest.raises(ConfigError, match="baseline='castle' is not among"):
-        CompareConfig(base=base, mechanisms=["standard"], baseline="castle")
+        CompareConfig(base=base, variants=["standard"], baseline="castle")
     with pytest.raises(ConfigError, match="unknown mechanism 'nope'"):
-        CompareConfig(base=base, mechanisms=["standard", "nope"])
-    with pytest.raises(ConfigError, match=r"options given for \['lineer'\], which are not registered"):
-        CompareConfig(base=base, mechanisms=["standard"], options={"lineer": {}})
+        CompareConfig(base=base, variants=["standard", "nope"])
+    with pytest.raises(ConfigError, match=r"options given for \['lineer'\], which are not mechanisms; valid: standard, "):
+        CompareConfig(base=base, variants=["standard"], options={"lineer": {}})
     # options of registered mechanisms that are not compared are dropped
-    assert CompareConfig(base=base, mechanisms=["standard"], options={"linear": {}}).options == {}
+    assert CompareConfig(base=base, variants=["standard"], options={"linear": {}}).options == {}

@@ -8,9 +8,9 @@
 * ``use_cache=False`` recomputes the full forward over the context for every new token (the specification the
   cached path is tested against, token for token and logit for logit).
 
-Context policy (the same for both paths, so they stay equal past the model's ``block_size``): the context is
-``tokens[start:]``; when it would grow beyond ``block_size`` the start jumps forward so that the last
-``keep = 3/4 * block_size`` tokens remain, and the cached path re-prefills fresh caches with them. (Sliding the
+Context policy (the same for both paths, so they stay equal past the model's ``context_len``): the context is
+``tokens[start:]``; when it would grow beyond ``context_len`` the start jumps forward so that the last
+``keep = 3/4 * context_len`` tokens remain, and the cached path re-prefills fresh caches with them. (Sliding the
 window by one token per step would force a full re-prefill at every step for position-dependent caches.)
 
 Sampling: ``temperature == 0`` is greedy (argmax). Otherwise logits are divided by ``temperature``, cut to the
@@ -40,13 +40,13 @@ def sample_next(logits: Tensor, *, temperature: float, top_k: int | None, genera
     return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
 
 
-def _model_block_size(model: nn.Module, block_size: int | None) -> int:
-    if block_size is not None:
-        return block_size
+def _model_context_len(model: nn.Module, context_len: int | None) -> int:
+    if context_len is not None:
+        return context_len
     cfg = getattr(model, "config", None)
-    if cfg is None or not hasattr(cfg, "block_size"):
-        raise ValueError("pass block_size=: the model has no config.block_size")
-    return int(cfg.block_size)
+    if cfg is None or not hasattr(cfg, "context_len"):
+        raise ValueError("pass context_len=: the model has no config.context_len")
+    return int(cfg.context_len)
 
 
 def _as_batch(prompt_ids: Tensor | Sequence[int], device: torch.device) -> tuple[Tensor, bool]:
@@ -69,7 +69,7 @@ def generate_with_logits(
     top_k: int | None = None,
     seed: int | None = None,
     use_cache: bool = True,
-    block_size: int | None = None,
+    context_len: int | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
     """Like :func:`generate`, and also the next-token logits ``(B, V)`` the model gave at each step."""
     if max_new_tokens < 0:
@@ -78,7 +78,7 @@ def generate_with_logits(
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-    block = _model_block_size(model, block_size)
+    block = _model_context_len(model, context_len)
     keep = max(1, (3 * block) // 4)
     param = next(model.parameters())
     idx, squeeze = _as_batch(prompt_ids, param.device)
@@ -96,12 +96,12 @@ def generate_with_logits(
             if restart:
                 start = L - keep
             if not use_cache:
-                logits = model(idx[:, start:])[0][:, -1]  # (B, V)
+                logits = model(idx[:, start:])[:, -1]  # (B, V)
             elif caches is None or restart:
                 caches = model.new_caches(B, device=param.device, dtype=param.dtype)
-                logits = model(idx[:, start:], caches=caches)[0][:, -1]  # prefill: (B, V)
+                logits = model(idx[:, start:], caches=caches)[:, -1]  # prefill: (B, V)
             else:
-                logits = model(idx[:, -1:], caches=caches)[0][:, -1]  # one step: (B, V)
+                logits = model(idx[:, -1:], caches=caches)[:, -1]  # one step: (B, V)
             step_logits.append(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits)
             nxt = sample_next(logits, temperature=temperature, top_k=top_k, generator=gen).to(idx.device)
             idx = torch.cat([idx, nxt], dim=1)  # (B, L + 1)
@@ -119,21 +119,21 @@ def generate(
     top_k: int | None = None,
     seed: int | None = None,
     use_cache: bool = True,
-    block_size: int | None = None,
+    context_len: int | None = None,
 ) -> Tensor:
     """Prompt followed by ``max_new_tokens`` generated ids: ``(T + N,)`` for a ``(T,)`` prompt, ``(B, T + N)`` for
     a batch.
 
     Args:
-        model: an :class:`attnlab.models.LM` (or any model with ``forward(idx, caches=...) -> (logits, loss)``,
-            ``new_caches`` and ``config.block_size``).
+        model: an :class:`attnlab.models.LM` (or any model with ``forward(idx, caches=...) -> logits``,
+            ``new_caches`` and ``config.context_len``).
         prompt_ids: token ids, at least one.
         temperature: 0 for greedy decoding, else the softmax temperature.
         top_k: sample among the ``top_k`` most likely tokens only.
         seed: seeds the sampler (``None``: a random seed).
         use_cache: decode with the layers' caches (``False``: full recomputation each step).
-        block_size: the context limit (default ``model.config.block_size``).
+        context_len: the context limit (default ``model.config.context_len``).
     """
     out, _ = generate_with_logits(model, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                  seed=seed, use_cache=use_cache, block_size=block_size)
+                                  seed=seed, use_cache=use_cache, context_len=context_len)
     return out

@@ -1,0 +1,80 @@
+"""Shared command-line plumbing for ``attnlab train`` and ``attnlab compare``: task + preset + TOML + --set + flags."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from attnlab.config import ConfigError, load_toml, merge, parse_set
+from attnlab.train.config import TrainConfig, config_from_dict, config_to_dict
+
+__all__ = ["add_config_arguments", "config_from_args", "fail", "DEFAULT_PRESETS"]
+
+#: The preset a task starts from when ``--preset`` is not given: (``attnlab train``, ``attnlab compare``).
+DEFAULT_PRESETS: dict[str, tuple[str, str]] = {
+    "lm": ("shakespeare-char-cpu", "quick"),
+    "translation": ("multi30k-de-en", "multi30k-scores"),
+}
+
+
+def add_config_arguments(p: argparse.ArgumentParser, *, compare: bool) -> None:
+    from attnlab.compare.presets import COMPARE_PRESETS
+    from attnlab.tasks import task_names
+    from attnlab.train.presets import PRESETS
+
+    p.add_argument("--task", choices=task_names(), default=None,
+                   help="what to train (default: the preset's task; without --preset: lm). Each task has its own "
+                        "default preset: " + ", ".join(f"{t} -> {DEFAULT_PRESETS[t][int(compare)]}"
+                                                         for t in DEFAULT_PRESETS))
+    p.add_argument("--preset", default=None,
+                   help=f"named preset to start from; training presets: {', '.join(PRESETS)}; comparison presets: "
+                        f"{', '.join(COMPARE_PRESETS)}")
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file merged over the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key, e.g. --set model.n_layers=2 --set optim.lr=3e-4 (repeatable)")
+    p.add_argument("--steps", type=int, help="optimizer steps (same as --set steps=N)")
+    p.add_argument("--batch-size", type=int, help="global rows (sequences, sentence pairs) per step")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue the results already in --out")
+    p.add_argument("--force", action="store_true",
+                   help="move an --out that already holds results aside (to <out>.old-<timestamp>) and start again")
+
+
+def preset_name(args: argparse.Namespace, *, compare: bool) -> str:
+    """``--preset``, else the default preset of ``--task`` (or of ``lm``)."""
+    if args.preset:
+        return args.preset
+    return DEFAULT_PRESETS[args.task or "lm"][int(compare)]
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
+    """``base`` (from a preset) <- ``--config`` TOML <- ``--set`` <- explicit flags; ``--task`` must match."""
+    d: dict[str, Any] = config_to_dict(base)
+    if args.config:
+        d = merge(d, load_toml(args.config))
+    overrides = parse_set(args.overrides)
+    for flag, key in (("steps", "steps"), ("batch_size", "batch_size"), ("device", "device"), ("compile", "compile")):
+        v = getattr(args, flag, None)
+        if v is not None:
+            overrides[key] = v
+    if getattr(args, "no_progress", False):
+        overrides["progress"] = False
+    from attnlab.config import set_dotted
+
+    for k, v in overrides.items():
+        set_dotted(d, k, v)
+    cfg = config_from_dict(d)
+    if args.task is not None and cfg.task != args.task:
+        raise ConfigError(f"--task {args.task} but the preset/config is a {cfg.task!r} run; pick a {args.task} "
+                          f"preset (default: {DEFAULT_PRESETS[args.task][0]}) or drop --task")
+    return cfg
+
+
+def fail(msg: str) -> int:
+    print(f"attnlab: error: {msg}", file=sys.stderr)
+    return 2

@@ -1,0 +1,183 @@
+"""Blocks shared by every model family: RMSNorm, SwiGLU, the pre-norm residual block, RoPE and GPT-2 init.
+
+Shape legend: B batch, T query length, S context (source) length, C ``d_model``, F SwiGLU hidden size.
+
+A :class:`ResidualBlock` is ``x + drop(attn(norm(x)))`` [``+ drop(cross(norm(x), context))``]
+``+ drop(mlp(norm(x)))``: the decoder-only LM uses it without cross-attention, the encoder-decoder's decoder with
+it. RoPE lives in :mod:`attnlab.layers.rope` (layers apply it to queries and keys) and is re-exported here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.layers.rope import apply_rope, rope_angles
+
+__all__ = [
+    "RMSNorm",
+    "SwiGLU",
+    "ResidualBlock",
+    "swiglu_hidden",
+    "residual_projection",
+    "gpt2_init_",
+    "IGNORE_INDEX",
+    "count_parameters",
+    "apply_rope",
+    "rope_angles",
+]
+
+#: Root-mean-square layer norm (Zhang & Sennrich 2019); PyTorch's own module, fused where the backend has it.
+RMSNorm = nn.RMSNorm
+
+
+def swiglu_hidden(d_model: int, multiple_of: int = 64) -> int:
+    """Default SwiGLU hidden size: ``8/3 * d_model`` rounded **up** to a multiple of ``multiple_of``.
+
+    ``8/3 d`` keeps the parameter count of a ``4 d`` GELU MLP (SwiGLU has three matrices instead of two), as in
+    LLaMA. Examples: ``d_model=128 -> 384``, ``384 -> 1024``, ``768 -> 2048``.
+    """
+    raw = (8 * d_model) // 3
+    return multiple_of * -(-raw // multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(x W_gate) * (x W_up))`` (Shazeer 2020), gate and up projections fused in one matmul."""
+
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, F) each
+        return self.down(F.silu(gate) * up)  # (B, T, C)
+
+
+class ResidualBlock(nn.Module):
+    """Pre-norm residual block around a self-attention layer, an optional cross-attention layer and SwiGLU.
+
+    Args:
+        d_model: residual stream width ``C``.
+        attn: the self-attention layer (any registered mechanism): ``attn(h, cache=...) -> (B, T, C)``.
+        ffn_hidden: SwiGLU hidden size ``F``.
+        dropout: on each residual branch.
+        norm_eps: RMSNorm epsilon.
+        cross: a cross-attention layer ``cross(h, context=..., ...)`` (encoder-decoder decoders), or ``None``.
+        mechanism: the registry name of ``attn`` (kept for parameter counts and error messages).
+    """
+
+    def __init__(self, *, d_model: int, attn: nn.Module, ffn_hidden: int, dropout: float = 0.0,
+                 norm_eps: float = 1e-5, cross: nn.Module | None = None, mechanism: str = "") -> None:
+        super().__init__()
+        self.mechanism = mechanism
+        self.attn_norm = RMSNorm(d_model, eps=norm_eps)
+        self.attn = attn
+        self.cross_norm = RMSNorm(d_model, eps=norm_eps) if cross is not None else None
+        self.cross = cross
+        self.mlp_norm = RMSNorm(d_model, eps=norm_eps)
+        self.mlp = SwiGLU(d_model, ffn_hidden)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, cache: Any = None, *, cross_kwargs: dict[str, Any] | None = None,
+                attn_kwargs: dict[str, Any] | None = None) -> Tensor:
+        """``x`` ``(B, T, C)``; ``cache`` for the self-attention layer; ``cross_kwargs`` (e.g. ``context``, a
+        padding ``mask``) for the cross-attention layer, required when the block has one; ``attn_kwargs`` (e.g. a
+        per-call key-padding ``mask``) for the self-attention layer."""
+        h = self.attn_norm(x)
+        kw = dict(attn_kwargs) if attn_kwargs else {}
+        if cache is not None:
+            kw["cache"] = cache
+        a = self.attn(h, **kw)  # (B, T, C)
+        x = x + self.drop(a)
+        if self.cross is not None:
+            if cross_kwargs is None:
+                raise ValueError("this block has cross-attention: pass cross_kwargs (e.g. context=(B, S, C))")
+            x = x + self.drop(self.cross(self.cross_norm(x), **cross_kwargs))  # (B, T, C)
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+def residual_projection(attn: nn.Module, d_model: int) -> nn.Linear | None:
+    """The attention layer's output projection: ``out_proj`` (every registered layer's convention), else the
+    last ``nn.Linear`` that maps to ``d_model``."""
+    out = getattr(attn, "out_proj", None)
+    if isinstance(out, nn.Linear):
+        return out
+    last = None
+    for m in attn.modules():
+        if isinstance(m, nn.Linear) and m.out_features == d_model:
+            last = m
+    return last
+
+
+@torch.no_grad()
+def gpt2_init_(model: nn.Module, blocks: list[ResidualBlock], *, d_model: int, embeddings: list[nn.Embedding],
+               std: float = 0.02) -> None:
+    """GPT-2 initialisation: every ``nn.Linear`` and embedding ~ N(0, ``std``), biases 0, RMSNorm weights 1; the
+    residual projections (attention and cross-attention ``out_proj``, MLP ``down``) ~ N(0, std / sqrt(2 L)) with
+    ``L = len(blocks)``. Parameters that are neither (a Luong ``W``, CASTLE's own weights) keep their layer's init."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.RMSNorm):
+            nn.init.ones_(m.weight)
+    for emb in embeddings:
+        nn.init.normal_(emb.weight, mean=0.0, std=std)
+    resid_std = std / math.sqrt(2 * max(1, len(blocks)))
+    for block in blocks:
+        nn.init.normal_(block.mlp.down.weight, mean=0.0, std=resid_std)
+        for layer in (block.attn, block.cross):
+            proj = residual_projection(layer, d_model) if layer is not None else None
+            if proj is not None:
+                nn.init.normal_(proj.weight, mean=0.0, std=resid_std)
+
+
+#: Target value that losses leave out (padding, positions without a target).
+IGNORE_INDEX = -1
+
+
+def count_parameters(model: nn.Module, *, embedding: list[nn.Module], blocks: list[ResidualBlock],
+                     extra_norms: list[nn.Module], head: nn.Module, prefix: str = "") -> dict[str, int]:
+    """Parameters per component of a model made of residual blocks, shared (tied) tensors counted once.
+
+    Keys (each with ``prefix``): ``embedding``, ``attention`` and ``attention.<mechanism>``, ``cross_attention``
+    (only when some block has one), ``mlp``, ``norms``, ``lm_head`` (0 when tied to the embedding) and ``total``;
+    the components sum to ``total == sum(p.numel() for p in model.parameters())`` (else RuntimeError: a module
+    outside every component was not counted)."""
+    seen: set[int] = set()
+
+    def count(*modules: nn.Module | None) -> int:
+        n = 0
+        for m in modules:
+            if m is None:
+                continue
+            for p in m.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    n += p.numel()
+        return n
+
+    counts: dict[str, int] = {"embedding": count(*embedding)}
+    per_mech: dict[str, int] = {}
+    for block in blocks:
+        per_mech[block.mechanism] = per_mech.get(block.mechanism, 0) + count(block.attn)
+    counts["attention"] = sum(per_mech.values())
+    counts.update({f"attention.{k}": v for k, v in per_mech.items()})
+    if any(b.cross is not None for b in blocks):
+        counts["cross_attention"] = sum(count(b.cross) for b in blocks)
+    counts["mlp"] = sum(count(b.mlp) for b in blocks)
+    counts["norms"] = sum(count(b.attn_norm, b.cross_norm, b.mlp_norm) for b in blocks) + count(*extra_norms)
+    counts["lm_head"] = count(head)
+    total = sum(p.numel() for p in model.parameters())
+    covered = sum(v for k, v in counts.items() if "." not in k)
+    if covered != total:
+        raise RuntimeError(f"parameter counts cover {covered} of {total} parameters")
+    counts["total"] = total
+    return {f"{prefix}{k}": v for k, v in counts.items()}

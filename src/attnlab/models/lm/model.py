@@ -1,0 +1,157 @@
+"""A LLaMA-style decoder-only language model with any registered causal attention, chosen per layer.
+
+Shape legend: B batch, T sequence length (``<= context_len``), C ``d_model``, V ``vocab_size``, F SwiGLU hidden.
+
+    idx (B, T) -> token embedding (B, T, C) -> n_layers x [ x + Attn(RMSNorm(x)),  x + SwiGLU(RMSNorm(x)) ]
+        -> RMSNorm -> LM head (tied to the embedding) -> logits (B, T, V)
+
+Positions come from RoPE inside each attention layer (``rope=True`` wherever the layer's config supports it);
+there is no learned position embedding. Cached decoding passes one :class:`~attnlab.cache.AttentionCache` per
+layer (:meth:`LM.new_caches`); each layer reads its absolute positions from ``cache.seq_len``. The model returns
+logits only: losses belong to the task that trains it (:mod:`attnlab.tasks.lm`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.cache import AttentionCache
+from attnlab.layers import registry
+from attnlab.models.common import RMSNorm, ResidualBlock, gpt2_init_
+from attnlab.models.lm.config import LMConfig
+
+__all__ = ["LM"]
+
+
+class LM(nn.Module):
+    """Decoder-only LM; see the module docstring. Build with ``LM(config)`` or ``config.build()``."""
+
+    def __init__(self, config: LMConfig) -> None:
+        super().__init__()
+        if not isinstance(config, LMConfig):
+            raise ValueError(f"config must be an LMConfig, got {type(config).__name__}")
+        if config.vocab_size is None:
+            raise ValueError("config.vocab_size is None: set it (a task sets it from its tokenizer) before building")
+        self.config = config
+        stack = config.stack
+        self.mechanisms: list[str] = list(stack.mechanisms)
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            ResidualBlock(d_model=config.d_model, attn=stack.config(i).build(), ffn_hidden=config.resolved_ffn_hidden,
+                          dropout=config.dropout, norm_eps=config.norm_eps, mechanism=name)
+            for i, name in enumerate(self.mechanisms)
+        )
+        self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation (:func:`attnlab.models.common.gpt2_init_`)."""
+        gpt2_init_(self, list(self.blocks), d_model=self.config.d_model, embeddings=[self.tok_emb])
+
+    # ------------------------------------------------------------------------------------------- forward
+    def _validate(self, idx: object, inputs_embeds: object, caches: object) -> None:
+        cfg = self.config
+        if (idx is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of idx (B, T) token ids and inputs_embeds (B, T, d_model)")
+        if idx is not None:
+            if not isinstance(idx, Tensor):
+                raise ValueError(f"idx must be a torch.Tensor of shape (B, T), got {type(idx).__name__}")
+            if idx.dtype != torch.long:
+                raise ValueError(f"idx must have dtype torch.long (int64), got {idx.dtype}; use idx.long()")
+            if idx.ndim != 2 or idx.shape[0] < 1 or idx.shape[1] < 1:
+                raise ValueError(f"idx must have shape (B, T) with B, T >= 1, got {tuple(idx.shape)}")
+            lo_v, hi_v = torch.stack([*torch.aminmax(idx)]).tolist()  # one host sync
+            if lo_v < 0 or hi_v >= cfg.vocab_size:  # type: ignore[operator]
+                raise ValueError(
+                    f"idx values must be in [0, vocab_size={cfg.vocab_size}), got min {lo_v} and max {hi_v}")
+            T = idx.shape[1]
+        else:
+            w = self.tok_emb.weight
+            if not isinstance(inputs_embeds, Tensor) or inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != cfg.d_model \
+                    or inputs_embeds.shape[0] < 1 or inputs_embeds.shape[1] < 1:
+                got = tuple(inputs_embeds.shape) if isinstance(inputs_embeds, Tensor) else type(inputs_embeds).__name__
+                raise ValueError(f"inputs_embeds must have shape (B, T, d_model={cfg.d_model}), got {got}")
+            if inputs_embeds.dtype != w.dtype or inputs_embeds.device != w.device:
+                raise ValueError(f"inputs_embeds must have the model's dtype {w.dtype} and device {w.device}, got "
+                                 f"{inputs_embeds.dtype} on {inputs_embeds.device}")
+            T = inputs_embeds.shape[1]
+        offset = 0
+        if caches is not None:
+            if not isinstance(caches, (list, tuple)) or len(caches) != cfg.n_layers:
+                got = len(caches) if isinstance(caches, (list, tuple)) else type(caches).__name__
+                raise ValueError(f"caches must be a list of n_layers={cfg.n_layers} caches (new_caches()), got {got}")
+            lens = {c.seq_len for c in caches}
+            if len(lens) != 1:
+                raise ValueError(f"caches disagree on seq_len ({sorted(lens)}); use one new_caches() list per sequence")
+            offset = lens.pop()
+        if offset + T > cfg.context_len:
+            where = f"T={T}" if offset == 0 else f"cached {offset} + new T={T} = {offset + T} tokens"
+            raise ValueError(
+                f"{where} exceeds context_len={cfg.context_len}; crop the input to the last {cfg.context_len} tokens"
+                + (" (and re-prefill fresh caches)" if offset else "")
+            )
+
+    def embed(self, idx: Tensor) -> Tensor:
+        """Token embeddings ``(B, T, C)`` of ``idx`` ``(B, T)`` (what ``inputs_embeds`` replaces)."""
+        return self.tok_emb(idx)
+
+    def forward(self, idx: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
+                caches: list[AttentionCache] | None = None) -> Tensor:
+        """Logits ``(B, T, V)`` of the next token at every position.
+
+        Args:
+            idx: token ids ``(B, T)``, ``torch.long``, values in ``[0, vocab_size)``, ``T <= context_len``.
+            inputs_embeds: instead of ``idx``, the input embeddings ``(B, T, d_model)`` (e.g. to take gradients
+                with respect to them: ``inputs_embeds = model.embed(idx).detach().requires_grad_()``).
+            caches: per-layer decoding caches from :meth:`new_caches`; the input then continues the cached sequence
+                (prefill: many tokens; decode: one) and the caches are updated in place. The cached length plus
+                ``T`` may not exceed ``context_len``.
+        """
+        self._validate(idx, inputs_embeds, caches)
+        x = self.drop(self.tok_emb(idx) if inputs_embeds is None else inputs_embeds)  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, caches[i] if caches is not None else None)  # (B, T, C)
+        return self.lm_head(self.norm_f(x))  # (B, T, V)
+
+    # -------------------------------------------------------------------------------------------- caches
+    def new_caches(
+        self, batch_size: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> list[AttentionCache]:
+        """One empty decoding cache per layer (device and dtype default to the model's)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        w = self.tok_emb.weight
+        device = w.device if device is None else device
+        dtype = w.dtype if dtype is None else dtype
+        caches = []
+        for i, block in enumerate(self.blocks):
+            spec = registry.get(block.mechanism)
+            if spec.cache is None or not hasattr(block.attn, "new_cache"):
+                with_cache = [n for n in registry.names() if registry.get(n).cache is not None and registry.get(n).causal]
+                raise ValueError(
+                    f"layer {i + 1} uses mechanism {block.mechanism!r}, which has no decoding cache, so this model "
+                    f"cannot decode with caches (use the full forward); mechanisms with caches: {', '.join(with_cache)}"
+                )
+            caches.append(block.attn.new_cache(batch_size, device=device, dtype=dtype))
+        return caches
+
+    # ------------------------------------------------------------------------------------------ counting
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per component, shared (tied) tensors counted once.
+
+        Keys: ``embedding``, ``attention`` (all layers), ``attention.<mechanism>`` (per mechanism, summing to
+        ``attention``), ``mlp``, ``norms``, ``lm_head`` (0 when tied) and ``total``; ``embedding + attention +
+        mlp + norms + lm_head == total == sum of p.numel() over model.parameters()``.
+        """
+        from attnlab.models.common import count_parameters
+
+        return count_parameters(self, embedding=[self.tok_emb], blocks=list(self.blocks), extra_norms=[self.norm_f],
+                                head=self.lm_head)
+
+    def extra_repr(self) -> str:
+        return f"mechanisms={self.mechanisms}"

@@ -1,0 +1,161 @@
+"""Choosing the attention mechanism of every layer of a stack, shared by every model family.
+
+A stack of ``n_layers`` residual blocks takes its self-attention from the mechanism registry
+(:mod:`attnlab.layers.registry`): one name for every layer (``schedule="uniform"``), a name on the odd layers and
+``"standard"`` on the even ones (``"alternate"``, counting layers from 1), or an explicit list of names.
+:func:`resolve_stack` checks every name and every option and builds each distinct layer config **once**; the
+models build their layers from these configs and never look a name up again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from attnlab._validation import check_int
+from attnlab.layers import registry
+
+__all__ = ["Schedule", "SCHEDULES", "ResolvedStack", "layer_mechanisms", "resolve_stack"]
+
+Schedule = Literal["uniform", "alternate"]
+SCHEDULES: tuple[str, ...] = ("uniform", "alternate")
+
+# Options a model sets itself for every layer; they may not appear in the per-mechanism options.
+OWNED = ("d_model", "n_heads", "head_dim")
+
+
+@dataclass(frozen=True)
+class ResolvedStack:
+    """The mechanism of each layer (layer 1 first) and the validated layer config of each distinct mechanism."""
+
+    mechanisms: tuple[str, ...]
+    configs: dict[str, Any]
+
+    def config(self, i: int) -> Any:
+        """The layer config of layer ``i`` (0-based)."""
+        return self.configs[self.mechanisms[i]]
+
+
+def layer_mechanisms(attention: str | list[str], schedule: str, n_layers: int) -> list[str]:
+    """The mechanism name of each layer, layer 1 first (see the module docstring)."""
+    if isinstance(attention, (list, tuple)):
+        return list(attention)
+    if schedule == "alternate":  # 1-indexed: odd layers (index 0, 2, ...) get the variant, even ones "standard"
+        return [attention if i % 2 == 0 else "standard" for i in range(n_layers)]
+    return [attention] * n_layers
+
+
+def resolve_stack(
+    *,
+    attention: str | list[str],
+    schedule: str,
+    n_layers: int,
+    options: dict[str, dict[str, Any]],
+    parity: bool,
+    d_model: int,
+    n_heads: int,
+    head_dim: int,
+    rope_base: float,
+    dropout: float,
+    causal: bool,
+    options_name: str = "attention_options",
+    owner: str = "the model",
+) -> ResolvedStack:
+    """Validate a stack's choice of mechanisms and build each distinct layer config once.
+
+    Each layer gets ``d_model``, ``heads_for_parity(n_heads)`` heads under ``parity`` (else ``n_heads``) and
+    ``head_dim``; then, where the mechanism's config has the field, ``rope=True``, ``rope_base`` and ``dropout``;
+    then ``options[name]``, which win. With ``causal=True`` every mechanism (and its options) must be causal.
+
+    Raises:
+        ValueError: naming the layer, the mechanism or the option that cannot be used.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if isinstance(attention, (list, tuple)):
+        if len(attention) != n_layers:
+            raise ValueError(
+                f"attention is a list of {len(attention)} mechanism names but n_layers={n_layers}; "
+                "give one name per layer (or a single name and a schedule)"
+            )
+    elif not isinstance(attention, str):
+        raise ValueError(f"attention must be a mechanism name or a list of them, got {attention!r}")
+    valid = registry.names()
+    mechanisms = layer_mechanisms(attention, schedule, n_layers)
+    for i, name in enumerate(mechanisms):
+        if not isinstance(name, str) or name not in valid:
+            raise ValueError(f"attention: layer {i + 1} has unknown mechanism {name!r}; registered: {', '.join(valid)}")
+        if causal and not registry.get(name).causal:
+            causal_names = [n for n in valid if registry.get(n).causal]
+            raise ValueError(
+                f"attention: mechanism {name!r} (layer {i + 1}) is not causal, so {owner} would see the tokens it "
+                f"predicts; causal mechanisms: {', '.join(causal_names)}"
+            )
+    if not isinstance(options, dict):
+        raise ValueError(f"{options_name} must be a dict of dicts, got {options!r}")
+    for name, opts in options.items():
+        if name not in mechanisms:
+            raise ValueError(
+                f"{options_name} has options for {name!r}, which no layer uses; this model uses "
+                f"{', '.join(dict.fromkeys(mechanisms))}"
+            )
+        if not isinstance(opts, dict):
+            raise ValueError(f"{options_name}[{name!r}] must be a dict of options, got {opts!r}")
+        owned = sorted(set(opts) & set(OWNED))
+        if owned:
+            raise ValueError(
+                f"{options_name}[{name!r}] sets {', '.join(owned)}, which {owner} sets for every layer; set them on "
+                "the model config instead"
+            )
+    configs = {
+        name: _layer_config(name, options.get(name, {}), parity=parity, d_model=d_model, n_heads=n_heads,
+                            head_dim=head_dim, rope_base=rope_base, dropout=dropout, causal=causal, owner=owner)
+        for name in dict.fromkeys(mechanisms)
+    }
+    return ResolvedStack(tuple(mechanisms), configs)
+
+
+def _layer_heads(name: str, n_heads: int, parity: bool) -> int:
+    if not parity:
+        return n_heads
+    heads = registry.get(name).heads_for_parity(n_heads)
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ValueError(
+            f"parity: mechanism {name!r} gives {heads!r} heads for n_heads={n_heads}; choose a larger n_heads or "
+            "parity=False"
+        )
+    return heads
+
+
+def _layer_config(name: str, user: dict[str, Any], *, parity: bool, d_model: int, n_heads: int, head_dim: int,
+                  rope_base: float, dropout: float, causal: bool, owner: str) -> Any:
+    spec = registry.get(name)
+    base = dict(d_model=d_model, n_heads=_layer_heads(name, n_heads, parity), head_dim=head_dim)
+    try:
+        probe = spec.config(**base, **user)
+        fields = {f.name for f in dataclasses.fields(probe)} if dataclasses.is_dataclass(probe) else set()
+        extra: dict[str, Any] = {}
+        if "rope" in fields and "rope" not in user:
+            extra["rope"] = True
+        if "rope_base" in fields and "rope_base" not in user:
+            extra["rope_base"] = float(rope_base)
+        if "dropout" in fields and "dropout" not in user:
+            extra["dropout"] = float(dropout)
+        cfg = spec.config(**base, **extra, **user) if extra else probe
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"attention {name!r}: invalid layer options ({e})") from None
+    if bool(getattr(cfg, "rope", False)) and "rope_base" not in fields and rope_base != 10000.0:
+        raise ValueError(
+            f"rope_base={rope_base} cannot be passed to mechanism {name!r}, whose config has no rope_base field (it "
+            "uses 10000); use rope_base=10000.0"
+        )
+    if causal and getattr(cfg, "causal", True) is False:
+        raise ValueError(f"attention {name!r}: the options {user!r} make the layer non-causal, which {owner} cannot use")
+    return cfg
+
+
+def check_positive_ints(owner: object, *names: str) -> None:
+    """Each ``owner.<name>`` must be an int >= 1 (the message names the field)."""
+    for name in names:
+        check_int(name, getattr(owner, name), 1)

@@ -1,0 +1,33 @@
+"""Tasks: what is trained on what, behind one interface (:class:`~attnlab.tasks.base.Task`).
+
+Registered tasks (``--task NAME``; imported lazily, so optional dependencies load only when a task is used):
+
+* ``lm``: language modelling (:class:`~attnlab.tasks.lm.LanguageModeling`);
+* ``translation``: encoder-decoder translation (:class:`~attnlab.tasks.translation.Translation`).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from attnlab.tasks.base import Batch, EvalContext, EvalResult, Loss, Task
+
+__all__ = ["Task", "Batch", "Loss", "EvalResult", "EvalContext", "TASKS", "task_class", "task_names"]
+
+#: task name -> "module:Class"
+TASKS: dict[str, str] = {
+    "lm": "attnlab.tasks.lm:LanguageModeling",
+    "translation": "attnlab.tasks.translation.task:Translation",
+}
+
+
+def task_names() -> list[str]:
+    return list(TASKS)
+
+
+def task_class(name: str) -> type[Task]:
+    """The task class registered as ``name`` (ValueError listing the tasks otherwise)."""
+    if name not in TASKS:
+        raise ValueError(f"task={name!r} is unknown; tasks: {', '.join(TASKS)}")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,238 @@
+"""Language modelling: next-token prediction on a text corpus with the decoder-only :class:`~attnlab.models.LM`.
+
+Rows of a global batch are window start offsets into the training split, drawn uniformly from a generator seeded
+by ``(seed, step)`` alone; a row is ``tokens[o : o + context_len + 1]`` (inputs and the targets one position
+later). Evaluation covers the whole split with non-overlapping windows: every token but the first is a target
+exactly once (:func:`attnlab.data.iterate_eval_batches`); for character data it also reports bits per character.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab._validation import check_float
+from attnlab.models.common import IGNORE_INDEX
+from attnlab.models.lm import LM, LMConfig
+from attnlab.tasks.base import Batch, EvalContext, EvalResult, Loss, Task
+
+__all__ = ["LMDataConfig", "LanguageModeling", "lm_loss", "window_offsets"]
+
+
+@dataclass(kw_only=True)
+class LMDataConfig:
+    """Which corpus and tokenizer (see :func:`attnlab.data.load_corpus`).
+
+    Attributes:
+        source: ``"tinyshakespeare"``, ``"wikitext2"`` (bundled) or the path of a text file or directory.
+        tokenizer: ``"char"``, ``"gpt2"`` or ``"word"``.
+        val_fraction: the fraction of the text held out for validation (corpora without their own splits).
+        cache_dir: where token arrays are cached (``None``: ``$ATTNLAB_CACHE_DIR`` or ``~/.cache/attnlab``).
+    """
+
+    source: str = "tinyshakespeare"
+    tokenizer: Literal["char", "gpt2", "word"] = "char"
+    val_fraction: float = 0.1
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        check_float("val_fraction", self.val_fraction, low=0.0, high=1.0, low_inclusive=False)
+        if not isinstance(self.source, str) or not self.source:
+            raise ValueError(f"source must name a corpus or a file, got {self.source!r}")
+
+
+def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean next-token cross-entropy over the targets that are not :data:`~attnlab.models.IGNORE_INDEX`;
+    half-precision logits are upcast to float32 first. ``logits (B, T, V)``, ``targets (B, T)``."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def window_offsets(step: int, *, seed: int, n_tokens: int, context_len: int, batch_size: int) -> Tensor:
+    """Start offsets ``(batch_size,)`` of the windows of optimizer step ``step``; depends on ``(seed, step)`` only.
+
+    A window is ``tokens[o : o + context_len + 1]``, so ``o`` is uniform in ``[0, n_tokens - context_len - 1]``.
+    """
+    high = n_tokens - context_len
+    if high <= 0:
+        raise ValueError(f"context_len={context_len} needs more than {context_len + 1} tokens, the split has {n_tokens}")
+    g_seed = int(np.random.SeedSequence([seed, step, 0x5EED]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    g = torch.Generator().manual_seed(g_seed)
+    return torch.randint(0, high, (batch_size,), generator=g)
+
+
+class LanguageModeling(Task):
+    """Next-token prediction (see the module docstring).
+
+    Args:
+        model: the :class:`LMConfig` (its ``vocab_size`` is filled in from the tokenizer).
+        data: the :class:`LMDataConfig`.
+        seed: seeds the data order.
+        corpus: an already loaded :class:`attnlab.data.Corpus` (default: loaded from ``data`` on first use).
+        tokenizer: a tokenizer to encode with (e.g. rebuilt from a checkpoint) instead of building one.
+        progress: show a progress bar while a corpus is encoded for the first time.
+    """
+
+    name = "lm"
+    model_config = LMConfig
+    data_config = LMDataConfig
+    compare_key = "model.attention"
+    primary_metric = ("loss", "min")
+    variant_label = "mechanism"
+
+    @classmethod
+    def variant_overrides(cls, variant: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Every layer uses mechanism ``variant``, with ``options`` as its layer options."""
+        return {"model.attention": variant, "model.schedule": "uniform",
+                "model.attention_options": {variant: dict(options)} if options else {}}
+
+    @classmethod
+    def valid_variants(cls) -> list[str]:
+        from attnlab.layers import registry
+
+        return registry.names()
+
+    def shared_data(self) -> Any:
+        return self.corpus
+
+    def __init__(self, model: LMConfig, data: LMDataConfig, *, seed: int, corpus: Any = None, tokenizer: Any = None,
+                 progress: bool = False) -> None:
+        super().__init__(model, data, seed=seed)
+        self._corpus = corpus
+        self._tokenizer = tokenizer if tokenizer is not None else (corpus.tokenizer if corpus is not None else None)
+        self.progress = progress
+
+    # ------------------------------------------------------------------------------------------------ data
+    @property
+    def corpus(self) -> Any:
+        """The token arrays (loaded and cached on first use)."""
+        if self._corpus is None:
+            from attnlab.data import load_corpus
+
+            d = self.data_cfg
+            self._corpus = load_corpus(d.source, tokenizer=self._tokenizer or d.tokenizer, cache_dir=d.cache_dir,
+                                       val_fraction=d.val_fraction, progress=self.progress)
+            self._tokenizer = self._corpus.tokenizer
+        return self._corpus
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            return self.corpus.tokenizer
+        return self._tokenizer
+
+    @property
+    def char_level(self) -> bool:
+        return getattr(self.tokenizer, "name", None) == "char"
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(s for s in ("val", "test") if getattr(self.corpus, s, None) is not None)
+
+    def check_data(self, micro_batch: int) -> None:
+        T = self.model_cfg.context_len
+        c = self.corpus
+        if len(c.train) < T + 2:
+            raise ValueError(
+                f"model.context_len={T} is longer than the training split ({len(c.train)} tokens of "
+                f"{getattr(c, 'name', 'the corpus')}); it needs at least context_len + 2 tokens"
+            )
+        for split in ("val", "test"):
+            toks = getattr(c, split, None)
+            if toks is not None and len(toks) < T + 1:
+                raise ValueError(
+                    f"model.context_len={T} is longer than the {split} split ({len(toks)} tokens of "
+                    f"{getattr(c, 'name', 'the corpus')}); use a smaller context_len or a larger data.val_fraction"
+                )
+
+    def global_batch(self, step: int, batch_size: int) -> Tensor:
+        return window_offsets(step, seed=self.seed, n_tokens=len(self.corpus.train),
+                              context_len=self.model_cfg.context_len, batch_size=batch_size)
+
+    def count_targets(self, rows: Any) -> int:
+        return len(rows) * self.model_cfg.context_len
+
+    def make_batch(self, rows: Any, device: torch.device) -> Batch:
+        T = self.model_cfg.context_len
+        idx = rows.numpy()[:, None] + np.arange(T + 1)[None, :]  # (B, T+1)
+        win = torch.from_numpy(np.asarray(self.corpus.train[idx]).astype(np.int64))  # (B, T+1)
+        x, y = win[:, :-1], win[:, 1:]
+        if device.type == "cuda":
+            x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        elif device.type != "cpu":
+            x, y = x.to(device), y.to(device)
+        return Batch(inputs={"idx": x, "targets": y}, n_targets=y.numel())
+
+    # ------------------------------------------------------------------------------------------------ model
+    def resolved_model_config(self) -> LMConfig:
+        """The model config with ``vocab_size`` set from the tokenizer (a different explicit value is an error)."""
+        vocab = int(self.tokenizer.vocab_size)
+        cfg = self.model_cfg
+        if cfg.vocab_size is not None and cfg.vocab_size != vocab:
+            raise ValueError(f"model.vocab_size={cfg.vocab_size} but the tokenizer has {vocab} tokens; leave "
+                             "model.vocab_size unset (the task sets it)")
+        return cfg if cfg.vocab_size == vocab else replace(cfg, vocab_size=vocab)
+
+    def build_model(self) -> nn.Module:
+        return LM(self.resolved_model_config())
+
+    def loss(self, model: nn.Module, batch: Batch) -> Loss:
+        return Loss(main=lm_loss(model(batch.inputs["idx"]), batch.inputs["targets"]))
+
+    # ------------------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str, ctx: EvalContext) -> EvalResult:
+        """Mean next-token cross-entropy over the whole split (batches dealt round-robin to the ranks)."""
+        from attnlab.data import iterate_eval_batches
+
+        tokens = getattr(self.corpus, split, None)
+        if tokens is None:
+            raise ValueError(f"split={split!r}: the corpus {self.corpus.name!r} has no such split; it has "
+                             f"{', '.join(('train',) + self.splits)}")
+        was_training = model.training
+        model.eval()
+        total = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        count = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        for i, (x, y) in enumerate(iterate_eval_batches(tokens, ctx.batch_size, self.model_cfg.context_len)):
+            if i % ctx.world_size != ctx.rank:
+                continue
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            with ctx.autocast():
+                logits = model(x)
+            if logits.dtype not in (torch.float32, torch.float64):
+                logits = logits.float()
+            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").double()
+            count += y.numel()
+        ctx.all_reduce_sum(total, count)
+        model.train(was_training)
+        loss = float(total / count)
+        return EvalResult(split=split, loss=loss, tokens=int(count),
+                          bits_per_char=loss / math.log(2) if self.char_level else None)
+
+    # ------------------------------------------------------------------------------------------- checkpoint
+    def state(self) -> dict[str, Any]:
+        tok = self.tokenizer
+        return {"tokenizer": tok.to_dict() if hasattr(tok, "to_dict") else None,
+                "corpus": getattr(self._corpus, "name", None)}
+
+    @classmethod
+    def from_state(cls, model: LMConfig, data: LMDataConfig, state: dict[str, Any], *, seed: int = 0) -> "LanguageModeling":
+        """The task of a checkpoint, with its tokenizer and without loading any data."""
+        tok = None
+        if state.get("tokenizer") is not None:
+            from attnlab.data import tokenizer_from_dict
+
+            tok = tokenizer_from_dict(state["tokenizer"])
+        return cls(model, data, seed=seed, tokenizer=tok)
+
+    def describe(self) -> str:
+        c = self._corpus
+        where = f"{c.name} ({len(c.train):,} training tokens)" if c is not None else self.data_cfg.source
+        return f"language modelling on {where}"
