@@ -104,6 +104,9 @@ class CastleConfig:
 class CastleAttention(nn.Module):
     """Multi-head CASTLE (eq. 14): ``Concat(head_1 .. head_H) W^O``; see the module docstring."""
 
+    #: why attention probabilities cannot be captured (:mod:`attnlab.layers.capture`)
+    attention_probabilities: str | None = ("CASTLE normalises causal and lookahead scores jointly (2 T columns per row); it has no single (T, S) softmax over the keys")
+
     def __init__(self, config: CastleConfig) -> None:
         super().__init__()
         if not isinstance(config, CastleConfig):

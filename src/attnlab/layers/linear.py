@@ -137,6 +137,9 @@ class LinearAttention(nn.Module):
     (``d_model -> H_kv Dv``), ``out_proj`` (``H Dv -> d_model``).
     """
 
+    #: why attention probabilities cannot be captured (:mod:`attnlab.layers.capture`)
+    attention_probabilities: str | None = ("linear attention replaces softmax(q k^T) by a kernel feature map; it forms no normalised (T, S) probability matrix")
+
     def __init__(self, config: LinearAttentionConfig) -> None:
         super().__init__()
         if not isinstance(config, LinearAttentionConfig):

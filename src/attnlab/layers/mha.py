@@ -53,6 +53,7 @@ from attnlab._validation import (
     check_layer_input,
 )
 from attnlab.cache.kv import KVCache, SlidingKVCache, shifted_mask
+from attnlab.layers import capture as _capture
 from attnlab.layers.rope import apply_rope
 from attnlab.masks import Mask, causal
 from attnlab.ops.softmax import (
@@ -166,6 +167,9 @@ class MultiHeadAttention(nn.Module):
     ``out_proj`` (``H D -> d_model``) and, for ``score="general"``, ``score_weight`` ``(H, D, D)``; for
     ``score="additive"``, ``score_w_q``, ``score_w_k`` ``(H, D, A)`` and ``score_v`` ``(H, A)``.
     """
+
+    #: attention probabilities can be captured (:mod:`attnlab.layers.capture`)
+    attention_probabilities: str | None = None
 
     def __init__(self, config: MultiHeadAttentionConfig) -> None:
         super().__init__()
@@ -433,6 +437,14 @@ class MultiHeadAttention(nn.Module):
             # one decoding query: a dense (1, S) mask row is cheap, while "auto" would pick FlexAttention on CUDA
             # for sparse masks and build a new BlockMask at every step
             impl = "sdpa"
+        cap = _capture._ACTIVE
+        if cap is not None and cap.wants(self):
+            from attnlab.ops.softmax.reference import reference_softmax_probs
+            from attnlab.ops.softmax.scores import default_scale
+
+            cap.record(self, reference_softmax_probs(
+                q, k, mask=m, scale=default_scale(self.score, D), score=self.score, score_params=self.score_params(),
+                q_offset=offset))  # (B, H, T, S)
         out = softmax_attention(
             q, k, v,
             mask=m,

@@ -25,22 +25,20 @@ from torch import Tensor
 from attnlab.masks import Mask, dense
 from attnlab.ops.softmax.scores import AdditiveScoreParams, GeneralScoreParams, ScoreParams, additive_scores
 
-__all__ = ["reference_softmax_attention"]
+__all__ = ["reference_softmax_attention", "reference_softmax_probs"]
 
 
-def reference_softmax_attention(
+def reference_softmax_probs(
     q: Tensor,
     k: Tensor,
-    v: Tensor,
     *,
     mask: Mask | None,
     scale: float,
     score: str,
     score_params: ScoreParams | None,
     q_offset: int,
-    dropout_p: float,
 ) -> Tensor:
-    """Masked softmax attention, computed step by step. See the module docstring for the exact definition."""
+    """Steps 1-3 of the module docstring: the attention probabilities ``(B, H, T, S)`` (before dropout)."""
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     G = H // Hkv
@@ -60,15 +58,32 @@ def reference_softmax_attention(
     s = s * scale
 
     # 2. mask (evaluated at every (b, h) so that per-batch / per-head masks are exact)
-    if mask is not None:
-        allowed = dense(mask, T, S, batch_size=B, n_heads=H, q_offset=q_offset, device=q.device)  # (B, H, T, S)
-        s = s.masked_fill(~allowed, float("-inf"))
-        has_key = allowed.any(dim=-1, keepdim=True)  # (B, H, T, 1)
-        # 3. rows without a visible key: softmax of zeros (finite), then multiplied by 0 below
-        s = torch.where(has_key, s, torch.zeros((), dtype=s.dtype, device=s.device))
-        p = torch.softmax(s, dim=-1) * has_key  # (B, H, T, S)
-    else:
-        p = torch.softmax(s, dim=-1)  # (B, H, T, S)
+    if mask is None:
+        return torch.softmax(s, dim=-1)  # (B, H, T, S)
+    allowed = dense(mask, T, S, batch_size=B, n_heads=H, q_offset=q_offset, device=q.device)  # (B, H, T, S)
+    s = s.masked_fill(~allowed, float("-inf"))
+    has_key = allowed.any(dim=-1, keepdim=True)  # (B, H, T, 1)
+    # 3. rows without a visible key: softmax of zeros (finite), then multiplied by 0
+    s = torch.where(has_key, s, torch.zeros((), dtype=s.dtype, device=s.device))
+    return torch.softmax(s, dim=-1) * has_key  # (B, H, T, S)
+
+
+def reference_softmax_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Mask | None,
+    scale: float,
+    score: str,
+    score_params: ScoreParams | None,
+    q_offset: int,
+    dropout_p: float,
+) -> Tensor:
+    """Masked softmax attention, computed step by step. See the module docstring for the exact definition."""
+    G = q.shape[1] // k.shape[1]
+    p = reference_softmax_probs(q, k, mask=mask, scale=scale, score=score, score_params=score_params,
+                                q_offset=q_offset)  # (B, H, T, S)
 
     # 4. dropout on the probabilities
     if dropout_p > 0.0:
