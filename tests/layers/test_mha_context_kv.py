@@ -81,7 +81,8 @@ def test_bad_context_kv() -> None:
     with pytest.raises(ValueError, match="context_kv must be a pair \\(k, v\\) of tensors from project_context\\(\\), "
                                          "got Tensor"):
         layer(x, context_kv=k)
-    with pytest.raises(ValueError, match=r"context_kv k must have shape \(B=3, H_kv=2, S >= 1, D=5\), got \(2, 2, 5, 5\)"):
+    with pytest.raises(ValueError,
+                       match=r"context_kv k must have shape \(B=3, H_kv=2, S >= 1, D=5\), got \(2, 2, 5, 5\)"):
         layer(_x(3, 3), context_kv=(k, v))
     with pytest.raises(ValueError, match=r"context_kv v must have shape .*, got \(2, 4, 5, 5\)"):
         layer(x, context_kv=(k, v.repeat(1, 2, 1, 1)))

@@ -51,5 +51,6 @@ def key_padding(valid: Tensor) -> Mask:
         return r[bb, kv.clamp(0, S - 1)] & inside  # broadcast(b, kv): keys beyond S are padding
 
     n_pad = int((~rows).sum())
-    name = f"key_padding(B={rows.shape[0]}, S={S}, n_pad={n_pad})" if per_batch else f"key_padding(S={S}, n_pad={n_pad})"
+    shape = f"B={rows.shape[0]}, S={S}" if per_batch else f"S={S}"
+    name = f"key_padding({shape}, n_pad={n_pad})"
     return Mask(name=name, fn=fn, per_batch=per_batch)
