@@ -54,7 +54,26 @@ def tiny() -> CompareConfig:
                          options={"sliding-window": {"window": 4}, "castle-swl": {"lookahead": 4}})
 
 
-COMPARE_PRESETS: dict[str, Callable[[], CompareConfig]] = {"quick": quick, "tiny": tiny}
+def multi30k_scores() -> CompareConfig:
+    """The classic comparison: Bahdanau additive vs Luong general vs Luong dot vs scaled dot-product
+    cross-attention on Multi30K de->en (the ``multi30k-mid`` run), 3 seeds each; ranked by test BLEU."""
+    from attnlab.train.presets import multi30k_mid
+
+    return CompareConfig(base=multi30k_mid(), variants=["scaled_dot", "additive", "general", "dot"],
+                         seeds=[0, 1, 2])
+
+
+def multi30k_scores_tiny() -> CompareConfig:
+    """A smoke version of :func:`multi30k_scores` for tests: the ``multi30k-quick`` run cut to 12 steps, 2 seeds,
+    evaluated on the first sentences only through a small corpus the caller provides."""
+    from attnlab.train.presets import multi30k_quick
+
+    base = replace(multi30k_quick(), steps=12, eval_interval=6, progress=False, tensorboard=False)
+    return CompareConfig(base=base, variants=["scaled_dot", "additive"], seeds=[0, 1])
+
+
+COMPARE_PRESETS: dict[str, Callable[[], CompareConfig]] = {"quick": quick, "tiny": tiny, "multi30k-scores": multi30k_scores,
+                                                           "multi30k-scores-tiny": multi30k_scores_tiny}
 
 
 def get_compare_preset(name: str) -> CompareConfig:

@@ -133,6 +133,8 @@ class Task(ABC):
     name: ClassVar[str]
     model_config: ClassVar[type]
     data_config: ClassVar[type]
+    #: the typed config of the task's own options (loss, evaluation): the run config's ``[options]`` table
+    options_config: ClassVar[type] = type(None)
     compare_key: ClassVar[str]
     primary_metric: ClassVar[tuple[str, str]] = ("loss", "min")
     variant_label: ClassVar[str] = "variant"

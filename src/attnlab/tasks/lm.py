@@ -22,7 +22,7 @@ from attnlab.models.common import IGNORE_INDEX
 from attnlab.models.lm import LM, LMConfig
 from attnlab.tasks.base import Batch, EvalContext, EvalResult, Loss, Task
 
-__all__ = ["LMDataConfig", "LanguageModeling", "lm_loss", "window_offsets"]
+__all__ = ["LMDataConfig", "LMOptions", "LanguageModeling", "lm_loss", "window_offsets"]
 
 
 @dataclass(kw_only=True)
@@ -68,6 +68,11 @@ def window_offsets(step: int, *, seed: int, n_tokens: int, context_len: int, bat
     return torch.randint(0, high, (batch_size,), generator=g)
 
 
+@dataclass(kw_only=True)
+class LMOptions:
+    """Options of the language-modelling task (none yet: the loss is plain next-token cross-entropy)."""
+
+
 class LanguageModeling(Task):
     """Next-token prediction (see the module docstring).
 
@@ -83,6 +88,7 @@ class LanguageModeling(Task):
     name = "lm"
     model_config = LMConfig
     data_config = LMDataConfig
+    options_config = LMOptions
     compare_key = "model.attention"
     primary_metric = ("loss", "min")
     variant_label = "mechanism"
@@ -102,8 +108,8 @@ class LanguageModeling(Task):
     def shared_data(self) -> Any:
         return self.corpus
 
-    def __init__(self, model: LMConfig, data: LMDataConfig, *, seed: int, corpus: Any = None, tokenizer: Any = None,
-                 progress: bool = False) -> None:
+    def __init__(self, model: LMConfig, data: LMDataConfig, *, seed: int, options: LMOptions | None = None,
+                 corpus: Any = None, tokenizer: Any = None, progress: bool = False) -> None:
         super().__init__(model, data, seed=seed)
         self._corpus = corpus
         self._tokenizer = tokenizer if tokenizer is not None else (corpus.tokenizer if corpus is not None else None)
@@ -223,7 +229,8 @@ class LanguageModeling(Task):
                 "corpus": getattr(self._corpus, "name", None)}
 
     @classmethod
-    def from_state(cls, model: LMConfig, data: LMDataConfig, state: dict[str, Any], *, seed: int = 0) -> "LanguageModeling":
+    def from_state(cls, model: LMConfig, data: LMDataConfig, state: dict[str, Any], *, seed: int = 0,
+                   options: LMOptions | None = None) -> "LanguageModeling":
         """The task of a checkpoint, with its tokenizer and without loading any data."""
         tok = None
         if state.get("tokenizer") is not None:

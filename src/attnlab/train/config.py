@@ -12,6 +12,8 @@ the loop settings. Loaded from TOML with ``--set`` overrides::
     [data]                 # the task's data config
     source = "tinyshakespeare"
 
+    [options]              # the task's own options (translation: label_smoothing, beam_size, ...)
+
     [optim]
     lr = 1e-3
 
@@ -108,6 +110,8 @@ class TrainConfig:
         task: the task name (``"lm"``, ``"translation"``); decides the classes of ``model`` and ``data``.
         model: the task's model config (default: that class's defaults).
         data: the task's data config (default: that class's defaults).
+        options: the task's own options, e.g. label smoothing and beam search for translation (default: that
+            class's defaults).
         optim: the optimizer and learning-rate schedule.
         steps: optimizer steps in total.
         batch_size: global rows (sequences, sentence pairs) per optimizer step, over all accumulation steps and
@@ -132,6 +136,7 @@ class TrainConfig:
     task: str = "lm"
     model: Any = None
     data: Any = None
+    options: Any = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     steps: int = 2000
     batch_size: int = 12
@@ -155,7 +160,10 @@ class TrainConfig:
             self.model = cls.model_config()
         if self.data is None:
             self.data = cls.data_config()
-        for name, want in (("model", cls.model_config), ("data", cls.data_config), ("optim", OptimConfig)):
+        if self.options is None:
+            self.options = cls.options_config()
+        for name, want in (("model", cls.model_config), ("data", cls.data_config), ("options", cls.options_config),
+                           ("optim", OptimConfig)):
             if not isinstance(getattr(self, name), want):
                 raise ConfigError(f"{name} must be a {want.__name__} for task {self.task!r}, got "
                                   f"{type(getattr(self, name)).__name__}")
@@ -214,7 +222,8 @@ def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
     if not isinstance(task, str):
         raise ConfigError(f"task: expected a string, got {task!r}")
     cls = _task_class(task)
-    return from_dict(TrainConfig, d, field_types={"model": cls.model_config, "data": cls.data_config})
+    return from_dict(TrainConfig, d, field_types={"model": cls.model_config, "data": cls.data_config,
+                                                  "options": cls.options_config})
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

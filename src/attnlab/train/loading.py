@@ -48,7 +48,8 @@ def load_trained(path: str | Path, *, device: str = "auto", task: str | None = N
     if task is not None and config.task != task:
         raise ckpt.CheckpointError(
             f"checkpoint {str(cdir)!r} is a {config.task!r} model, but this command needs a {task!r} model")
-    t = config.task_class.from_state(config.model, config.data, state.get("task_state", {}), seed=config.seed)
+    t = config.task_class.from_state(config.model, config.data, state.get("task_state", {}), seed=config.seed,
+                                     options=config.options)
     model = t.build_model()
     ckpt.load_model_weights(cdir, model)
     model.to(resolve_device(device)).eval()

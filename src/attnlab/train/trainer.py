@@ -91,7 +91,7 @@ def make_task(config: TrainConfig, *, data: Any = None, progress: bool = False) 
     kwargs: dict[str, Any] = {"progress": progress}
     if data is not None:
         kwargs[getattr(cls, "data_argument", "corpus")] = data
-    return cls(config.model, config.data, seed=config.seed, **kwargs)
+    return cls(config.model, config.data, seed=config.seed, options=config.options, **kwargs)
 
 
 def _config_diff(a: Any, b: Any, prefix: str) -> list[str]:
@@ -191,6 +191,8 @@ class Trainer:
         if config.compile:
             self.forward_model = torch.compile(self.forward_model)  # type: ignore[assignment]
         self.metrics = MetricsWriter(self.out_dir, enabled=self.dist.is_main, tensorboard=config.tensorboard)
+        if self.out_dir is not None and hasattr(self.task, "set_output_dir"):
+            self.task.set_output_dir(self.out_dir)
         if resume:  # forget records written after the checkpoint we continue from (all, if there was none)
             self.metrics.truncate_after(self.resumed_from or 0)
 
@@ -268,13 +270,17 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------------
 
-    def eval_context(self) -> EvalContext:
+    def eval_context(self, *, full: bool = True) -> EvalContext:
         return EvalContext(device=self.device, batch_size=self.config.eval_batch_size or self.micro,
-                           autocast_dtype=self.autocast_dtype, rank=self.dist.rank, world_size=self.dist.world_size)
+                           autocast_dtype=self.autocast_dtype, rank=self.dist.rank, world_size=self.dist.world_size,
+                           full=full)
 
-    def evaluate(self, split: str = "val") -> EvalResult:
-        """The task's metrics over the whole ``split``."""
-        return self.task.evaluate(self.model, split, self.eval_context())
+    def evaluate(self, split: str = "val", *, full: bool = True) -> EvalResult:
+        """The task's metrics over the whole ``split`` (``full=False``: skip costly extras such as decoding for
+        BLEU, as during training)."""
+        if hasattr(self.task, "step_label"):
+            self.task.step_label = f"-step{self.step}"
+        return self.task.evaluate(self.model, split, self.eval_context(full=full))
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -374,7 +380,7 @@ class Trainer:
                 at_end = self.step == cfg.steps
                 if self.step % cfg.eval_interval == 0 or at_end:
                     t0 = time.perf_counter()
-                    last_val = self.evaluate("val")
+                    last_val = self.evaluate("val", full=at_end)
                     eval_s += time.perf_counter() - t0
                     eval_history.append((self.step, last_val.loss))
                     self._log_eval(last_val, elapsed_s=time.perf_counter() - wall0)
