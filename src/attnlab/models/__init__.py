@@ -5,7 +5,8 @@
 """
 
 from attnlab.models.common import IGNORE_INDEX, ResidualBlock, RMSNorm, SwiGLU, swiglu_hidden
+from attnlab.models.encdec import EncDecConfig, EncoderDecoder, beam_search, greedy_decode
 from attnlab.models.lm import LM, LMConfig
 from attnlab.models.stack import SCHEDULES
 
-__all__ = ["IGNORE_INDEX", "LM", "LMConfig", "RMSNorm", "ResidualBlock", "SCHEDULES", "SwiGLU", "swiglu_hidden"]
+__all__ = ["IGNORE_INDEX", "EncDecConfig", "EncoderDecoder", "beam_search", "greedy_decode", "LM", "LMConfig", "RMSNorm", "ResidualBlock", "SCHEDULES", "SwiGLU", "swiglu_hidden"]
