@@ -14,8 +14,8 @@ def toys(monkeypatch):
     """Register a correct and a future-leaking toy mechanism for the duration of one test."""
     good, bad = toy_spec("toy-ok"), toy_spec("toy-leaky", fault="leak-future")
     registry.names()  # load the built-in mechanisms first
-    monkeypatch.setitem(registry._REGISTRY, good.name, good)
-    monkeypatch.setitem(registry._REGISTRY, bad.name, bad)
+    monkeypatch.setitem(registry.MECHANISMS.entries, good.name, good)
+    monkeypatch.setitem(registry.MECHANISMS.entries, bad.name, bad)
     return good, bad
 
 
@@ -91,14 +91,14 @@ def test_bench_writes_reports_refuses_to_overwrite_and_fails_on_a_wrong_layer(to
     import dataclasses
 
     broken = dataclasses.replace(toy_spec("toy-sdpa-off", fault="backend-differs"), defaults={"impl": "sdpa"})
-    registry._REGISTRY[broken.name] = broken
+    registry.MECHANISMS.entries[broken.name] = broken
     try:
         argv2 = [a if a != "toy-ok" else broken.name for a in argv] + ["--force", "--dtype", "float64"]
         assert main(argv2) == 1
         md = (tmp_path / "mechanisms-cpu.md").read_text()
         assert "| toy-sdpa-off |  | 8 | FAILED correctness: max error" in md
     finally:
-        del registry._REGISTRY[broken.name]
+        del registry.MECHANISMS.entries[broken.name]
 
 
 def test_bench_list_and_bad_arguments(capsys):

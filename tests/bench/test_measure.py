@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attnlab.bench import BenchOptions, Suite, SuiteResult, Table, get_suite, register_suite, suites, write_results
-from attnlab.bench.core import _SUITES
+from attnlab.bench.core import SUITES
 from attnlab.bench.measure import LiveTensorTracker, fit_exponent, peak_memory, time_fn, time_fns
 
 
@@ -101,7 +101,7 @@ def test_plugin_suite_registry_and_report(tmp_path, monkeypatch):
                                          rows=[{"case": "a", "status": "ok", "x": 1.5},
                                                {"case": "b", "status": "FAILED correctness: 1 > 0"}])])
 
-    monkeypatch.setitem(_SUITES, "plugin-test", Suite(name="plugin-test", description="d", run=run))
+    monkeypatch.setitem(SUITES.entries, "plugin-test", Suite(name="plugin-test", description="d", run=run))
     with pytest.raises(ValueError, match="already registered"):
         register_suite(Suite(name="plugin-test", description="d", run=run))
     res = get_suite("plugin-test").run(BenchOptions())

@@ -141,7 +141,7 @@ def test_a_backend_that_cannot_run_here_is_reported_skipped_not_passed(monkeypat
 
     spec = dataclasses.replace(registry.get("standard"), name="standard-with-flex",
                                backends=("reference", "sdpa", "flex"))
-    monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
+    monkeypatch.setitem(registry.MECHANISMS.entries, spec.name, spec)
     results = run_check(_check("backends-vs-reference"), spec, VerifyOptions())
     flex = [r for r in results if "flex" in r.case]
     assert flex and all(is_skipped(r) and not r.passed for r in flex)

@@ -1,9 +1,9 @@
 """The benchmark registry: named suites that measure and return tables.
 
 A :class:`Suite` has a ``run(options) -> SuiteResult`` and, optionally, ``plot(result, path_stem) -> [paths]``.
-Suites register themselves with :func:`register_suite` when their module is imported; importing
-:mod:`attnlab.bench` imports every module of the package, so a plugin only needs a new file there (e.g.
-``bench/castle.py`` registering a ``"castle"`` suite).
+Suites register themselves in :data:`SUITES` (an :class:`attnlab.registry.Registry`) with :func:`register_suite`
+when their module is imported; importing :mod:`attnlab.bench` imports every module of the package, so a plugin
+only needs a new file there (e.g. ``bench/castle.py`` registering a ``"castle"`` suite).
 
 Every figure is measured against a baseline timed in the same process (raw PyTorch SDPA with causal masking),
 and every case runs a correctness check first: a case that fails it reports the failure instead of a speed.
@@ -17,7 +17,9 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["BenchOptions", "Table", "SuiteResult", "Suite", "register_suite", "suites", "get_suite"]
+from attnlab.registry import Registry
+
+__all__ = ["BenchOptions", "Table", "SuiteResult", "Suite", "SUITES", "register_suite", "suites", "get_suite"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,27 +122,23 @@ class Suite:
     plot: Callable[[SuiteResult, Path], list[Path]] | None = None
 
 
-_SUITES: dict[str, Suite] = {}
+def _load_builtin() -> None:
+    import attnlab.bench  # noqa: F401  (importing the package imports every suite module)
+
+
+SUITES: Registry[Suite] = Registry("benchmark suite", load=_load_builtin)
 
 
 def register_suite(suite: Suite) -> Suite:
-    if suite.name in _SUITES:
-        raise ValueError(f"benchmark suite {suite.name!r} is already registered")
-    _SUITES[suite.name] = suite
-    return suite
+    """Add a suite; its name must be new."""
+    return SUITES.register(suite.name, suite)
 
 
 def suites() -> list[Suite]:
-    """Every registered suite (importing :mod:`attnlab.bench` loads them)."""
-    import attnlab.bench  # noqa: F401
-
-    return list(_SUITES.values())
+    """Every registered suite, in registration order (the built-in ones are loaded on first use)."""
+    return SUITES.items()
 
 
 def get_suite(name: str) -> Suite:
-    import attnlab.bench  # noqa: F401
-
-    try:
-        return _SUITES[name]
-    except KeyError:
-        raise ValueError(f"unknown benchmark suite {name!r}; registered: {', '.join(sorted(_SUITES))}") from None
+    """The suite registered as ``name``; unknown names list the valid ones."""
+    return SUITES.get(name)

@@ -1,7 +1,8 @@
 """The registry of attention mechanisms: one name, one way to build a layer.
 
-Every mechanism registers a :class:`MechanismSpec`. Models, the verifier, the benchmarks and the CLI look
-mechanisms up here by name and never special-case one.
+Every mechanism registers a :class:`MechanismSpec` in :data:`MECHANISMS`, an :class:`attnlab.registry.Registry`
+that imports :mod:`attnlab.layers` on first use (so every built-in mechanism is there). Models, the verifier, the
+benchmarks and the CLI look mechanisms up here by name and never special-case one.
 
 Every registered layer is an ``nn.Module`` with
 
@@ -18,7 +19,9 @@ from typing import Any, Callable
 
 from torch import nn
 
-__all__ = ["MechanismSpec", "register", "get", "names", "all_specs", "build"]
+from attnlab.registry import Registry
+
+__all__ = ["MechanismSpec", "MECHANISMS", "register", "get", "names", "all_specs", "build"]
 
 
 def _same_heads(n_standard_heads: int) -> int:
@@ -88,40 +91,33 @@ class MechanismSpec:
         return self.config(d_model=d_model, n_heads=n_heads, **options).build()
 
 
-_REGISTRY: dict[str, MechanismSpec] = {}
-
-
-def register(spec: MechanismSpec) -> MechanismSpec:
-    """Add a mechanism; its name must be new."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"mechanism {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _ensure_loaded() -> None:
+def _load_builtin() -> None:
     # Importing the layers package registers every built-in mechanism.
     import attnlab.layers  # noqa: F401
 
 
+MECHANISMS: Registry[MechanismSpec] = Registry("mechanism", load=_load_builtin)
+_REGISTRY = MECHANISMS.entries  # the live dict under its older name (tests still patch toy mechanisms into it)
+
+
+def register(spec: MechanismSpec) -> MechanismSpec:
+    """Add a mechanism; its name must be new."""
+    return MECHANISMS.register(spec.name, spec)
+
+
 def get(name: str) -> MechanismSpec:
     """The spec registered under ``name``; unknown names list the valid ones."""
-    _ensure_loaded()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown mechanism {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+    return MECHANISMS.get(name)
 
 
 def names() -> list[str]:
     """Every registered mechanism name, in registration order."""
-    _ensure_loaded()
-    return list(_REGISTRY)
+    return MECHANISMS.names()
 
 
 def all_specs() -> list[MechanismSpec]:
-    _ensure_loaded()
-    return list(_REGISTRY.values())
+    """Every registered spec, in registration order."""
+    return MECHANISMS.items()
 
 
 def build(name: str, *, d_model: int, n_heads: int, **options: Any) -> nn.Module:

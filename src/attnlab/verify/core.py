@@ -2,7 +2,8 @@
 
 A :class:`Check` applies to some registered mechanisms and returns one :class:`CheckResult` per case it ran.
 Tests parametrise over ``(check, mechanism)`` pairs and assert ``result.passed``; the CLI prints the same
-results as a table. Checks register themselves with :func:`register_check` when their module is imported.
+results as a table. Checks register themselves in :data:`CHECKS` (an :class:`attnlab.registry.Registry`) with
+:func:`register_check` when their module is imported.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Callable
 import torch
 
 from attnlab.layers.registry import MechanismSpec
+from attnlab.registry import Registry
 
-__all__ = ["CheckResult", "Check", "VerifyOptions", "register_check", "checks", "applicable", "run_check"]
+__all__ = ["CheckResult", "Check", "VerifyOptions", "CHECKS", "register_check", "checks", "applicable", "run_check"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,24 +62,25 @@ class Check:
     extra: dict = field(default_factory=dict)
 
 
-_CHECKS: dict[str, Check] = {}
+def _load_builtin() -> None:
+    import attnlab.verify  # noqa: F401  (importing the package imports every check module)
+
+
+CHECKS: Registry[Check] = Registry("check", load=_load_builtin)
 
 
 def register_check(check: Check) -> Check:
-    if check.name in _CHECKS:
-        raise ValueError(f"check {check.name!r} is already registered")
-    _CHECKS[check.name] = check
-    return check
+    """Add a check; its name must be new."""
+    return CHECKS.register(check.name, check)
 
 
 def checks() -> list[Check]:
-    """Every registered check (importing :mod:`attnlab.verify` loads the built-in ones)."""
-    import attnlab.verify  # noqa: F401
-
-    return list(_CHECKS.values())
+    """Every registered check, in registration order (the built-in ones are loaded on first use)."""
+    return CHECKS.items()
 
 
 def applicable(spec: MechanismSpec) -> list[Check]:
+    """The registered checks that apply to ``spec``."""
     return [c for c in checks() if c.applies(spec)]
 
 
@@ -93,3 +96,4 @@ def run_check(check: Check, spec: MechanismSpec, options: VerifyOptions | None =
         return [CheckResult(check=check.name, mechanism=spec.name, case="-", max_error=float("nan"),
                             tolerance=0.0, passed=False, detail="check ran no case")]
     return results
+

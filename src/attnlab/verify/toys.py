@@ -10,8 +10,8 @@ argument plants one deliberate defect, so that tests can show that every check *
 * ``"batch-mixes"``: the output of each example depends on the batch mean;
 * ``"crash"``: forward raises.
 
-Tests register a toy with ``monkeypatch.setitem(registry._REGISTRY, spec.name, spec)`` so that it disappears
-afterwards. Shapes: x ``(B, T, d_model)``; heads ``(B, H, T, D)``.
+Tests register a toy with ``monkeypatch.setitem(registry.MECHANISMS.entries, spec.name, spec)`` so that it
+disappears afterwards. Shapes: x ``(B, T, d_model)``; heads ``(B, H, T, D)``.
 """
 
 from __future__ import annotations
