@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import attnlab.bench.castle as cb
+import attnlab.bench.castle.memory as castle_memory
 from attnlab.bench import BenchOptions, get_suite, write_results
 from attnlab.cli import main
 
@@ -112,7 +113,7 @@ def test_a_broken_decode_step_fails_only_the_decode_table(monkeypatch):
 
 
 def test_parallel_form_is_skipped_beyond_its_budget(monkeypatch):
-    monkeypatch.setattr(cb, "PARALLEL_CPU_BUDGET", 100e3)  # bytes: T=16 fits, T=64 does not
+    monkeypatch.setattr(castle_memory, "PARALLEL_CPU_BUDGET", 100e3)  # bytes: T=16 fits, T=64 does not
     res = get_suite("castle").run(BenchOptions(**{**TINY, "lengths": (16, 64)}))
     rows = _table(res, "(b)").rows
     assert isinstance(rows[0]["parallel fwd+bwd MiB"], float)
@@ -122,12 +123,13 @@ def test_parallel_form_is_skipped_beyond_its_budget(monkeypatch):
 
 
 def test_guard_projects_from_the_fitted_growth():
+    guard = castle_memory._parallel_guard
     opts = BenchOptions(**TINY)
     # 1 GiB at T=1024 growing quadratically -> 4 GiB at 2048 > the 2 GiB CPU budget
-    assert "projected 4.0 GiB" in cb._parallel_guard([(512, 2**28, 1e-3), (1024, 2**30, 2e-3)], 2048, opts)
-    assert cb._parallel_guard([(512, 2**20, 1e-3)], 1024, opts) is None
+    assert "projected 4.0 GiB" in guard([(512, 2**28, 1e-3), (1024, 2**30, 2e-3)], 2048, opts)
+    assert guard([(512, 2**20, 1e-3)], 1024, opts) is None
     # time: cubic from 0.5 s at 512 -> 4 s at 1024 > budget_s = 1
-    assert "s per fwd+bwd > budget 1 s" in cb._parallel_guard([(512, 2**20, 0.5)], 1024, opts)
+    assert "s per fwd+bwd > budget 1 s" in guard([(512, 2**20, 0.5)], 1024, opts)
 
 
 def test_cli_writes_markdown_csv_and_three_plots(tmp_path, capsys):

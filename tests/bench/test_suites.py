@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from attnlab.bench import BenchOptions, get_suite
-from attnlab.bench.suites import BASELINE, _hand_path, sparsity_masks
+from attnlab.bench.overhead import _hand_path
+from attnlab.bench.sparsity import sparsity_masks
+from attnlab.bench.steps import BASELINE
 from attnlab.layers import registry
 from attnlab.masks import dense
 from attnlab.verify.toys import toy_spec
@@ -22,7 +24,7 @@ def toys(monkeypatch):
     good = toy_spec("toy-ok")
     bad = dataclasses.replace(toy_spec("toy-bad", fault="backend-differs"), defaults={"impl": "sdpa"})
     for s in (good, bad):
-        monkeypatch.setitem(registry._REGISTRY, s.name, s)
+        monkeypatch.setitem(registry.MECHANISMS.entries, s.name, s)
     return good, bad
 
 
@@ -73,7 +75,7 @@ def test_sparsity_masks_get_sparser_within_each_family():
 
 
 def test_projection_guard_skips_cases_projected_over_the_limits():
-    from attnlab.bench.suites import _projection_guard
+    from attnlab.bench.mechanisms import _projection_guard
 
     opts = BenchOptions(budget_s=15.0)
     quad = [{"T": 256, "fwd+bwd MiB": 40, "fwd+bwd ms": 100}, {"T": 1024, "fwd+bwd MiB": 640, "fwd+bwd ms": 1600}]

@@ -3,7 +3,7 @@
 A :class:`Suite` has a ``run(options) -> SuiteResult`` and, optionally, ``plot(result, path_stem) -> [paths]``.
 Suites register themselves in :data:`SUITES` (an :class:`attnlab.registry.Registry`) with :func:`register_suite`
 when their module is imported; importing :mod:`attnlab.bench` imports every module of the package, so a plugin
-only needs a new file there (e.g. ``bench/castle.py`` registering a ``"castle"`` suite).
+only needs a new module or subpackage there (e.g. ``bench/castle/`` registering a ``"castle"`` suite).
 
 Every figure is measured against a baseline timed in the same process (raw PyTorch SDPA with causal masking),
 and every case runs a correctness check first: a case that fails it reports the failure instead of a speed.
