@@ -31,6 +31,7 @@ else:  # pragma: no cover
 
 __all__ = [
     "ConfigError",
+    "PlainConfig",
     "from_dict",
     "to_dict",
     "apply_overrides",
@@ -172,6 +173,20 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     if not (dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)):
         raise TypeError(f"to_dict needs a dataclass instance, got {type(cfg).__name__}")
     return _plain(cfg)
+
+
+class PlainConfig:
+    """Mixin of a dataclass config: :meth:`to_dict` and :meth:`from_dict` through this module (checked keys and
+    types, renamed keys named)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values; ``type(c).from_dict(c.to_dict()) == c``."""
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Any:
+        """The config of plain values ``d``; unknown or renamed keys are errors that name the key."""
+        return from_dict(cls, d)
 
 
 def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:

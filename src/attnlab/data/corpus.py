@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from attnlab.data.bundled import read_bundled_text
+from attnlab._io import atomic_write
 from attnlab.data.tokenizers import (
     TOKENIZER_KINDS,
     CharTokenizer,
@@ -228,19 +228,6 @@ def _cache_key(splits: dict[str, str], tokenizer: Tokenizer) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _array_digest(arr: np.ndarray) -> str:
     """SHA-256 of a token array's bytes (a few milliseconds for the bundled corpora)."""
     return hashlib.sha256(np.ascontiguousarray(arr).data).hexdigest()
@@ -364,7 +351,7 @@ def _build(
             ids = _encode(text, tok, dtype, bar)
             lengths[split] = int(len(ids))
             digests[split] = _array_digest(ids)
-            _atomic_write(entry / f"{split}.npy", lambda f, ids=ids: np.save(f, ids, allow_pickle=False))
+            atomic_write(entry / f"{split}.npy", lambda f, ids=ids: np.save(f, ids, allow_pickle=False))
     meta = {
         "version": _FORMAT_VERSION,
         "key": key,
@@ -374,7 +361,7 @@ def _build(
         "sha256": digests,
         "tokenizer": tok.to_dict(),
     }
-    _atomic_write(entry / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    atomic_write(entry / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
     arrays = _load_cached(entry, key, list(splits))
     if arrays is None:  # pragma: no cover - only if the cache directory is being modified concurrently
         raise ValueError(f"token cache {str(entry)!r} could not be read back after writing it")

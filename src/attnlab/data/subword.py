@@ -262,7 +262,8 @@ def build_subword_tokenizer(
 
     The cache file is ``<cache_dir>/subword/<name>-bpe<vocab_size>-<key[:20]>.json``; see the module docstring.
     """
-    from attnlab.data.corpus import _atomic_write, _safe_name, default_cache_dir
+    from attnlab._io import atomic_write_text
+    from attnlab.data.corpus import _safe_name, default_cache_dir
 
     config = SubwordConfig() if config is None else config
     if not isinstance(config, SubwordConfig):
@@ -294,7 +295,7 @@ def build_subword_tokenizer(
         "tokenizer_json": blob,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: f.write(json.dumps(entry, ensure_ascii=False).encode("utf-8")))
+    atomic_write_text(path, json.dumps(entry, ensure_ascii=False))
     return tok
 
 

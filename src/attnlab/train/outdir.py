@@ -6,27 +6,13 @@ import os
 import time
 from pathlib import Path
 
+from attnlab._io import atomic_write_text
+
 __all__ = ["prepare_out_dir", "OutputDirError", "atomic_write_text"]
 
 
 class OutputDirError(ValueError):
     """An output directory that already holds results."""
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a synced temporary file renamed into place (:func:`os.replace`), so a
-    reader (or a resumed run that treats the file's existence as "finished") never sees a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def prepare_out_dir(out_dir: str | Path, *, resume: bool = False, force: bool = False) -> Path | None:

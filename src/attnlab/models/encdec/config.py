@@ -16,11 +16,11 @@ Source padding and the encoder
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from attnlab._validation import check_bool, check_float, check_int
+from attnlab.config import PlainConfig
 from attnlab.layers import registry
 from attnlab.layers.mha import MultiHeadAttentionConfig
 from attnlab.models.common import swiglu_hidden
@@ -36,7 +36,7 @@ CROSS_SCORES: tuple[str, ...] = ("scaled_dot", "dot", "general", "additive")
 
 
 @dataclass(kw_only=True)
-class EncDecConfig:
+class EncDecConfig(PlainConfig):
     """A pre-norm Transformer encoder-decoder (RMSNorm, SwiGLU, RoPE in self-attention) for translation.
 
     Attributes:
@@ -170,17 +170,6 @@ class EncDecConfig:
         return self._cross
 
     # ------------------------------------------------------------------------------------------- plumbing
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict; ``EncDecConfig.from_dict(c.to_dict()) == c``."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EncDecConfig:
-        """The config of plain values ``d``; unknown keys are errors that name the key."""
-        from attnlab.config import from_dict
-
-        return from_dict(cls, d)
-
     def build(self) -> EncoderDecoder:
         from attnlab.models.encdec.model import EncoderDecoder
 

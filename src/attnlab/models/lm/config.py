@@ -8,11 +8,11 @@ configs, so a bad option fails when the config is made, not mid-training, and no
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from attnlab._validation import check_bool, check_float, check_int
+from attnlab.config import PlainConfig
 from attnlab.models.common import swiglu_hidden
 from attnlab.models.stack import SCHEDULES, ResolvedStack, Schedule, check_positive_ints, resolve_stack
 
@@ -23,7 +23,7 @@ __all__ = ["LMConfig", "swiglu_hidden", "SCHEDULES"]
 
 
 @dataclass(kw_only=True)
-class LMConfig:
+class LMConfig(PlainConfig):
     """A LLaMA-style decoder-only LM whose attention is any registered causal mechanism, per layer.
 
     Attributes:
@@ -125,17 +125,6 @@ class LMConfig:
         return self._stack.configs[name]
 
     # ------------------------------------------------------------------------------------------- plumbing
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict; ``LMConfig.from_dict(c.to_dict()) == c``."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LMConfig:
-        """The config of plain values ``d``; unknown or renamed keys are errors that name the key."""
-        from attnlab.config import from_dict
-
-        return from_dict(cls, d)
-
     def build(self) -> LM:
         from attnlab.models.lm.model import LM
 

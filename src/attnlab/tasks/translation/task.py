@@ -12,7 +12,6 @@ translations, detokenized, scored with corpus BLEU and chrF by sacreBLEU, and wr
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnlab._io import atomic_write_text
 from attnlab._validation import check_float, check_int
 from attnlab.models.common import IGNORE_INDEX
 from attnlab.models.encdec import EncDecConfig, EncoderDecoder
@@ -309,9 +309,7 @@ class Translation(Task):
         path, n = self.output_dir / f"{stem}.txt", 1
         while path.exists():
             path, n = self.output_dir / f"{stem}.{n}.txt", n + 1
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(h.replace("\n", " ") + "\n" for h in hyps))
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(h.replace("\n", " ") + "\n" for h in hyps))
         self.written_files.append(path)
 
     # ------------------------------------------------------------------------------------------- checkpoint
