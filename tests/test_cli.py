@@ -60,6 +60,7 @@ def test_verify_check_filter_and_unknown_names(toys, capsys):
     assert main(["verify", "no-such-mechanism", "--no-progress"]) == 2
     assert "unknown mechanism 'no-such-mechanism'" in capsys.readouterr().err
     assert main(["verify", "toy-ok", "--check", "nope", "--no-progress"]) == 2
+    assert "unknown check 'nope'; registered: " in capsys.readouterr().err
 
 
 def test_masks_writes_every_png_and_a_gallery(tmp_path, capsys):
@@ -127,6 +128,12 @@ def test_demo_runs_every_step_into_a_fresh_directory(toys, tmp_path, capsys):
 def test_demo_fails_when_verification_fails(toys, tmp_path):
     assert main(["demo", "--out", str(tmp_path), "--mechanisms", "toy-leaky", "--mask-length", "8",
                  "--skip-bench", "--skip-masks", "--no-progress"]) == 1
+
+
+def test_demo_refuses_unknown_mechanisms_before_writing_anything(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--mechanisms", "standard,nope", "--no-progress"]) == 2
+    assert "attnlab demo: unknown mechanism 'nope'; registered: " in capsys.readouterr().out
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())
 
 
 def test_demo_counts_a_case_that_cannot_run_here_as_skipped_not_failed(tmp_path):

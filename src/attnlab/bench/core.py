@@ -17,9 +17,15 @@ from typing import Any, Callable
 
 import torch
 
+from attnlab.layers.registry import MECHANISMS
 from attnlab.registry import Registry
 
-__all__ = ["BenchOptions", "Table", "SuiteResult", "Suite", "SUITES", "register_suite", "suites", "get_suite"]
+__all__ = ["default_device", "BenchOptions", "Table", "SuiteResult", "Suite", "SUITES", "register_suite", "suites", "get_suite"]
+
+
+def default_device() -> str:
+    """``"cuda"`` where a CUDA device is available, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,7 +41,8 @@ class BenchOptions:
         warmup, repeats: calls before timing, and the least number of timed calls (the median is reported;
             fast cases take more, see :meth:`timing`).
         budget_s: stop repeating a case after this many seconds (at least 3 timed calls always run).
-        mechanisms: restrict the suites to these registry names (``None``: all registered).
+        mechanisms: restrict the suites to these registry names (``None``: all registered); unknown names are
+            refused.
         d_model, n_heads, batch_size: layer and batch sizes.
         progress: show a progress bar on stderr.
     """
@@ -64,6 +71,8 @@ class BenchOptions:
         if self.warmup < 0 or self.repeats < 1 or not self.budget_s > 0:
             raise ValueError(f"need warmup >= 0, repeats >= 1 and budget_s > 0; got warmup={self.warmup}, "
                              f"repeats={self.repeats}, budget_s={self.budget_s}")
+        if self.mechanisms is not None:
+            MECHANISMS.get_all(self.mechanisms)  # unknown names: a ValueError listing the registered ones
 
     def timing(self) -> dict[str, Any]:
         """The keyword arguments of :func:`attnlab.bench.measure.time_fns` that the suites time with.

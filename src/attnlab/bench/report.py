@@ -18,7 +18,7 @@ import torch
 
 from attnlab.bench.core import BenchOptions, SuiteResult, get_suite
 
-__all__ = ["machine_info", "format_value", "markdown", "output_paths", "write_results"]
+__all__ = ["machine_info", "format_value", "markdown", "output_paths", "refuse_existing", "write_results"]
 
 
 def _cpu_model() -> str:
@@ -109,6 +109,17 @@ def output_paths(suite: str, device: str, out_dir: Path) -> tuple[Path, Path, Pa
     return stem.with_suffix(".md"), stem.with_suffix(".csv"), stem
 
 
+def refuse_existing(suites: list[str], device: str, out_dir: Path) -> None:
+    """A ``FileExistsError`` naming every report file (Markdown, CSV, plots) of these suites already in ``out_dir``."""
+    existing = []
+    for suite in suites:
+        md_path, csv_path, stem = output_paths(suite, device, out_dir)
+        existing += [p for p in (md_path, csv_path) if p.exists()] + sorted(out_dir.glob(stem.name + "*.png"))
+    if existing:
+        raise FileExistsError(f"{', '.join(map(str, existing))} already exist(s); pass --force to overwrite or "
+                              "choose another --out")
+
+
 def write_results(result: SuiteResult, out_dir: str | Path, *, command: str, force: bool = False) -> list[Path]:
     """Write the Markdown, CSV and plots of ``result`` into ``out_dir``; returns the written paths.
 
@@ -116,11 +127,9 @@ def write_results(result: SuiteResult, out_dir: str | Path, *, command: str, for
     and ``force`` is false.
     """
     out = Path(out_dir)
+    if not force:
+        refuse_existing([result.suite], result.options.device, out)
     md_path, csv_path, stem = output_paths(result.suite, result.options.device, out)
-    existing = [p for p in (md_path, csv_path) if p.exists()] + sorted(out.glob(stem.name + "*.png"))
-    if existing and not force:
-        raise FileExistsError(
-            f"{', '.join(str(p) for p in existing)} already exist(s); pass --force to overwrite or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     suite = get_suite(result.suite)
     plots = list(suite.plot(result, stem)) if suite.plot else []

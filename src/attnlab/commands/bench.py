@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from attnlab.bench import BenchOptions
 
 HELP = "benchmark the mechanisms (time, memory, growth in T, ratios to raw SDPA); writes tables and plots"
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def positive_ints(text: str) -> tuple[int, ...]:
     try:
         vals = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
@@ -37,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="short run (the demo): small T unless --lengths is given; 1 warm-up call and at least "
                              "3 timed calls, replacing --warmup and --repeats")
-    parser.add_argument("--lengths", type=_ints, default=None, help="comma-separated sequence lengths T")
+    parser.add_argument("--lengths", type=positive_ints, default=None, help="comma-separated sequence lengths T")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
     parser.add_argument("--mechanisms", default=None, help="comma-separated mechanism names (default: all)")
@@ -55,83 +58,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def command_line(args: argparse.Namespace, suites: list[str], device: str) -> str:
+def name_list(text: str | None) -> tuple[str, ...] | None:
+    """``"a, b"`` -> ``("a", "b")``; ``None`` or nothing named -> ``None``."""
+    names = tuple(m.strip() for m in text.split(",") if m.strip()) if text else ()
+    return names or None
+
+
+def command_line(suites: list[str], options: BenchOptions, out: str | Path, *, force: bool = False,
+                 threads: int | None = None) -> str:
     """The exact, fully resolved command that reproduces this run."""
-    parts = ["attnlab", "bench", *suites, "--device", device, "--dtype", args.dtype,
-             "--d-model", str(args.d_model), "--n-heads", str(args.n_heads), "--batch-size", str(args.batch_size),
-             "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--budget", f"{args.budget:g}"]
-    if args.lengths:
-        parts += ["--lengths", ",".join(map(str, args.lengths))]
-    if args.quick:
+    o = options
+    parts = ["attnlab", "bench", *suites, "--device", o.device, "--dtype", str(o.dtype).removeprefix("torch."),
+             "--d-model", str(o.d_model), "--n-heads", str(o.n_heads), "--batch-size", str(o.batch_size),
+             "--warmup", str(o.warmup), "--repeats", str(o.repeats), "--budget", f"{o.budget_s:g}"]
+    if o.lengths:
+        parts += ["--lengths", ",".join(map(str, o.lengths))]
+    if o.quick:
         parts.append("--quick")
-    if args.mechanisms:
-        parts += ["--mechanisms", args.mechanisms]
-    if args.threads:
-        parts += ["--threads", str(args.threads)]
-    parts += ["--out", str(args.out)]
-    if args.force:
+    if o.mechanisms:
+        parts += ["--mechanisms", ",".join(o.mechanisms)]
+    if threads:
+        parts += ["--threads", str(threads)]
+    parts += ["--out", str(out)]
+    if force:
         parts.append("--force")
     return shlex.join(parts)
 
 
-def run_suites(args: argparse.Namespace, *, echo=print) -> tuple[int, list[Path]]:
-    """Run the requested suites and write their reports; returns (exit status, written paths)."""
-    from attnlab.bench import BenchOptions, get_suite, suites, write_results
-    from attnlab.bench.report import output_paths
-
-    names = list(args.suites) or [s.name for s in suites()]
-    try:
-        for n in names:
-            get_suite(n)
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        mechs = tuple(m.strip() for m in args.mechanisms.split(",") if m.strip()) if args.mechanisms else None
-        if mechs:
-            from attnlab.layers.registry import get
-
-            for m in mechs:
-                get(m)
-        options = BenchOptions(device=device, dtype=_DTYPES[args.dtype], lengths=args.lengths, quick=args.quick,
-                               warmup=args.warmup, repeats=args.repeats, budget_s=args.budget, mechanisms=mechs,
-                               d_model=args.d_model, n_heads=args.n_heads, batch_size=args.batch_size,
-                               progress=not args.no_progress)
-    except ValueError as exc:
-        echo(f"attnlab bench: {exc}")
-        return 2, []
-    out = Path(args.out)
-    if not args.force:  # refuse before measuring anything
-        clash = []  # the same files write_results refuses to replace: Markdown, CSV and the suite's plots
-        for n in names:
-            md, csv_path, stem = output_paths(n, device, out)
-            clash += [p for p in (md, csv_path) if p.exists()] + sorted(out.glob(stem.name + "*.png"))
-        if clash:
-            echo(f"attnlab bench: {', '.join(map(str, clash))} already exist; pass --force or choose another --out")
-            return 2, []
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cmd = command_line(args, names, device)
-    status, written = 0, []
-    for n in names:
-        echo(f"== {n} ({device}) ==")
-        result = get_suite(n).run(options)
-        paths = write_results(result, out, command=cmd, force=args.force)
-        written += paths
-        for f in result.failures:
-            echo(f"  FAILED {f.get('mechanism', f.get('mask', f.get('case', '')))} T={f.get('T')}: {f['status']}")
-        if result.failures:
-            status = 1
-        for p in paths:
-            echo(f"  wrote {p}")
-    return status, written
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.list:
-        from attnlab.bench import suites
+    from attnlab.bench import BenchOptions, suites
+    from attnlab.bench.core import default_device
+    from attnlab.bench.runner import run_suites
 
+    if args.list:
         for s in suites():
             print(f"{s.name:12s} {s.description}")
         return 0
-    status, _ = run_suites(args)
+    names = list(args.suites) or [s.name for s in suites()]
+    try:
+        options = BenchOptions(device=args.device or default_device(), dtype=_DTYPES[args.dtype],
+                               lengths=args.lengths, quick=args.quick, warmup=args.warmup, repeats=args.repeats,
+                               budget_s=args.budget, mechanisms=name_list(args.mechanisms), d_model=args.d_model,
+                               n_heads=args.n_heads, batch_size=args.batch_size, progress=not args.no_progress)
+        cmd = command_line(names, options, args.out, force=args.force, threads=args.threads)
+        status, _ = run_suites(names, options, args.out, command=cmd, force=args.force, threads=args.threads,
+                               echo=print)
+    except (ValueError, FileExistsError) as exc:
+        print(f"attnlab bench: {exc}")
+        return 2
     return status
-
-

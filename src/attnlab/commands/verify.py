@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 import torch
@@ -29,49 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _fmt(x: float) -> str:
-    return "-" if math.isnan(x) else f"{x:.2e}"
-
-
-def format_results(results: list, *, failures_only: bool = False) -> str:
-    """The results as an aligned table: check, mechanism, case, max error, tolerance, result, detail."""
-    from attnlab.verify.generic import is_skipped
-
-    rows = []
-    for r in results:
-        if failures_only and (r.passed or r.skipped):
-            continue
-        verdict = "skip" if is_skipped(r) else ("pass" if r.passed else "FAIL")
-        tol = f">= {_fmt(r.tolerance)}" if r.check == "sees-future" else _fmt(r.tolerance)
-        rows.append([r.check, r.mechanism, r.case, _fmt(r.max_error), tol, verdict, r.detail])
-    return aligned(["check", "mechanism", "case", "max error", "tolerance", "result", "detail"], rows)
-
-
-def run_checks(names: list[str] | None, options, *, only: list[str] | None = None, progress: bool = True) -> list:
-    """Every applicable check over the named (default: all) mechanisms; raises ValueError on unknown names."""
-    from attnlab.layers.registry import all_specs, get
-    from attnlab.verify import applicable, checks, run_check
-
-    specs = [get(n) for n in names] if names else all_specs()
-    if only:
-        known = {c.name for c in checks()}
-        bad = [c for c in only if c not in known]
-        if bad:
-            raise ValueError(f"unknown check(s) {bad}; registered: {', '.join(sorted(known))}")
-    pairs = [(c, s) for s in specs for c in applicable(s) if not only or c.name in only]
-    it = pairs
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(pairs, desc="verify", file=sys.stderr, leave=False)
-    results = []
-    for c, s in it:
-        results.extend(run_check(c, s, options))
-    return results
-
-
 def run(args: argparse.Namespace) -> int:
-    from attnlab.verify import VerifyOptions
+    from attnlab.verify import VerifyOptions, run_checks
+    from attnlab.verify.report import RESULT_COLUMNS, Tally, result_rows
 
     try:
         opts = VerifyOptions(dtype=_DTYPES[args.dtype], device=args.device, batch_size=args.batch_size,
@@ -80,11 +39,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"attnlab verify: {exc}", file=sys.stderr)
         return 2
-    print(format_results(results, failures_only=args.failures_only))
-    skipped = [r for r in results if r.skipped]
-    failed = [r for r in results if not r.passed and not r.skipped]
-    passed = len(results) - len(failed) - len(skipped)
-    mechs = {r.mechanism for r in results}
-    print(f"\n{len(results)} cases over {len(mechs)} mechanisms: {passed} passed, {len(failed)} failed"
-          + (f", {len(skipped)} skipped (could not run on this device: they verified nothing)" if skipped else ""))
-    return 1 if failed or not passed else 0
+    print(aligned(RESULT_COLUMNS, result_rows(results, failures_only=args.failures_only)))
+    t = Tally.of(results)
+    print(f"\n{t.cases} cases over {t.mechanisms} mechanisms: {t.passed} passed, {t.failed} failed"
+          + (f", {t.skipped} skipped (could not run on this device: they verified nothing)" if t.skipped else ""))
+    return 1 if t.failed or not t.passed else 0

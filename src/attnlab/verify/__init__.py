@@ -10,6 +10,8 @@ for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if not _m.name.startswith("_") and _m.name != "core":
         importlib.import_module(f"{__name__}.{_m.name}")
 
-from attnlab.verify.core import Check, CheckResult, VerifyOptions, applicable, checks, register_check, run_check  # noqa: E402
+from attnlab.verify.core import (  # noqa: E402
+    CHECKS, Check, CheckResult, VerifyOptions, applicable, checks, register_check, run_check, run_checks)
 
-__all__ = ["Check", "CheckResult", "VerifyOptions", "applicable", "checks", "register_check", "run_check"]
+__all__ = ["CHECKS", "Check", "CheckResult", "VerifyOptions", "applicable", "checks", "register_check", "run_check",
+           "run_checks"]

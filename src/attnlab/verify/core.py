@@ -8,15 +8,17 @@ results as a table. Checks register themselves in :data:`CHECKS` (an :class:`att
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
-from attnlab.layers.registry import MechanismSpec
+from attnlab.layers.registry import MECHANISMS, MechanismSpec
 from attnlab.registry import Registry
 
-__all__ = ["CheckResult", "Check", "VerifyOptions", "CHECKS", "register_check", "checks", "applicable", "run_check"]
+__all__ = ["CheckResult", "Check", "VerifyOptions", "CHECKS", "register_check", "checks", "applicable", "run_check",
+           "run_checks"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +44,7 @@ class CheckResult:
     passed: bool
     detail: str = ""
     skipped: bool = False  # the case could not run here (e.g. a CUDA-only backend on CPU): it verified nothing
+    at_least: bool = False  # the tolerance is a lower bound: the case passes when max_error >= tolerance
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,3 +100,16 @@ def run_check(check: Check, spec: MechanismSpec, options: VerifyOptions | None =
                             tolerance=0.0, passed=False, detail="check ran no case")]
     return results
 
+
+def run_checks(names: Sequence[str] | None, options: VerifyOptions | None = None, *,
+               only: Sequence[str] | None = None, progress: bool = True) -> list[CheckResult]:
+    """Every applicable check (or only the checks named in ``only``) over the named mechanisms (``None`` or
+    empty: every registered one). Unknown mechanism or check names raise a ``ValueError`` before anything runs."""
+    specs = MECHANISMS.get_all(names) if names else MECHANISMS.items()
+    wanted = {c.name for c in CHECKS.get_all(only)} if only else None
+    pairs = [(c, s) for s in specs for c in applicable(s) if wanted is None or c.name in wanted]
+    if progress:
+        from tqdm.auto import tqdm
+
+        pairs = tqdm(pairs, desc="verify", file=sys.stderr, leave=False)
+    return [r for c, s in pairs for r in run_check(c, s, options)]

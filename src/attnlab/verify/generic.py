@@ -116,7 +116,7 @@ def _result(check: str, spec: MechanismSpec, case: str, err: float, tol: float, 
     if math.isnan(err):
         ok = False
     return CheckResult(check=check, mechanism=spec.name, case=case, max_error=float(err), tolerance=tol,
-                       passed=bool(ok), detail=detail)
+                       passed=bool(ok), detail=detail, at_least=higher_is_better)
 
 
 def _skip(check: str, spec: MechanismSpec, case: str, reason: str) -> CheckResult:
