@@ -188,6 +188,17 @@ class PlainConfig:
         """The config of plain values ``d``; unknown or renamed keys are errors that name the key."""
         return from_dict(cls, d)
 
+    def with_vocab_size(self, vocab_size: int) -> Any:
+        """A copy with ``vocab_size`` set (a task's tokenizer decides it), without validating the rest again: the
+        mechanisms resolved when this config was made are shared, not looked up a second time."""
+        import copy
+
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
+            raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}")
+        new = copy.copy(self)
+        new.vocab_size = vocab_size  # type: ignore[attr-defined]
+        return new
+
 
 def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     """``d["a"]["b"]["c"] = value`` for ``key="a.b.c"``, creating tables on the way (validated later)."""

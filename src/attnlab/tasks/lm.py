@@ -9,7 +9,7 @@ exactly once (:func:`attnlab.data.iterate_eval_batches`); for character data it 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -184,7 +184,7 @@ class LanguageModeling(Task):
         if cfg.vocab_size is not None and cfg.vocab_size != vocab:
             raise ValueError(f"model.vocab_size={cfg.vocab_size} but the tokenizer has {vocab} tokens; leave "
                              "model.vocab_size unset (the task sets it)")
-        return cfg if cfg.vocab_size == vocab else replace(cfg, vocab_size=vocab)
+        return cfg if cfg.vocab_size == vocab else cfg.with_vocab_size(vocab)
 
     def build_model(self) -> nn.Module:
         return LM(self.resolved_model_config())

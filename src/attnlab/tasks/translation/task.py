@@ -12,7 +12,7 @@ translations, detokenized, scored with corpus BLEU and chrF by sacreBLEU, and wr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -199,7 +199,7 @@ class Translation(Task):
                              "model.vocab_size unset (the task sets it)")
         if cfg.pad_id != PAD_ID:
             raise ValueError(f"model.pad_id={cfg.pad_id} but the subword tokenizer pads with {PAD_ID}")
-        return cfg if cfg.vocab_size == vocab else replace(cfg, vocab_size=vocab)
+        return cfg if cfg.vocab_size == vocab else cfg.with_vocab_size(vocab)
 
     def build_model(self) -> nn.Module:
         return EncoderDecoder(self.resolved_model_config())
