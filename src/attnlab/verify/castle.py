@@ -29,8 +29,9 @@ from torch import Tensor
 from attnlab.layers.castle import CastleAttention, CastleConfig
 from attnlab.layers.registry import MechanismSpec
 from attnlab.ops.castle import castle_attention, lookahead_keys_at, lookahead_scores
-from attnlab.verify.core import Check, CheckResult, VerifyOptions, register_check
-from attnlab.verify.generic import SKIPPED_PREFIX, backend_unavailable_reason
+from attnlab.verify.core import (CheckResult, VerifyOptions, build_layer, check, relative_error, result,
+                                 scaled_tolerance, skipped, worst_result)
+from attnlab.verify.generic import backend_unavailable_reason
 
 __all__ = ["TOL"]
 
@@ -40,21 +41,7 @@ _CPU_FORMS = ("reference", "parallel", "chunked")
 
 
 def _tol(dtype: torch.dtype) -> float:
-    if dtype == torch.float64:
-        return TOL
-    return {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}.get(dtype, 1e-4)
-
-
-def _err(got: Tensor, want: Tensor) -> float:
-    if got.shape != want.shape:
-        return float("nan")
-    scale = max(1.0, float(want.detach().abs().max()))
-    return float((got.detach() - want.detach()).abs().max()) / scale
-
-
-def _result(check: str, spec: MechanismSpec, case: str, err: float, tol: float, detail: str = "") -> CheckResult:
-    return CheckResult(check=check, mechanism=spec.name, case=case, max_error=err, tolerance=tol,
-                       passed=bool(err <= tol), detail=detail)  # NaN compares False: a failure
+    return scaled_tolerance(dtype, TOL)
 
 
 def _applies(spec: MechanismSpec) -> bool:
@@ -62,12 +49,10 @@ def _applies(spec: MechanismSpec) -> bool:
 
 
 def _build(spec: MechanismSpec, opts: VerifyOptions) -> CastleAttention:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(opts.seed)
-        layer = spec.build(d_model=opts.d_model, n_heads=opts.n_heads, **spec.verify_options)
+    layer = build_layer(spec, opts)
     if not isinstance(layer, CastleAttention):
         raise TypeError(f"{spec.name} builds {type(layer).__name__}, not CastleAttention")
-    return layer.to(device=opts.device, dtype=opts.dtype).eval()
+    return layer
 
 
 def _x(opts: VerifyOptions, offset: int = 0) -> Tensor:
@@ -81,10 +66,11 @@ def _projections(layer: CastleAttention, opts: VerifyOptions) -> list[Tensor]:
         return [p.detach().clone() for p in layer.project(_x(opts))]  # six (B, H, T, D)
 
 
-def _worst(pairs: dict[str, tuple[Tensor, Tensor]]) -> tuple[float, str]:
-    errs = {k: _err(a, b) for k, (a, b) in pairs.items()}
-    worst = max(errs, key=lambda k: errs[k] if errs[k] == errs[k] else float("inf"))
-    return errs[worst], f"worst: {worst}"
+_err = relative_error  # max |got - want| / max(1, max |want|)
+
+
+def _errors(pairs: dict[str, tuple[Tensor, Tensor]]) -> dict[str, float]:
+    return {k: _err(a, b) for k, (a, b) in pairs.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -97,8 +83,7 @@ def _triton_vs_parallel(spec: MechanismSpec, opts: VerifyOptions, xs: list[Tenso
     name, case = "castle-forms", f"triton vs parallel (W={W})"
 
     def skip(reason: str) -> CheckResult:
-        return CheckResult(check=name, mechanism=spec.name, case=case, max_error=float("nan"), tolerance=tol,
-                           passed=False, detail=SKIPPED_PREFIX + reason, skipped=True)
+        return skipped(name, spec, case, reason, tol=tol)
 
     try:
         from attnlab.ops.castle import triton_kernel
@@ -108,10 +93,11 @@ def _triton_vs_parallel(spec: MechanismSpec, opts: VerifyOptions, xs: list[Tenso
         return skip(f"triton needs CUDA, or TRITON_INTERPRET=1 set before triton is first imported, on {opts.device}")
     out = triton_kernel.castle_triton(*xs, W, xs[0].shape[-1] ** -0.5)
     grads = torch.autograd.grad(out, xs, go)
-    err, detail = _worst({"output": (out, want)} | {f"d{n}": (a, b) for n, a, b in zip(_NAMES, grads, want_g)})
-    return _result(name, spec, case, err, tol, detail)
+    pairs = {"output": (out, want)} | {f"d{n}": (a, b) for n, a, b in zip(_NAMES, grads, want_g)}
+    return worst_result(name, spec, case, _errors(pairs), tol)
 
 
+@check("castle-forms", "CASTLE reference == parallel == chunked (outputs, grads)", applies=_applies)
 def _forms(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     name, tol = "castle-forms", _tol(opts.dtype)
     layer = _build(spec, opts)
@@ -127,9 +113,8 @@ def _forms(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
         out = castle_attention(*xs, lookahead=W, impl=impl, chunk_size=chunk)  # type: ignore[arg-type]
         grads = torch.autograd.grad(out, xs, go)
         pairs = {"output": (out, want)} | {f"d{n}": (a, b) for n, a, b in zip(_NAMES, grads, want_g)}
-        err, detail = _worst(pairs)
         label = impl if impl == "reference" else f"chunked chunk_size={chunk}"
-        results.append(_result(name, spec, f"{label} vs parallel (W={W})", err, tol, detail))
+        results.append(worst_result(name, spec, f"{label} vs parallel (W={W})", _errors(pairs), tol))
     results.append(_triton_vs_parallel(spec, opts, xs, W, go, want, want_g, tol))
     x = _x(opts, 1)
     layer.impl = "parallel"
@@ -141,15 +126,14 @@ def _forms(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
             case = f"layer impl={impl} vs parallel"
             reason = backend_unavailable_reason(impl, opts.device)
             if reason:  # e.g. triton on a CPU without the interpreter: visibly skipped, never silently left out
-                results.append(CheckResult(check=name, mechanism=spec.name, case=case, max_error=float("nan"),
-                                           tolerance=tol, passed=False, detail=SKIPPED_PREFIX + reason,
-                                           skipped=True))
+                results.append(skipped(name, spec, case, reason, tol=tol))
                 continue
             layer.impl = impl
-            results.append(_result(name, spec, case, _err(layer(x), base), tol))
+            results.append(result(name, spec, case, _err(layer(x), base), tol))
     return results
 
 
+@check("castle-decode", "CASTLE UQ-KV decoding (scratch, prefill+decode) == parallel", applies=_applies)
 def _decode(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     name, tol = "castle-decode", _tol(opts.dtype)
     layer = _build(spec, opts)
@@ -164,13 +148,14 @@ def _decode(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
             outs = [layer(x[:, :m], cache=cache)] if m else []
             outs += [layer(x[:, t : t + 1], cache=cache) for t in range(m, T)]
             label = "from scratch" if m == 0 else f"prefill {m} + decode"
-            results.append(_result(name, spec, f"{label} vs parallel", _err(torch.cat(outs, dim=1), want), tol))
+            results.append(result(name, spec, f"{label} vs parallel", _err(torch.cat(outs, dim=1), want), tol))
             q_u, k_u, v_u, *_ = layer.project(x)
             u_l = lookahead_keys_at(q_u, k_u, v_u, T - 1, lookahead=layer.lookahead)
-            results.append(_result(name, spec, f"{label}: cached U == U^L", _err(cache.state().u, u_l), tol))
+            results.append(result(name, spec, f"{label}: cached U == U^L", _err(cache.state().u, u_l), tol))
     return results
 
 
+@check("castle-reductions", "CASTLE reduces to standard attention (V^U=0, W=0)", applies=_applies)
 def _reductions(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     name, tol = "castle-reductions", _tol(opts.dtype)
     layer = _build(spec, opts)
@@ -186,19 +171,21 @@ def _reductions(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
         std_layer = layer.out_proj(std.transpose(1, 2).reshape(B, T, HD))
         for impl in _CPU_FORMS:
             layer.impl = impl
-            results.append(_result(name, spec, f"W^UV=0 == standard (layer, {impl})", _err(layer(x), std_layer), tol))
+            err = _err(layer(x), std_layer)
+            results.append(result(name, spec, f"W^UV=0 == standard (layer, {impl})", err, tol))
         xs = _projections(_build(spec, opts), opts)
         std = F.scaled_dot_product_attention(xs[3], xs[4], xs[5], is_causal=True)
         full = castle_attention(*xs, lookahead=None, impl="parallel")
         for impl in _CPU_FORMS:
             out = castle_attention(*xs, lookahead=0, impl=impl, chunk_size=4)  # type: ignore[arg-type]
-            results.append(_result(name, spec, f"SWL W=0 == standard ({impl})", _err(out, std), tol))
+            results.append(result(name, spec, f"SWL W=0 == standard ({impl})", _err(out, std), tol))
             for w in (T - 1, T + 3):
                 out = castle_attention(*xs, lookahead=w, impl=impl, chunk_size=4)  # type: ignore[arg-type]
-                results.append(_result(name, spec, f"SWL W={w} >= L-1 == full ({impl})", _err(out, full), tol))
+                results.append(result(name, spec, f"SWL W={w} >= L-1 == full ({impl})", _err(out, full), tol))
     return results
 
 
+@check("castle-structure", "CASTLE S^U strictly lower, u^t_t = 0, o_1 = v^C_1", applies=_applies)
 def _structure(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     name, tol = "castle-structure", _tol(opts.dtype)
     layer = _build(spec, opts)
@@ -206,16 +193,17 @@ def _structure(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     q_u, k_u, v_u, q_c, k_c, v_c = xs = _projections(layer, opts)
     T = q_u.shape[2]
     s_u = lookahead_scores(q_u, k_u, v_u, q_c, lookahead=W)  # (B, H, T, T)
-    results = [_result(name, spec, "S^U strictly lower triangular: max |triu(S^U)|", float(s_u.triu().abs().max()),
-                       0.0)]
+    results = [result(name, spec, "S^U strictly lower triangular: max |triu(S^U)|", float(s_u.triu().abs().max()),
+                      0.0)]
     newest = max(float(lookahead_keys_at(q_u, k_u, v_u, t, lookahead=W)[:, :, t].abs().max()) for t in range(T))
-    results.append(_result(name, spec, "u^t_t = 0 for every t: max |u^t_t|", newest, 0.0))
+    results.append(result(name, spec, "u^t_t = 0 for every t: max |u^t_t|", newest, 0.0))
     for impl in _CPU_FORMS:
         out = castle_attention(*xs, lookahead=W, impl=impl, chunk_size=4)  # type: ignore[arg-type]
-        results.append(_result(name, spec, f"o_1 == v^C_1 ({impl})", _err(out[:, :, 0], v_c[:, :, 0]), tol))
+        results.append(result(name, spec, f"o_1 == v^C_1 ({impl})", _err(out[:, :, 0], v_c[:, :, 0]), tol))
     return results
 
 
+@check("castle-params", "CASTLE parameter count 7 n d d_model and 4/7 head parity", applies=_applies)
 def _params(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     name = "castle-params"
     results = []
@@ -224,22 +212,10 @@ def _params(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
         d = layer.head_dim
         got = sum(p.numel() for p in layer.parameters())
         want = 7 * n_heads * d * d_model
-        results.append(_result(name, spec, f"params == 7 n d d_model (n={n_heads}, d={d}, d_model={d_model})",
-                               float(abs(got - want)), 0.0, f"got {got}, want {want}"))
+        results.append(result(name, spec, f"params == 7 n d d_model (n={n_heads}, d={d}, d_model={d_model})",
+                              float(abs(got - want)), 0.0, detail=f"got {got}, want {want}"))
     for n_std, n_castle in ((14, 8), (16, 9)):
         got = spec.heads_for_parity(n_std)
-        results.append(_result(name, spec, f"heads_for_parity({n_std}) == {n_castle}", float(abs(got - n_castle)), 0.0,
-                               f"got {got}"))
+        results.append(result(name, spec, f"heads_for_parity({n_std}) == {n_castle}", float(abs(got - n_castle)),
+                              0.0, detail=f"got {got}"))
     return results
-
-
-register_check(Check(name="castle-forms", description="CASTLE reference == parallel == chunked (outputs, grads)",
-                     applies=_applies, run=_forms))
-register_check(Check(name="castle-decode", description="CASTLE UQ-KV decoding (scratch, prefill+decode) == parallel",
-                     applies=_applies, run=_decode))
-register_check(Check(name="castle-reductions", description="CASTLE reduces to standard attention (V^U=0, W=0)",
-                     applies=_applies, run=_reductions))
-register_check(Check(name="castle-structure", description="CASTLE S^U strictly lower, u^t_t = 0, o_1 = v^C_1",
-                     applies=_applies, run=_structure))
-register_check(Check(name="castle-params", description="CASTLE parameter count 7 n d d_model and 4/7 head parity",
-                     applies=_applies, run=_params))

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from attnlab.layers.registry import MechanismSpec
 from attnlab.masks import Mask, dense
-from attnlab.verify.core import Check, CheckResult, VerifyOptions, register_check
+from attnlab.verify.core import (SKIPPED_PREFIX, CheckResult, VerifyOptions, build_layer, check, max_abs_error,
+                                 result, scaled_tolerance, skipped, worst)
 
 __all__ = [
     "TOL_BACKEND",
@@ -57,19 +58,10 @@ TOL_VISIBLE = 1e-9  # a visible key's influence on an output must exceed this (r
 TOL_CACHE = 1e-9  # cached decoding vs parallel
 TOL_BATCH = 1e-10  # per-example vs batched
 
-SKIPPED_PREFIX = "skipped: "
-
 
 def is_skipped(result: CheckResult) -> bool:
     """``True`` for a case that could not run here (e.g. a CUDA-only backend on CPU); it verified nothing."""
     return result.skipped
-
-
-def _tol(dtype: torch.dtype, tol64: float) -> float:
-    """Scale a float64 tolerance to a lower precision run (``attnlab verify --dtype float32``)."""
-    if dtype == torch.float64:
-        return tol64
-    return max(tol64, {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}.get(dtype, 1e-4))
 
 
 def backend_unavailable_reason(impl: str, device: str) -> str | None:
@@ -87,17 +79,6 @@ def backend_unavailable_reason(impl: str, device: str) -> str | None:
     return None
 
 
-def build_layer(spec: MechanismSpec, opts: VerifyOptions, *, impl: str | None = None) -> nn.Module:
-    """The layer at verification sizes, in ``opts.dtype`` on ``opts.device``, weights from ``opts.seed``, eval mode."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(opts.seed)
-        layer = spec.build(d_model=opts.d_model, n_heads=opts.n_heads, **spec.verify_options)
-    layer = layer.to(device=opts.device, dtype=opts.dtype).eval()
-    if impl is not None:
-        layer.impl = impl
-    return layer
-
-
 def _inputs(opts: VerifyOptions, *, seed_offset: int = 0, seq_len: int | None = None) -> Tensor:
     g = torch.Generator().manual_seed(opts.seed + 1000 + seed_offset)
     T = opts.seq_len if seq_len is None else seq_len
@@ -108,28 +89,6 @@ def _inputs(opts: VerifyOptions, *, seed_offset: int = 0, seq_len: int | None = 
 def _runnable_backends(spec: MechanismSpec, opts: VerifyOptions) -> Iterator[tuple[str, str | None]]:
     for impl in spec.backends:
         yield impl, backend_unavailable_reason(impl, opts.device)
-
-
-def _result(check: str, spec: MechanismSpec, case: str, err: float, tol: float, *, detail: str = "",
-            higher_is_better: bool = False) -> CheckResult:
-    ok = (err >= tol) if higher_is_better else (err <= tol)
-    if math.isnan(err):
-        ok = False
-    return CheckResult(check=check, mechanism=spec.name, case=case, max_error=float(err), tolerance=tol,
-                       passed=bool(ok), detail=detail, at_least=higher_is_better)
-
-
-def _skip(check: str, spec: MechanismSpec, case: str, reason: str) -> CheckResult:
-    return CheckResult(check=check, mechanism=spec.name, case=case, max_error=float("nan"), tolerance=0.0,
-                       passed=False, detail=SKIPPED_PREFIX + reason, skipped=True)
-
-
-def _max_abs(a: Tensor, b: Tensor) -> float:
-    if a.shape != b.shape:
-        return float("nan")
-    if a.numel() == 0:
-        return 0.0
-    return float((a.detach() - b.detach()).abs().max())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -154,6 +113,9 @@ def _forward_and_grads(layer: nn.Module, x: Tensor, context: Tensor | None) -> d
     return out
 
 
+@check("backends-vs-reference",
+       "every backend equals the reference: outputs and gradients (input, context, parameters)",
+       applies=lambda s: len(s.backends) > 1)
 def _backends_vs_reference(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     name = "backends-vs-reference"
     ref_impl = spec.backends[0]
@@ -162,23 +124,22 @@ def _backends_vs_reference(spec: MechanismSpec, opts: VerifyOptions) -> list[Che
     contexts: list[tuple[str, Tensor | None]] = [("self", None)]
     if spec.cross:
         contexts.append(("cross", _inputs(opts, seed_offset=1, seq_len=max(1, opts.seq_len // 2 + 1))))
-    tol = _tol(opts.dtype, TOL_BACKEND)
+    tol = scaled_tolerance(opts.dtype, TOL_BACKEND)
     results = []
     for impl, reason in list(_runnable_backends(spec, opts))[1:]:
         for kind, ctx in contexts:
             case = f"{impl} vs {ref_impl}" + ("" if kind == "self" else " (cross)")
             if reason:
-                results.append(_skip(name, spec, case, reason))
+                results.append(skipped(name, spec, case, reason))
                 continue
             ref = _forward_and_grads(base, x, ctx)
             layer = copy.deepcopy(base)
             layer.impl = impl
             got = _forward_and_grads(layer, x, ctx)
-            errs = {k: _max_abs(got[k], ref[k]) if k in got else float("nan") for k in ref}
-            worst = max(errs, key=lambda k: float("inf") if math.isnan(errs[k]) else errs[k])
-            err = errs[worst]
-            detail = f"worst: {worst}" + (" (missing or shape mismatch)" if math.isnan(err) else "")
-            results.append(_result(name, spec, case, err, tol, detail=detail))
+            errs = {k: max_abs_error(got[k], ref[k]) if k in got else float("nan") for k in ref}
+            w = worst(errs)
+            detail = f"worst: {w}" + (" (missing or shape mismatch)" if math.isnan(errs[w]) else "")
+            results.append(result(name, spec, case, errs[w], tol, detail=detail))
     return results
 
 
@@ -188,7 +149,7 @@ def _backends_vs_reference(spec: MechanismSpec, opts: VerifyOptions) -> list[Che
 
 def _future_influence(layer: nn.Module, x: Tensor, positions: list[int], seed: int) -> tuple[float, int]:
     """Largest change of outputs ``<= t`` when every input after ``t`` is replaced, over ``t`` in ``positions``."""
-    worst, worst_t = 0.0, -1
+    largest, largest_t = 0.0, -1
     with torch.no_grad():
         y = layer(x)  # (B, T, d_model)
         g = torch.Generator().manual_seed(seed)
@@ -197,12 +158,12 @@ def _future_influence(layer: nn.Module, x: Tensor, positions: list[int], seed: i
             noise = torch.randn(x[:, t + 1:].shape, generator=g, dtype=torch.float64).to(x)
             x2[:, t + 1:] = 3.0 * noise  # a large change of every later input
             y2 = layer(x2)
-            d = _max_abs(y2[:, : t + 1], y[:, : t + 1])
-            if math.isnan(d) or d > worst:
-                worst, worst_t = d, t
+            d = max_abs_error(y2[:, : t + 1], y[:, : t + 1])
+            if math.isnan(d) or d > largest:
+                largest, largest_t = d, t
                 if math.isnan(d):
                     break
-    return worst, worst_t
+    return largest, largest_t
 
 
 def _positions(T: int) -> list[int]:
@@ -221,24 +182,34 @@ def _per_backend(name: str, spec: MechanismSpec, opts: VerifyOptions,
     for impl, reason in _runnable_backends(spec, opts):
         reason = reason or vacuous
         if reason:
-            results.append(_skip(name, spec, impl, reason))
+            results.append(skipped(name, spec, impl, reason))
             continue
         results.append(body(build_layer(spec, opts, impl=impl), impl))
     return results
 
 
-def _causality_perturbation(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
-    name = "causality-perturbation"
+def _future_influence_check(name: str, spec: MechanismSpec, opts: VerifyOptions, tol: float, *, at_least: bool,
+                            detail: str) -> list[CheckResult]:
+    """Per backend, the largest influence of later inputs on outputs ``<= t`` (:func:`_future_influence`) against
+    ``tol``: at most ``tol`` for a causal layer, at least ``tol`` (``at_least``) for a bidirectional one.
+    ``detail`` is formatted with the worst position ``t``."""
     x = _inputs(opts)
 
     def body(layer: nn.Module, impl: str) -> CheckResult:
-        err, t = _future_influence(layer, x, _positions(opts.seq_len), opts.seed)
-        return _result(name, spec, impl, err, _tol(opts.dtype, TOL_CAUSAL),
-                       detail=f"worst t={t}: outputs <= t moved when inputs > t changed")
+        infl, t = _future_influence(layer, x, _positions(opts.seq_len), opts.seed)
+        return result(name, spec, impl, infl, tol, at_least=at_least, detail=detail.format(t=t))
 
     return _per_backend(name, spec, opts, body, vacuous=_no_future(opts))
 
 
+@check("causality-perturbation", "outputs at positions <= t do not change when inputs after t change",
+       applies=lambda s: s.causal)
+def _causality_perturbation(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
+    return _future_influence_check("causality-perturbation", spec, opts, scaled_tolerance(opts.dtype, TOL_CAUSAL),
+                                   at_least=False, detail="worst t={t}: outputs <= t moved when inputs > t changed")
+
+
+@check("causality-gradient", "the gradient of output t w.r.t. inputs after t is zero", applies=lambda s: s.causal)
 def _causality_gradient(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     name = "causality-gradient"
     x0 = _inputs(opts)
@@ -249,28 +220,23 @@ def _causality_gradient(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckR
         y = layer(x)  # (B, T, d_model)
         g = torch.Generator().manual_seed(opts.seed + 3)
         w = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
-        worst, worst_t = 0.0, -1
+        largest, largest_t = 0.0, -1
         for t in range(T - 1):
             (gx,) = torch.autograd.grad((y[:, t] * w[:, t]).sum(), x, retain_graph=True)  # (B, T, d_model)
             d = float(gx[:, t + 1:].abs().max())
-            if math.isnan(d) or d > worst:
-                worst, worst_t = d, t
-        return _result(name, spec, impl, worst, _tol(opts.dtype, TOL_CAUSAL),
-                       detail=f"worst t={worst_t}: |d out[t] / d in[>t]|")
+            if math.isnan(d) or d > largest:
+                largest, largest_t = d, t
+        return result(name, spec, impl, largest, scaled_tolerance(opts.dtype, TOL_CAUSAL),
+                      detail=f"worst t={largest_t}: |d out[t] / d in[>t]|")
 
     return _per_backend(name, spec, opts, body, vacuous=_no_future(opts))
 
 
+@check("sees-future", "a bidirectional layer's outputs depend on later inputs", applies=lambda s: not s.causal)
 def _sees_future(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
-    name = "sees-future"
-    x = _inputs(opts)
-
-    def body(layer: nn.Module, impl: str) -> CheckResult:
-        infl, t = _future_influence(layer, x, _positions(opts.seq_len), opts.seed)
-        return _result(name, spec, impl, infl, MIN_FUTURE_INFLUENCE, higher_is_better=True,
-                       detail=f"largest influence of later inputs on outputs <= t (at t={t}); must be >= tolerance")
-
-    return _per_backend(name, spec, opts, body, vacuous=_no_future(opts))
+    return _future_influence_check("sees-future", spec, opts, MIN_FUTURE_INFLUENCE, at_least=True,
+                                   detail="largest influence of later inputs on outputs <= t (at t={t}); "
+                                          "must be >= tolerance")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -281,15 +247,17 @@ def _prefill_lengths(T: int) -> list[int]:
     return sorted({0, 1, T // 2, T - 1} & set(range(T)))
 
 
+@check("cached-decoding", "prefill + one token at a time equals the parallel output",
+       applies=lambda s: s.cache is not None)
 def _cached_decoding(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     name = "cached-decoding"
     x = _inputs(opts)
     T, B = opts.seq_len, opts.batch_size
-    tol = _tol(opts.dtype, TOL_CACHE)
+    tol = scaled_tolerance(opts.dtype, TOL_CACHE)
     results = []
     for impl, reason in _runnable_backends(spec, opts):
         if reason:
-            results.append(_skip(name, spec, impl, reason))
+            results.append(skipped(name, spec, impl, reason))
             continue
         layer = build_layer(spec, opts, impl=impl)
         with torch.no_grad():
@@ -302,40 +270,19 @@ def _cached_decoding(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResu
                 for t in range(m, T):
                     outs.append(layer(x[:, t: t + 1], cache=cache))
                 got = torch.cat(outs, dim=1)
-                err = _max_abs(got, y)
+                err = max_abs_error(got, y)
                 detail = ""
                 if cache.seq_len != T:
                     err, detail = float("nan"), f"cache.seq_len={cache.seq_len} after {T} tokens, expected {T}"
                 elif not math.isnan(err):
                     per_t = (got - y).abs().amax(dim=(0, 2))
                     detail = f"worst position {int(per_t.argmax())}"
-                results.append(_result(name, spec, f"{impl}, prefill {m}", err, tol, detail=detail))
+                results.append(result(name, spec, f"{impl}, prefill {m}", err, tol, detail=detail))
             # reset(): the same cache object replays the sequence from position 0
             cache.reset()
             got = torch.cat([layer(x[:, t: t + 1], cache=cache) for t in range(T)], dim=1)
-            results.append(_result(name, spec, f"{impl}, after reset", _max_abs(got, y), tol))
+            results.append(result(name, spec, f"{impl}, after reset", max_abs_error(got, y), tol))
     return results
-
-
-# --------------------------------------------------------------------------------------------------------------
-# batch consistency
-
-
-def _batch_consistency(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
-    name = "batch-consistency"
-    x = _inputs(opts)
-    tol = _tol(opts.dtype, TOL_BATCH)
-
-    def body(layer: nn.Module, impl: str) -> CheckResult:
-        with torch.no_grad():
-            y = layer(x)
-            err = max(_max_abs(layer(x[i: i + 1]), y[i: i + 1]) for i in range(x.shape[0]))
-        return _result(name, spec, impl, err, tol, detail="per-example vs batched output")
-
-    # one example alone *is* the batch: the comparison could not fail
-    vacuous = f"batch_size={opts.batch_size} (needs batch_size >= 2)" if opts.batch_size < 2 else None
-    return _per_backend(name, spec, opts, body, vacuous=vacuous)
-
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -348,6 +295,8 @@ def _declares_mask(spec: MechanismSpec) -> bool:
     return isinstance(getattr(layer, "mask", None), Mask) and not getattr(layer, "cross", False)
 
 
+@check("mask-respected", "output i depends on input j != i exactly where the layer's mask lets query i see key j",
+       applies=_declares_mask)
 def _mask_respected(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     """Self-attention through ``layer.mask``: output ``i`` depends on input ``j != i`` exactly where the mask lets
     query ``i`` see key ``j`` (in any head). Hidden keys must have a zero gradient (tolerance ``TOL_CAUSAL``);
@@ -378,54 +327,32 @@ def _mask_respected(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResul
                             weakest, weak_at = v, f"b={b} i={i} j={j}"
                     elif math.isnan(v) or v > leak:
                         leak, leak_at = v, f"b={b} i={i} j={j}"
-        tol = _tol(opts.dtype, TOL_CAUSAL)
+        tol = scaled_tolerance(opts.dtype, TOL_CAUSAL)
         if weakest <= TOL_VISIBLE:
-            return _result(name, spec, impl, float("inf"), tol,
-                           detail=f"a visible key has no influence: |d out / d in| = {weakest:.3g} at {weak_at}")
+            return result(name, spec, impl, float("inf"), tol,
+                          detail=f"a visible key has no influence: |d out / d in| = {weakest:.3g} at {weak_at}")
         hidden = f"worst hidden key at {leak_at}" if leak_at != "-" else "every hidden key has exactly zero influence"
-        return _result(name, spec, impl, leak, tol, detail=f"{hidden}; weakest visible key {weakest:.3g} at {weak_at}")
+        return result(name, spec, impl, leak, tol, detail=f"{hidden}; weakest visible key {weakest:.3g} at {weak_at}")
 
     return _per_backend(name, spec, opts, body, vacuous="needs T >= 2" if T < 2 else None)
 
-register_check(Check(
-    name="backends-vs-reference",
-    description="every backend equals the reference: outputs and gradients (input, context, parameters)",
-    applies=lambda s: len(s.backends) > 1,
-    run=_backends_vs_reference,
-))
-register_check(Check(
-    name="causality-perturbation",
-    description="outputs at positions <= t do not change when inputs after t change",
-    applies=lambda s: s.causal,
-    run=_causality_perturbation,
-))
-register_check(Check(
-    name="causality-gradient",
-    description="the gradient of output t w.r.t. inputs after t is zero",
-    applies=lambda s: s.causal,
-    run=_causality_gradient,
-))
-register_check(Check(
-    name="sees-future",
-    description="a bidirectional layer's outputs depend on later inputs",
-    applies=lambda s: not s.causal,
-    run=_sees_future,
-))
-register_check(Check(
-    name="cached-decoding",
-    description="prefill + one token at a time equals the parallel output",
-    applies=lambda s: s.cache is not None,
-    run=_cached_decoding,
-))
-register_check(Check(
-    name="mask-respected",
-    description="output i depends on input j != i exactly where the layer's mask lets query i see key j",
-    applies=_declares_mask,
-    run=_mask_respected,
-))
-register_check(Check(
-    name="batch-consistency",
-    description="each example alone equals the batched output",
-    applies=lambda s: True,
-    run=_batch_consistency,
-))
+
+# --------------------------------------------------------------------------------------------------------------
+# batch consistency
+
+
+@check("batch-consistency", "each example alone equals the batched output", applies=lambda s: True)
+def _batch_consistency(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
+    name = "batch-consistency"
+    x = _inputs(opts)
+    tol = scaled_tolerance(opts.dtype, TOL_BATCH)
+
+    def body(layer: nn.Module, impl: str) -> CheckResult:
+        with torch.no_grad():
+            y = layer(x)
+            err = max(max_abs_error(layer(x[i: i + 1]), y[i: i + 1]) for i in range(x.shape[0]))
+        return result(name, spec, impl, err, tol, detail="per-example vs batched output")
+
+    # one example alone *is* the batch: the comparison could not fail
+    vacuous = f"batch_size={opts.batch_size} (needs batch_size >= 2)" if opts.batch_size < 2 else None
+    return _per_backend(name, spec, opts, body, vacuous=vacuous)

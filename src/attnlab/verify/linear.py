@@ -29,38 +29,15 @@ from torch import Tensor
 from attnlab.layers.linear import LinearAttention
 from attnlab.layers.registry import MechanismSpec
 from attnlab.ops.linear import LINEAR_IMPLS, LinearState, linear_attention
-from attnlab.verify.core import Check, CheckResult, VerifyOptions, register_check
+from attnlab.verify.core import (CheckResult, VerifyOptions, build_layer, check, relative_error, result,
+                                 scaled_tolerance, worst_result)
 
 __all__ = ["TOL_SEGMENTED", "TOL_FORMS", "linear_op_inputs"]
 
 TOL_SEGMENTED = 1e-10  # float64: segmented vs whole, outputs and final state (observed ~1e-15)
 TOL_FORMS = 1e-10  # float64: parallel / chunked vs recurrent, outputs and gradients (observed ~1e-15)
 _FORMS = ("recurrent", "parallel", "chunked")
-
-
-def _tol(dtype: torch.dtype, tol64: float) -> float:
-    if dtype == torch.float64:
-        return tol64
-    return max(tol64, {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}.get(dtype, 1e-4))
-
-
-def _err(got: Tensor, want: Tensor) -> float:
-    if got.shape != want.shape:
-        return float("nan")
-    scale = max(1.0, float(want.detach().abs().max()))
-    return float((got.detach() - want.detach()).abs().max()) / scale
-
-
-def _result(check: str, spec: MechanismSpec, case: str, err: float, tol: float, detail: str = "") -> CheckResult:
-    return CheckResult(check=check, mechanism=spec.name, case=case, max_error=err, tolerance=tol,
-                       passed=bool(err <= tol), detail=detail)  # NaN compares False: a failure
-
-
-def _build(spec: MechanismSpec, opts: VerifyOptions) -> torch.nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(opts.seed)
-        layer = spec.build(d_model=opts.d_model, n_heads=opts.n_heads, **spec.verify_options)
-    return layer.to(device=opts.device, dtype=opts.dtype).eval()
+_err = relative_error  # max |got - want| / max(1, max |want|)
 
 
 def linear_op_inputs(layer: LinearAttention, opts: VerifyOptions, *, seq_len: int | None = None,
@@ -90,10 +67,13 @@ def _forms(spec: MechanismSpec) -> list[str]:
 # linear-segmented-state
 
 
+@check("linear-segmented-state",
+       "two segments with the recurrent state carried over == the whole sequence, every form",
+       applies=lambda spec: spec.cache == "recurrent")
 def _segmented_state(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     name = "linear-segmented-state"
-    tol = _tol(opts.dtype, TOL_SEGMENTED)
-    layer = _build(spec, opts)
+    tol = scaled_tolerance(opts.dtype, TOL_SEGMENTED)
+    layer = build_layer(spec, opts)
     T = opts.seq_len
     cuts = sorted({c for c in (1, T // 2, T - 1) if 0 < c < T})
     results: list[CheckResult] = []
@@ -107,8 +87,7 @@ def _segmented_state(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResu
                 o2, st2 = linear_attention(q[:, :, c:], k[:, :, c:], v[:, :, c:], initial_state=st1, impl=form, **op)
                 errs = {"output": _err(torch.cat([o1, o2], dim=2), whole) if layer.causal else 0.0,
                         "state.kv": _err(st2.kv, st_whole.kv), "state.z": _err(st2.z, st_whole.z)}
-                worst = max(errs, key=lambda key: errs[key] if errs[key] == errs[key] else float("inf"))
-                results.append(_result(name, spec, f"op {form} cut={c}", errs[worst], tol, f"worst: {worst}"))
+                results.append(worst_result(name, spec, f"op {form} cut={c}", errs, tol))
     if spec.causal:
         g = torch.Generator().manual_seed(opts.seed + 3000)
         x = torch.randn(opts.batch_size, T, opts.d_model, generator=g, dtype=torch.float64)
@@ -120,16 +99,8 @@ def _segmented_state(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResu
                 for c in cuts:
                     cache = layer.new_cache(opts.batch_size, device=opts.device, dtype=opts.dtype)
                     got = torch.cat([layer(x[:, :c], cache=cache), layer(x[:, c:], cache=cache)], dim=1)
-                    results.append(_result(name, spec, f"layer {form} cut={c}", _err(got, whole), tol))
+                    results.append(result(name, spec, f"layer {form} cut={c}", _err(got, whole), tol))
     return results
-
-
-register_check(Check(
-    name="linear-segmented-state",
-    description="two segments with the recurrent state carried over == the whole sequence, every form",
-    applies=lambda spec: spec.cache == "recurrent",
-    run=_segmented_state,
-))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -155,14 +126,16 @@ def _with_grads(q: Tensor, k: Tensor, v: Tensor, init: LinearState, impl: str, *
     return res
 
 
+@check("linear-forms-agree",
+       "linear attention: parallel == chunked == recurrent, outputs and gradients, several chunk sizes",
+       applies=lambda spec: spec.cache == "recurrent" and set(_FORMS) <= set(spec.backends))
 def _forms_agree(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     name = "linear-forms-agree"
-    tol = _tol(opts.dtype, TOL_FORMS)
-    layer = _build(spec, opts)
+    tol = scaled_tolerance(opts.dtype, TOL_FORMS)
+    layer = build_layer(spec, opts)
     if not isinstance(layer, LinearAttention):
-        return [CheckResult(check=name, mechanism=spec.name, case="-", max_error=float("nan"), tolerance=tol,
-                            passed=False, detail=f"{type(layer).__name__} is not a LinearAttention layer: "
-                                                 "this check cannot read its op parameters")]
+        return [result(name, spec, "-", float("nan"), tol, detail=f"{type(layer).__name__} is not a LinearAttention "
+                                                                 "layer: this check cannot read its op parameters")]
     T = opts.seq_len
     chunks = sorted({1, 4, 5, T, T + 3, layer.chunk_size})
     results: list[CheckResult] = []
@@ -175,16 +148,6 @@ def _forms_agree(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
         cases = [("parallel", layer.chunk_size)] + [("chunked", c) for c in chunks]
         for impl, c in cases:
             got = _with_grads(q, k, v, init, impl, chunk_size=c, **op)
-            errs = {key: _err(got[key], ref[key]) for key in ref}
-            worst = max(errs, key=lambda key: errs[key] if errs[key] == errs[key] else float("inf"))
             case = f"{mode} {impl}" + (f" chunk={c}" if impl == "chunked" else "") + " vs recurrent"
-            results.append(_result(name, spec, case, errs[worst], tol, f"worst: {worst}"))
+            results.append(worst_result(name, spec, case, {key: _err(got[key], ref[key]) for key in ref}, tol))
     return results
-
-
-register_check(Check(
-    name="linear-forms-agree",
-    description="linear attention: parallel == chunked == recurrent, outputs and gradients, several chunk sizes",
-    applies=lambda spec: spec.cache == "recurrent" and set(_FORMS) <= set(spec.backends),
-    run=_forms_agree,
-))

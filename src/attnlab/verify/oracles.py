@@ -20,8 +20,6 @@ Both run every backend in ``spec.backends``. FlexAttention has no CPU backward i
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,7 +28,7 @@ from attnlab.layers.mha import MultiHeadAttention, MultiHeadAttentionConfig
 from attnlab.layers.registry import MechanismSpec
 from attnlab.masks import Mask, dense
 from attnlab.ops.softmax import softmax_attention
-from attnlab.verify.core import Check, CheckResult, VerifyOptions, register_check
+from attnlab.verify.core import CheckResult, VerifyOptions, build_layer, check, max_abs_error, worst_result
 
 __all__ = ["TOL_ORACLE", "to_torch_mha", "plain_mha_config", "compare_with_torch_mha", "compare_with_sdpa"]
 
@@ -62,6 +60,21 @@ def plain_mha_config(cfg: object) -> bool:
     )
 
 
+def _applies_torch_mha(spec: MechanismSpec) -> bool:
+    try:
+        return plain_mha_config(_config(spec, VerifyOptions()))
+    except Exception:
+        return False
+
+
+def _applies_sdpa(spec: MechanismSpec) -> bool:
+    try:
+        cfg = _config(spec, VerifyOptions())
+    except Exception:
+        return False
+    return isinstance(cfg, MultiHeadAttentionConfig) and cfg.score == "scaled_dot" and _simple_mask(cfg.mask)
+
+
 def to_torch_mha(layer: MultiHeadAttention) -> nn.MultiheadAttention:
     """A ``torch.nn.MultiheadAttention(batch_first=True)`` with ``layer``'s weights (same dtype and device)."""
     w = layer.in_proj.weight
@@ -74,20 +87,6 @@ def to_torch_mha(layer: MultiHeadAttention) -> nn.MultiheadAttention:
             ref.in_proj_bias.copy_(layer.in_proj.bias)
             ref.out_proj.bias.copy_(layer.out_proj.bias)
     return ref.eval()
-
-
-def _max_abs(a: Tensor | None, b: Tensor | None) -> float:
-    if a is None or b is None or a.shape != b.shape:
-        return float("nan")
-    return float((a.detach() - b.detach()).abs().max()) if a.numel() else 0.0
-
-
-def _result(check: str, mech: str, case: str, errs: dict[str, float], tol: float) -> CheckResult:
-    worst = max(errs, key=lambda k: math.inf if math.isnan(errs[k]) else errs[k])
-    err = errs[worst]
-    ok = not math.isnan(err) and err <= tol
-    return CheckResult(check=check, mechanism=mech, case=case, max_error=err, tolerance=tol, passed=ok,
-                       detail=f"worst: {worst}")
 
 
 def _grads_ok(impl: str, device: torch.device) -> bool:
@@ -113,7 +112,7 @@ def compare_with_torch_mha(layer: MultiHeadAttention, x: Tensor, context: Tensor
     else:
         y = layer(ins[0], context=ins[1])
         y_ref, _ = ref(ins_ref[0], ins_ref[1], ins_ref[1], need_weights=False)
-    errs = {"output": _max_abs(y, y_ref)}
+    errs = {"output": max_abs_error(y, y_ref)}
     if grads:
         g = torch.Generator().manual_seed(11)
         w = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
@@ -121,10 +120,12 @@ def compare_with_torch_mha(layer: MultiHeadAttention, x: Tensor, context: Tensor
         got = torch.autograd.grad((y * w).sum(), ins)
         want = torch.autograd.grad((y_ref * w).sum(), ins_ref)
         for n, a, b in zip(names, got, want):
-            errs[f"grad[{n}]"] = _max_abs(a, b)
+            errs[f"grad[{n}]"] = max_abs_error(a, b)
     return errs
 
 
+@check("oracle-torch-mha", "equals torch.nn.MultiheadAttention with the same weights (outputs, input gradients)",
+       applies=_applies_torch_mha)
 def _torch_mha_check(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     name = "oracle-torch-mha"
     tol = _tol(opts.dtype)
@@ -134,17 +135,14 @@ def _torch_mha_check(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResu
     x, c = x.to(opts.device, opts.dtype), c.to(opts.device, opts.dtype)
     results = []
     for impl in spec.backends:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(opts.seed)
-            layer = spec.build(d_model=opts.d_model, n_heads=opts.n_heads, **spec.verify_options)
-        layer = layer.to(device=opts.device, dtype=opts.dtype).eval()
-        layer.impl = impl
+        layer = build_layer(spec, opts, impl=impl)
         grads = _grads_ok(impl, x.device)
         suffix = "" if grads else ", outputs only (no CPU backward)"
-        results.append(_result(name, spec.name, f"{impl}, self{suffix}", compare_with_torch_mha(layer, x, grads=grads), tol))
+        errs = compare_with_torch_mha(layer, x, grads=grads)
+        results.append(worst_result(name, spec, f"{impl}, self{suffix}", errs, tol))
         if spec.cross:
             errs = compare_with_torch_mha(layer, x, c, grads=grads)
-            results.append(_result(name, spec.name, f"{impl}, cross S={c.shape[1]}{suffix}", errs, tol))
+            results.append(worst_result(name, spec, f"{impl}, cross S={c.shape[1]}{suffix}", errs, tol))
     return results
 
 
@@ -172,17 +170,19 @@ def compare_with_sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, impl: st
         y_ref = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=allowed)
     else:
         y_ref = F.scaled_dot_product_attention(qr, kr, vr)
-    errs = {"output": _max_abs(y, y_ref)}
+    errs = {"output": max_abs_error(y, y_ref)}
     if grads:
         g = torch.Generator().manual_seed(12)
         w = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
         got = torch.autograd.grad((y * w).sum(), ins)
         want = torch.autograd.grad((y_ref * w).sum(), ins_ref)
         for n, a, b in zip("qkv", got, want):
-            errs[f"grad[{n}]"] = _max_abs(a, b)
+            errs[f"grad[{n}]"] = max_abs_error(a, b)
     return errs
 
 
+@check("oracle-sdpa", "the softmax op equals F.scaled_dot_product_attention (causal, decoding rows, no mask)",
+       applies=_applies_sdpa)
 def _sdpa_check(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
     name = "oracle-sdpa"
     cfg = _config(spec, opts)
@@ -209,34 +209,5 @@ def _sdpa_check(spec: MechanismSpec, opts: VerifyOptions) -> list[CheckResult]:
         suffix = "" if grads else ", outputs only (no CPU backward)"
         for case, is_causal, q, k, v, off in cases:
             errs = compare_with_sdpa(q, k, v, causal=is_causal, impl=impl, q_offset=off, grads=grads)
-            results.append(_result(name, spec.name, f"{impl}, {case}{suffix}", errs, tol))
+            results.append(worst_result(name, spec, f"{impl}, {case}{suffix}", errs, tol))
     return results
-
-
-def _applies_torch_mha(spec: MechanismSpec) -> bool:
-    try:
-        return plain_mha_config(_config(spec, VerifyOptions()))
-    except Exception:
-        return False
-
-
-def _applies_sdpa(spec: MechanismSpec) -> bool:
-    try:
-        cfg = _config(spec, VerifyOptions())
-    except Exception:
-        return False
-    return isinstance(cfg, MultiHeadAttentionConfig) and cfg.score == "scaled_dot" and _simple_mask(cfg.mask)
-
-
-register_check(Check(
-    name="oracle-torch-mha",
-    description="equals torch.nn.MultiheadAttention with the same weights (outputs, input gradients)",
-    applies=_applies_torch_mha,
-    run=_torch_mha_check,
-))
-register_check(Check(
-    name="oracle-sdpa",
-    description="the softmax op equals F.scaled_dot_product_attention (causal, decoding rows, no mask)",
-    applies=_applies_sdpa,
-    run=_sdpa_check,
-))
