@@ -24,12 +24,12 @@ def run(args: argparse.Namespace) -> int:
     from attnlab.train import distributed as ddp
     from attnlab.train.checkpoint import CheckpointError
     from attnlab.train.outdir import OutputDirError, prepare_out_dir
-    from attnlab.train.presets import get_preset
+    from attnlab.compare.presets import run_preset
     from attnlab.train.trainer import Trainer
 
     name = preset_name(args, compare=False)
     try:
-        cfg = config_from_args(args, get_preset(name))
+        cfg = config_from_args(args, run_preset(name))
         if args.mechanism:
             if cfg.task != "lm":
                 raise ConfigError(f"--mechanism sets a language model's attention; this is a {cfg.task!r} run "

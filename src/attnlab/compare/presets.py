@@ -14,9 +14,10 @@ from typing import Callable
 
 from attnlab.compare.config import CompareConfig
 from attnlab.config import ConfigError
+from attnlab.train.config import TrainConfig
 from attnlab.train.presets import PRESETS, shakespeare_char_cpu
 
-__all__ = ["COMPARE_PRESETS", "QUICK_MECHANISMS", "get_compare_preset", "quick", "tiny"]
+__all__ = ["COMPARE_PRESETS", "QUICK_MECHANISMS", "get_compare_preset", "run_preset", "quick", "tiny"]
 
 QUICK_MECHANISMS = ["standard", "castle", "castle-swl", "sliding-window", "linear"]
 
@@ -87,3 +88,13 @@ def get_compare_preset(name: str) -> CompareConfig:
         return CompareConfig(base=base, variants=variants, seeds=[0])
     raise ConfigError(f"unknown preset {name!r}; comparison presets: {', '.join(COMPARE_PRESETS)}; "
                       f"training presets: {', '.join(PRESETS)}")
+
+
+def run_preset(name: str) -> TrainConfig:
+    """The run of a training preset, or the shared base run of a comparison preset (``attnlab train --preset``)."""
+    if name in PRESETS:
+        return PRESETS[name]()
+    if name in COMPARE_PRESETS:
+        return COMPARE_PRESETS[name]().base
+    raise ConfigError(f"unknown preset {name!r}; training presets: {', '.join(PRESETS)}; "
+                      f"comparison presets: {', '.join(COMPARE_PRESETS)}")

@@ -26,6 +26,7 @@ from attnlab.data.mt_batching import (
     pad_batch,
     rank_rows,
 )
+from attnlab.data.restore import tokenizer_from_dict
 from attnlab.data.parallel import ParallelCorpus, ParallelFiles, load_parallel
 from attnlab.data.subword import SubwordConfig, SubwordTokenizer, build_subword_tokenizer, encode_parallel
 from attnlab.data.tokenizers import (
@@ -33,7 +34,6 @@ from attnlab.data.tokenizers import (
     GPT2Tokenizer,
     Tokenizer,
     WordTokenizer,
-    tokenizer_from_dict,
 )
 
 __all__ = [

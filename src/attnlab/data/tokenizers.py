@@ -2,7 +2,7 @@
 
 Every tokenizer has a ``name`` (its kind: ``"char"``, ``"word"``, ``"gpt2"``), a ``vocab_size``,
 ``encode(str) -> list[int]``, ``decode(list[int]) -> str`` and ``to_dict()`` / ``from_dict()`` so that a
-checkpoint can store it as JSON and rebuild exactly the same vocabulary (:func:`tokenizer_from_dict`).
+checkpoint can store it as JSON and rebuild exactly the same vocabulary (:func:`attnlab.data.tokenizer_from_dict`).
 
 The GPT-2 tokenizer is built from the ranks file shipped with the package; it never touches the network
 (``tiktoken.get_encoding("gpt2")`` would download the ranks, so it is never called).
@@ -26,7 +26,6 @@ __all__ = [
     "GPT2_PAT_STR",
     "GPT2_EOT",
     "TOKENIZER_KINDS",
-    "tokenizer_from_dict",
     "parse_tiktoken_ranks",
 ]
 
@@ -316,24 +315,6 @@ class GPT2Tokenizer:
 
 
 TOKENIZER_KINDS: dict[str, type] = {"char": CharTokenizer, "word": WordTokenizer, "gpt2": GPT2Tokenizer}
-
-
-def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer from its :meth:`~Tokenizer.to_dict` (e.g. from a checkpoint).
-
-    Besides :data:`TOKENIZER_KINDS` (the kinds :func:`~attnlab.data.load_corpus` builds), kind ``"subword"`` rebuilds
-    the translation tokenizer :class:`attnlab.data.SubwordTokenizer` (which needs ``pip install attnlab[mt]``).
-    """
-    kind = d.get("kind") if isinstance(d, dict) else None
-    if kind == "subword":
-        from attnlab.data.subword import SubwordTokenizer  # imported here: attnlab.data.subword imports this module
-
-        return SubwordTokenizer.from_dict(d)
-    if kind not in TOKENIZER_KINDS:
-        raise ValueError(
-            f"tokenizer dict kind={kind!r} is unknown; expected one of {sorted(TOKENIZER_KINDS)} or 'subword'"
-        )
-    return TOKENIZER_KINDS[kind].from_dict(d)
 
 
 def _identity(tokenizer: Tokenizer) -> str:

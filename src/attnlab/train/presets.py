@@ -155,12 +155,7 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
 
 
 def get_preset(name: str) -> TrainConfig:
-    """A training preset by name (a comparison preset gives its shared base run)."""
+    """A training preset by name (``attnlab.compare.presets.run_preset`` also accepts comparison presets)."""
     if name in PRESETS:
         return PRESETS[name]()
-    from attnlab.compare.presets import COMPARE_PRESETS
-
-    if name in COMPARE_PRESETS:
-        return COMPARE_PRESETS[name]().base
-    raise ConfigError(f"unknown preset {name!r}; training presets: {', '.join(PRESETS)}; "
-                      f"comparison presets: {', '.join(COMPARE_PRESETS)}")
+    raise ConfigError(f"unknown preset {name!r}; training presets: {', '.join(PRESETS)}")

@@ -17,7 +17,9 @@ Source padding and the encoder
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, ClassVar, Literal
+
+from torch import nn
 
 from attnlab._validation import check_bool, check_float, check_int
 from attnlab.config import PlainConfig
@@ -26,8 +28,6 @@ from attnlab.layers.mha import MultiHeadAttentionConfig
 from attnlab.models.common import swiglu_hidden
 from attnlab.models.stack import ResolvedStack, Schedule, check_positive_ints, resolve_stack
 
-if TYPE_CHECKING:
-    from attnlab.models.encdec.model import EncoderDecoder
 
 __all__ = ["EncDecConfig", "CrossScore", "CROSS_SCORES"]
 
@@ -69,6 +69,9 @@ class EncDecConfig(PlainConfig):
         tie_embeddings: share the output projection with the token embedding. The input embedding is always one
             table for encoder and decoder (the vocabulary is joint), so ``True`` means one matrix for all three.
     """
+
+    #: the model class :meth:`build` makes (set by :mod:`attnlab.models.encdec.model`)
+    model_class: ClassVar[type[nn.Module]]
 
     vocab_size: int | None = None
     pad_id: int = 0
@@ -170,10 +173,10 @@ class EncDecConfig(PlainConfig):
         return self._cross
 
     # ------------------------------------------------------------------------------------------- plumbing
-    def build(self) -> EncoderDecoder:
-        from attnlab.models.encdec.model import EncoderDecoder
-
-        return EncoderDecoder(self)
+    def build(self) -> nn.Module:
+        """The model (:class:`~attnlab.models.encdec.model.EncoderDecoder`, which registers itself here as
+        ``model_class`` when :mod:`attnlab.models.encdec` is imported, so this module never imports the model's)."""
+        return type(self).model_class(self)
 
 
 def layer_is_causal(mechanism: str, cfg: Any) -> bool:

@@ -278,3 +278,6 @@ class EncoderDecoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"encoder={self.encoder_mechanisms}, decoder={self.decoder_mechanisms}"
+
+
+EncDecConfig.model_class = EncoderDecoder

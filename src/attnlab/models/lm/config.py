@@ -9,15 +9,15 @@ configs, so a bad option fails when the config is made, not mid-training, and no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
+
+from torch import nn
 
 from attnlab._validation import check_bool, check_float, check_int
 from attnlab.config import PlainConfig
 from attnlab.models.common import swiglu_hidden
 from attnlab.models.stack import SCHEDULES, ResolvedStack, Schedule, check_positive_ints, resolve_stack
 
-if TYPE_CHECKING:
-    from attnlab.models.lm.model import LM
 
 __all__ = ["LMConfig", "swiglu_hidden", "SCHEDULES"]
 
@@ -51,6 +51,9 @@ class LMConfig(PlainConfig):
         norm_eps: RMSNorm epsilon.
         tie_embeddings: share the token embedding with the output projection (counted once).
     """
+
+    #: the model class :meth:`build` makes (set by :mod:`attnlab.models.lm.model`)
+    model_class: ClassVar[type[nn.Module]]
 
     #: Keys of older config files and what they are called now (the loader names the new key).
     RENAMED: ClassVar[dict[str, str]] = {"block_size": "context_len"}
@@ -125,7 +128,7 @@ class LMConfig(PlainConfig):
         return self._stack.configs[name]
 
     # ------------------------------------------------------------------------------------------- plumbing
-    def build(self) -> LM:
-        from attnlab.models.lm.model import LM
-
-        return LM(self)
+    def build(self) -> nn.Module:
+        """The model (:class:`~attnlab.models.lm.model.LM`, which registers itself here as
+        ``model_class`` when :mod:`attnlab.models.lm` is imported, so this module never imports the model's)."""
+        return type(self).model_class(self)

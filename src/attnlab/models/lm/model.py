@@ -155,3 +155,6 @@ class LM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mechanisms={self.mechanisms}"
+
+
+LMConfig.model_class = LM
