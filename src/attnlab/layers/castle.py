@@ -17,6 +17,7 @@ parameters). ``4 n / 7`` is never exactly halfway between integers (7 is odd), s
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from attnlab._validation import check_bool, check_float, check_head_geometry, check_int, check_matches_param
 from attnlab.cache.uqkv import UQKVCache
+from attnlab.layers._common import AttentionLayer, HeadGeometry
 from attnlab.layers.registry import MechanismSpec, register
 from attnlab.layers.rope import apply_rope
 from attnlab.ops.castle.api import (
@@ -49,7 +51,7 @@ def heads_for_parity(n_standard_heads: int) -> int:
 
 
 @dataclass(kw_only=True)
-class CastleConfig:
+class CastleConfig(HeadGeometry):
     """Configuration of :class:`CastleAttention`.
 
     Attributes:
@@ -93,28 +95,19 @@ class CastleConfig:
         validate_chunk_size(self.chunk_size)
         check_float("dropout", self.dropout, low=0, high=1)
 
-    @property
-    def resolved_head_dim(self) -> int:
-        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
-
     def build(self) -> "CastleAttention":
         return CastleAttention(self)
 
 
-class CastleAttention(nn.Module):
+class CastleAttention(AttentionLayer):
     """Multi-head CASTLE (eq. 14): ``Concat(head_1 .. head_H) W^O``; see the module docstring."""
 
+    config_class = CastleConfig
     #: why attention probabilities cannot be captured (:mod:`attnlab.layers.capture`)
     attention_probabilities: str | None = ("CASTLE normalises causal and lookahead scores jointly (2 T columns per row); it has no single (T, S) softmax over the keys")
 
     def __init__(self, config: CastleConfig) -> None:
-        super().__init__()
-        if not isinstance(config, CastleConfig):
-            raise ValueError(f"config must be a CastleConfig, got {type(config).__name__}")
-        self.config = config
-        self.d_model = config.d_model
-        self.n_heads = config.n_heads
-        self.head_dim = config.resolved_head_dim
+        super().__init__(config)
         self.lookahead = config.lookahead
         self.rope = config.rope
         self.rope_base = float(config.rope_base)
@@ -189,7 +182,7 @@ _RENAMED = {
     "block_size": ("chunk_size", "positions per chunk of the chunked form"),
 }
 
-register(MechanismSpec(
+_CASTLE = register(MechanismSpec(
     name="castle",
     description="CASTLE: causal attention with lookahead keys (Song et al. 2025), 7 n d d_model parameters",
     make_config=CastleConfig,
@@ -199,16 +192,10 @@ register(MechanismSpec(
     heads_for_parity=heads_for_parity,
     renamed=_RENAMED,
 ))
-
-register(MechanismSpec(
+register(dataclasses.replace(
+    _CASTLE,
     name="castle-swl",
     description="CASTLE-SWL: each lookahead key covers only the next W tokens (lookahead=W, default 128)",
-    make_config=CastleConfig,
-    causal=True,
-    cache="uq-kv",
-    backends=_backends(),
-    heads_for_parity=heads_for_parity,
     defaults={"lookahead": 128},
     verify_options={"lookahead": 3},
-    renamed=_RENAMED,
 ))

@@ -44,6 +44,7 @@ from attnlab._validation import (
     check_matches_param,
 )
 from attnlab.cache.recurrent import RecurrentStateCache
+from attnlab.layers._common import AttentionLayer, Choice, HeadGeometry
 from attnlab.layers.registry import MechanismSpec, register
 from attnlab.layers.rope import apply_rope
 from attnlab.ops.linear import LINEAR_IMPLS, FeatureMapName, LinearImpl, feature_dim, feature_map_names, linear_attention
@@ -52,7 +53,7 @@ __all__ = ["LinearAttentionConfig", "LinearAttention"]
 
 
 @dataclass(kw_only=True)
-class LinearAttentionConfig:
+class LinearAttentionConfig(HeadGeometry):
     """Configuration of :class:`LinearAttention`.
 
     Attributes:
@@ -107,16 +108,6 @@ class LinearAttentionConfig:
         check_bool("bias", self.bias)
 
     @property
-    def resolved_head_dim(self) -> int:
-        """``head_dim``, or ``d_model // n_heads`` when it is ``None``."""
-        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
-
-    @property
-    def resolved_n_kv_heads(self) -> int:
-        """``n_kv_heads``, or ``n_heads`` when it is ``None``."""
-        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
-
-    @property
     def resolved_qk_head_dim(self) -> int:
         """``qk_head_dim``, or the resolved ``head_dim`` when it is ``None``."""
         return self.qk_head_dim if self.qk_head_dim is not None else self.resolved_head_dim
@@ -130,25 +121,20 @@ class LinearAttentionConfig:
         return LinearAttention(self)
 
 
-class LinearAttention(nn.Module):
+class LinearAttention(AttentionLayer):
     """Multi-head linear attention; see the module docstring.
 
     Parameters: ``q_proj`` (``d_model -> H Dqk``), ``k_proj`` (``d_model -> H_kv Dqk``), ``v_proj``
     (``d_model -> H_kv Dv``), ``out_proj`` (``H Dv -> d_model``).
     """
 
+    config_class = LinearAttentionConfig
     #: why attention probabilities cannot be captured (:mod:`attnlab.layers.capture`)
     attention_probabilities: str | None = ("linear attention replaces softmax(q k^T) by a kernel feature map; it forms no normalised (T, S) probability matrix")
+    impl = Choice(LINEAR_IMPLS, "Form of the op; reassignable to any of :data:`attnlab.ops.linear.LINEAR_IMPLS`.")
 
     def __init__(self, config: LinearAttentionConfig) -> None:
-        super().__init__()
-        if not isinstance(config, LinearAttentionConfig):
-            raise ValueError(f"config must be a LinearAttentionConfig, got {type(config).__name__}")
-        self.config = config
-        self.d_model = config.d_model
-        self.n_heads = config.n_heads
-        self.n_kv_heads = config.resolved_n_kv_heads
-        self.head_dim = config.resolved_head_dim
+        super().__init__(config)
         self.qk_head_dim = config.resolved_qk_head_dim
         self.feature_map = config.feature_map
         self.feature_dim = config.feature_dim
@@ -163,17 +149,6 @@ class LinearAttention(nn.Module):
         self.out_proj = nn.Linear(H * Dv, config.d_model, bias=config.bias)
         self.drop = nn.Dropout(config.dropout)
         self.impl = config.impl
-
-    @property
-    def impl(self) -> str:
-        """Form of the op; reassignable to any of :data:`attnlab.ops.linear.LINEAR_IMPLS`."""
-        return self._impl
-
-    @impl.setter
-    def impl(self, value: str) -> None:
-        if value not in LINEAR_IMPLS:
-            raise ValueError(f"impl must be one of {LINEAR_IMPLS}, got {value!r}")
-        self._impl = value
 
     def new_cache(
         self, batch_size: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None

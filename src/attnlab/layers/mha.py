@@ -54,6 +54,7 @@ from attnlab._validation import (
 )
 from attnlab.cache.kv import KVCache, SlidingKVCache, shifted_mask
 from attnlab.layers import capture as _capture
+from attnlab.layers._common import AttentionLayer, Choice, HeadGeometry
 from attnlab.layers.rope import apply_rope
 from attnlab.masks import Mask, causal
 from attnlab.ops.softmax import (
@@ -72,7 +73,7 @@ __all__ = ["MultiHeadAttentionConfig", "MultiHeadAttention"]
 
 
 @dataclass(kw_only=True)
-class MultiHeadAttentionConfig:
+class MultiHeadAttentionConfig(HeadGeometry):
     """Configuration of :class:`MultiHeadAttention`.
 
     Attributes:
@@ -141,16 +142,6 @@ class MultiHeadAttentionConfig:
                 raise ValueError("rope=True is not supported with cross=True: query and context positions are unrelated")
 
     @property
-    def resolved_head_dim(self) -> int:
-        """``head_dim``, or ``d_model // n_heads`` when it is ``None``."""
-        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
-
-    @property
-    def resolved_n_kv_heads(self) -> int:
-        """``n_kv_heads``, or ``n_heads`` when it is ``None``."""
-        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
-
-    @property
     def causal(self) -> bool:
         """Whether self-attention is autoregressive (derived from ``mask``)."""
         return self.mask is not None and self.mask.causal
@@ -159,7 +150,7 @@ class MultiHeadAttentionConfig:
         return MultiHeadAttention(self)
 
 
-class MultiHeadAttention(nn.Module):
+class MultiHeadAttention(AttentionLayer):
     """Multi-head softmax attention; see the module docstring for masks, positions and caching.
 
     Parameters: ``in_proj`` (``d_model -> (H + 2 H_kv) D``, rows ``[q | k | v]``, one fused matmul for
@@ -168,18 +159,14 @@ class MultiHeadAttention(nn.Module):
     ``score="additive"``, ``score_w_q``, ``score_w_k`` ``(H, D, A)`` and ``score_v`` ``(H, A)``.
     """
 
+    config_class = MultiHeadAttentionConfig
     #: attention probabilities can be captured (:mod:`attnlab.layers.capture`)
     attention_probabilities: str | None = None
+    impl = Choice(SOFTMAX_IMPLS, "Backend of the softmax op; reassignable to any of "
+                                 ":data:`attnlab.ops.softmax.SOFTMAX_IMPLS`.")
 
     def __init__(self, config: MultiHeadAttentionConfig) -> None:
-        super().__init__()
-        if not isinstance(config, MultiHeadAttentionConfig):
-            raise ValueError(f"config must be a MultiHeadAttentionConfig, got {type(config).__name__}")
-        self.config = config
-        self.d_model = config.d_model
-        self.n_heads = config.n_heads
-        self.n_kv_heads = config.resolved_n_kv_heads
-        self.head_dim = config.resolved_head_dim
+        super().__init__(config)
         self.mask = config.mask
         self.score = config.score
         self.cross = config.cross
@@ -203,17 +190,6 @@ class MultiHeadAttention(nn.Module):
         self.impl = config.impl
 
     # ----------------------------------------------------------------------------------------------------------
-    @property
-    def impl(self) -> str:
-        """Backend of the softmax op; reassignable to any of :data:`attnlab.ops.softmax.SOFTMAX_IMPLS`."""
-        return self._impl
-
-    @impl.setter
-    def impl(self, value: str) -> None:
-        if value not in SOFTMAX_IMPLS:
-            raise ValueError(f"impl must be one of {SOFTMAX_IMPLS}, got {value!r}")
-        self._impl = value
-
     @property
     def causal(self) -> bool:
         return self.mask is not None and self.mask.causal
