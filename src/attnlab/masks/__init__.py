@@ -5,6 +5,7 @@ See :mod:`attnlab.masks.patterns` for every pattern and its exact index conventi
 at step ``t`` has ``q_idx = t``.
 """
 
+from attnlab.masks import core, padding, patterns
 from attnlab.masks.core import Mask, MaskFn, and_masks, dense, or_masks
 from attnlab.masks.padding import key_padding
 from attnlab.masks.patterns import (
@@ -18,19 +19,4 @@ from attnlab.masks.patterns import (
     strided,
 )
 
-__all__ = [
-    "Mask",
-    "MaskFn",
-    "and_masks",
-    "or_masks",
-    "dense",
-    "causal",
-    "bidirectional",
-    "sliding_window",
-    "strided",
-    "fixed",
-    "bigbird",
-    "prefix_lm",
-    "document",
-    "key_padding",
-]
+__all__ = [*core.__all__, *patterns.__all__, *padding.__all__]

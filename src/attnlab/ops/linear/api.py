@@ -15,6 +15,7 @@ from typing import Literal, NamedTuple, get_args
 import torch
 from torch import Tensor
 
+from attnlab.ops._checks import check_kv_like_q
 from attnlab.ops.linear.chunked import linear_attention_chunked
 from attnlab.ops.linear.feature_maps import FeatureMapName, get_feature_map
 from attnlab.ops.linear.parallel import linear_attention_parallel
@@ -65,11 +66,7 @@ def _validate(
     _check_tensor("q", q, 4, "(B, H, T, D)")
     _check_tensor("k", k, 4, "(B, H_kv, S, D)")
     _check_tensor("v", v, 4, "(B, H_kv, S, Dv)")
-    for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise ValueError(f"{name}.dtype must equal q.dtype={q.dtype}, got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name}.device must equal q.device={q.device}, got {t.device}")
+    check_kv_like_q(q, k, v)
     B, H, T, D = q.shape
     if k.shape[0] != B or v.shape[0] != B:
         raise ValueError(f"batch sizes must match: q has B={B}, k has {k.shape[0]}, v has {v.shape[0]}")

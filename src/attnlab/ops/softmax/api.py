@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from attnlab.masks import Mask
+from attnlab.ops._checks import check_kv_like_q
 from attnlab.ops.softmax.flex import FLEX_SCORES, flex_softmax_attention
 from attnlab.ops.softmax.reference import reference_softmax_attention
 from attnlab.ops.softmax.scores import (
@@ -61,11 +62,7 @@ def _validate(
         if not t.dtype.is_floating_point:
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     assert isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)
-    for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise ValueError(f"{name}.dtype must equal q.dtype={q.dtype}, got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name}.device must equal q.device={q.device}, got {t.device}")
+    check_kv_like_q(q, k, v)
     B, H, T, D = q.shape
     Bk, Hkv, S, Dk = k.shape
     if Bk != B:
