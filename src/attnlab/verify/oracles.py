@@ -89,6 +89,20 @@ def to_torch_mha(layer: MultiHeadAttention) -> nn.MultiheadAttention:
     return ref.eval()
 
 
+def _errors(y: Tensor, y_ref: Tensor, ins: dict[str, Tensor], ins_ref: list[Tensor], *,
+            seed: int | None) -> dict[str, float]:
+    """Max abs differences of the outputs and, with a ``seed`` for the random output weights, of the gradients of
+    ``sum(y * w)`` w.r.t. each of ``ins`` (and of ``sum(y_ref * w)`` w.r.t. ``ins_ref``)."""
+    errs = {"output": max_abs_error(y, y_ref)}
+    if seed is not None:
+        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(y)
+        got = torch.autograd.grad((y * w).sum(), list(ins.values()))
+        want = torch.autograd.grad((y_ref * w).sum(), ins_ref)
+        for n, a, b in zip(ins, got, want):
+            errs[f"grad[{n}]"] = max_abs_error(a, b)
+    return errs
+
+
 def _grads_ok(impl: str, device: torch.device) -> bool:
     return not (impl == "flex" and device.type != "cuda")
 
@@ -112,16 +126,7 @@ def compare_with_torch_mha(layer: MultiHeadAttention, x: Tensor, context: Tensor
     else:
         y = layer(ins[0], context=ins[1])
         y_ref, _ = ref(ins_ref[0], ins_ref[1], ins_ref[1], need_weights=False)
-    errs = {"output": max_abs_error(y, y_ref)}
-    if grads:
-        g = torch.Generator().manual_seed(11)
-        w = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
-        names = ["x", "context"]
-        got = torch.autograd.grad((y * w).sum(), ins)
-        want = torch.autograd.grad((y_ref * w).sum(), ins_ref)
-        for n, a, b in zip(names, got, want):
-            errs[f"grad[{n}]"] = max_abs_error(a, b)
-    return errs
+    return _errors(y, y_ref, dict(zip(["x", "context"], ins)), ins_ref, seed=11 if grads else None)
 
 
 @check("oracle-torch-mha", "equals torch.nn.MultiheadAttention with the same weights (outputs, input gradients)",
@@ -170,15 +175,7 @@ def compare_with_sdpa(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, impl: st
         y_ref = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=allowed)
     else:
         y_ref = F.scaled_dot_product_attention(qr, kr, vr)
-    errs = {"output": max_abs_error(y, y_ref)}
-    if grads:
-        g = torch.Generator().manual_seed(12)
-        w = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
-        got = torch.autograd.grad((y * w).sum(), ins)
-        want = torch.autograd.grad((y_ref * w).sum(), ins_ref)
-        for n, a, b in zip("qkv", got, want):
-            errs[f"grad[{n}]"] = max_abs_error(a, b)
-    return errs
+    return _errors(y, y_ref, dict(zip("qkv", ins)), ins_ref, seed=12 if grads else None)
 
 
 @check("oracle-sdpa", "the softmax op equals F.scaled_dot_product_attention (causal, decoding rows, no mask)",
