@@ -71,3 +71,16 @@ def test_the_three_registries_of_attnlab_are_registries() -> None:
         assert isinstance(reg, Registry) and name in reg.names()
     with pytest.raises(ValueError, match=r"^unknown benchmark suite 'nope'; registered: castle, mechanisms"):
         SUITES.get("nope")
+
+
+def test_a_loader_may_be_a_module_name(monkeypatch) -> None:
+    import sys
+    import types
+
+    reg: Registry[int] = Registry("widget", load="attnlab_test_plugin_widgets")
+    plugin = types.ModuleType("attnlab_test_plugin_widgets")
+    monkeypatch.setitem(sys.modules, "attnlab_test_plugin_widgets", plugin)  # "imported": registers nothing
+    reg.register("a", 1)
+    assert reg.names() == ["a"]
+    with pytest.raises(ModuleNotFoundError):
+        Registry("widget", load="attnlab_no_such_module").names()

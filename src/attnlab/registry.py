@@ -5,14 +5,16 @@ checks (:mod:`attnlab.verify.core`) are each a :class:`Registry` of their own it
 looked up with an error that lists the valid ones, and kept in registration order (so listings are stable).
 
 A registry may have a ``load`` hook that fills it with the built-in entries: it runs once, before the first
-read (``get``/``names``/``items``/``in``), typically an import of the package whose modules register
-themselves. Registering never triggers it, so a module may register while that import is under way.
+read (``get``/``names``/``items``/``in``). It is a callable, or the name of the package whose import registers
+them (its modules register themselves). Registering never triggers it, so a module may register while that
+import is under way.
 
 This module imports nothing from attnlab, and nothing heavy.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Generic, Iterable, TypeVar
 
 __all__ = ["Registry"]
@@ -25,12 +27,13 @@ class Registry(Generic[T]):
 
     Args:
         kind: what an item is, for messages (``"mechanism"`` gives ``unknown mechanism 'foo'; registered: ...``).
-        load: called once before the first read, to register the built-in items (``None``: nothing to load).
+        load: called once before the first read, to register the built-in items; a string names a module to import
+            instead (``None``: nothing to load).
     """
 
-    def __init__(self, kind: str, *, load: Callable[[], object] | None = None) -> None:
+    def __init__(self, kind: str, *, load: Callable[[], object] | str | None = None) -> None:
         self.kind = kind
-        self._load = load
+        self._load = (lambda: importlib.import_module(load)) if isinstance(load, str) else load
         self._loaded = load is None
         self._entries: dict[str, T] = {}
 

@@ -131,11 +131,8 @@ class Suite:
     plot: Callable[[SuiteResult, Path], list[Path]] | None = None
 
 
-def _load_builtin() -> None:
-    import attnlab.bench  # noqa: F401  (importing the package imports every suite module)
-
-
-SUITES: Registry[Suite] = Registry("benchmark suite", load=_load_builtin)
+# importing attnlab.bench registers the built-in ones
+SUITES: Registry[Suite] = Registry("benchmark suite", load="attnlab.bench")
 
 
 def register_suite(suite: Suite) -> Suite:

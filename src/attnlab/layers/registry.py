@@ -91,12 +91,8 @@ class MechanismSpec:
         return self.config(d_model=d_model, n_heads=n_heads, **options).build()
 
 
-def _load_builtin() -> None:
-    # Importing the layers package registers every built-in mechanism.
-    import attnlab.layers  # noqa: F401
-
-
-MECHANISMS: Registry[MechanismSpec] = Registry("mechanism", load=_load_builtin)
+# importing attnlab.layers registers the built-in ones
+MECHANISMS: Registry[MechanismSpec] = Registry("mechanism", load="attnlab.layers")
 _REGISTRY = MECHANISMS.entries  # the live dict under its older name (tests still patch toy mechanisms into it)
 
 

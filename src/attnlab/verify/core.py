@@ -75,11 +75,8 @@ class Check:
     extra: dict = field(default_factory=dict)
 
 
-def _load_builtin() -> None:
-    import attnlab.verify  # noqa: F401  (importing the package imports every check module)
-
-
-CHECKS: Registry[Check] = Registry("check", load=_load_builtin)
+# importing attnlab.verify registers the built-in ones
+CHECKS: Registry[Check] = Registry("check", load="attnlab.verify")
 
 
 def register_check(check: Check) -> Check:
