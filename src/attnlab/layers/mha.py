@@ -383,8 +383,17 @@ class MultiHeadAttention(AttentionLayer):
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         self_attention = context is None and context_kv is None
-        if self_attention:
+        offset = 0 if cache is None else cache.seq_len
+        if self_attention and self.rope:
+            # queries and keys are adjacent in the projection: rotate them in one call, in (B, T, heads, D) layout
+            qk, v = self.in_proj(x).split((H + Hkv) * D, dim=-1)  # (B, T, (H + H_kv) D), (B, T, H_kv D)
+            qk = apply_rope(qk.view(B, T, H + Hkv, D), offset, self.rope_base, seq_dim=-3)  # (B, T, H + H_kv, D)
+            q, k = (t.transpose(1, 2) for t in qk.split((H, Hkv), dim=2))  # (B, H, T, D), (B, H_kv, T, D)
+            v = v.view(B, T, Hkv, D).transpose(1, 2)  # (B, H_kv, T, D)
+            m = self.mask if mask is None else mask
+        elif self_attention:
             q, k, v = self.in_proj(x).split(self._split, dim=-1)  # (B, T, H D), (B, T, H_kv D) x 2
+            q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
             k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, H_kv, T, D)
             v = v.view(B, T, Hkv, D).transpose(1, 2)  # (B, H_kv, T, D)
             m = self.mask if mask is None else mask
@@ -392,14 +401,9 @@ class MultiHeadAttention(AttentionLayer):
             w, bias = self.in_proj.weight, self.in_proj.bias
             hd = H * D
             q = F.linear(x, w[:hd], None if bias is None else bias[:hd])  # (B, T, H D)
+            q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
             k, v = self.project_context(context) if context_kv is None else context_kv  # (B, H_kv, S, D) x 2
             m = mask
-        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-
-        offset = 0 if cache is None else cache.seq_len
-        if self.rope and self_attention:
-            q = apply_rope(q, offset, self.rope_base)
-            k = apply_rope(k, offset, self.rope_base)
         if cache is not None:
             k, v, kv_start = cache.update(k, v)  # (B, H_kv, S', D): keys at absolute kv_start ..
             assert m is not None  # checked in _validate

@@ -1,7 +1,14 @@
 """Rotary position embedding (RoPE, Su et al. 2021), shared by every layer that uses it.
 
-Shapes: x is ``(B, H, T, D)`` with ``D`` even. Positions are absolute: in cached decoding the new tokens start
-at ``offset = cache.seq_len``. The rotation pairs dimension ``i`` with ``i + D/2`` (the "rotate half" layout).
+Shapes: x is ``(B, H, T, D)`` with ``D`` even (or ``(B, T, H, D)`` with ``seq_dim=-3``). Positions are absolute: in
+cached decoding the new tokens start at ``offset = cache.seq_len``. The rotation pairs dimension ``i`` with
+``i + D/2`` (the "rotate half" layout).
+
+Speed: the angles are computed in float64 and rounded once to the input's dtype; :func:`rope_tables` keeps them per
+``(dim, base, device, dtype)`` and slices positions ``offset .. offset + T - 1`` out of the cached table instead of
+rebuilding them at every call (an entry grows, by doubling, when a later position is asked for). The values are
+exactly those :func:`rope_angles` gives for the same positions, since every angle is computed elementwise from
+its own position. Under ``torch.compile`` the tables are computed inline (the compiler folds them into its graph).
 """
 
 from __future__ import annotations
@@ -9,9 +16,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+__all__ = ["rope_angles", "rope_tables", "apply_rope", "rotate", "clear_rope_cache"]
+
 
 def rope_angles(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
-    """``cos`` and ``sin`` of shape ``(T, dim)`` for integer ``positions`` of shape ``(T,)``."""
+    """``cos`` and ``sin`` of shape ``(T, dim)`` for integer ``positions`` of shape ``(T,)``, in float64."""
     if dim % 2:
         raise ValueError(f"RoPE needs an even head dim, got head_dim={dim}")
     inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64) / dim))
@@ -20,12 +29,85 @@ def rope_angles(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[Ten
     return ang.cos(), ang.sin()
 
 
-def apply_rope(x: Tensor, offset: int = 0, base: float = 10000.0) -> Tensor:
-    """Rotate ``x`` ``(B, H, T, D)`` by the angles of positions ``offset .. offset + T - 1``."""
-    T, D = x.shape[-2], x.shape[-1]
-    pos = torch.arange(offset, offset + T, device=x.device)
-    cos, sin = rope_angles(pos, D, base)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    x1, x2 = x[..., : D // 2], x[..., D // 2 :]
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return x * cos + rotated * sin
+def _tables(start: int, end: int, dim: int, base: float, device: torch.device,
+            dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``cos`` and the signed ``sin`` (first half negated) of positions ``start .. end - 1``, ``(end - start, dim)``."""
+    cos, sin = rope_angles(torch.arange(start, end, device=device), dim, base)
+    sin = torch.cat([-sin[:, : dim // 2], sin[:, dim // 2 :]], dim=-1)  # (T, dim): [-sin | sin]
+    return cos.to(dtype), sin.to(dtype)
+
+
+# (dim, base, device, dtype) -> (cos, signed sin), each (L, dim) for positions 0 .. L - 1
+_CACHE: dict[tuple[int, float, torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+
+def clear_rope_cache() -> None:
+    """Forget every cached table (they are rebuilt on demand)."""
+    _CACHE.clear()
+
+
+def rope_tables(offset: int, T: int, dim: int, base: float = 10000.0, *, device: torch.device | str | None = None,
+                dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """``cos`` and the signed ``sin`` (``[-sin_1 | sin_2]``, the first ``dim/2`` columns negated), each ``(T, dim)``,
+    of positions ``offset .. offset + T - 1`` in ``dtype``, from the cache (see the module docstring).
+
+    ``x * cos + roll(x, dim/2) * sin`` is then the rotation (:func:`rotate`). The tensors are shared by every
+    caller: do not modify them in place.
+    """
+    if dim % 2:
+        raise ValueError(f"RoPE needs an even head dim, got head_dim={dim}")
+    device = torch.device("cpu") if device is None else torch.device(device)
+    end = offset + T
+    if torch.compiler.is_compiling():
+        return _tables(offset, end, dim, base, device, dtype)
+    key = (dim, float(base), device, dtype)
+    hit = _CACHE.get(key)
+    if hit is None or hit[0].shape[0] < end:
+        n = max(end, 64 if hit is None else 2 * hit[0].shape[0])
+        # plain tensors even when first asked for under inference_mode or no_grad (they are saved for backward)
+        with torch.inference_mode(False), torch.no_grad():
+            hit = _tables(0, n, dim, base, device, dtype)
+        _CACHE[key] = hit
+    cos, sin = hit
+    return cos[offset:end], sin[offset:end]
+
+
+class _Rotate(torch.autograd.Function):
+    """``x * cos + roll(x, D/2) * sin_signed`` with a backward of three kernels (the transpose of the rotation)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(cos, sin)
+        half = x.shape[-1] // 2
+        return x * cos + x.roll(half, -1) * sin
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        cos, sin = ctx.saved_tensors
+        half = grad.shape[-1] // 2
+        return grad * cos + (grad * sin).roll(-half, -1), None, None
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` ``(..., D)`` by tables from :func:`rope_tables` that broadcast against it.
+
+    Gradients flow to ``x`` only (the tables are constants).
+    """
+    if torch.compiler.is_compiling() or cos.requires_grad or sin.requires_grad:
+        return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
+    return _Rotate.apply(x, cos, sin)
+
+
+def apply_rope(x: Tensor, offset: int = 0, base: float = 10000.0, *, seq_dim: int = -2) -> Tensor:
+    """Rotate ``x`` by the angles of positions ``offset .. offset + T - 1``.
+
+    ``x`` is ``(B, H, T, D)`` (``seq_dim=-2``, the default) or ``(B, T, H, D)`` (``seq_dim=-3``; e.g. the queries
+    and keys straight out of a fused projection, before the heads are moved forward).
+    """
+    if seq_dim not in (-2, -3):
+        raise ValueError(f"seq_dim must be -2 (x is (B, H, T, D)) or -3 (x is (B, T, H, D)), got {seq_dim}")
+    T, D = x.shape[seq_dim], x.shape[-1]
+    cos, sin = rope_tables(offset, T, D, base, device=x.device, dtype=x.dtype)  # (T, D)
+    if seq_dim == -3:
+        cos, sin = cos[:, None], sin[:, None]  # (T, 1, D)
+    return rotate(x, cos, sin)
