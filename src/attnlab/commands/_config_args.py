@@ -9,7 +9,7 @@ from typing import Any
 from attnlab.config import ConfigError, load_toml, merge, parse_set
 from attnlab.train.config import TrainConfig, config_from_dict, config_to_dict
 
-__all__ = ["add_config_arguments", "config_from_args", "fail", "DEFAULT_PRESETS"]
+__all__ = ["add_config_arguments", "config_from_args", "fail", "load_checkpoint", "DEFAULT_PRESETS"]
 
 #: The preset a task starts from when ``--preset`` is not given: (``attnlab train``, ``attnlab compare``).
 DEFAULT_PRESETS: dict[str, tuple[str, str]] = {
@@ -73,6 +73,20 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig
         raise ConfigError(f"--task {args.task} but the preset/config is a {cfg.task!r} run; pick a {args.task} "
                           f"preset (default: {DEFAULT_PRESETS[args.task][0]}) or drop --task")
     return cfg
+
+
+def load_checkpoint(path: str, *, device: str, task: str) -> Any:
+    """``attnlab.train.loading.load_trained`` for a command that needs a ``task`` model; returns the loaded run, or
+    the exit status 2 after printing the error (naming the command to use for a checkpoint of another task)."""
+    from attnlab.train.checkpoint import CheckpointError
+    from attnlab.train.loading import load_trained
+
+    commands = {"lm": "attnlab generate", "translation": "attnlab translate"}
+    try:
+        return load_trained(path, device=device, task=task)
+    except (CheckpointError, ValueError) as e:
+        other = next((c for t, c in commands.items() if t != task and f"is a {t!r} model" in str(e)), None)
+        return fail(str(e) + (f"; use `{other}` for that checkpoint" if other else ""))
 
 
 def fail(msg: str) -> int:

@@ -22,19 +22,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import math
 
-    from attnlab.commands._config_args import fail
+    from attnlab.commands._config_args import fail, load_checkpoint
     from attnlab.layers import registry
     from attnlab.models.lm import generate
-    from attnlab.train.checkpoint import CheckpointError
-    from attnlab.train.loading import load_trained
 
     if not math.isfinite(args.temperature) or args.temperature < 0:
         return fail(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
-    try:
-        t = load_trained(args.checkpoint, device=args.device, task="lm")
-    except (CheckpointError, ValueError) as e:
-        hint = "; use `attnlab translate` for translation checkpoints" if "'translation' model" in str(e) else ""
-        return fail(str(e) + hint)
+    t = load_checkpoint(args.checkpoint, device=args.device, task="lm")
+    if isinstance(t, int):
+        return t
     if t.tokenizer is None:
         return fail(f"checkpoint {t.path} holds no tokenizer")
     try:

@@ -20,17 +20,13 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from dataclasses import replace
 
-    from attnlab.commands._config_args import fail
-    from attnlab.train.checkpoint import CheckpointError
-    from attnlab.train.loading import load_trained
+    from attnlab.commands._config_args import fail, load_checkpoint
 
     if args.batch_size < 1:
         return fail(f"--batch-size must be a positive number of sentences, got {args.batch_size}")
-    try:
-        t = load_trained(args.checkpoint, device=args.device, task="translation")
-    except (CheckpointError, ValueError) as e:
-        hint = "; use `attnlab generate` for language models" if "'lm' model" in str(e) else ""
-        return fail(str(e) + hint)
+    t = load_checkpoint(args.checkpoint, device=args.device, task="translation")
+    if isinstance(t, int):
+        return t
     try:
         over = {k: v for k, v in (("search", args.search), ("beam_size", args.beam_size)) if v is not None}
         if over:

@@ -23,6 +23,8 @@ __all__ = [
     "SwiGLU",
     "ResidualBlock",
     "swiglu_hidden",
+    "Widths",
+    "check_buildable",
     "residual_projection",
     "gpt2_init_",
     "IGNORE_INDEX",
@@ -33,6 +35,36 @@ __all__ = [
 
 #: Root-mean-square layer norm (Zhang & Sennrich 2019); PyTorch's own module, fused where the backend has it.
 RMSNorm = nn.RMSNorm
+
+
+class Widths:
+    """Mixin of a model config with ``d_model``, ``n_heads``, ``head_dim`` and ``ffn_hidden`` fields: the widths they
+    resolve to, and the checks every model makes of its config before building."""
+
+    d_model: int
+    n_heads: int
+    head_dim: int | None
+    ffn_hidden: int | None
+    vocab_size: int | None
+
+    @property
+    def resolved_head_dim(self) -> int:
+        """``head_dim``, or ``d_model // n_heads`` when it is ``None``."""
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def resolved_ffn_hidden(self) -> int:
+        """``ffn_hidden``, or :func:`swiglu_hidden` of ``d_model``."""
+        return self.ffn_hidden if self.ffn_hidden is not None else swiglu_hidden(self.d_model)
+
+
+def check_buildable(config: object, cls: type) -> None:
+    """A model's constructor check: ``config`` is a ``cls`` whose ``vocab_size`` has been set."""
+    if not isinstance(config, cls):
+        article = "an" if cls.__name__[0] in "AEIOU" else "a"
+        raise ValueError(f"config must be {article} {cls.__name__}, got {type(config).__name__}")
+    if getattr(config, "vocab_size", None) is None:
+        raise ValueError("config.vocab_size is None: set it (a task sets it from its tokenizer) before building")
 
 
 def swiglu_hidden(d_model: int, multiple_of: int = 64) -> int:

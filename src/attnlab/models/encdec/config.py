@@ -25,7 +25,7 @@ from attnlab._validation import check_bool, check_float, check_int
 from attnlab.config import PlainConfig
 from attnlab.layers import registry
 from attnlab.layers.mha import MultiHeadAttentionConfig
-from attnlab.models.common import swiglu_hidden
+from attnlab.models.common import Widths
 from attnlab.models.stack import ResolvedStack, Schedule, check_positive_ints, resolve_stack
 
 
@@ -36,7 +36,7 @@ CROSS_SCORES: tuple[str, ...] = ("scaled_dot", "dot", "general", "additive")
 
 
 @dataclass(kw_only=True)
-class EncDecConfig(PlainConfig):
+class EncDecConfig(Widths, PlainConfig):
     """A pre-norm Transformer encoder-decoder (RMSNorm, SwiGLU, RoPE in self-attention) for translation.
 
     Attributes:
@@ -147,16 +147,6 @@ class EncDecConfig(PlainConfig):
         )
 
     # ---------------------------------------------------------------------------------------------- derived
-    @property
-    def resolved_head_dim(self) -> int:
-        """``head_dim``, or ``d_model // n_heads`` when it is ``None``."""
-        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
-
-    @property
-    def resolved_ffn_hidden(self) -> int:
-        """``ffn_hidden``, or :func:`swiglu_hidden` of ``d_model``."""
-        return self.ffn_hidden if self.ffn_hidden is not None else swiglu_hidden(self.d_model)
-
     @property
     def encoder_stack(self) -> ResolvedStack:
         """The encoder's mechanism per layer and each mechanism's validated layer config (resolved once)."""

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from attnlab.layers import registry
 from attnlab.masks import Mask, key_padding
-from attnlab.models.common import RMSNorm, ResidualBlock, count_parameters, gpt2_init_
+from attnlab.models.common import RMSNorm, ResidualBlock, check_buildable, count_parameters, gpt2_init_
 from attnlab.models.encdec.cache import EncDecCache
 from attnlab.models.encdec.config import EncDecConfig, layer_is_causal
 
@@ -50,10 +50,7 @@ class EncoderDecoder(nn.Module):
 
     def __init__(self, config: EncDecConfig) -> None:
         super().__init__()
-        if not isinstance(config, EncDecConfig):
-            raise ValueError(f"config must be an EncDecConfig, got {type(config).__name__}")
-        if config.vocab_size is None:
-            raise ValueError("config.vocab_size is None: set it (a task sets it from its tokenizer) before building")
+        check_buildable(config, EncDecConfig)
         self.config = config
         C, F, eps, p = config.d_model, config.resolved_ffn_hidden, config.norm_eps, config.dropout
         enc, dec = config.encoder_stack, config.decoder_stack

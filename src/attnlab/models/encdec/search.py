@@ -59,6 +59,18 @@ def _check_token(name: str, value: object, vocab_size: int) -> int:
     return value
 
 
+def _check_search_args(model: object, src: object, bos_id: object, eos_id: object,
+                       use_cache: object) -> tuple[EncoderDecoder, Tensor]:
+    """The checks every search makes: the model and the source ids, the special tokens, the cache choice."""
+    model, src = _check_model_and_src(model, src)
+    V = model.config.vocab_size
+    assert V is not None
+    _check_token("bos_id", bos_id, V)
+    _check_token("eos_id", eos_id, V)
+    _check_use_cache(model, use_cache)
+    return model, src
+
+
 def _check_use_cache(model: EncoderDecoder, use_cache: object) -> None:
     if not isinstance(use_cache, bool):
         raise ValueError(f"use_cache must be a bool, got {use_cache!r}")
@@ -118,12 +130,7 @@ def greedy_decode_with_logits(model: EncoderDecoder, src: Tensor, *, max_len: in
                               use_cache: bool = True) -> tuple[list[list[int]], list[Tensor]]:
     """Like :func:`greedy_decode`, and also the logits ``(B, V)`` the decoder gave at each step (every row, finished
     or not: a finished row keeps reading ``eos`` so that the steps stay comparable)."""
-    model, src = _check_model_and_src(model, src)
-    V = model.config.vocab_size
-    assert V is not None
-    _check_token("bos_id", bos_id, V)
-    _check_token("eos_id", eos_id, V)
-    _check_use_cache(model, use_cache)
+    model, src = _check_search_args(model, src, bos_id, eos_id, use_cache)
     T_max = model.config.max_target_len
     if isinstance(max_len, bool) or not isinstance(max_len, int) or not 1 <= max_len <= T_max:
         raise ValueError(f"max_len must be an int in [1, max_target_len={T_max}], got {max_len!r}")
@@ -189,12 +196,7 @@ def beam_search_with_scores(model: EncoderDecoder, src: Tensor, *, beam_size: in
                             use_cache: bool = True) -> list[tuple[list[int], float]]:
     """Like :func:`beam_search`, with each returned hypothesis's score ``log P / lp(n)`` (``n`` counting its
     ``eos``, when it ended with one)."""
-    model, src = _check_model_and_src(model, src)
-    V = model.config.vocab_size
-    assert V is not None
-    _check_token("bos_id", bos_id, V)
-    _check_token("eos_id", eos_id, V)
-    _check_use_cache(model, use_cache)
+    model, src = _check_search_args(model, src, bos_id, eos_id, use_cache)
     if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"beam_size must be an int >= 1, got {beam_size!r}")
     for name, val in (("length_penalty", length_penalty), ("max_len_a", max_len_a)):
@@ -203,6 +205,7 @@ def beam_search_with_scores(model: EncoderDecoder, src: Tensor, *, beam_size: in
     if isinstance(max_len_b, bool) or not isinstance(max_len_b, int) or max_len_b < 1:
         raise ValueError(f"max_len_b must be an int >= 1, got {max_len_b!r}")
     K = beam_size
+    V = model.config.vocab_size
     T_max = model.config.max_target_len
     with _EvalMode(model):
         memory, pad, src_len = _encode(model, src)

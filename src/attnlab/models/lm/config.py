@@ -15,7 +15,7 @@ from torch import nn
 
 from attnlab._validation import check_bool, check_float, check_int
 from attnlab.config import PlainConfig
-from attnlab.models.common import swiglu_hidden
+from attnlab.models.common import Widths, swiglu_hidden
 from attnlab.models.stack import SCHEDULES, ResolvedStack, Schedule, check_positive_ints, resolve_stack
 
 
@@ -23,7 +23,7 @@ __all__ = ["LMConfig", "swiglu_hidden", "SCHEDULES"]
 
 
 @dataclass(kw_only=True)
-class LMConfig(PlainConfig):
+class LMConfig(Widths, PlainConfig):
     """A LLaMA-style decoder-only LM whose attention is any registered causal mechanism, per layer.
 
     Attributes:
@@ -102,16 +102,6 @@ class LMConfig(PlainConfig):
         )
 
     # ---------------------------------------------------------------------------------------------- derived
-    @property
-    def resolved_head_dim(self) -> int:
-        """``head_dim``, or ``d_model // n_heads`` when it is ``None``."""
-        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
-
-    @property
-    def resolved_ffn_hidden(self) -> int:
-        """``ffn_hidden``, or :func:`swiglu_hidden` of ``d_model``."""
-        return self.ffn_hidden if self.ffn_hidden is not None else swiglu_hidden(self.d_model)
-
     @property
     def stack(self) -> ResolvedStack:
         """The mechanism of every layer and each mechanism's validated layer config (resolved once)."""

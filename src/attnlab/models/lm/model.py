@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from attnlab.cache import AttentionCache
 from attnlab.layers import registry
-from attnlab.models.common import RMSNorm, ResidualBlock, gpt2_init_
+from attnlab.models.common import RMSNorm, ResidualBlock, check_buildable, gpt2_init_
 from attnlab.models.lm.config import LMConfig
 
 __all__ = ["LM"]
@@ -29,10 +29,7 @@ class LM(nn.Module):
 
     def __init__(self, config: LMConfig) -> None:
         super().__init__()
-        if not isinstance(config, LMConfig):
-            raise ValueError(f"config must be an LMConfig, got {type(config).__name__}")
-        if config.vocab_size is None:
-            raise ValueError("config.vocab_size is None: set it (a task sets it from its tokenizer) before building")
+        check_buildable(config, LMConfig)
         self.config = config
         stack = config.stack
         self.mechanisms: list[str] = list(stack.mechanisms)
