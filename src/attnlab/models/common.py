@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab.layers._common import HeadGeometry
 from attnlab.layers.rope import apply_rope, rope_angles
 
 __all__ = [
@@ -37,20 +38,11 @@ __all__ = [
 RMSNorm = nn.RMSNorm
 
 
-class Widths:
-    """Mixin of a model config with ``d_model``, ``n_heads``, ``head_dim`` and ``ffn_hidden`` fields: the widths they
-    resolve to, and the checks every model makes of its config before building."""
+class Widths(HeadGeometry):
+    """Mixin of a model config with ``d_model``, ``n_heads``, ``head_dim`` and ``ffn_hidden`` fields: the head dim
+    (as every attention layer config resolves it) and the SwiGLU width they resolve to."""
 
-    d_model: int
-    n_heads: int
-    head_dim: int | None
     ffn_hidden: int | None
-    vocab_size: int | None
-
-    @property
-    def resolved_head_dim(self) -> int:
-        """``head_dim``, or ``d_model // n_heads`` when it is ``None``."""
-        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
 
     @property
     def resolved_ffn_hidden(self) -> int:
