@@ -123,3 +123,37 @@ def test_data_config_validates_its_own_values() -> None:
         LMDataConfig(val_fraction=1.5)
     with pytest.raises(ValueError, match="model must be a LMConfig for task 'lm'"):
         LanguageModeling(LMDataConfig(), LMDataConfig(), seed=0)
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_update(tmp_path: Path) -> None:
+    """A task whose loss turns NaN at step 3: the run stops with an error naming the step, the checkpoint of step 2
+    stays the newest and finite; with skip_nonfinite the step is skipped (no update) and counted."""
+    import math
+
+    import pytest
+
+    from attnlab.train import checkpoint as ckpt
+    from attnlab.train.trainer import NonFiniteError
+
+    class Poisoned(LanguageModeling):
+        calls = 0
+
+        def loss(self, model, batch) -> Loss:
+            out = super().loss(model, batch)
+            Poisoned.calls += 1
+            return Loss(main=out.main * (math.nan if Poisoned.calls == 3 else 1.0))
+
+    cfg = _cfg(steps=4, eval_interval=2)
+    corpus = tiny_corpus()
+    tr = Trainer(cfg, out_dir=tmp_path / "run", task=Poisoned(cfg.model, cfg.data, seed=3, corpus=corpus), log=None)
+    with pytest.raises(NonFiniteError, match=r"step 3: non-finite loss nan; .*newest checkpoint \(step 2\)"):
+        tr.fit()
+    newest = ckpt.latest_checkpoint(tmp_path / "run")
+    assert newest is not None and newest.name == "ckpt-00000002"
+    for p in tr.model.parameters():
+        assert torch.isfinite(p).all()
+    Poisoned.calls = 0
+    skip = Trainer(replace(cfg, skip_nonfinite=True), task=Poisoned(cfg.model, cfg.data, seed=3, corpus=corpus), log=None)
+    res = skip.fit()
+    assert res.skipped_steps == 1 and res.steps == 4
+    assert all(torch.isfinite(p).all() for p in skip.model.parameters())

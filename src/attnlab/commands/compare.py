@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from attnlab.config import ConfigError
     from attnlab.train.checkpoint import CheckpointError
     from attnlab.train.outdir import OutputDirError
+    from attnlab.train.trainer import NonFiniteError
 
     t0 = time.perf_counter()
     name = preset_name(args, compare=True)
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or f"runs/compare-{name}"
     try:
         res = run_compare(cfg, out, resume=args.resume, force=args.force)
-    except (ConfigError, OutputDirError, CheckpointError) as e:
+    except (ConfigError, OutputDirError, CheckpointError, NonFiniteError) as e:
         return fail(str(e))
     print()
     print(res.files["leaderboard_md"].read_text())

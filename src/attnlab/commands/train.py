@@ -22,10 +22,12 @@ def run(args: argparse.Namespace) -> int:
     from attnlab.commands._config_args import config_from_args, fail, preset_name
     from attnlab.config import ConfigError
     from attnlab.train import distributed as ddp
-    from attnlab.train.checkpoint import CheckpointError
-    from attnlab.train.outdir import OutputDirError, prepare_out_dir
+    from pathlib import Path
+
+    from attnlab.train.checkpoint import CheckpointError, latest_checkpoint
+    from attnlab.train.outdir import OutputDirError, prepare_out_dir, run_lock
     from attnlab.compare.presets import run_preset
-    from attnlab.train.trainer import Trainer
+    from attnlab.train.trainer import NonFiniteError, Trainer
 
     name = preset_name(args, compare=False)
     try:
@@ -42,19 +44,28 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = args.out or f"runs/{name}"
     is_main = int(os.environ.get("RANK", "0")) == 0
+    lock = run_lock(out)
     try:
         if is_main:
+            lock.acquire()  # before --force may move the directory: not while another run uses it
+            if args.resume and latest_checkpoint(out) is None and not (Path(out) / "result.json").exists():
+                raise OutputDirError(f"--resume: {out} holds no checkpoint to continue; drop --resume to start a new "
+                                     "run there")
             backup = prepare_out_dir(out, resume=args.resume, force=args.force)
             if backup is not None:
                 print(f"moved the previous contents of {out} to {backup}")
         trainer = Trainer(cfg, out_dir=out, resume=args.resume)
     except (ConfigError, OutputDirError, CheckpointError, ValueError) as e:
+        lock.release()
         return fail(str(e))
     if is_main:
         print(f"training {trainer.n_params:,} parameters ({trainer.task.describe()}) on {trainer.device}"
               f"{f' x {trainer.dist.world_size} ranks' if trainer.dist.enabled else ''}; output in {out}")
     try:
         trainer.fit()
+    except NonFiniteError as e:
+        return fail(str(e))
     finally:
+        lock.release()
         ddp.shutdown(trainer.dist)
     return 0

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from attnlab.compare.config import CompareConfig
-from attnlab.train.outdir import OutputDirError, atomic_write_text, prepare_out_dir
+from attnlab.train.outdir import OutputDirError, atomic_write_text, prepare_out_dir, run_lock
 from attnlab.train.trainer import Trainer, make_task
 
 __all__ = ["run_compare", "CompareResult"]
@@ -52,8 +52,14 @@ def run_compare(
     """Train every (variant, seed) run of ``cfg`` into ``out_dir`` and write the leaderboard and report.
 
     ``data``: already loaded data for the task (default: loaded once from ``cfg.base.data`` and shared by every
-    run)."""
-    out = Path(out_dir)
+    run). The comparison holds ``out_dir``'s run lock (:class:`attnlab.train.outdir.RunLock`) throughout: a second
+    comparison on the same directory is refused at once."""
+    with run_lock(out_dir):
+        return _run_compare(cfg, Path(out_dir), resume=resume, force=force, data=data, log=log)
+
+
+def _run_compare(cfg: CompareConfig, out: Path, *, resume: bool, force: bool, data: Any,
+                 log: Callable[[str], None]) -> CompareResult:
     backup = prepare_out_dir(out, resume=resume, force=force)
     if backup is not None:
         log(f"moved the previous contents of {out} to {backup}")

@@ -131,6 +131,8 @@ class TrainConfig:
         progress: show a tqdm progress bar.
         threads: ``torch.set_num_threads`` for the run (process-wide); ``None`` leaves torch's default. Tiny CPU
             models run best on one thread: a second one adds little and, on a busy machine, spins.
+        skip_nonfinite: a step whose loss or gradient norm is not finite is skipped (no update; counted in the
+            result as ``skipped_steps``) instead of stopping the run with an error naming the step.
     """
 
     task: str = "lm"
@@ -153,6 +155,7 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     threads: int | None = None
+    skip_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         cls = _task_class(self.task)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,11 @@ from attnlab.train.config import ConfigError, TrainConfig, config_to_dict
 from attnlab.train.metrics import MetricsWriter, PeakMemory
 from attnlab.train.schedule import lr_at, make_optimizer
 
-__all__ = ["Trainer", "TrainResult", "make_task", "resolve_device", "train"]
+__all__ = ["Trainer", "TrainResult", "NonFiniteError", "make_task", "resolve_device", "train"]
+
+
+class NonFiniteError(RuntimeError):
+    """A training step produced a non-finite loss or gradient norm (and ``skip_nonfinite`` is off)."""
 
 
 @dataclass(kw_only=True)
@@ -68,6 +73,7 @@ class TrainResult:
     peak_memory_bytes: int = 0
     memory_kind: str = ""
     resumed_from: int | None = None
+    skipped_steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -142,6 +148,28 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.log = (log if self.dist.is_main else None) or (lambda s: None)
+        self._lock = None
+        if self.out_dir is not None and self.dist.is_main:  # one run per output directory
+            from attnlab.train.outdir import run_lock
+
+            self._lock = run_lock(self.out_dir).acquire()
+            if self._lock.took_over:
+                self.log(f"took over the lock of {self.out_dir} left by a run that ended without releasing it "
+                         f"({self._lock.took_over})")
+        try:
+            self._setup(config, task=task, data=data, model=model, resume=resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the output directory (done at the end of :meth:`fit`; call it if you never fit)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _setup(self, config: TrainConfig, *, task: Task | None, data: Any, model: nn.Module | None,
+               resume: bool) -> None:
         if not resume and self.out_dir is not None and self.dist.is_main:
             self._refuse_used_out_dir(self.out_dir)
         self.micro = config.micro_batch_size(self.dist.world_size)
@@ -174,6 +202,8 @@ class Trainer:
 
         self.step = 0
         self.tokens_seen = 0
+        self.skipped_steps = 0  # non-finite steps skipped (skip_nonfinite)
+        self.last_saved: int | None = None
         self.resumed_from: int | None = None
         if resume and self.out_dir is not None and ckpt.latest_checkpoint(self.out_dir) is not None:
             self._resume(ckpt.latest_checkpoint(self.out_dir))  # type: ignore[arg-type]
@@ -221,6 +251,7 @@ class Trainer:
             "task": self.config.task,
             "task_state": self.task.state(),
             "tokens_seen": self.tokens_seen,
+            "skipped_steps": self.skipped_steps,
             "lr": self.optimizer.param_groups[0]["lr"],
             "world_size": self.dist.world_size,
             "rng": ckpt.rng_state(),
@@ -241,6 +272,7 @@ class Trainer:
         if self.dist.is_main and self.out_dir is not None:
             path = ckpt.save_checkpoint(self.out_dir, step=self.step, model=self.model, optimizer=self.optimizer,
                                         state=self._state(rng_ranks), keep=self.config.keep_checkpoints)
+        self.last_saved = self.step
         if self.dist.enabled:
             torch_dist.barrier()
         return path
@@ -265,6 +297,8 @@ class Trainer:
             torch.manual_seed(self.config.seed + 7919 * (self.dist.rank + 1) + state["step"])
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.last_saved = self.step
         self.resumed_from = self.step
         self.log(f"resumed from {path} at step {self.step}")
 
@@ -316,15 +350,36 @@ class Trainer:
             for k, v in loss.terms().items():
                 w = v.detach().double() * weight
                 terms[k] = terms[k] + w if k in terms else w
-        grad_norm = None
-        if cfg.optim.grad_clip is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        # the gradient norm before clipping (max_norm=inf: measured, never clipped), which also tells a non-finite
+        # gradient; one host sync per step
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        total = sum(terms.values())
+        if self.dist.enabled:
+            torch_dist.all_reduce(total)
+        if not (bool(torch.isfinite(total)) and bool(torch.isfinite(grad_norm))):
+            self.optimizer.zero_grad(set_to_none=True)
+            what = f"loss {float(total)}" if not bool(torch.isfinite(total)) else f"gradient norm {float(grad_norm)}"
+            if not cfg.skip_nonfinite:
+                raise NonFiniteError(
+                    f"step {s + 1}: non-finite {what}; the run stops here, before the optimizer step, so the newest "
+                    f"checkpoint (step {self.last_saved if self.last_saved is not None else 'none yet'}) holds finite "
+                    "weights (lower optim.lr, set optim.grad_clip, or skip_nonfinite=true to skip such steps)")
+            self.skipped_steps += 1
+            return lr, terms, n_global, grad_norm, data_s
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return lr, terms, n_global, grad_norm, data_s
 
     def fit(self) -> TrainResult:
-        """Train to ``config.steps``; evaluate on the whole validation (and test) split at the end."""
+        """Train to ``config.steps``; evaluate on the whole validation (and test) split at the end. The output
+        directory's lock is released at the end, whatever happens."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> TrainResult:
         cfg = self.config
         train_losses: list[tuple[int, float]] = []
         eval_history: list[tuple[int, float]] = []
@@ -412,6 +467,7 @@ class Trainer:
             checkpoint_time_s=ckpt_s,
             overhead_fraction=max(0.0, 1.0 - compute_s / train_time) if train_time > 0 and steps_run else 0.0,
             peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind, resumed_from=self.resumed_from,
+            skipped_steps=self.skipped_steps,
         )
         if test is not None:
             self._log_eval(test)
