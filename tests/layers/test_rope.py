@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from attnlab.layers import rope
-from attnlab.layers.rope import apply_rope, clear_rope_cache, rope_angles, rope_tables
+from attnlab.layers.rope import (
+    apply_rope,
+    clear_rope_cache,
+    pair_rows,
+    rope_angles,
+    rope_freqs,
+    rope_tables,
+    rotate_pairs,
+)
 
 
 def _rope_by_formula(x: torch.Tensor, offset: int, base: float = 10000.0) -> torch.Tensor:
@@ -94,3 +102,46 @@ def test_errors() -> None:
         rope_tables(0, 2, 3)
     with pytest.raises(ValueError, match=r"seq_dim must be -2 .* got 1"):
         apply_rope(torch.randn(1, 2, 2, 4), seq_dim=1)
+
+
+# ---------------------------------------------------------------------------------------------- adjacent pairs
+
+
+def test_pair_rows_by_hand() -> None:
+    # two heads of D=4: head 0 rows (0, 2), (1, 3); head 1 rows (4, 6), (5, 7)
+    assert pair_rows(2, 4).tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+    with pytest.raises(ValueError, match="even head dim, got head_dim=3"):
+        pair_rows(2, 3)
+
+
+@pytest.mark.parametrize("dtype, complex_dtype", [(torch.float32, torch.complex64), (torch.float64, torch.complex128)])
+def test_rope_freqs_are_the_rounded_angles(dtype: torch.dtype, complex_dtype: torch.dtype) -> None:
+    clear_rope_cache()
+    f = rope_freqs(3, 70, 8, 1000.0, dtype=dtype)  # grows past the first 64 positions
+    cos, sin = rope_angles(torch.arange(3, 73), 8, 1000.0)
+    assert f.dtype == complex_dtype and f.shape == (70, 4)
+    assert torch.equal(f.real, cos[:, :4].to(dtype)) and torch.equal(f.imag, sin[:, :4].to(dtype))
+    with pytest.raises(ValueError, match="float32 or float64, got torch.bfloat16"):
+        rope_freqs(0, 2, 8, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("offset, T, H, D", [(0, 1, 1, 2), (0, 7, 3, 12), (9, 63, 2, 16)])
+def test_rotate_pairs_is_apply_rope_in_pair_order(offset: int, T: int, H: int, D: int) -> None:
+    torch.manual_seed(2)
+    x = torch.randn(2, T, H, D, dtype=torch.float64, requires_grad=True)  # (B, T, H, D), rotate-half layout
+    g = torch.randn(2, T, H, D, dtype=torch.float64)
+    order = pair_rows(1, D)  # the same permutation in every head
+    want = apply_rope(x, offset, seq_dim=-3)[..., order]
+    got = rotate_pairs(x[..., order], rope_freqs(offset, T, D, dtype=torch.float64)[:, None])
+    torch.testing.assert_close(got, want, atol=1e-14, rtol=0)
+    (gx_got,) = torch.autograd.grad(got, x, g[..., order])
+    (gx_want,) = torch.autograd.grad(want, x, g[..., order])
+    torch.testing.assert_close(gx_got, gx_want, atol=1e-14, rtol=0)
+
+
+def test_rotate_pairs_accepts_any_strides() -> None:
+    torch.manual_seed(3)
+    base = torch.randn(3, 5, 9, dtype=torch.float64)
+    x = base[:, :, 1:9]  # odd storage offset: view_as_complex would refuse it
+    f = rope_freqs(0, 5, 8, dtype=torch.float64)
+    torch.testing.assert_close(rotate_pairs(x, f), rotate_pairs(x.contiguous(), f), atol=0, rtol=0)

@@ -55,7 +55,7 @@ from attnlab._validation import (
 from attnlab.cache.kv import KVCache, SlidingKVCache, shifted_mask
 from attnlab.layers import capture as _capture
 from attnlab.layers._common import AttentionLayer, Choice, HeadGeometry
-from attnlab.layers.rope import apply_rope
+from attnlab.layers.rope import apply_rope, pair_rows, rope_freqs, rotate_pairs
 from attnlab.masks import Mask, causal
 from attnlab.ops.softmax import (
     SCORES,
@@ -355,6 +355,17 @@ class MultiHeadAttention(AttentionLayer):
                 f"becomes causal in one call (for prefix_lm(p): the first call must contain >= p tokens)"
             )
 
+    def _pair_rows(self, device: torch.device) -> Tensor:
+        """``in_proj`` row order with each q and k head in RoPE pair order (:func:`~attnlab.layers.rope.pair_rows`),
+        the v rows unchanged; one index tensor per device, made on first use."""
+        rows = self.__dict__.setdefault("_pair_rows_by_device", {}).get(device)
+        if rows is None:
+            n_qk = (self.n_heads + self.n_kv_heads) * self.head_dim
+            rows = torch.cat([pair_rows(self.n_heads + self.n_kv_heads, self.head_dim),
+                              torch.arange(n_qk, n_qk + self.n_kv_heads * self.head_dim)]).to(device)
+            self.__dict__["_pair_rows_by_device"][device] = rows
+        return rows
+
     # ----------------------------------------------------------------------------------------------------------
     def forward(
         self,
@@ -384,7 +395,22 @@ class MultiHeadAttention(AttentionLayer):
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         self_attention = context is None and context_kv is None
         offset = 0 if cache is None else cache.seq_len
-        if self_attention and self.rope:
+        if self_attention and self.rope and cache is None and self.score in ("scaled_dot", "dot") \
+                and x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
+            # Queries and keys only meet in q . k, which is unchanged when both permute their dims alike: take the
+            # projection's q and k rows in the order that puts each rotate-half pair (i, i + D/2) side by side and
+            # rotate the pairs as complex numbers, one kernel each way (layers/rope.py). The same attention up to
+            # float rounding; a cache keeps keys in the documented layout, so cached calls take the next branch.
+            w, bias = self.in_proj.weight, self.in_proj.bias
+            rows = self._pair_rows(w.device)
+            qk, v = F.linear(x, w.index_select(0, rows), None if bias is None else bias.index_select(0, rows)).split(
+                (H + Hkv) * D, dim=-1)  # (B, T, (H + H_kv) D) in pair order, (B, T, H_kv D)
+            freqs = rope_freqs(0, T, D, self.rope_base, device=x.device, dtype=x.dtype)  # (T, D/2) complex
+            qk = rotate_pairs(qk.view(B, T, H + Hkv, D), freqs[:, None])  # (B, T, H + H_kv, D)
+            q, k = (t.transpose(1, 2) for t in qk.split((H, Hkv), dim=2))  # (B, H, T, D), (B, H_kv, T, D)
+            v = v.view(B, T, Hkv, D).transpose(1, 2)  # (B, H_kv, T, D)
+            m = self.mask if mask is None else mask
+        elif self_attention and self.rope:
             # queries and keys are adjacent in the projection: rotate them in one call, in (B, T, heads, D) layout
             qk, v = self.in_proj(x).split((H + Hkv) * D, dim=-1)  # (B, T, (H + H_kv) D), (B, T, H_kv D)
             qk = apply_rope(qk.view(B, T, H + Hkv, D), offset, self.rope_base, seq_dim=-3)  # (B, T, H + H_kv, D)

@@ -9,6 +9,12 @@ Speed: the angles are computed in float64 and rounded once to the input's dtype;
 rebuilding them at every call (an entry grows, by doubling, when a later position is asked for). The values are
 exactly those :func:`rope_angles` gives for the same positions, since every angle is computed elementwise from
 its own position. Under ``torch.compile`` the tables are computed inline (the compiler folds them into its graph).
+
+Adjacent pairs: a layer whose queries and keys only meet in dot products ``q . k`` may instead lay each head out
+with the pairs side by side, dimension ``i`` at ``2i`` and ``i + D/2`` at ``2i + 1`` (:func:`pair_rows`: the order
+in which to take its projection's rows). ``q . k`` is unchanged when q and k permute their dimensions alike, and
+in that layout the rotation is one complex multiplication (:func:`rotate_pairs` with :func:`rope_freqs`), forward
+and backward, instead of the rotate-half formula's several passes.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["rope_angles", "rope_tables", "apply_rope", "rotate", "clear_rope_cache"]
+__all__ = ["rope_angles", "rope_tables", "apply_rope", "rotate", "clear_rope_cache", "pair_rows", "rope_freqs",
+           "rotate_pairs"]
 
 
 def rope_angles(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
@@ -37,8 +44,9 @@ def _tables(start: int, end: int, dim: int, base: float, device: torch.device,
     return cos.to(dtype), sin.to(dtype)
 
 
-# (dim, base, device, dtype) -> (cos, signed sin), each (L, dim) for positions 0 .. L - 1
-_CACHE: dict[tuple[int, float, torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+# (dim, base, device, dtype) -> (cos, signed sin), each (L, dim), or (cos + i sin,) (L, dim/2) complex for a
+# complex dtype; rows are positions 0 .. L - 1
+_CACHE: dict[tuple[int, float, torch.device, torch.dtype], tuple[Tensor, ...]] = {}
 
 
 def clear_rope_cache() -> None:
@@ -54,22 +62,64 @@ def rope_tables(offset: int, T: int, dim: int, base: float = 10000.0, *, device:
     ``x * cos + roll(x, dim/2) * sin`` is then the rotation (:func:`rotate`). The tensors are shared by every
     caller: do not modify them in place.
     """
+    cos, sin = _cached(offset, T, dim, base, device, dtype, _tables)
+    return cos, sin
+
+
+def _cached(offset: int, T: int, dim: int, base: float, device: torch.device | str | None, dtype: torch.dtype,
+            make) -> tuple[Tensor, ...]:
+    """Rows ``offset .. offset + T - 1`` of the cached tables ``make(0, L, dim, base, device, dtype)``."""
     if dim % 2:
         raise ValueError(f"RoPE needs an even head dim, got head_dim={dim}")
     device = torch.device("cpu") if device is None else torch.device(device)
     end = offset + T
     if torch.compiler.is_compiling():
-        return _tables(offset, end, dim, base, device, dtype)
+        return make(offset, end, dim, base, device, dtype)
     key = (dim, float(base), device, dtype)
     hit = _CACHE.get(key)
     if hit is None or hit[0].shape[0] < end:
         n = max(end, 64 if hit is None else 2 * hit[0].shape[0])
         # plain tensors even when first asked for under inference_mode or no_grad (they are saved for backward)
         with torch.inference_mode(False), torch.no_grad():
-            hit = _tables(0, n, dim, base, device, dtype)
+            hit = make(0, n, dim, base, device, dtype)
         _CACHE[key] = hit
-    cos, sin = hit
-    return cos[offset:end], sin[offset:end]
+    return tuple(t[offset:end] for t in hit)
+
+
+def _freqs(start: int, end: int, dim: int, base: float, device: torch.device,
+           dtype: torch.dtype) -> tuple[Tensor]:
+    cos, sin = rope_angles(torch.arange(start, end, device=device), dim, base)
+    return (torch.complex(cos[:, : dim // 2], sin[:, : dim // 2]).to(dtype),)  # (T, dim/2)
+
+
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def rope_freqs(offset: int, T: int, dim: int, base: float = 10000.0, *, device: torch.device | str | None = None,
+               dtype: torch.dtype = torch.float32) -> Tensor:
+    """``cos + i sin`` of positions ``offset .. offset + T - 1``, ``(T, dim/2)``, complex with ``dtype``'s precision
+    (``float32`` -> ``complex64``, ``float64`` -> ``complex128``); each part is :func:`rope_angles`' value rounded
+    once. Cached like :func:`rope_tables`; do not modify in place."""
+    if dtype not in _COMPLEX:
+        raise ValueError(f"rope_freqs needs dtype float32 or float64, got {dtype}")
+    return _cached(offset, T, dim, base, device, _COMPLEX[dtype], _freqs)[0]
+
+
+def pair_rows(n_heads: int, head_dim: int) -> Tensor:
+    """The order ``(n_heads * head_dim,)`` in which to take a projection's rows (``n_heads`` heads of
+    ``head_dim``, head-major) so that each head's rotate-half pair ``(i, i + D/2)`` lands at ``(2i, 2i + 1)``."""
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head dim, got head_dim={head_dim}")
+    return torch.arange(n_heads * head_dim).view(n_heads, 2, head_dim // 2).transpose(1, 2).reshape(-1)
+
+
+def rotate_pairs(x: Tensor, freqs: Tensor) -> Tensor:
+    """Rotate ``x`` ``(..., D)`` whose pairs are adjacent (``2i, 2i + 1``) by ``freqs`` (:func:`rope_freqs`,
+    broadcasting against ``(..., D/2)``): one complex multiplication."""
+    if x.stride(-1) != 1 or x.storage_offset() % 2 or any(s % 2 for s in x.stride()[:-1]):
+        x = x.contiguous()  # view_as_complex needs (real, imag) pairs in memory
+    z = torch.view_as_complex(x.unflatten(-1, (-1, 2))) * freqs  # (..., D/2) complex
+    return torch.view_as_real(z).flatten(-2)  # (..., D)
 
 
 class _Rotate(torch.autograd.Function):
