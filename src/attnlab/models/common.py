@@ -165,16 +165,24 @@ class ResidualBlock(nn.Module):
         padding ``mask``) for the cross-attention layer, required when the block has one; ``attn_kwargs`` (e.g. a
         per-call key-padding ``mask``) for the self-attention layer."""
         h = self.attn_norm(x)
-        kw = dict(attn_kwargs) if attn_kwargs else {}
-        if cache is not None:
-            kw["cache"] = cache
-        a = self.attn(h, **kw)  # (B, T, C)
-        x = x + self.drop(a)
+        if cache is None and not attn_kwargs:
+            a = self.attn(h)  # (B, T, C)
+        else:
+            kw = dict(attn_kwargs) if attn_kwargs else {}
+            if cache is not None:
+                kw["cache"] = cache
+            a = self.attn(h, **kw)  # (B, T, C)
+        x = x + self._drop(a)
         if self.cross is not None:
             if cross_kwargs is None:
                 raise ValueError("this block has cross-attention: pass cross_kwargs (e.g. context=(B, S, C))")
-            x = x + self.drop(self.cross(self.cross_norm(x), **cross_kwargs))  # (B, T, C)
-        return x + self.drop(self.mlp(self.mlp_norm(x)))
+            x = x + self._drop(self.cross(self.cross_norm(x), **cross_kwargs))  # (B, T, C)
+        return x + self._drop(self.mlp(self.mlp_norm(x)))
+
+    def _drop(self, t: Tensor) -> Tensor:
+        """``self.drop(t)``, skipped where it is the identity (``p == 0`` or eval mode): one module call less per
+        branch in the hot path."""
+        return self.drop(t) if self.drop.p > 0 and self.drop.training else t
 
 
 def residual_projection(attn: nn.Module, d_model: int) -> nn.Linear | None:
