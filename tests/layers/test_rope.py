@@ -145,3 +145,20 @@ def test_rotate_pairs_accepts_any_strides() -> None:
     x = base[:, :, 1:9]  # odd storage offset: view_as_complex would refuse it
     f = rope_freqs(0, 5, 8, dtype=torch.float64)
     torch.testing.assert_close(rotate_pairs(x, f), rotate_pairs(x.contiguous(), f), atol=0, rtol=0)
+
+
+@pytest.mark.slow
+def test_compiled_rope_reads_the_cached_tables() -> None:
+    """Under torch.compile the tables come from the opaque attnlab::rope_tables op (one graph, no break): the
+    same rotation and gradient as eager mode."""
+    torch.manual_seed(4)
+    x = torch.randn(2, 9, 3, 8, requires_grad=True)  # (B, T, H, D)
+    f = torch.compile(lambda t: apply_rope(t, 5, seq_dim=-3), fullgraph=True)
+    got, want = f(x), apply_rope(x, 5, seq_dim=-3)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    (a,) = torch.autograd.grad(got.square().sum(), x)
+    (b,) = torch.autograd.grad(want.square().sum(), x)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    cos, sin = torch.ops.attnlab.rope_tables(5, 9, 8, 10000.0, torch.device("cpu"), torch.float32)
+    want_cos, want_sin = rope_tables(5, 9, 8)
+    assert torch.equal(cos, want_cos) and torch.equal(sin, want_sin)

@@ -8,7 +8,9 @@ Speed: the angles are computed in float64 and rounded once to the input's dtype;
 ``(dim, base, device, dtype)`` and slices positions ``offset .. offset + T - 1`` out of the cached table instead of
 rebuilding them at every call (an entry grows, by doubling, when a later position is asked for). The values are
 exactly those :func:`rope_angles` gives for the same positions, since every angle is computed elementwise from
-its own position. Under ``torch.compile`` the tables are computed inline (the compiler folds them into its graph).
+its own position. Under ``torch.compile`` :func:`rope_tables` reaches the cache through an opaque op
+(``attnlab::rope_tables``): computed inline, the angles would be fused into, and recomputed per element by, every
+kernel that reads them.
 
 Adjacent pairs: a layer whose queries and keys only meet in dot products ``q . k`` may instead lay each head out
 with the pairs side by side, dimension ``i`` at ``2i`` and ``i + D/2`` at ``2i + 1`` (:func:`pair_rows`: the order
@@ -62,13 +64,37 @@ def rope_tables(offset: int, T: int, dim: int, base: float = 10000.0, *, device:
     ``x * cos + roll(x, dim/2) * sin`` is then the rotation (:func:`rotate`). The tensors are shared by every
     caller: do not modify them in place.
     """
+    if torch.compiler.is_compiling():
+        # Computed inline, Inductor would fuse the float64 angles into every kernel that reads them and evaluate
+        # pow/cos/sin once per element of x (several times slower); an opaque op hands it the cached tables.
+        if dim % 2:
+            raise ValueError(f"RoPE needs an even head dim, got head_dim={dim}")
+        device = torch.device("cpu") if device is None else torch.device(device)
+        cos, sin = torch.ops.attnlab.rope_tables(offset, T, dim, float(base), device, dtype)
+        return cos, sin
     cos, sin = _cached(offset, T, dim, base, device, dtype, _tables)
     return cos, sin
 
 
+@torch.library.custom_op("attnlab::rope_tables", mutates_args=())
+def _rope_tables_op(offset: int, T: int, dim: int, base: float, device: torch.device,
+                    dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """:func:`rope_tables` as an op that ``torch.compile`` does not trace into (copies: an op may not return
+    tensors it keeps)."""
+    cos, sin = _cached(offset, T, dim, base, device, dtype, _tables)
+    return cos.clone(), sin.clone()
+
+
+@_rope_tables_op.register_fake
+def _(offset: int, T: int, dim: int, base: float, device: torch.device,
+      dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    return torch.empty(T, dim, device=device, dtype=dtype), torch.empty(T, dim, device=device, dtype=dtype)
+
+
 def _cached(offset: int, T: int, dim: int, base: float, device: torch.device | str | None, dtype: torch.dtype,
             make) -> tuple[Tensor, ...]:
-    """Rows ``offset .. offset + T - 1`` of the cached tables ``make(0, L, dim, base, device, dtype)``."""
+    """Rows ``offset .. offset + T - 1`` of the cached tables ``make(0, L, dim, base, device, dtype)``; computed
+    inline under ``torch.compile``."""
     if dim % 2:
         raise ValueError(f"RoPE needs an even head dim, got head_dim={dim}")
     device = torch.device("cpu") if device is None else torch.device(device)
