@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2  # 2: run configs with a task (attnlab 0.2); 1: LM-only configs with block_size
-_PREFIX = "ckpt-"
+CHECKPOINT_PREFIX = _PREFIX = "ckpt-"  # a checkpoint directory is ckpt-<step, 8 digits>
 
 
 class CheckpointError(ValueError):

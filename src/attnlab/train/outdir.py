@@ -12,7 +12,7 @@ from typing import Any
 
 from attnlab._io import atomic_write_text
 
-__all__ = ["prepare_out_dir", "OutputDirError", "RunLock", "run_lock", "atomic_write_text"]
+__all__ = ["prepare_out_dir", "refuse_used_out_dir", "OutputDirError", "RunLock", "run_lock", "atomic_write_text"]
 
 
 class OutputDirError(ValueError):
@@ -89,6 +89,23 @@ class RunLock:
 def run_lock(out_dir: str | Path) -> RunLock:
     """``RunLock(out_dir)``: use as ``with run_lock(out): ...`` or ``acquire()``/``release()``."""
     return RunLock(out_dir)
+
+
+def refuse_used_out_dir(out: Path) -> None:
+    """Without ``resume``, a directory holding a run's results (checkpoints, metrics, ``result.json``) is an error:
+    training into it would replace its checkpoints and mix two runs' metrics."""
+    from attnlab.train.checkpoint import CHECKPOINT_PREFIX
+
+    if not out.is_dir():
+        return
+    found = sorted(p.name for p in out.iterdir()
+                   if p.name.startswith(CHECKPOINT_PREFIX) or p.name in ("metrics.jsonl", "metrics.csv", "result.json"))
+    if found:
+        raise OutputDirError(
+            f"output directory {str(out)!r} already holds results ({', '.join(found[:4])}"
+            f"{', ...' if len(found) > 4 else ''}); pass resume=True (--resume) to continue them, or use another "
+            "directory (--force moves it aside)"
+        )
 
 
 def prepare_out_dir(out_dir: str | Path, *, resume: bool = False, force: bool = False) -> Path | None:

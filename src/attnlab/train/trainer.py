@@ -43,6 +43,7 @@ from attnlab.train import checkpoint as ckpt
 from attnlab.train import distributed as ddp
 from attnlab.train.config import ConfigError, TrainConfig, config_to_dict
 from attnlab.train.metrics import MetricsWriter, PeakMemory
+from attnlab.train.outdir import refuse_used_out_dir, run_lock
 from attnlab.train.schedule import lr_at, make_optimizer
 
 __all__ = ["Trainer", "TrainResult", "NonFiniteError", "make_task", "resolve_device", "train"]
@@ -150,8 +151,6 @@ class Trainer:
         self.log = (log if self.dist.is_main else None) or (lambda s: None)
         self._lock = None
         if self.out_dir is not None and self.dist.is_main:  # one run per output directory
-            from attnlab.train.outdir import run_lock
-
             self._lock = run_lock(self.out_dir).acquire()
             if self._lock.took_over:
                 self.log(f"took over the lock of {self.out_dir} left by a run that ended without releasing it "
@@ -171,7 +170,7 @@ class Trainer:
     def _setup(self, config: TrainConfig, *, task: Task | None, data: Any, model: nn.Module | None,
                resume: bool) -> None:
         if not resume and self.out_dir is not None and self.dist.is_main:
-            self._refuse_used_out_dir(self.out_dir)
+            refuse_used_out_dir(self.out_dir)
         self.micro = config.micro_batch_size(self.dist.world_size)
 
         self.task = task if task is not None else make_task(config, data=data,
@@ -227,23 +226,6 @@ class Trainer:
             self.metrics.truncate_after(self.resumed_from or 0)
 
     # ------------------------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _refuse_used_out_dir(out: Path) -> None:
-        """Without ``resume``, a directory holding a run's results (checkpoints, metrics, ``result.json``) is an
-        error: training into it would replace its checkpoints and mix two runs' metrics."""
-        if not out.is_dir():
-            return
-        found = sorted(p.name for p in out.iterdir()
-                       if p.name.startswith(ckpt._PREFIX) or p.name in ("metrics.jsonl", "metrics.csv", "result.json"))
-        if found:
-            from attnlab.train.outdir import OutputDirError
-
-            raise OutputDirError(
-                f"output directory {str(out)!r} already holds results ({', '.join(found[:4])}"
-                f"{', ...' if len(found) > 4 else ''}); pass resume=True (--resume) to continue them, or use another "
-                "directory (--force moves it aside)"
-            )
 
     def _state(self, rng_ranks: list[Any] | None = None) -> dict[str, Any]:
         return {
