@@ -64,3 +64,14 @@ def test_float32_training_step_matches_float64() -> None:
     want = _by_formula(layer.double(), x.double())
     got = layer.float()(x)
     assert F.mse_loss(got.double(), want).sqrt() < 1e-6
+
+
+def test_autocast_takes_the_rotate_half_path() -> None:
+    """Under autocast the projections are bfloat16 (no complex dtype): the layer rotates them the plain way."""
+    torch.manual_seed(2)
+    layer = MultiHeadAttention(MultiHeadAttentionConfig(d_model=32, n_heads=4, n_kv_heads=2, rope=True))
+    x = torch.randn(2, 9, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), layer(x), atol=3e-2, rtol=3e-2)

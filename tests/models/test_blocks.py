@@ -78,3 +78,20 @@ def test_swiglu_equals_the_fused_formula(T: int) -> None:
     params = (x, mlp.gate_up.weight, mlp.down.weight)
     for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g)):
         torch.testing.assert_close(a, b, atol=1e-13, rtol=0)
+
+
+def test_lm_step_under_cpu_bfloat16_autocast() -> None:
+    """The fast CPU paths (RMSNorm, SwiGLU, RoPE pair order) step aside for autocast's bfloat16 projections."""
+    from attnlab.models.lm import LM, LMConfig
+    from attnlab.tasks.lm import lm_loss
+
+    torch.manual_seed(4)
+    model = LM(LMConfig(vocab_size=11, n_layers=2, d_model=32, n_heads=4, context_len=16))
+    idx = torch.randint(0, 11, (3, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(idx)
+        loss = lm_loss(logits, idx)
+    loss.backward()
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    torch.testing.assert_close(loss, lm_loss(model(idx), idx), atol=2e-2, rtol=2e-2)

@@ -396,11 +396,13 @@ class MultiHeadAttention(AttentionLayer):
         self_attention = context is None and context_kv is None
         offset = 0 if cache is None else cache.seq_len
         if self_attention and self.rope and cache is None and self.score in ("scaled_dot", "dot") \
-                and x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
+                and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type) \
+                and not torch.compiler.is_compiling():
             # Queries and keys only meet in q . k, which is unchanged when both permute their dims alike: take the
             # projection's q and k rows in the order that puts each rotate-half pair (i, i + D/2) side by side and
             # rotate the pairs as complex numbers, one kernel each way (layers/rope.py). The same attention up to
-            # float rounding; a cache keeps keys in the documented layout, so cached calls take the next branch.
+            # float rounding; a cache keeps keys in the documented layout, so cached calls take the next branch, and
+            # so do autocast (its half-precision projections have no complex dtype) and torch.compile.
             w, bias = self.in_proj.weight, self.in_proj.bias
             rows = self._pair_rows(w.device)
             qk, v = F.linear(x, w.index_select(0, rows), None if bias is None else bias.index_select(0, rows)).split(
