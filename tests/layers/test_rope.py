@@ -162,3 +162,13 @@ def test_compiled_rope_reads_the_cached_tables() -> None:
     cos, sin = torch.ops.attnlab.rope_tables(5, 9, 8, 10000.0, torch.device("cpu"), torch.float32)
     want_cos, want_sin = rope_tables(5, 9, 8)
     assert torch.equal(cos, want_cos) and torch.equal(sin, want_sin)
+
+
+def test_apply_rope_under_torch_func() -> None:
+    """vmap and grad from torch.func see plain operations (the autograd Function is for eager autograd only)."""
+    x = torch.randn(4, 2, 5, 6, dtype=torch.float64)
+    batched = torch.vmap(lambda t: apply_rope(t, 2))(x)  # (2, 5, 6) per vmapped example
+    assert torch.equal(batched, apply_rope(x, 2))
+    g = torch.func.grad(lambda t: apply_rope(t, 2).square().sum())(x)
+    (want,) = torch.autograd.grad(apply_rope(x.requires_grad_(), 2).square().sum(), x)
+    torch.testing.assert_close(g, want, atol=1e-12, rtol=0)

@@ -95,3 +95,13 @@ def test_lm_step_under_cpu_bfloat16_autocast() -> None:
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     torch.testing.assert_close(loss, lm_loss(model(idx), idx), atol=2e-2, rtol=2e-2)
+
+
+def test_rmsnorm_under_torch_func() -> None:
+    torch.manual_seed(5)
+    ours, theirs = _pair(8, 1e-5)
+    x = torch.randn(3, 4, 8, dtype=torch.float64)
+    assert torch.equal(torch.vmap(ours)(x), theirs(x))
+    g = torch.func.grad(lambda t: ours(t).square().sum())(x)
+    want = torch.func.grad(lambda t: theirs(t).square().sum())(x)
+    torch.testing.assert_close(g, want, atol=1e-12, rtol=0)

@@ -169,7 +169,8 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
     Gradients flow to ``x`` only (the tables are constants).
     """
-    if torch.compiler.is_compiling() or cos.requires_grad or sin.requires_grad:
+    if (torch.compiler.is_compiling() or cos.requires_grad or sin.requires_grad
+            or torch._C._are_functorch_transforms_active()):  # torch.func: plain operations it can transform
         return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
     return _Rotate.apply(x, cos, sin)
 

@@ -68,13 +68,14 @@ class RMSNorm(nn.RMSNorm):
     On CPU PyTorch computes RMSNorm from several elementwise operations and differentiates them one by one; here
     the backward is written out (:class:`_RMSNormFunction`), which saves about a quarter of the forward plus backward
     time at ``d_model=128``. CUDA (which has a fused kernel), other dtypes, ``torch.compile`` (which fuses
-    anyway) and the module's other options use ``nn.RMSNorm.forward``.
+    anyway), ``torch.func`` transforms and the module's other options use ``nn.RMSNorm.forward``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
         if (w is None or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
-                or w.dtype != x.dtype or len(self.normalized_shape) != 1 or torch.compiler.is_compiling()):
+                or w.dtype != x.dtype or len(self.normalized_shape) != 1 or torch.compiler.is_compiling()
+                or torch._C._are_functorch_transforms_active()):
             return super().forward(x)
         eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
         return _RMSNormFunction.apply(x, w, eps)
