@@ -105,3 +105,11 @@ def test_rmsnorm_under_torch_func() -> None:
     g = torch.func.grad(lambda t: ours(t).square().sum())(x)
     want = torch.func.grad(lambda t: theirs(t).square().sum())(x)
     torch.testing.assert_close(g, want, atol=1e-12, rtol=0)
+
+
+def test_rmsnorm_refuses_a_second_derivative_instead_of_a_wrong_one() -> None:
+    norm = RMSNorm(4).double()
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(norm(x).pow(3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from attnlab.layers._common import HeadGeometry
 from attnlab.layers.rope import apply_rope, rope_angles
@@ -50,6 +51,7 @@ class _RMSNormFunction(torch.autograd.Function):
         return xhat * weight
 
     @staticmethod
+    @once_differentiable  # xhat and rstd are saved as constants: a second derivative must not pass through here
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
         xhat, weight, rstd = ctx.saved_tensors
         grad_w = (grad * xhat).flatten(0, -2).sum(0) if ctx.needs_input_grad[1] else None  # (C,)
@@ -68,7 +70,9 @@ class RMSNorm(nn.RMSNorm):
     On CPU PyTorch computes RMSNorm from several elementwise operations and differentiates them one by one; here
     the backward is written out (:class:`_RMSNormFunction`), which saves about a quarter of the forward plus backward
     time at ``d_model=128``. CUDA (which has a fused kernel), other dtypes, ``torch.compile`` (which fuses
-    anyway), ``torch.func`` transforms and the module's other options use ``nn.RMSNorm.forward``.
+    anyway), ``torch.func`` transforms and the module's other options use ``nn.RMSNorm.forward``. The eager CPU
+    path has first derivatives only: a second backward through it (``create_graph=True``) raises a
+    ``RuntimeError`` rather than treating the normalised input as a constant.
     """
 
     def forward(self, x: Tensor) -> Tensor:
