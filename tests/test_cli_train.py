@@ -6,17 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from attnlab.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture
