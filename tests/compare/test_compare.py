@@ -116,3 +116,16 @@ def test_compare_config_errors() -> None:
         CompareConfig(base=base, variants=["standard"], options={"lineer": {}})
     # options of registered mechanisms that are not compared are dropped
     assert CompareConfig(base=base, variants=["standard"], options={"linear": {}}).options == {}
+
+
+def test_verdict_between_one_and_two_standard_errors() -> None:
+    """A difference of 1.5 Welch standard errors is within noise under the 2-SE rule (a rule with 1 SE would call
+    it beyond noise); 2.5 SE is beyond it, in the right direction for a loss and for BLEU."""
+    a, b = [1.0, 1.2], [0.9, 1.1]  # sample variance 0.02 each, n = 2: se = sqrt(0.02/2 + 0.02/2) = 0.1414
+    se = math.sqrt(0.02)
+    shift = lambda xs, d: [x + d for x in xs]  # noqa: E731
+    assert significance(shift(b, 1.5 * se), b)[0] == "no"  # mean diff 1.5 se: above 1 se, below 2 se
+    assert significance(shift(b, 2.5 * se), b)[0] == "yes: worse"
+    assert significance(shift(b, -2.5 * se), b)[0] == "yes: better"
+    assert significance(shift(b, 2.5 * se), b, lower_is_better=False)[0] == "yes: better"
+    assert significance(a, b)[1] == pytest.approx(se)

@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
@@ -157,3 +158,25 @@ def test_a_non_finite_loss_stops_the_run_before_the_update(tmp_path: Path) -> No
     res = skip.fit()
     assert res.skipped_steps == 1 and res.steps == 4
     assert all(torch.isfinite(p).all() for p in skip.model.parameters())
+
+
+def test_the_trainer_uses_decay_steps_not_steps(tmp_path: Path) -> None:
+    """The learning rate logged at chosen steps equals the schedule's formula written out here, for a run whose
+    decay_steps (10) differs from steps (14): warm-up 2, cosine to 10% at step 10, then the floor."""
+    import math
+
+    cfg = _cfg(steps=14, eval_interval=14, optim=OptimConfig(lr=1e-2, warmup_steps=2, decay_steps=10,
+                                                              min_lr_ratio=0.1, grad_clip=None, weight_decay=0.0))
+    Trainer(cfg, out_dir=tmp_path / "run", data=tiny_corpus(), log=None).fit()
+    lr = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+          if r["kind"] == "train"}
+
+    def expected(s: int) -> float:  # s: 0-based optimizer step; the record of step s is logged as step s + 1
+        if s < 2:
+            return 1e-2 * (s + 1) / 2
+        p = min(1.0, (s - 2) / (10 - 2))
+        return 1e-3 + (1e-2 - 1e-3) * 0.5 * (1 + math.cos(math.pi * p))
+
+    for s in (0, 1, 2, 5, 9, 10, 13):
+        assert lr[s + 1] == pytest.approx(expected(s), rel=1e-12, abs=0), s
+    assert lr[12] == pytest.approx(1e-3) and lr[6] > 2 * 1e-3  # past decay_steps: the floor; before: still decaying

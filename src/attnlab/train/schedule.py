@@ -18,7 +18,7 @@ def lr_at(step: int, *, peak: float, warmup_steps: int, total_steps: int, min_ra
       so step ``warmup_steps`` has the peak and step ``total_steps`` (and every later one) has ``min``.
 
     If ``total_steps <= warmup_steps`` there is no decay span and every step after warmup has the peak
-    (:class:`~attnlab.train.config.OptimSection` refuses ``decay_steps <= warmup_steps`` for that reason).
+    (:class:`~attnlab.train.config.OptimConfig` refuses ``decay_steps <= warmup_steps`` for that reason).
     The trainer passes ``total_steps = decay_steps or steps``; its last step is ``steps - 1``, one step before
     the floor.
     """
