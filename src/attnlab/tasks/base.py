@@ -22,6 +22,7 @@ device, keeps it in eval mode with gradients off and never puts it in the optimi
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -89,6 +90,13 @@ class EvalResult:
         return s
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type, or nothing when ``dtype`` is ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 @dataclass(kw_only=True)
 class EvalContext:
     """How to evaluate: device, batch size, autocast dtype and the DDP layout (the task deals batches to ranks
@@ -103,11 +111,7 @@ class EvalContext:
     full: bool = True  # whole-split extras such as decoding for BLEU; False during training evaluations if costly
 
     def autocast(self) -> Any:
-        import contextlib
-
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.autocast_dtype)
 
     def all_reduce_sum(self, *values: Tensor) -> None:
         if self.world_size > 1:

@@ -39,6 +39,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from attnlab.tasks import EvalContext, EvalResult, Task
+from attnlab.tasks.base import autocast
 from attnlab.train import checkpoint as ckpt
 from attnlab.train import distributed as ddp
 from attnlab.train.config import ConfigError, TrainConfig, config_to_dict
@@ -108,12 +109,6 @@ def _config_diff(a: Any, b: Any, prefix: str) -> list[str]:
             out += _config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
     return [] if a == b else [f"{prefix.rstrip('.')}: checkpoint {a!r} vs now {b!r}"]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class Trainer:
@@ -326,7 +321,7 @@ class Trainer:
             sync_ctx = (self.ddp.no_sync() if self.ddp is not None and m < A - 1  # type: ignore[operator]
                         else contextlib.nullcontext())
             with sync_ctx:
-                with _autocast(self.device, self.autocast_dtype):
+                with autocast(self.device, self.autocast_dtype):
                     loss = self.task.loss(self.forward_model, batch)
                 (loss.total * (weight * W)).backward()
             for k, v in loss.terms().items():
