@@ -107,8 +107,7 @@ def brute_force(q, k, v, fmap, causal, init, eps):
 @pytest.mark.parametrize("fmap", MAPS)
 def test_specification_matches_formula(fmap: str, causal: bool) -> None:
     q, k, v, init = make(B=1, H=2, H_kv=1, T=5, D=3, Dv=2, fmap=fmap, state=True, seed=9)
-    out, _, _ = linear_attention_reference(*_features(q, k, v, fmap), causal=causal, initial_state=tuple(init),
-                                           eps=1e-3)
+    out, _ = linear_attention_reference(*_features(q, k, v, fmap), init, causal=causal, eps=1e-3)
     want = brute_force(q, k, v, fmap, causal, init, eps=1e-3)
     assert_same(out, want, TOL, "reference vs formula")
     for impl in ("recurrent", "parallel", "chunked"):

@@ -15,6 +15,7 @@ import torch
 from attnlab import masks as M
 from attnlab.masks import Mask
 from attnlab.ops.softmax import GeneralScoreParams, softmax_attention
+from attnlab.ops.softmax.args import SoftmaxArgs
 from attnlab.ops.softmax.flex import block_mask_for, clear_block_mask_cache, flex_softmax_attention
 
 ATOL = RTOL = 1e-10
@@ -79,10 +80,8 @@ def test_flex_small_blocks_skip_empty_blocks_cpu(mask_name: str) -> None:
     mask = make_mask(mask_name, T, S, off, H)
     q, k, v = qkv(T, S, H, 2)
     ref = softmax_attention(q, k, v, mask=mask, q_offset=off, impl="reference")
-    out = flex_softmax_attention(
-        q, k, v, mask=mask, scale=12**-0.5, score="scaled_dot", score_params=None, q_offset=off, dropout_p=0.0,
-        flex_block=4,
-    )
+    out = flex_softmax_attention(q, k, v, SoftmaxArgs(mask=mask, scale=12**-0.5, score="scaled_dot", q_offset=off),
+                                 flex_block=4)
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=RTOL)
 
 
@@ -151,8 +150,7 @@ def test_flex_rejects_additive_and_dropout() -> None:
         softmax_attention(q, k, v, impl="flex", score="additive", score_params=params)
     # the backend function itself refuses too (it is importable and callable without the public validation)
     with pytest.raises(ValueError, match=r"impl='flex' does not support score='additive'"):
-        flex_softmax_attention(q, k, v, mask=None, scale=1.0, score="additive", score_params=params, q_offset=0,
-                               dropout_p=0.0)
+        flex_softmax_attention(q, k, v, SoftmaxArgs(mask=None, scale=1.0, score="additive", score_params=params))
 
 
 # ----------------------------------------------------------------------------------------------------- GPU tier

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import attnlab.ops.linear.api as linear_api
+from attnlab.ops.linear import LinearState
 from attnlab.layers import get
 from attnlab.verify import VerifyOptions, applicable, checks, run_check
 from attnlab.verify.linear import TOL_FORMS, TOL_SEGMENTED
@@ -55,8 +56,8 @@ def test_float32_run_uses_scaled_tolerance() -> None:
 def test_checks_fail_when_chunked_drops_the_initial_state(monkeypatch: pytest.MonkeyPatch) -> None:
     real = linear_api.linear_attention_chunked
 
-    def broken(fq, fk, v, *, causal, initial_state, eps, chunk_size):
-        return real(fq, fk, v, causal=causal, initial_state=None, eps=eps, chunk_size=chunk_size)
+    def broken(fq, fk, v, state, *, causal, eps, chunk_size):
+        return real(fq, fk, v, LinearState.zeros(fq, v), causal=causal, eps=eps, chunk_size=chunk_size)
 
     monkeypatch.setattr(linear_api, "linear_attention_chunked", broken)
     seg = run_check(_check("linear-segmented-state"), get("linear"))
@@ -80,8 +81,8 @@ def test_forms_agree_fails_on_a_gradient_only_bug(monkeypatch: pytest.MonkeyPatc
         def backward(ctx, g):
             return 2 * g
 
-    def broken(fq, fk, v, **kw):
-        return real(fq, fk, Grad2.apply(v), **kw)
+    def broken(fq, fk, v, state, **kw):
+        return real(fq, fk, Grad2.apply(v), state, **kw)
 
     monkeypatch.setattr(linear_api, "linear_attention_parallel", broken)
     forms = run_check(_check("linear-forms-agree"), get("linear"))

@@ -447,12 +447,13 @@ class MultiHeadAttention(AttentionLayer):
             impl = "sdpa"
         cap = _capture._ACTIVE
         if cap is not None and cap.wants(self):
+            from attnlab.ops.softmax.args import SoftmaxArgs
             from attnlab.ops.softmax.reference import reference_softmax_probs
             from attnlab.ops.softmax.scores import default_scale
 
-            cap.record(self, reference_softmax_probs(
-                q, k, mask=m, scale=default_scale(self.score, D), score=self.score, score_params=self.score_params(),
-                q_offset=offset))  # (B, H, T, S)
+            args = SoftmaxArgs(mask=m, scale=default_scale(self.score, D), score=self.score,
+                               score_params=self.score_params(), q_offset=offset)
+            cap.record(self, reference_softmax_probs(q, k, args))  # (B, H, T, S)
         out = softmax_attention(
             q, k, v,
             mask=m,

@@ -20,12 +20,23 @@ gives the same text on every device (for the same logits).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, TypedDict
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
-__all__ = ["generate", "generate_with_logits", "sample_next"]
+__all__ = ["generate", "generate_with_logits", "sample_next", "GenerateOptions"]
+
+
+class GenerateOptions(TypedDict, total=False):
+    """The keyword options of :func:`generate` and :func:`generate_with_logits` (see :func:`generate`)."""
+
+    temperature: float
+    top_k: int | None
+    seed: int | None
+    use_cache: bool
+    context_len: int | None
 
 
 def sample_next(logits: Tensor, *, temperature: float, top_k: int | None, generator: torch.Generator) -> Tensor:
@@ -111,15 +122,7 @@ def generate_with_logits(
 
 
 def generate(
-    model: nn.Module,
-    prompt_ids: Tensor | Sequence[int],
-    max_new_tokens: int,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    seed: int | None = None,
-    use_cache: bool = True,
-    context_len: int | None = None,
+    model: nn.Module, prompt_ids: Tensor | Sequence[int], max_new_tokens: int, **options: Unpack[GenerateOptions]
 ) -> Tensor:
     """Prompt followed by ``max_new_tokens`` generated ids: ``(T + N,)`` for a ``(T,)`` prompt, ``(B, T + N)`` for
     a batch.
@@ -134,6 +137,5 @@ def generate(
         use_cache: decode with the layers' caches (``False``: full recomputation each step).
         context_len: the context limit (default ``model.config.context_len``).
     """
-    out, _ = generate_with_logits(model, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                  seed=seed, use_cache=use_cache, context_len=context_len)
+    out, _ = generate_with_logits(model, prompt_ids, max_new_tokens, **options)
     return out

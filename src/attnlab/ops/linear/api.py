@@ -10,7 +10,7 @@ state is kept per *query* head, ``(B, H, F, Dv)``, so every head may carry its o
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple, get_args
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -20,23 +20,13 @@ from attnlab.ops.linear.chunked import linear_attention_chunked
 from attnlab.ops.linear.feature_maps import FeatureMapName, get_feature_map
 from attnlab.ops.linear.parallel import linear_attention_parallel
 from attnlab.ops.linear.recurrent import linear_attention_recurrent
+from attnlab.ops.linear.state import LinearState
 
 __all__ = ["LinearImpl", "LINEAR_IMPLS", "LinearState", "linear_attention"]
 
 LinearImpl = Literal["auto", "parallel", "chunked", "recurrent"]
 LINEAR_IMPLS: tuple[str, ...] = get_args(LinearImpl)
 
-
-class LinearState(NamedTuple):
-    """Recurrent state of linear attention after some keys.
-
-    Attributes:
-        kv: ``sum_j phi(k_j)^T v_j`` (plus any initial state), ``(B, H, F, Dv)``.
-        z: ``sum_j phi(k_j)`` (plus any initial state), ``(B, H, F)``.
-    """
-
-    kv: Tensor
-    z: Tensor
 
 
 def _check_tensor(name: str, t: object, ndim: int, shape_doc: str) -> Tensor:
@@ -145,13 +135,12 @@ def linear_attention(
     if H != H_kv:  # GQA: query head h uses kv head h // (H // H_kv)
         fk = fk.repeat_interleave(H // H_kv, dim=1)  # (B, H, S, F)
         v = v.repeat_interleave(H // H_kv, dim=1)  # (B, H, S, Dv)
-    st = None if state0 is None else (state0.kv.to(work), state0.z.to(work))
+    st = LinearState.zeros(fq, v) if state0 is None else LinearState(state0.kv.to(work), state0.z.to(work))
     form = impl if impl != "auto" else ("recurrent" if causal and q.shape[2] == 1 else "chunked")
     if form == "recurrent":
-        out, kv, z = linear_attention_recurrent(fq, fk, v, causal=causal, initial_state=st, eps=eps)
+        out, (kv, z) = linear_attention_recurrent(fq, fk, v, st, causal=causal, eps=eps)
     elif form == "parallel":
-        out, kv, z = linear_attention_parallel(fq, fk, v, causal=causal, initial_state=st, eps=eps)
+        out, (kv, z) = linear_attention_parallel(fq, fk, v, st, causal=causal, eps=eps)
     else:
-        out, kv, z = linear_attention_chunked(fq, fk, v, causal=causal, initial_state=st, eps=eps,
-                                              chunk_size=chunk_size)
+        out, (kv, z) = linear_attention_chunked(fq, fk, v, st, causal=causal, eps=eps, chunk_size=chunk_size)
     return out.to(dtype), LinearState(kv.to(dtype), z.to(dtype))

@@ -25,33 +25,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnlab.ops.linear.state import LinearState
+
 __all__ = ["linear_attention_chunked"]
 
 
 def linear_attention_chunked(
-    fq: Tensor,
-    fk: Tensor,
-    v: Tensor,
-    *,
-    causal: bool,
-    initial_state: tuple[Tensor, Tensor] | None,
-    eps: float,
-    chunk_size: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns ``(out (B, H, T, Dv), kv (B, H, F, Dv), z (B, H, F))``. Causal requires ``S == T``."""
+    fq: Tensor, fk: Tensor, v: Tensor, state: LinearState, *, causal: bool, eps: float, chunk_size: int
+) -> tuple[Tensor, LinearState]:
+    """Returns ``out (B, H, T, Dv)`` and the state after all keys. Causal requires ``S == T``. A
+    ``chunk_size`` larger than ``T`` is clamped to ``T`` (one chunk, no padding)."""
     if not causal:
-        kv = fk.transpose(-1, -2) @ v  # (B, H, F, Dv)
-        z = fk.sum(-2)  # (B, H, F)
-        if initial_state is not None:
-            kv = initial_state[0] + kv
-            z = initial_state[1] + z
+        kv = state.kv + fk.transpose(-1, -2) @ v  # (B, H, F, Dv)
+        z = state.z + fk.sum(-2)  # (B, H, F)
         num = fq @ kv  # (B, H, T, Dv)
         den = (fq @ z.unsqueeze(-1)).squeeze(-1)  # (B, H, T)
-        return num / (den + eps).unsqueeze(-1), kv, z
+        return num / (den + eps).unsqueeze(-1), LinearState(kv, z)
 
     B, H, T, Fd = fq.shape
     Dv = v.shape[-1]
-    C = chunk_size
+    C = min(chunk_size, T)
     N = -(-T // C)
     pad = N * C - T
     if pad:
@@ -65,9 +58,8 @@ def linear_attention_chunked(
     # exclusive prefix sums over chunks: the state each chunk starts from
     kv_prev = torch.cat([torch.zeros_like(kv_chunk[:, :, :1]), kv_chunk[:, :, :-1]], dim=2).cumsum(2)  # (B,H,N,F,Dv)
     z_prev = torch.cat([torch.zeros_like(z_chunk[:, :, :1]), z_chunk[:, :, :-1]], dim=2).cumsum(2)  # (B, H, N, F)
-    if initial_state is not None:
-        kv_prev = kv_prev + initial_state[0].unsqueeze(2)
-        z_prev = z_prev + initial_state[1].unsqueeze(2)
+    kv_prev = kv_prev + state.kv.unsqueeze(2)
+    z_prev = z_prev + state.z.unsqueeze(2)
 
     a = torch.tril(fq @ fk.transpose(-1, -2))  # (B, H, N, C, C)
     num = a @ v + fq @ kv_prev  # (B, H, N, C, Dv)
@@ -75,4 +67,4 @@ def linear_attention_chunked(
     out = (num / (den + eps).unsqueeze(-1)).reshape(B, H, N * C, Dv)[:, :, :T]  # (B, H, T, Dv)
     kv = kv_prev[:, :, -1] + kv_chunk[:, :, -1]  # (B, H, F, Dv)
     z = z_prev[:, :, -1] + z_chunk[:, :, -1]  # (B, H, F)
-    return out, kv, z
+    return out, LinearState(kv, z)

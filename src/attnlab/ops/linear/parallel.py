@@ -16,30 +16,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnlab.ops.linear.state import LinearState
+
 __all__ = ["linear_attention_parallel"]
 
 
 def linear_attention_parallel(
-    fq: Tensor,
-    fk: Tensor,
-    v: Tensor,
-    *,
-    causal: bool,
-    initial_state: tuple[Tensor, Tensor] | None,
-    eps: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns ``(out (B, H, T, Dv), kv (B, H, F, Dv), z (B, H, F))``. Causal requires ``S == T``."""
+    fq: Tensor, fk: Tensor, v: Tensor, state: LinearState, *, causal: bool, eps: float
+) -> tuple[Tensor, LinearState]:
+    """Returns ``out (B, H, T, Dv)`` and the state after all keys. Causal requires ``S == T``."""
     a = fq @ fk.transpose(-1, -2)  # (B, H, T, S)
     if causal:
         a = torch.tril(a)  # key j visible to query t iff j <= t
-    num = a @ v  # (B, H, T, Dv)
-    den = a.sum(-1)  # (B, H, T)
-    kv = fk.transpose(-1, -2) @ v  # (B, H, F, Dv)
-    z = fk.sum(-2)  # (B, H, F)
-    if initial_state is not None:
-        kv0, z0 = initial_state
-        num = num + fq @ kv0  # (B, H, T, Dv)
-        den = den + (fq @ z0.unsqueeze(-1)).squeeze(-1)  # (B, H, T)
-        kv = kv0 + kv
-        z = z0 + z
-    return num / (den + eps).unsqueeze(-1), kv, z
+    num = a @ v + fq @ state.kv  # (B, H, T, Dv)
+    den = a.sum(-1) + (fq @ state.z.unsqueeze(-1)).squeeze(-1)  # (B, H, T)
+    kv = state.kv + fk.transpose(-1, -2) @ v  # (B, H, F, Dv)
+    z = state.z + fk.sum(-2)  # (B, H, F)
+    return num / (den + eps).unsqueeze(-1), LinearState(kv, z)

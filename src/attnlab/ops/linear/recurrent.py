@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnlab.ops.linear.state import LinearState
+
 __all__ = ["linear_attention_recurrent", "recurrent_step", "read_out"]
 
 
@@ -42,22 +44,11 @@ def recurrent_step(fk_t: Tensor, v_t: Tensor, kv: Tensor, z: Tensor) -> tuple[Te
 
 
 def linear_attention_recurrent(
-    fq: Tensor,
-    fk: Tensor,
-    v: Tensor,
-    *,
-    causal: bool,
-    initial_state: tuple[Tensor, Tensor] | None,
-    eps: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Loop over time. Returns ``(out (B, H, T, Dv), kv (B, H, F, Dv), z (B, H, F))``."""
-    B, H, T, F = fq.shape
-    S, Dv = v.shape[-2], v.shape[-1]
-    if initial_state is None:
-        kv = torch.zeros(B, H, F, Dv, dtype=fq.dtype, device=fq.device)
-        z = torch.zeros(B, H, F, dtype=fq.dtype, device=fq.device)
-    else:
-        kv, z = initial_state
+    fq: Tensor, fk: Tensor, v: Tensor, state: LinearState, *, causal: bool, eps: float
+) -> tuple[Tensor, LinearState]:
+    """Loop over time from ``state``. Returns ``out (B, H, T, Dv)`` and the state after all keys."""
+    T, S = fq.shape[2], v.shape[2]
+    kv, z = state
     outs: list[Tensor] = []
     if causal:  # S == T: key t enters the state, then query t reads it
         for t in range(T):
@@ -68,4 +59,4 @@ def linear_attention_recurrent(
             kv, z = recurrent_step(fk[:, :, j], v[:, :, j], kv, z)
         for t in range(T):
             outs.append(read_out(fq[:, :, t], kv, z, eps))
-    return torch.stack(outs, dim=2), kv, z  # (B, H, T, Dv)
+    return torch.stack(outs, dim=2), LinearState(kv, z)  # (B, H, T, Dv)

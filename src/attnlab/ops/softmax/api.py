@@ -14,6 +14,7 @@ from torch import Tensor
 
 from attnlab.masks import Mask
 from attnlab.ops._checks import check_kv_like_q
+from attnlab.ops.softmax.args import SoftmaxArgs
 from attnlab.ops.softmax.flex import FLEX_SCORES, flex_softmax_attention
 from attnlab.ops.softmax.reference import reference_softmax_attention
 from attnlab.ops.softmax.scores import (
@@ -185,14 +186,6 @@ def softmax_attention(
     D = q.shape[-1]
     s = float(scale) if scale is not None else default_scale(score, D)
     backend = resolve_impl(impl, device=q.device, mask=mask, score=score, dropout_p=float(dropout_p))
-    return _BACKENDS[backend](
-        q,
-        k,
-        v,
-        mask=mask,
-        scale=s,
-        score=score,
-        score_params=score_params,
-        q_offset=q_offset,
-        dropout_p=float(dropout_p),
-    )
+    args = SoftmaxArgs(mask=mask, scale=s, score=score, score_params=score_params, q_offset=q_offset,
+                       dropout_p=float(dropout_p))
+    return _BACKENDS[backend](q, k, v, args)

@@ -35,7 +35,8 @@ from torch import Tensor
 
 from attnlab._validation import check_int
 from attnlab.masks import Mask
-from attnlab.ops.softmax.scores import GeneralScoreParams, ScoreParams
+from attnlab.ops.softmax.args import SoftmaxArgs
+from attnlab.ops.softmax.scores import GeneralScoreParams
 
 __all__ = ["flex_softmax_attention", "block_mask_for", "FLEX_SCORES", "clear_block_mask_cache"]
 
@@ -116,19 +117,11 @@ def _flex_fn(device: torch.device) -> Callable[..., Tensor]:
 
 
 def flex_softmax_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Mask | None,
-    scale: float,
-    score: str,
-    score_params: ScoreParams | None,
-    q_offset: int,
-    dropout_p: float,
-    flex_block: int = DEFAULT_FLEX_BLOCK,
+    q: Tensor, k: Tensor, v: Tensor, args: SoftmaxArgs, *, flex_block: int = DEFAULT_FLEX_BLOCK
 ) -> Tensor:
     """Masked softmax attention via FlexAttention; see the module docstring. Inputs are assumed validated."""
+    mask, scale, score, score_params, q_offset, dropout_p = (
+        args.mask, args.scale, args.score, args.score_params, args.q_offset, args.dropout_p)
     if score not in FLEX_SCORES:
         raise ValueError(f"impl='flex' does not support score={score!r}; it supports {FLEX_SCORES}")
     if dropout_p > 0.0:

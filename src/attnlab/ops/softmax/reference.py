@@ -22,23 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab.masks import Mask, dense
-from attnlab.ops.softmax.scores import AdditiveScoreParams, GeneralScoreParams, ScoreParams, additive_scores
+from attnlab.masks import dense
+from attnlab.ops.softmax.args import SoftmaxArgs
+from attnlab.ops.softmax.scores import AdditiveScoreParams, GeneralScoreParams, additive_scores
 
 __all__ = ["reference_softmax_attention", "reference_softmax_probs"]
 
 
-def reference_softmax_probs(
-    q: Tensor,
-    k: Tensor,
-    *,
-    mask: Mask | None,
-    scale: float,
-    score: str,
-    score_params: ScoreParams | None,
-    q_offset: int,
-) -> Tensor:
-    """Steps 1-3 of the module docstring: the attention probabilities ``(B, H, T, S)`` (before dropout)."""
+def reference_softmax_probs(q: Tensor, k: Tensor, args: SoftmaxArgs) -> Tensor:
+    """Steps 1-3 of the module docstring: the attention probabilities ``(B, H, T, S)`` (before dropout;
+    ``args.dropout_p`` is not used)."""
+    mask, scale, score, score_params, q_offset = args.mask, args.scale, args.score, args.score_params, args.q_offset
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     G = H // Hkv
@@ -68,26 +62,14 @@ def reference_softmax_probs(
     return torch.softmax(s, dim=-1) * has_key  # (B, H, T, S)
 
 
-def reference_softmax_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Mask | None,
-    scale: float,
-    score: str,
-    score_params: ScoreParams | None,
-    q_offset: int,
-    dropout_p: float,
-) -> Tensor:
+def reference_softmax_attention(q: Tensor, k: Tensor, v: Tensor, args: SoftmaxArgs) -> Tensor:
     """Masked softmax attention, computed step by step. See the module docstring for the exact definition."""
     G = q.shape[1] // k.shape[1]
-    p = reference_softmax_probs(q, k, mask=mask, scale=scale, score=score, score_params=score_params,
-                                q_offset=q_offset)  # (B, H, T, S)
+    p = reference_softmax_probs(q, k, args)  # (B, H, T, S)
 
     # 4. dropout on the probabilities
-    if dropout_p > 0.0:
-        p = F.dropout(p, p=dropout_p, training=True)
+    if args.dropout_p > 0.0:
+        p = F.dropout(p, p=args.dropout_p, training=True)
 
     # 5. weighted sum of values
     v_rep = v.repeat_interleave(G, dim=1)  # (B, H, S, Dv)

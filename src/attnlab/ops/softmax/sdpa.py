@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab.masks import Mask, dense
-from attnlab.ops.softmax.scores import GeneralScoreParams, ScoreParams
+from attnlab.masks import dense
+from attnlab.ops.softmax.args import SoftmaxArgs
+from attnlab.ops.softmax.scores import GeneralScoreParams
 
 __all__ = ["sdpa_softmax_attention", "SDPA_SCORES"]
 
@@ -40,19 +41,10 @@ def _sdpa_has_enable_gqa() -> bool:
 _HAS_ENABLE_GQA = _sdpa_has_enable_gqa()
 
 
-def sdpa_softmax_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    mask: Mask | None,
-    scale: float,
-    score: str,
-    score_params: ScoreParams | None,
-    q_offset: int,
-    dropout_p: float,
-) -> Tensor:
+def sdpa_softmax_attention(q: Tensor, k: Tensor, v: Tensor, args: SoftmaxArgs) -> Tensor:
     """Masked softmax attention via SDPA; see the module docstring. Inputs are assumed validated."""
+    mask, scale, score, score_params, q_offset, dropout_p = (
+        args.mask, args.scale, args.score, args.score_params, args.q_offset, args.dropout_p)
     if score not in SDPA_SCORES:
         raise ValueError(f"impl='sdpa' does not support score={score!r}; it supports {SDPA_SCORES}")
     B, H, T, _ = q.shape
