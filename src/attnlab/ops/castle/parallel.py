@@ -8,6 +8,18 @@ Shape legend: B batch, H heads, T sequence length, D head dim. All inputs are ``
 
 Memory is O(T^2) per head and the product in eq. 11 costs O(T^3); use it as a readable second opinion and
 for small T.
+
+float16/bfloat16 inputs are computed in float32 and the output cast back to the input dtype (gradients flow back
+in the input dtype), as the chunked form does: in half precision the ``T x T`` logits and ``S^U`` lose the
+digits that the softmax exponentiates. Measured (B=1, H=2, T=32, D=16, the U and causal queries and keys scaled by
+10, 3 seeds, largest output error against float64 on the same rounded inputs): computed in the input dtype, 0.59 in
+bfloat16 and 0.036 in float16; in float32 internally, 0.0062 and 0.00092 (the final rounding to the input dtype).
+
+NaN and inf at future positions (measured, not guarded): a non-finite ``v^C`` at position ``j`` reaches every
+row ``t < j`` (``softmax @ V^C`` multiplies its zero probability by it) and a non-finite ``k^U`` reaches every row
+(``S^U = (...) @ G^T`` multiplies zeroed entries by gate entries of future contributors); ``q^U``, ``v^U``,
+``q^C``, ``k^C`` are masked by replacement and do not leak. :func:`castle_reference` never touches a future
+position.
 """
 
 from __future__ import annotations
@@ -51,7 +63,13 @@ def lookahead_scores(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, *, look
 
 def castle_parallel(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Tensor, v_c: Tensor, *,
                     lookahead: int | None = None, scale: float | None = None) -> Tensor:
-    """CASTLE by Theorem 1 (eqs. 11-12). Inputs and output ``(B, H, T, D)``; see :func:`castle_reference`."""
+    """CASTLE by Theorem 1 (eqs. 11-12). Inputs and output ``(B, H, T, D)``; see :func:`castle_reference`.
+
+    float16/bfloat16 are computed in float32 and the output is returned in the input dtype."""
+    if q_u.dtype in (torch.float16, torch.bfloat16):
+        out = castle_parallel(q_u.float(), k_u.float(), v_u.float(), q_c.float(), k_c.float(), v_c.float(),
+                              lookahead=lookahead, scale=scale)  # (B, H, T, D) float32
+        return out.to(q_u.dtype)
     scale = 1.0 / math.sqrt(q_u.shape[-1]) if scale is None else scale
     T = q_u.shape[-2]
     causal = torch.ones(T, T, dtype=torch.bool, device=q_u.device).tril()  # (T, T)

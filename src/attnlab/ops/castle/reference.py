@@ -14,6 +14,9 @@ For every step ``t`` the lookahead keys ``U^t`` of all tokens ``s <= t`` are reb
 ``x_{s+1..s+W}``, the current token not counted; ``lookahead=None`` drops the ``s+W`` bound (full CASTLE).
 
 This costs O(T^3 D) and is meant to be read, not to be fast. It imports nothing but torch.
+
+float16/bfloat16 inputs are computed in float32 and the output cast back (as in the parallel and chunked forms).
+Row ``t`` reads positions ``0..t`` only (slices, not masks), so a NaN or inf at a later position never reaches it.
 """
 
 from __future__ import annotations
@@ -60,7 +63,13 @@ def castle_reference(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Te
         lookahead: CASTLE-SWL's ``W`` (the paper's W, eq. 9): the lookahead key of token ``s`` summarises
             ``x_{s+1..s+W}``, the current token not counted (``W = 0`` allowed); ``None``: unbounded (full CASTLE).
         scale: score scale, default ``1/sqrt(D)``; used inside the sigmoid, in ``s^C`` and in ``s^U``.
+
+    float16/bfloat16 are computed in float32 and the output is returned in the input dtype.
     """
+    if q_u.dtype in (torch.float16, torch.bfloat16):
+        out = castle_reference(q_u.float(), k_u.float(), v_u.float(), q_c.float(), k_c.float(), v_c.float(),
+                               lookahead=lookahead, scale=scale)  # (B, H, T, D) float32
+        return out.to(q_u.dtype)
     scale = 1.0 / math.sqrt(q_u.shape[-1]) if scale is None else scale
     T = q_u.shape[-2]
     rows = []
