@@ -12,6 +12,17 @@ cache:
   ``SlidingKVCache``) a ``window`` counts the current token (``window=w``: query ``i`` sees keys ``i-w+1 .. i``).
 * ``chunk_size``: positions per chunk of the chunked (blocked) algorithm, the paper's block size; unrelated to a
   model's context length.
+
+Precision and non-finite inputs, per form (measured on CPU, torch 2.13; the Triton kernel not measured for NaN):
+
+* float16/bfloat16: ``reference``, ``parallel`` and ``chunked`` compute in float32 and cast the output back;
+  ``triton`` runs its own half-precision path (see ``attnlab.ops.castle.triton_kernel``).
+* A NaN or inf at a future position ``j`` (one a row ``t < j`` must not depend on): ``reference`` never reads it
+  (row ``t`` slices positions ``0..t``). ``parallel`` and ``chunked`` do for two of the six inputs: a non-finite
+  ``v_c[j]`` (``p @ V^C`` with ``p = 0``: ``0 * NaN``) or ``k_u[j]`` (gate entries of a future contributor times
+  zeroed ``Q^C V^U`` entries) made every row before ``j`` NaN in ``parallel`` (for ``k_u``: every row) and the
+  earlier rows of ``j``'s own chunk in ``chunked`` (T=16, chunk_size=4, NaN at 13: rows 12-15 only).
+  ``q_u``, ``v_u``, ``q_c``, ``k_c`` do not leak.
 """
 
 from __future__ import annotations

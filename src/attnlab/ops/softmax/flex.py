@@ -16,6 +16,12 @@ D head dim, Dv value dim.
 * Rows with no visible key: FlexAttention returns zeros for them (its log-sum-exp is ``-inf``); tested
   against the reference on CPU and, in the GPU tier, on CUDA.
 * Dropout is not supported by FlexAttention: ``dropout_p > 0`` raises ``ValueError``.
+* NaN and inf at masked-out positions (measured on CPU, torch 2.13, eager; the compiled CUDA kernel not measured):
+  a non-finite masked *key* never reaches a visible output (the ``mask_mod`` replaces its score), but a non-finite
+  masked *value* does: ``p @ v`` multiplies its zero probability by it (``0 * NaN = NaN``), and the eager CPU path
+  does this for every block, so one NaN value made every row that cannot see it NaN (T=256: all 200 earlier rows,
+  also those of the fully masked block the kernel would skip on CUDA). The reference backend is immune, and
+  :class:`~attnlab.layers.mha.MultiHeadAttention` zeroes padded keys and values of a ``key_padding`` mask first.
 * Execution: on CUDA the ``torch.compile``-d kernel. On CPU, torch 2.13 runs FlexAttention eagerly (an unfused
   implementation that materialises the scores; its "called without torch.compile" warning is silenced here)
   and **has no CPU backward**: calling it on CPU with inputs that require grad raises ``ValueError`` here

@@ -15,6 +15,16 @@ D head dim, Dv value dim.
   finite) and their outputs are set to zero afterwards, which also zeroes their gradients.
 * GQA/MQA: SDPA's ``enable_gqa`` when this torch has it, else ``repeat_interleave`` of the key/value heads.
 * Dropout: SDPA's own ``dropout_p`` (its random stream differs from the reference's ``F.dropout``).
+* float16/bfloat16: SDPA's kernels accumulate in float32 themselves (no upcast here).
+* NaN and inf at masked-out positions are **not** kept away from visible outputs (measured on CPU, torch 2.13,
+  float32 and float64; CUDA kernels not measured): SDPA computes ``p @ v`` with ``p = 0`` at masked keys, and
+  ``0 * NaN = NaN``, so a NaN or inf in one masked *value* makes every row that cannot see it NaN (all earlier
+  rows for a future position, every row for a padded one). A non-finite masked *key* is harmless on the
+  ``is_causal`` path (plain causal, ``T == S``, ``q_offset == 0``); with a dense mask it is not, because the
+  boolean mask is applied as an additive ``-inf`` (``NaN + -inf = NaN``, ``inf + -inf = NaN``): a NaN key made
+  every row that cannot see it NaN, an inf key about half of them. The reference backend sums visible positions
+  only and is immune; :class:`~attnlab.layers.mha.MultiHeadAttention` zeroes padded keys and values of a
+  ``key_padding`` mask before calling any backend.
 """
 
 from __future__ import annotations
