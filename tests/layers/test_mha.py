@@ -382,3 +382,67 @@ def test_cuda_backends_match_reference(mask) -> None:
     for impl in ("sdpa", "flex"):
         assert (out[impl][0] - out["reference"][0]).abs().max() < 1e-4, impl
         assert (out[impl][1] - out["reference"][1]).abs().max() < 1e-4, impl
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# key padding: NaN/inf held at padded positions cannot reach a real position (module docstring, "Padding")
+
+
+def _padding() -> torch.Tensor:
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[0, 4:] = False
+    valid[1, 5:] = False
+    return valid  # (B, S): row 0 has 4 real positions, row 1 has 5
+
+
+def _poison(t: torch.Tensor) -> torch.Tensor:
+    """NaN and inf at the padded positions of :func:`_padding` (rows 0: 4, 5; 1: 5)."""
+    t = t.clone()
+    t[0, 4:] = float("nan")
+    t[1, 5, ::2] = float("inf")
+    return t
+
+
+@pytest.mark.parametrize("impl", ["reference", "sdpa", "flex"])
+@pytest.mark.parametrize("via", ["context", "context_kv"])
+def test_cross_attention_padded_nan_context_does_not_reach_outputs(impl: str, via: str) -> None:
+    """Before the fix a NaN in one padded context row made every output of SDPA and FlexAttention NaN."""
+    layer = _layer(mask=None, cross=True, impl=impl, bias=True)
+    x, c = _x(T=5), _x(T=6, seed=1)
+    pad = masks.key_padding(_padding())
+
+    def run(ctx: torch.Tensor):
+        xs, cs = x.clone().requires_grad_(impl != "flex"), ctx.clone().requires_grad_(impl != "flex")
+        with torch.set_grad_enabled(impl != "flex"):
+            kw = {"context": cs} if via == "context" else {"context_kv": layer.project_context(cs)}
+            out = layer(xs, mask=pad, **kw)
+            if impl != "flex":
+                out.backward(torch.ones_like(out))
+        return out.detach(), xs.grad, cs.grad
+
+    clean, gx_clean, gc_clean = run(c)
+    out, gx, gc = run(_poison(c))
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out, clean, rtol=0, atol=TOL)
+    if impl != "flex":  # gradients of the query input and of the real context rows are those of the clean run
+        assert torch.allclose(gx, gx_clean, rtol=0, atol=TOL)
+        valid = _padding()
+        assert torch.allclose(gc[valid], gc_clean[valid], rtol=0, atol=TOL)
+        assert torch.equal(gc[~valid], torch.zeros_like(gc[~valid]))
+
+
+@pytest.mark.parametrize("impl", ["reference", "sdpa"])
+@pytest.mark.parametrize("own", [None, "prefix"])
+def test_encoder_padded_nan_input_does_not_reach_real_positions(impl: str, own: str | None) -> None:
+    """Self-attention with ``key_padding`` (alone, or AND-ed with the layer's own mask as the encoder-decoder does):
+    NaN/inf in padded input rows leave the real rows' outputs as in the clean run (padded rows are not meaningful)."""
+    own_mask = None if own is None else masks.prefix_lm(2)
+    layer = _layer(mask=own_mask, impl=impl, bias=True)
+    pad = masks.key_padding(_padding())
+    m = pad if own_mask is None else own_mask & pad
+    x = _x(T=6)
+    clean = layer(x, mask=m)
+    out = layer(_poison(x), mask=m)
+    valid = _padding()
+    assert torch.isfinite(out[valid]).all()
+    assert torch.allclose(out[valid], clean[valid], rtol=0, atol=TOL)

@@ -97,3 +97,16 @@ def test_prefix_lm_spec_advertises_no_generic_cache() -> None:
     assert spec.cache is None and not spec.causal
     layer = spec.build(d_model=24, n_heads=4, **spec.verify_options)
     assert type(layer.new_cache(1)) is KVCache  # decoding works under the whole-prefix rule
+
+
+def test_bidirectional_with_cross_true_is_a_cross_attention_layer() -> None:
+    """README: ``bidirectional`` is unmasked attention, "with ``cross=True``, encoder-decoder cross-attention"."""
+    layer = registry.build("bidirectional", d_model=24, n_heads=4, cross=True).double()
+    assert isinstance(layer, MultiHeadAttention) and layer.cross and layer.mask is None
+    x, c = torch.randn(2, 5, 24, dtype=torch.float64), torch.randn(2, 7, 24, dtype=torch.float64)
+    assert layer(x, context=c).shape == (2, 5, 24)
+    with pytest.raises(ValueError, match="cross-attention layer \\(cross=True\\): forward needs context"):
+        layer(x)
+    with pytest.raises(ValueError, match="rope=True is not supported with cross=True"):
+        registry.build("bidirectional", d_model=24, n_heads=4, cross=True, rope=True)
+    assert not registry.build("bidirectional", d_model=24, n_heads=4).cross  # self-attention by default

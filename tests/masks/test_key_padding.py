@@ -111,3 +111,28 @@ def test_flex_forward_matches_reference() -> None:
         got = softmax_attention(q, k, v, mask=m, impl="flex")
         want = softmax_attention(q, k, v, mask=m, impl="reference")
     assert (got - want).abs().max() < 1e-10
+
+
+# ------------------------------------------------------------------------------------------- Mask.key_valid
+def test_key_valid_is_the_padding_and_survives_and() -> None:
+    """``key_valid`` records the keys hidden from every query; ``&`` keeps it (AND), ``|`` only when both have it
+    (OR); positions beyond an operand's S are padding. It agrees with the predicate: wherever it is False, no query
+    sees the key."""
+    valid = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    kp = M.key_padding(valid)
+    assert torch.equal(kp.key_valid, valid)
+    assert M.causal().key_valid is None
+
+    both = M.causal() & kp
+    assert torch.equal(both.key_valid, valid)
+    shared = M.key_padding(torch.tensor([1, 0, 1, 1], dtype=torch.bool))  # (S,) shorter: key 4 is padding
+    assert torch.equal((kp & shared).key_valid, torch.tensor([[1, 0, 1, 0, 0], [1, 0, 1, 1, 0]], dtype=torch.bool))
+    assert (kp | M.causal()).key_valid is None  # causal hides nothing from every query
+    assert torch.equal((kp | shared).key_valid, torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0]], dtype=torch.bool))
+    assert torch.equal((shared | shared).key_valid, torch.tensor([1, 0, 1, 1], dtype=torch.bool))
+
+    for m in (kp, both, kp & shared, kp | shared):
+        al = M.dense(m, 6, 5, batch_size=2, n_heads=1)  # (B, 1, T, S)
+        seen = al.any(dim=2)[:, 0]  # (B, S): some query sees key j
+        kv = m.key_valid if m.key_valid.ndim == 2 else m.key_valid.expand(2, -1)
+        assert not (seen & ~kv).any(), m.name

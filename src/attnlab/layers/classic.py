@@ -4,7 +4,8 @@
 name                config
 ==================  ==============================================================================================
 standard            causal scaled dot-product multi-head attention (Vaswani et al. 2017)
-bidirectional       the same without a mask (encoder self-attention)
+bidirectional       the same without a mask (encoder self-attention); option ``cross=True`` makes it a dedicated
+                    encoder-decoder cross-attention layer (``forward`` then requires ``context``; no RoPE)
 gqa                 grouped-query attention: ``n_kv_heads`` defaults to the largest divisor of ``n_heads`` that is
                     ``<= n_heads // 2`` (``n_heads // 2`` for even head counts), at least 1
 mqa                 multi-query attention: one key/value head
@@ -124,8 +125,9 @@ def _no_mask() -> None:
 
 _register("standard", "causal scaled dot-product multi-head attention (Vaswani et al. 2017)",
           causal=True, cross=True, cache="kv")
-_register("bidirectional", "unmasked scaled dot-product multi-head attention (encoder self-attention)",
-          causal=False, cross=True, cache=None, mask=_no_mask)
+_register("bidirectional", "unmasked scaled dot-product multi-head attention (encoder self-attention; "
+          "cross=True: encoder-decoder cross-attention)",
+          causal=False, cross=True, cache=None, mask=_no_mask, extra=("cross",))
 _register("gqa", "grouped-query attention: n_kv_heads (default about n_heads // 2) shared key/value heads",
           causal=True, cross=True, cache="kv", n_kv_heads=gqa_kv_heads)
 _register("mqa", "multi-query attention: one key/value head shared by every query head",

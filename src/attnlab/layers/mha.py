@@ -14,6 +14,19 @@ Masks and positions
     ``context`` (cross-attention) is unmasked unless a per-call ``mask=`` is given, and never uses RoPE: query
     and context positions are unrelated.
 
+Padding and non-finite values
+    When the effective mask carries ``key_valid`` (a :func:`~attnlab.masks.key_padding` mask, alone or AND-ed
+    with the layer's own, as the encoder-decoder passes it to its encoder and cross-attention layers), the keys
+    and values it hides from every query are set to 0 before attending (uncached calls, ``context`` and
+    ``context_kv`` included). Outputs are unchanged, but a NaN or inf held at a padded position (a padded encoder
+    row, a padded context row) can no longer reach a real position on any backend: SDPA and FlexAttention compute
+    ``p @ v`` with ``p = 0`` at masked keys, and ``0 * NaN = NaN``. Without it (measured on CPU, torch 2.13), a NaN
+    in one padded value reached every output of all three backends, and a NaN in one padded key every output of
+    SDPA (its additive ``-inf`` mask: ``NaN + -inf = NaN``). The guard covers outputs and the gradients of
+    the queries, keys and values; the projection's weight gradient still multiplies the zero gradient of a
+    padded row by the row itself, so a NaN *input* row makes it NaN. Other masks (causal, sliding window, ...)
+    and cached calls get no such guard: see each backend's module docstring for what reaches a visible output.
+
 Cross-attention to a fixed context (encoder-decoder decoding)
     :meth:`MultiHeadAttention.project_context` returns the context's keys and values ``(B, H_kv, S, D)``;
     ``forward(x, context_kv=(k, v))`` attends to them without projecting the context again. Decoding one token at
@@ -148,6 +161,24 @@ class MultiHeadAttentionConfig(HeadGeometry):
 
     def build(self) -> "MultiHeadAttention":
         return MultiHeadAttention(self)
+
+
+def _zero_hidden_keys(k: Tensor, v: Tensor, key_valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Zero the key and value rows that the mask hides from every query (``Mask.key_valid`` False, or beyond it).
+
+    ``k``, ``v``: ``(B, H_kv, S, D)`` at key positions ``0 .. S-1``. The outputs do not change (those keys get
+    probability 0), but a NaN or inf held there can no longer reach a visible output through a kernel's
+    ``0 * NaN`` (every backend multiplies the zero probabilities by the values).
+    """
+    B, _, S, _ = k.shape
+    rows = key_valid if key_valid.ndim == 2 else key_valid.unsqueeze(0)  # (B or 1, S_valid)
+    if rows.shape[0] not in (1, B):
+        return k, v  # not this batch's mask; the attention call itself reports the mismatch
+    n = min(S, rows.shape[1])
+    keep = torch.zeros(rows.shape[0], S, dtype=torch.bool, device=k.device)  # (B or 1, S): beyond S_valid hidden
+    keep[:, :n] = rows[:, :n].to(k.device)
+    hidden = ~keep[:, None, :, None]  # (B or 1, 1, S, 1)
+    return k.masked_fill(hidden, 0.0), v.masked_fill(hidden, 0.0)
 
 
 class MultiHeadAttention(AttentionLayer):
@@ -439,6 +470,9 @@ class MultiHeadAttention(AttentionLayer):
                 m = None  # the newest query sees every cached key
             else:
                 m = shifted_mask(m, kv_start)
+
+        if cache is None and m is not None and m.key_valid is not None:
+            k, v = _zero_hidden_keys(k, v, m.key_valid)  # (B, H_kv, S, D) x 2
 
         impl = self._impl
         if impl == "auto" and cache is not None and T == 1 and self.score in _SDPA_SCORES:

@@ -50,6 +50,13 @@ class Mask:
             cache may then keep only the last ``window`` keys. ``None`` when keys arbitrarily far back are visible.
         per_batch: ``True`` when the predicate depends on ``b`` (e.g. documents with a batch of id rows).
         per_head: ``True`` when the predicate depends on ``h``.
+        key_valid: ``None``, or a ``torch.bool`` tensor ``(B, S)`` / ``(S,)`` that the mask guarantees: wherever it
+            is ``False`` (and at every position ``>= S``), key ``j`` of batch row ``b`` is hidden from **every**
+            query. Set by :func:`~attnlab.masks.key_padding`; :func:`and_masks` keeps it (AND of the operands'),
+            :func:`or_masks` keeps it only when every operand has one (OR). Attention layers use it to zero the
+            hidden keys and values before attending, so that a NaN or inf in a padded position cannot reach a
+            visible output on any backend (``0 * NaN = NaN`` inside a kernel's ``p @ v``). It never changes which
+            keys are visible: that is the predicate's job alone.
     """
 
     name: str
@@ -61,6 +68,7 @@ class Mask:
     window: int | None = None
     per_batch: bool = False
     per_head: bool = False
+    key_valid: Tensor | None = field(default=None, repr=False)
 
     def __call__(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return self.fn(b, h, q_idx, kv_idx)
@@ -104,6 +112,27 @@ def _fold(ms: list[Mask], op: Callable[[Tensor, Tensor], Tensor]) -> MaskFn:
     return fn
 
 
+def _combine_key_valid(ms: list[Mask], op: Callable[[Tensor, Tensor], Tensor]) -> Tensor | None:
+    """The ``key_valid`` of ``and``/``or`` of ``ms`` (``op``): ``None`` when an operand has none (``or``) or all
+    have none (``and``), or when their batch sizes disagree. Positions beyond an operand's ``S`` are padding."""
+    vs = [m.key_valid for m in ms if m.key_valid is not None]
+    if not vs or (op is operator.or_ and len(vs) < len(ms)):
+        return None
+    if len(vs) == 1:
+        return vs[0]
+    rows = [v if v.ndim == 2 else v.unsqueeze(0) for v in vs]  # (B or 1, S_i)
+    batch = {r.shape[0] for r in rows} - {1}
+    if len(batch) > 1:
+        return None
+    S = max(r.shape[1] for r in rows)
+    dev = rows[0].device
+    padded = [torch.nn.functional.pad(r.to(dev), (0, S - r.shape[1]), value=False) for r in rows]  # (B or 1, S)
+    out = padded[0]
+    for r in padded[1:]:
+        out = op(out, r)
+    return out if any(v.ndim == 2 for v in vs) else out[0]
+
+
 def and_masks(*masks: Mask | MaskFn) -> Mask:
     """Intersection: a key is visible only if every mask allows it."""
     ms = _operands("and_masks", masks)
@@ -122,6 +151,7 @@ def and_masks(*masks: Mask | MaskFn) -> Mask:
         window=min(windows) if windows and any(m.causal for m in ms) else None,
         per_batch=any(m.per_batch for m in ms),
         per_head=any(m.per_head for m in ms),
+        key_valid=_combine_key_valid(ms, operator.and_),
     )
 
 
@@ -143,6 +173,7 @@ def or_masks(*masks: Mask | MaskFn) -> Mask:
         window=max(m.window for m in ms if m.window is not None) if all_windowed and all(m.causal for m in ms) else None,
         per_batch=any(m.per_batch for m in ms),
         per_head=any(m.per_head for m in ms),
+        key_valid=_combine_key_valid(ms, operator.or_),
     )
 
 

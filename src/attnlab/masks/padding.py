@@ -27,7 +27,9 @@ def key_padding(valid: Tensor) -> Mask:
             at real positions, ``False`` at padding. Positions ``>= S`` count as padding.
 
     Returns:
-        A :class:`Mask` with ``per_batch`` for a ``(B, S)`` input, named ``key_padding(B=.., S=.., n_pad=..)``.
+        A :class:`Mask` with ``per_batch`` for a ``(B, S)`` input, named ``key_padding(B=.., S=.., n_pad=..)``, and
+        ``key_valid=valid`` (the padded keys are hidden from every query), which lets attention layers zero the
+        padded keys and values so that whatever they hold (NaN, inf) cannot reach a real position.
     """
     if not isinstance(valid, Tensor):
         raise ValueError(f"valid must be a torch.bool tensor of shape (B, S) or (S,), got {type(valid).__name__}")
@@ -53,4 +55,4 @@ def key_padding(valid: Tensor) -> Mask:
     n_pad = int((~rows).sum())
     shape = f"B={rows.shape[0]}, S={S}" if per_batch else f"S={S}"
     name = f"key_padding({shape}, n_pad={n_pad})"
-    return Mask(name=name, fn=fn, per_batch=per_batch)
+    return Mask(name=name, fn=fn, per_batch=per_batch, key_valid=valid)
