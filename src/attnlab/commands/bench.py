@@ -2,7 +2,8 @@
 
 Results go to ``--out`` (default ``benchmarks/results``) as ``<suite>-<device>.md``/``.csv``/``*.png``, each with
 the command line, date and machine. Existing results are never overwritten unless ``--force`` is given.
-Exit status 1 when a case failed its correctness check or raised.
+Exit status 1 when a case failed its correctness check or raised; 2 (with ``attnlab: error: ...`` on stderr) for
+bad arguments or results that exist already without ``--force``.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         status, _ = run_suites(names, options, args.out, command=cmd, force=args.force, threads=args.threads,
                                echo=print)
     except (ValueError, FileExistsError) as exc:
-        print(f"attnlab bench: {exc}")
-        return 2
+        from attnlab.commands._config_args import fail
+
+        return fail(str(exc))
     return status

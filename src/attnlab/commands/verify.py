@@ -1,9 +1,9 @@
-"""``attnlab verify [NAME...]``: run the property checks over registered mechanisms; exit 1 on any failure."""
+"""``attnlab verify [NAME...]``: run the property checks over registered mechanisms; exit 1 on any failure, 2 (with
+``attnlab: error: ...`` on stderr) for bad arguments such as an unknown mechanism or check."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
@@ -37,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
                              seq_len=args.seq_len, d_model=args.d_model, n_heads=args.n_heads, seed=args.seed)
         results = run_checks(args.names, opts, only=args.check, progress=not args.no_progress)
     except ValueError as exc:
-        print(f"attnlab verify: {exc}", file=sys.stderr)
-        return 2
+        from attnlab.commands._config_args import fail
+
+        return fail(str(exc))
     print(aligned(RESULT_COLUMNS, result_rows(results, failures_only=args.failures_only)))
     t = Tally.of(results)
     print(f"\n{t.cases} cases over {t.mechanisms} mechanisms: {t.passed} passed, {t.failed} failed"

@@ -3,6 +3,12 @@
 A picture shows the dense ``(q_len, kv_len)`` mask of :func:`attnlab.masks.dense`: rows are query positions ``i``
 (top to bottom), columns key positions ``j`` (left to right), dark cells are visible keys. The title carries the
 mask's name (with its parameters) and its density, the fraction of visible (query, key) pairs.
+
+Sizes are bounded by :data:`MAX_RENDER_LENGTH` (1024) per side: a picture is about 500 pixels wide (a gallery panel
+about 420), so at 1024 two positions already share a pixel and a longer side would draw nothing more, while the
+dense mask, its float copy for ``imshow`` and the float64 copy for the density grow as ``length^2`` (a gallery at
+1024 took 7.5 s and 0.46 GB; at 16384 each mask alone would need 2 GiB for the density). Larger sizes are refused
+with a ``ValueError`` before anything is allocated.
 """
 
 from __future__ import annotations
@@ -16,7 +22,12 @@ import torch
 from attnlab.masks import patterns
 from attnlab.masks.core import Mask, dense
 
-__all__ = ["density", "example_masks", "render", "gallery"]
+__all__ = ["density", "example_masks", "render", "gallery", "MAX_RENDER_LENGTH", "MIN_GALLERY_LENGTH"]
+
+#: Longest side (query or key positions) that :func:`render` and :func:`gallery` draw; see the module docstring.
+MAX_RENDER_LENGTH = 1024
+#: Shortest ``length`` of :func:`example_masks` / :func:`gallery` (the patterns' parameters need room).
+MIN_GALLERY_LENGTH = 4
 
 
 def density(mask: Mask, q_len: int, kv_len: int) -> float:
@@ -54,6 +65,9 @@ def render(mask: Mask, q_len: int, kv_len: int, path: str | Path, title: str | N
     for arg, val in (("q_len", q_len), ("kv_len", kv_len)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise ValueError(f"{arg} must be an int >= 1, got {val!r}")
+        if val > MAX_RENDER_LENGTH:
+            raise ValueError(f"{arg} must be <= MAX_RENDER_LENGTH={MAX_RENDER_LENGTH} (a picture is about 500 pixels "
+                             f"wide), got {val}")
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,8 +85,8 @@ def example_masks(length: int) -> list[Mask]:
 
     Causal and bidirectional variants are both shown where a pattern has both.
     """
-    if isinstance(length, bool) or not isinstance(length, int) or length < 4:
-        raise ValueError(f"length must be an int >= 4, got {length!r}")
+    if isinstance(length, bool) or not isinstance(length, int) or length < MIN_GALLERY_LENGTH:
+        raise ValueError(f"length must be an int >= {MIN_GALLERY_LENGTH}, got {length!r}")
     w = max(2, length // 8)
     stride = max(2, round(math.sqrt(length)))
     block = max(2, length // 4)
@@ -106,8 +120,13 @@ def gallery(length: int, out_dir: str | Path) -> list[Path]:
     """Render every example mask of :func:`example_masks` at ``length`` into ``out_dir``.
 
     Writes one ``<name>.png`` per mask and ``gallery.png`` with all of them; returns the written paths
-    (the gallery last).
+    (the gallery last). ``length`` must be in ``[MIN_GALLERY_LENGTH, MAX_RENDER_LENGTH]`` = ``[4, 1024]``; anything
+    else is a ``ValueError`` raised before a directory or a mask is made.
     """
+    if isinstance(length, bool) or not isinstance(length, int) or not \
+            MIN_GALLERY_LENGTH <= length <= MAX_RENDER_LENGTH:
+        raise ValueError(f"length must be an int in [{MIN_GALLERY_LENGTH}, {MAX_RENDER_LENGTH}] "
+                         f"(MAX_RENDER_LENGTH: a picture is about 500 pixels wide), got {length!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     masks = example_masks(length)
