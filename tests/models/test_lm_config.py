@@ -85,7 +85,7 @@ def test_round_trip_through_dict(tiny_mechanisms: None) -> None:
         (dict(parity=1), "parity must be a bool, got 1"),
         (dict(attention_options={"gqa": {}}), "options for 'gqa', which no layer uses; this model uses standard"),
         (dict(attention_options={"standard": {"n_heads": 2}}), "sets n_heads, which a decoder-only LM sets for every layer"),
-        (dict(attention_options={"standard": {"windw": 3}}), "attention 'standard': invalid layer options .*windw"),
+        (dict(attention_options={"standard": {"windw": 3}}), "attention 'standard' with d_model=.*: invalid layer options .*windw"),
         (dict(attention_options={"standard": 3}), "attention_options\\['standard'\\] must be a dict of options"),
     ],
 )

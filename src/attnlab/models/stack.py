@@ -144,7 +144,10 @@ def _layer_config(name: str, user: dict[str, Any], *, parity: bool, d_model: int
             extra["dropout"] = float(dropout)
         cfg = spec.config(**base, **extra, **user) if extra else probe
     except (TypeError, ValueError) as e:
-        raise ValueError(f"attention {name!r}: invalid layer options ({e})") from None
+        raise ValueError(
+            f"attention {name!r} with d_model={d_model}, n_heads={n_heads} (head_dim={head_dim}): invalid layer "
+            f"options ({e})"
+        ) from None
     if bool(getattr(cfg, "rope", False)) and "rope_base" not in fields and rope_base != 10000.0:
         raise ValueError(
             f"rope_base={rope_base} cannot be passed to mechanism {name!r}, whose config has no rope_base field (it "

@@ -26,7 +26,7 @@ from attnlab.models.encdec import CROSS_SCORES, EncDecConfig, EncoderDecoder
     (dict(decoder_attention_options={"sliding-window": {"window": 2}}),
      r"decoder_attention_options has options for 'sliding-window', which no layer uses"),
     (dict(encoder_attention="sliding-window", encoder_attention_options={"sliding-window": {"width": 2}}),
-     r"encoder_attention 'sliding-window': invalid layer options .*unknown option\(s\) 'width'"),
+     r"encoder_attention 'sliding-window' with d_model=.*: invalid layer options .*unknown option\(s\) 'width'"),
     (dict(encoder_attention="linear", encoder_attention_options={"linear": {"causal": False}}),
      r"encoder_attention: mechanism 'linear' is not causal and its layer takes no per-call mask"),
     (dict(vocab_size=1), r"vocab_size must be an int >= 2, got 1"),
