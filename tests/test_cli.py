@@ -81,12 +81,12 @@ def test_bench_writes_reports_refuses_to_overwrite_and_fails_on_a_wrong_layer(to
     assert (tmp_path / "mechanisms-cpu.png").exists()
     capsys.readouterr()
     assert main(argv) == 2  # never overwrite silently
-    assert "--force" in capsys.readouterr().out
+    assert "--force" in capsys.readouterr().err
     # a plot alone is also refused before anything is measured (not after, by write_results)
     (tmp_path / "mechanisms-cpu.md").rename(tmp_path / "kept.md")
     (tmp_path / "mechanisms-cpu.csv").rename(tmp_path / "kept.csv")
     assert main(argv) == 2
-    assert "mechanisms-cpu.png" in capsys.readouterr().out
+    assert "mechanisms-cpu.png" in capsys.readouterr().err
 
     # a layer whose benchmarked backend (sdpa) disagrees with its reference reports the failure, not a speed
     import dataclasses

@@ -228,3 +228,29 @@ def test_mask_constructors_refuse_bad_sizes_by_name(name: str, value: Any) -> No
         return
     d = masks.dense(m, 6, 6)
     assert d.dtype == torch.bool and d.shape == (6, 6)
+
+
+BAD_SIZES = st.one_of(st.sampled_from(BAD_WORDS), st.integers(max_value=0).map(str))
+
+
+@settings(FUZZ, max_examples=25)
+@given(option=st.sampled_from(["--seq-len", "--batch-size", "--d-model", "--n-heads", "--seed"]), value=BAD_SIZES)
+def test_verify_refuses_bad_sizes(option: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if option == "--seed" and value.lstrip("-").isdigit() and int(value) == 0:
+        return  # seed 0 is valid (and would run every check)
+    rc, _, err = _run_cli(["verify", "standard", "--no-progress", option, value], capsys)
+    assert rc == 2 and "error" in err, (option, value, err)
+    assert option in err or option.lstrip("-").replace("-", "_") in err, (option, value, err)
+
+
+@settings(FUZZ, max_examples=25)
+@given(option=st.sampled_from(["--lengths", "--batch-size", "--d-model", "--n-heads", "--repeats", "--budget"]),
+       value=BAD_SIZES)
+def test_bench_refuses_bad_sizes(option: str, value: str, tmp_path_factory: pytest.TempPathFactory,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path_factory.mktemp("bench")
+    rc, _, err = _run_cli(["bench", "--no-progress", "--quick", "--out", str(out), option, value], capsys)
+    assert rc == 2 and "error" in err, (option, value, err)
+    names = {"--budget": "budget", "--lengths": "lengths"}
+    assert option in err or names.get(option, option.lstrip("-").replace("-", "_")) in err, (option, value, err)
+    assert not any(out.iterdir()), "a refused benchmark wrote results"

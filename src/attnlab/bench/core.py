@@ -11,12 +11,14 @@ and every case runs a correctness check first: a case that fails it reports the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from attnlab._validation import check_float, check_int
 from attnlab.layers.registry import MECHANISMS
 from attnlab.registry import Registry
 
@@ -64,11 +66,15 @@ class BenchOptions:
         if self.lengths is not None:
             if not self.lengths or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in self.lengths):
                 raise ValueError(f"lengths must be positive ints, got {self.lengths!r}")
+        check_int("d_model", self.d_model, 1)
+        check_int("n_heads", self.n_heads, 1)
+        check_int("batch_size", self.batch_size, 1)
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
         if torch.device(self.device).type not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
-        if self.warmup < 0 or self.repeats < 1 or not self.budget_s > 0:
+        check_float("budget_s", self.budget_s, low=0.0, low_inclusive=False, high=math.inf)
+        if self.warmup < 0 or self.repeats < 1:
             raise ValueError(f"need warmup >= 0, repeats >= 1 and budget_s > 0; got warmup={self.warmup}, "
                              f"repeats={self.repeats}, budget_s={self.budget_s}")
         if self.mechanisms is not None:

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from attnlab._validation import check_int
 from attnlab.layers.registry import MECHANISMS, MechanismSpec
 from attnlab.registry import Registry
 
@@ -39,6 +40,17 @@ class VerifyOptions:
     d_model: int = 24
     n_heads: int = 4
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("batch_size", self.batch_size, 1)
+        check_int("seq_len", self.seq_len, 1)  # T=1 (or B=1): the checks that need more are skipped, not passed
+        check_int("d_model", self.d_model, 1)
+        check_int("n_heads", self.n_heads, 1)
+        check_int("seed", self.seed, 0)
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
+        if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point torch.dtype, got {self.dtype!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
