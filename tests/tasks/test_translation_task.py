@@ -83,7 +83,8 @@ def test_resume_is_exact_and_accumulation_weights_by_tokens(tmp_path: Path) -> N
 def test_final_evaluation_scores_bleu_and_writes_hypotheses(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     res = Trainer(cfg, out_dir=tmp_path / "run", log=None).fit()
-    assert set(res.val.metrics) == {"bleu", "chrf"} and 0.0 <= res.val.metrics["bleu"] <= 100.0
+    assert set(res.val.metrics) == {"bleu", "chrf", "search_sentences_per_s"} and 0.0 <= res.val.metrics["bleu"] <= 100.0
+    assert res.val.metrics["search_sentences_per_s"] > 0
     hyp = tmp_path / "run" / "hypotheses-test-step4.txt"
     assert len(hyp.read_text().splitlines()) == 10  # one line per source sentence, in corpus order
     recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -12,6 +12,7 @@ translations, detokenized, scored with corpus BLEU and chrF by sacreBLEU, and wr
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -289,16 +290,20 @@ class Translation(Task):
         from attnlab.tasks.translation.metrics import corpus_bleu, corpus_chrf
 
         hyps: list[str] = [""] * len(enc)
+        t0 = time.perf_counter()
         for idx in batches:
             b = enc.batch(idx, device=ctx.device)
             for j, hyp in zip(idx, self._search(model, b.src)):
                 hyps[int(j)] = self.tokenizer.decode(hyp)
+        search_s = time.perf_counter() - t0
         refs = [t for _, t in self.data.corpus.splits[split]]
         if self.data_cfg.lowercase:
             refs = [r.lower() for r in refs]
         if self.output_dir is not None:
             self._write_hypotheses(split, hyps)
-        return {"bleu": corpus_bleu(hyps, refs), "chrf": corpus_chrf(hyps, refs)}
+        # the search's speed (batches of ctx.batch_size sources, detokenization included), for the benchmarks
+        return {"bleu": corpus_bleu(hyps, refs), "chrf": corpus_chrf(hyps, refs),
+                "search_sentences_per_s": len(hyps) / max(search_s, 1e-9)}
 
     def _write_hypotheses(self, split: str, hyps: list[str]) -> None:
         """``hypotheses-<split><label>.txt`` in the output dir; an existing file is never overwritten (a counter is
