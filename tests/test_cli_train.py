@@ -26,7 +26,9 @@ def _small(text: Path, tmp_path: Path) -> list[str]:
             "--no-progress"]
 
 
-def test_train_eval_generate(tmp_path: Path, text: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_eval_generate(tmp_path: Path, text: Path, capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTNLAB_CACHE_DIR", str(tmp_path / "cache"))  # eval never uses a cache stored in a checkpoint
     out = tmp_path / "run"
     assert main(["train", "--preset", "shakespeare-char-cpu", "--mechanism", "castle", "--out", str(out),
                  *_small(text, tmp_path)]) == 0
@@ -37,7 +39,7 @@ def test_train_eval_generate(tmp_path: Path, text: Path, capsys: pytest.CaptureF
     assert result["steps"] == 8 and 0 <= result["overhead_fraction"] < 1
     capsys.readouterr()
 
-    assert main(["eval", "--checkpoint", str(out), "--json"]) == 0
+    assert main(["eval", "--checkpoint", str(out), "--json", "--data", str(text)]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["val"]["loss"] == pytest.approx(result["val"]["loss"], rel=1e-6)
     assert ev["val"]["bits_per_char"] == pytest.approx(ev["val"]["loss"] / 0.6931471805599453, rel=1e-9)

@@ -92,8 +92,10 @@ def test_final_evaluation_scores_bleu_and_writes_hypotheses(tmp_path: Path) -> N
     assert mid and "bleu" not in mid[0]  # no decoding during training unless asked
 
 
-def test_cli_train_translate_eval_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_train_translate_eval_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _cfg(tmp_path, precision="float32")
+    monkeypatch.setenv("ATTNLAB_CACHE_DIR", str(cfg.data.cache_dir))  # eval never uses a cache stored in a checkpoint
     toml = tmp_path / "mt.toml"
     sets = ["--set", f"data.source={cfg.data.source}", "--set", f"data.cache_dir={cfg.data.cache_dir}",
             "--set", "data.vocab_size=300", "--set", "model.d_model=16", "--set", "model.n_heads=2",
@@ -106,12 +108,14 @@ def test_cli_train_translate_eval_and_errors(tmp_path: Path, capsys: pytest.Capt
     assert main(["translate", "--checkpoint", str(out), "ein mann läuft.", "ein hund."]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
-    assert main(["eval", "--checkpoint", str(out), "--splits", "test", "--json", "--out", str(tmp_path / "ev")]) == 0
+    assert main(["eval", "--checkpoint", str(out), "--splits", "test", "--json", "--out", str(tmp_path / "ev"),
+                 "--stored-data"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["task"] == "translation" and {"bleu", "chrf"} <= set(d["test"]["metrics"])
     assert (tmp_path / "ev" / "hypotheses-test.txt").is_file()
     # a second eval never overwrites the first file
-    assert main(["eval", "--checkpoint", str(out), "--splits", "test", "--json", "--out", str(tmp_path / "ev")]) == 0
+    assert main(["eval", "--checkpoint", str(out), "--splits", "test", "--json", "--out", str(tmp_path / "ev"),
+                 "--stored-data"]) == 0
     capsys.readouterr()
     assert (tmp_path / "ev" / "hypotheses-test.1.txt").is_file()
     # errors

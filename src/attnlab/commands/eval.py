@@ -10,8 +10,12 @@ HELP = ("evaluate a checkpoint over whole splits: loss and perplexity (bits per 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (newest checkpoint)")
-    p.add_argument("--data", help="language models: corpus or text file to evaluate on (default: the one it was "
-                                  "trained on)")
+    p.add_argument("--data", help="corpus to evaluate on: a bundled name (tinyshakespeare, wikitext2, multi30k) or a "
+                                  "path (default: the bundled corpus it was trained on; a path stored in the "
+                                  "checkpoint is not followed unless --stored-data is given)")
+    p.add_argument("--stored-data", action="store_true",
+                   help="evaluate on the data path stored in the checkpoint (printed); checkpoints are data, so a "
+                        "stored path is read only when asked")
     p.add_argument("--splits", default="val,test", help="comma-separated splits (missing ones are skipped)")
     p.add_argument("--batch-size", type=int, default=8, help="rows (windows, sentences) per evaluation batch")
     p.add_argument("--out", help="translation: directory for the hypotheses files (default: the run directory)")
@@ -21,7 +25,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    from dataclasses import replace
 
     from attnlab.commands._config_args import fail
     from attnlab.tasks import EvalContext
@@ -34,21 +37,25 @@ def run(args: argparse.Namespace) -> int:
     for split in splits:
         if split not in ("train", "val", "test"):
             return fail(f"unknown split {split!r} in --splits; choose from train, val, test")
+    if args.data and args.stored_data:
+        return fail("--data and --stored-data both choose the data; give one")
     try:
-        t = load_trained(args.checkpoint, device=args.device)
+        t = load_trained(args.checkpoint, device=args.device, data=args.data, stored_data=args.stored_data)
         task = t.task
-        if args.data:
-            if t.config.task != "lm":
-                return fail(f"--data applies to language models; this checkpoint is a {t.config.task!r} model")
-            task.data_cfg = replace(task.data_cfg, source=args.data)
-        if hasattr(task, "set_output_dir"):
+        if t.data_source is None:  # the stored source is a path: never followed silently
+            return fail(f"checkpoint {str(t.path)!r} was trained on {t.stored_source!r}, a path stored in the "
+                        f"checkpoint, which eval does not follow on its own; pass --data PATH (or a bundled corpus "
+                        f"name) to choose the data, or --stored-data to evaluate on {t.stored_source!r}")
+        if args.stored_data and not args.json:
+            print(f"data: {t.data_source} (the path stored in the checkpoint, --stored-data)")
+        if hasattr(task, "set_output_dir"):  # hypotheses go to the run directory of the checkpoint, or --out
             task.set_output_dir(args.out or t.path.parent)
         available = ("train",) + task.splits
     except (CheckpointError, ValueError) as e:
         return fail(str(e))
     device = next(t.model.parameters()).device
     ctx = EvalContext(device=device, batch_size=args.batch_size, progress=not args.json)
-    out = {"checkpoint": str(t.path), "step": t.state["step"], "task": t.config.task}
+    out = {"checkpoint": str(t.path), "step": t.state["step"], "task": t.config.task, "data": t.data_source}
     for split in splits:
         if split not in available:
             continue
@@ -56,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
             r = task.evaluate(t.model, split, ctx)
         except ValueError as e:
             return fail(str(e))
+        except OSError as e:  # e.g. the hypotheses file cannot be written
+            return fail(f"{e.filename or 'eval'}: {e.strerror or e}")
         out[split] = r.to_dict()
     if args.json:
         print(json.dumps(out, indent=1))

@@ -31,10 +31,14 @@ def run(args: argparse.Namespace) -> int:
     t = load_checkpoint(args.checkpoint, device=args.device, task="lm")
     if isinstance(t, int):
         return t
-    if t.tokenizer is None:
-        return fail(f"checkpoint {t.path} holds no tokenizer")
     try:
-        ids = t.tokenizer.encode(args.prompt)
+        tokenizer = t.tokenizer
+    except ValueError:  # the task would build it from data a stored path names: a checkpoint is not followed
+        tokenizer = None
+    if tokenizer is None:
+        return fail(f"checkpoint {t.path} holds no tokenizer (task_state.tokenizer in state.json)")
+    try:
+        ids = tokenizer.encode(args.prompt)
     except ValueError as e:
         return fail(f"cannot encode the prompt: {e}")
     if not ids:
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                            seed=seed, use_cache=use_cache)
             if args.num_samples > 1:
                 print(f"--- sample {i + 1}")
-            print(t.tokenizer.decode(out.tolist()))
+            print(tokenizer.decode(out.tolist()))
     except ValueError as e:
         return fail(str(e))
     return 0

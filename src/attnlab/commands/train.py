@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
               f"{f' x {trainer.dist.world_size} ranks' if trainer.dist.enabled else ''}; output in {out}")
     try:
         trainer.fit()
-    except NonFiniteError as e:
+    except (NonFiniteError, CheckpointError, OutputDirError) as e:  # e.g. a checkpoint that cannot be written
         return fail(str(e))
     finally:
         lock.release()

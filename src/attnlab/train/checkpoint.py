@@ -19,9 +19,12 @@ pointer to go stale. No pickles: nothing in a checkpoint executes code when load
 from __future__ import annotations
 
 import base64
+import binascii
+import errno
 import json
 import os
 import shutil
+import struct
 import uuid
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,8 @@ __all__ = [
     "load_optimizer",
     "rng_state",
     "set_rng_state",
+    "read_tensor_header",
+    "check_resume_state",
     "CheckpointError",
 ]
 
@@ -102,63 +107,127 @@ def save_checkpoint(
 
     ``model`` must be the bare module (not DDP / compiled wrappers). ``state`` is merged into ``state.json``
     (it must be JSON-serialisable). Returns the checkpoint directory.
+
+    Raises:
+        CheckpointError: the files could not be written (e.g. the disk is full: ``errno.ENOSPC``). The message
+            names the checkpoint that failed and the previous one, which is intact; the partial temporary
+            directory is removed (or, if that fails too, its path is given).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(".tmp-ckpt-*"):  # leftovers of a crashed save
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = run_dir / f".tmp-ckpt-{step:08d}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    full_state = {"format": FORMAT_VERSION, "step": int(step), **state}
-    save_model(model, str(tmp / "model.safetensors"))
-    if optimizer is not None:
-        tensors, rest = _optimizer_split(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        full_state["optimizer"] = rest
-    with open(tmp / "state.json", "w") as f:
-        json.dump(full_state, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    for p in tmp.iterdir():
-        _fsync_file(p)
-    _fsync_dir(tmp)
     final = run_dir / f"{_PREFIX}{step:08d}"
-    if final.exists():  # re-saving a step: move the old one out of the way first (it is complete; so is tmp)
-        trash = run_dir / f".tmp-ckpt-old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(run_dir)
+    tmp = run_dir / f".tmp-ckpt-{step:08d}-{uuid.uuid4().hex[:8]}"
+    trash: Path | None = None
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".tmp-ckpt-*"):  # leftovers of a crashed save
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+        full_state = {"format": FORMAT_VERSION, "step": int(step), **state}
+        save_model(model, str(tmp / "model.safetensors"))
+        if optimizer is not None:
+            tensors, rest = _optimizer_split(optimizer)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            full_state["optimizer"] = rest
+        with open(tmp / "state.json", "w") as f:
+            json.dump(full_state, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        for p in tmp.iterdir():
+            _fsync_file(p)
+        _fsync_dir(tmp)
+        if final.exists():  # re-saving a step: move the old one out of the way first (it is complete; so is tmp)
+            trash = run_dir / f".tmp-ckpt-old-{uuid.uuid4().hex[:8]}"
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+            trash = None
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(run_dir)
+    except OSError as e:
+        raise _save_error(e, run_dir, final, tmp, trash) from e
     for old in _complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _save_error(e: OSError, run_dir: Path, final: Path, tmp: Path, trash: Path | None) -> CheckpointError:
+    """The error of a failed save: which checkpoint, what failed, that the previous one is intact, where the debris
+    is. Removes the partial temporary directory (and puts back a re-saved step's old checkpoint)."""
+    if trash is not None and trash.is_dir() and not final.exists():
+        try:  # a re-save of a step failed between its two renames: the old complete checkpoint goes back
+            os.replace(trash, final)
+        except OSError:  # pragma: no cover
+            pass
+    if tmp.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+    debris = (f"the partial temporary directory {str(tmp)!r} could not be removed (remove it by hand; the next save "
+              "also removes it)" if tmp.exists() else "the partial temporary directory was removed")
+    what = e.strerror or str(e)
+    if e.errno == errno.ENOSPC:
+        what = f"the disk is full ({what})"
+    elif e.filename:
+        what = f"{what}: {e.filename}"
+    try:
+        previous = _complete_checkpoints(run_dir) if run_dir.is_dir() else []
+    except OSError:  # pragma: no cover
+        previous = []
+    prev = (f"the previous checkpoint {str(previous[-1])!r} is intact" if previous
+            else "there is no previous checkpoint in this run directory")
+    return CheckpointError(f"could not write checkpoint {str(final)!r}: {what}; {prev}; {debris}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Finding and reading
 
 
-def _complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints in ``run_dir``, oldest first."""
+def _checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """Every ``ckpt-<step>`` directory of ``run_dir`` (complete or not), oldest first."""
     found = []
     for p in run_dir.glob(f"{_PREFIX}*"):
-        if p.is_dir() and (p / "state.json").is_file() and (p / "model.safetensors").is_file():
+        if p.is_dir():
             try:
                 found.append((int(p.name[len(_PREFIX) :]), p))
             except ValueError:
                 continue
-    return [p for _, p in sorted(found)]
+    return sorted(found)
+
+
+def _missing_files(ckpt_dir: Path) -> list[str]:
+    return [name for name in ("state.json", "model.safetensors") if not (ckpt_dir / name).is_file()]
+
+
+def _complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints in ``run_dir``, oldest first."""
+    return [p for _, p in _checkpoint_dirs(run_dir) if not _missing_files(p)]
+
+
+def _incomplete_error(ckpt_dir: Path, missing: list[str]) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {str(ckpt_dir)!r} is incomplete: {' and '.join(str(ckpt_dir / m) for m in missing)} "
+        f"{'is' if len(missing) == 1 else 'are'} missing (attnlab writes checkpoints atomically, so it was damaged "
+        "after it was written); move that directory aside to use the previous checkpoint, if there is one")
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint in ``run_dir``, or ``None``."""
+    """The newest checkpoint in ``run_dir``, or ``None`` if there is none.
+
+    Raises:
+        CheckpointError: the newest ``ckpt-<step>`` directory lacks ``state.json`` or ``model.safetensors`` (it was
+            damaged: the atomic save never leaves one so). Quietly falling back to an older checkpoint would
+            continue a run from the wrong step.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return None
-    found = _complete_checkpoints(run_dir)
-    return found[-1] if found else None
+    found = _checkpoint_dirs(run_dir)
+    if not found:
+        return None
+    newest = found[-1][1]
+    missing = _missing_files(newest)
+    if missing:
+        raise _incomplete_error(newest, missing)
+    return newest
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -168,6 +237,11 @@ def find_checkpoint(path: str | Path) -> Path:
         return path
     if not path.exists():
         raise CheckpointError(f"checkpoint path {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint path {str(path)!r} is not a directory: expected a checkpoint directory "
+                              f"(with state.json) or a run directory holding {_PREFIX}<step>/ directories")
+    if path.name.startswith(_PREFIX) and (path / "model.safetensors").is_file():
+        raise _incomplete_error(path, ["state.json"])
     ckpt = latest_checkpoint(path)
     if ckpt is None:
         raise CheckpointError(
@@ -177,36 +251,220 @@ def find_checkpoint(path: str | Path) -> Path:
     return ckpt
 
 
+def _is_int(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
 def read_state(ckpt_dir: str | Path) -> dict[str, Any]:
-    """The JSON state of a checkpoint."""
+    """The JSON state of a checkpoint, checked: a JSON object with the format version, an integer ``step`` and, if
+    present, the run ``config`` and ``task_state`` as objects; anything else is a :class:`CheckpointError` naming
+    ``state.json``."""
     ckpt_dir = find_checkpoint(ckpt_dir)
+    path = ckpt_dir / "state.json"
     try:
-        state = json.loads((ckpt_dir / "state.json").read_text())
+        state = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{ckpt_dir / 'state.json'} is not valid JSON: {e}") from None
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got a {type(state).__name__}")
     if state.get("format") != FORMAT_VERSION:
         hint = (" (written by attnlab 0.1, before tasks and the renamed config keys; retrain, or load its "
                 "model.safetensors by hand)" if state.get("format") == 1 else "")
         raise CheckpointError(
             f"{ckpt_dir}: checkpoint format {state.get('format')!r} is not supported (expected {FORMAT_VERSION}){hint}"
         )
+    _check_key(state, "step", path, "a non-negative integer", _is_int)
+    for key, what in (("config", "an object (the run config)"), ("task_state", "an object")):
+        if key in state:
+            _check_key(state, key, path, what, lambda v: isinstance(v, dict))
     return state
 
 
-def load_model_weights(ckpt_dir: str | Path, model: nn.Module) -> None:
-    """Load the weights of ``ckpt_dir`` into ``model``; any mismatch of names or shapes is a clear error."""
-    ckpt_dir = find_checkpoint(ckpt_dir)
-    path = ckpt_dir / "model.safetensors"
-    own = model.state_dict()
-    with safe_open(str(path), framework="pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+def _check_key(d: dict[str, Any], key: str, path: Path, expected: str, ok: Any, where: str = "") -> None:
+    if key not in d:
+        raise CheckpointError(f"{path}: the key {where}{key!r} is missing (expected {expected})")
+    if not ok(d[key]):
+        raise CheckpointError(f"{path}: {where}{key!r} must be {expected}, got {_short(d[key])}")
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def check_resume_state(ckpt_dir: str | Path, state: dict[str, Any]) -> None:
+    """Check the parts of ``state`` (from :func:`read_state`) that resuming a run needs, before anything is loaded:
+    ``tokens_seen``, the RNG states (decodable, of this PyTorch's size) and the optimizer section. Raises
+    :class:`CheckpointError` naming ``state.json`` and the key."""
+    path = Path(ckpt_dir) / "state.json"
+    _check_key(state, "config", path, "an object (the run config)", lambda v: isinstance(v, dict))
+    _check_key(state, "tokens_seen", path, "a non-negative integer", _is_int)
+    if "skipped_steps" in state:
+        _check_key(state, "skipped_steps", path, "a non-negative integer", _is_int)
+    _check_key(state, "rng", path, "an object with the torch RNG state", lambda v: isinstance(v, dict))
+    _check_rng(state["rng"], path, "rng")
+    ranks = state.get("rng_ranks")
+    if ranks is not None:
+        if not isinstance(ranks, list):
+            raise CheckpointError(f"{path}: 'rng_ranks' must be a list of RNG states or null, got {_short(ranks)}")
+        for i, r in enumerate(ranks):
+            if not isinstance(r, dict):
+                raise CheckpointError(f"{path}: 'rng_ranks'[{i}] must be an object, got {_short(r)}")
+            _check_rng(r, path, f"rng_ranks[{i}]")
+    if "optimizer" in state:
+        _check_optimizer_section(state["optimizer"], path)
+
+
+def _check_rng(rng: dict[str, Any], path: Path, where: str) -> None:
+    want = torch.get_rng_state().numel()
+    entries = [("torch", rng.get("torch"))] + [(f"cuda[{i}]", v) for i, v in enumerate(rng.get("cuda") or [])]
+    if "torch" not in rng:
+        raise CheckpointError(f"{path}: {where!r} has no 'torch' entry (the CPU RNG state)")
+    if "cuda" in rng and not isinstance(rng["cuda"], list):
+        raise CheckpointError(f"{path}: '{where}.cuda' must be a list of RNG states, got {_short(rng['cuda'])}")
+    for name, v in entries:
+        try:
+            n = len(_unb64(v)) if isinstance(v, str) else -1
+        except (binascii.Error, ValueError):
+            n = -1
+        if n < 0:
+            raise CheckpointError(f"{path}: '{where}.{name}' is not a base64 RNG state: {_short(v)}")
+        if name == "torch" and n != want:
+            raise CheckpointError(f"{path}: '{where}.torch' is an RNG state of {n} bytes; this PyTorch's CPU "
+                                  f"generator state has {want}")
+
+
+def _check_optimizer_section(opt: Any, path: Path) -> None:
+    if not isinstance(opt, dict):
+        raise CheckpointError(f"{path}: 'optimizer' must be an object, got {_short(opt)}")
+    groups = opt.get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise CheckpointError(f"{path}: 'optimizer.param_groups' must be a list of objects, got {_short(groups)}")
+    for i, g in enumerate(groups):
+        params = g.get("params")
+        if not isinstance(params, list) or not all(_is_int(x) for x in params):
+            raise CheckpointError(f"{path}: 'optimizer.param_groups'[{i}].params must be a list of parameter "
+                                  f"indices, got {_short(params)}")
+    scalars = opt.get("scalars", {})
+    if not isinstance(scalars, dict) or not all(isinstance(v, dict) for v in scalars.values()):
+        raise CheckpointError(f"{path}: 'optimizer.scalars' must be an object of objects, got {_short(scalars)}")
+    for k in scalars:
+        if not k.isdigit():
+            raise CheckpointError(f"{path}: 'optimizer.scalars' key {k!r} is not a parameter index")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# safetensors files: the header is read and checked before any tensor
+
+#: safetensors' own limit on the JSON header (100 MB); a larger length field means a damaged or foreign file
+MAX_HEADER_BYTES = 100_000_000
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def read_tensor_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``{name: (dtype, shape)}`` of the tensors in safetensors file ``path``, read from its header alone.
+
+    The header is checked against the file before anything is allocated: its length field fits in the file (and
+    in safetensors' 100 MB limit), it is a JSON object, and every tensor has a known dtype, a shape of
+    non-negative integers and a byte range that matches its shape and lies inside the file. So a truncated or
+    garbage file, or one whose header claims tensors larger than the file, is a :class:`CheckpointError` naming
+    the file, never an allocation.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path} is truncated: {size} bytes, shorter than the 8-byte header length of a "
+                                      "safetensors file")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES:
+                raise CheckpointError(f"{path} is not a valid safetensors file: its header length field says {n:,} "
+                                      f"bytes (the limit is {MAX_HEADER_BYTES:,}); the file is damaged or not a "
+                                      "checkpoint file")
+            if n > size - 8:
+                raise CheckpointError(f"{path} is truncated: its header length field says {n:,} bytes but only "
+                                      f"{size - 8:,} follow")
+            raw = f.read(n)
+    except FileNotFoundError:
+        raise _incomplete_error(path.parent, [path.name]) from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} is not a valid safetensors file: its header is not JSON (damaged, or not a "
+                              "checkpoint file)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a valid safetensors file: its header is not a JSON object")
+    data_bytes = size - 8 - n
+    out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        bad = f"{path} is damaged: tensor {name!r} in its header"
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{bad} is not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _DTYPE_BYTES:
+            raise CheckpointError(f"{bad} has an unknown dtype {_short(dtype)}")
+        if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+            raise CheckpointError(f"{bad} has an invalid shape {_short(shape)}")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
+                or offsets[0] > offsets[1]):
+            raise CheckpointError(f"{bad} has invalid data_offsets {_short(offsets)}")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if offsets[1] - offsets[0] != numel * _DTYPE_BYTES[dtype]:
+            raise CheckpointError(f"{bad} has shape {shape} ({dtype}) but {offsets[1] - offsets[0]:,} bytes of data")
+        if offsets[1] > data_bytes:
+            raise CheckpointError(f"{path} is truncated: tensor {name!r} ends at byte {offsets[1]:,} of the data, the "
+                                  f"file holds {data_bytes:,}")
+        out[name] = (dtype, tuple(shape))
+    return out
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """``load_file`` with any failure as a :class:`CheckpointError` naming the file (the header was checked)."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+
+
+def _tie_groups(model: nn.Module) -> dict[str, int]:
+    """State-dict name -> an id shared by names of the same tensor (tied weights), without touching storage (works
+    on the meta device, where every ``data_ptr`` is 0)."""
+    ids: dict[str, int] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        ids[name] = id(p)
+    for name, b in model.named_buffers(remove_duplicate=False):
+        ids[name] = id(b)
+    return ids
+
+
+def check_model_shapes(path: str | Path, model: nn.Module, *, what: str | None = None) -> None:
+    """Compare ``model``'s state dict (names and shapes; ``model`` may live on the meta device) with the tensors
+    in safetensors file ``path`` (read from its header only); any difference is a :class:`CheckpointError`."""
+    path = Path(path)
+    shapes = {k: shape for k, (_, shape) in read_tensor_header(path).items()}
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    groups = _tie_groups(model)
     unexpected = sorted(set(shapes) - set(own))
-    wrong = [f"{k}: checkpoint {shapes[k]} vs model {tuple(own[k].shape)}"
-             for k in shapes if k in own and tuple(own[k].shape) != shapes[k]]
-    # Tied weights are stored once under one of their names: a missing key is fine when it shares storage
-    # with a stored one.
-    stored_ptrs = {own[k].data_ptr() for k in shapes if k in own}
-    missing = sorted(k for k in set(own) - set(shapes) if own[k].data_ptr() not in stored_ptrs)
+    wrong = [f"{k}: checkpoint {shapes[k]} vs model {own[k]}" for k in shapes if k in own and own[k] != shapes[k]]
+    # Tied weights are stored once under one of their names: a missing key is fine when it is the same tensor
+    # as a stored one.
+    stored = {groups.get(k, hash(k)) for k in shapes if k in own}
+    missing = sorted(k for k in set(own) - set(shapes) if groups.get(k, hash(k)) not in stored)
     if unexpected or wrong or missing:
         parts = []
         if wrong:
@@ -216,9 +474,19 @@ def load_model_weights(ckpt_dir: str | Path, model: nn.Module) -> None:
         if unexpected:
             parts.append(f"not in model: {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else ""))
         raise CheckpointError(
-            f"checkpoint {str(ckpt_dir)!r} was saved from a different architecture: " + " | ".join(parts)
+            (what or f"checkpoint {str(path.parent)!r} was saved from a different architecture") + ": "
+            + " | ".join(parts)
         )
-    tensors = load_file(str(path), device="cpu")
+
+
+def load_model_weights(ckpt_dir: str | Path, model: nn.Module) -> None:
+    """Load the weights of ``ckpt_dir`` into ``model``; a damaged file or any mismatch of names or shapes is a
+    clear :class:`CheckpointError`."""
+    ckpt_dir = find_checkpoint(ckpt_dir)
+    path = ckpt_dir / "model.safetensors"
+    check_model_shapes(path, model, what=f"checkpoint {str(ckpt_dir)!r} was saved from a different architecture")
+    tensors = _load_tensors(path)
+    own = model.state_dict()
     with torch.no_grad():
         for k, t in tensors.items():
             own[k].copy_(t.to(own[k].dtype))
@@ -227,13 +495,23 @@ def load_model_weights(ckpt_dir: str | Path, model: nn.Module) -> None:
 def load_optimizer(ckpt_dir: str | Path, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Restore optimizer tensors and hyper-parameters saved by :func:`save_checkpoint`."""
     ckpt_dir = find_checkpoint(ckpt_dir)
-    if "optimizer" not in state or not (ckpt_dir / "optimizer.safetensors").is_file():
-        raise CheckpointError(f"checkpoint {str(ckpt_dir)!r} holds no optimizer state (weights only)")
-    tensors = load_file(str(ckpt_dir / "optimizer.safetensors"), device="cpu")
+    path = ckpt_dir / "optimizer.safetensors"
+    if "optimizer" not in state or not path.is_file():
+        raise CheckpointError(f"checkpoint {str(ckpt_dir)!r} holds no optimizer state (weights only"
+                              f"{'' if 'optimizer' not in state else '; optimizer.safetensors is missing'})")
+    _check_optimizer_section(state["optimizer"], ckpt_dir / "state.json")
+    header = read_tensor_header(path)
+    opt_names: dict[str, tuple[int, str]] = {}
+    for key in header:
+        parts = key.split(".", 2)
+        if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() or not parts[2]:
+            raise CheckpointError(f"{path} holds a tensor {key!r}; expected names state.<parameter index>.<name>")
+        opt_names[key] = (int(parts[1]), parts[2])
+    tensors = _load_tensors(path)
     opt_state: dict[int, dict[str, Any]] = {}
     for key, t in tensors.items():
-        _, idx, name = key.split(".", 2)
-        opt_state.setdefault(int(idx), {})[name] = t
+        idx, name = opt_names[key]
+        opt_state.setdefault(idx, {})[name] = t
     for idx, rest in state["optimizer"].get("scalars", {}).items():
         opt_state.setdefault(int(idx), {}).update(rest)
     groups = []
@@ -249,7 +527,10 @@ def load_optimizer(ckpt_dir: str | Path, optimizer: torch.optim.Optimizer, state
             f"optimizer state in {str(ckpt_dir)!r} covers {n_saved} parameters in {len(groups)} groups; "
             f"this optimizer has {n_own} in {len(optimizer.param_groups)}"
         )
-    optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+    try:
+        optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"the optimizer state in {str(ckpt_dir)!r} does not fit this optimizer: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -273,8 +554,11 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    torch.set_rng_state(_unb64(state["torch"]))
+    """Restore what :func:`rng_state` returned (check a checkpoint's with :func:`check_resume_state` first)."""
+    try:
+        torch.set_rng_state(_unb64(state["torch"]))
+    except (KeyError, TypeError, ValueError, RuntimeError, binascii.Error) as e:
+        raise CheckpointError(f"invalid RNG state: {e}") from None
     if "cuda" in state and torch.cuda.is_available():
         saved = [_unb64(s) for s in state["cuda"]]
         if len(saved) == torch.cuda.device_count():

@@ -19,11 +19,38 @@ CSV_COLUMNS = [
 ]
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
+def _parse_jsonl(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """(records, the torn last line or ``None``). Only the last line may be torn (a crash mid-write): a bad line
+    before it is a ``ValueError`` naming the file and line."""
     if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [], None
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    records: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+        except ValueError:
+            if i == len(lines) - 1:
+                return records, line
+            raise ValueError(f"{path}: line {i + 1} is not a JSON record ({line[:40]!r}); only a torn last line is "
+                             "repaired on --resume: move the file aside to continue") from None
+        records.append(rec)
+    return records, None
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``; a torn last line (a crash, or a run writing it right now) is left out."""
+    return _parse_jsonl(Path(path))[0]
 
 
 class MetricsWriter:
@@ -41,8 +68,10 @@ class MetricsWriter:
         self._tensorboard = tensorboard
         self._columns: list[str] | None = None
         if self.enabled:
+            from attnlab.train.outdir import make_out_dir
+
             assert self.out_dir is not None
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            make_out_dir(self.out_dir)  # a file in the way, no permission: an OutputDirError naming the path
             self.jsonl_path = self.out_dir / "metrics.jsonl"
             self.csv_path = self.out_dir / "metrics.csv"
 
@@ -69,15 +98,27 @@ class MetricsWriter:
                 w.writerow(r)
         os.replace(tmp, self.csv_path)
 
-    def truncate_after(self, step: int) -> None:
-        """Forget records with ``step > step`` (used when resuming from the checkpoint of ``step``)."""
+    def truncate_after(self, step: int) -> Path | None:
+        """Forget records with ``step > step`` (used when resuming from the checkpoint of ``step``).
+
+        A torn last line of ``metrics.jsonl`` (a crash mid-write) is dropped from the file and saved aside as
+        ``metrics.jsonl.torn-<time>``, whose path is returned (``None``: there was none)."""
         if not self.enabled:
-            return
-        records = [r for r in read_jsonl(self.jsonl_path) if r.get("step", 0) <= step]
+            return None
+        all_records, torn = _parse_jsonl(self.jsonl_path)
+        torn_path = None
+        if torn is not None:
+            torn_path = self.jsonl_path.with_name(f"{self.jsonl_path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+            n = 1
+            while torn_path.exists():
+                torn_path, n = torn_path.with_name(f"{torn_path.name.split('~')[0]}~{n}"), n + 1
+            torn_path.write_text(torn + "\n", encoding="utf-8")
+        records = [r for r in all_records if r.get("step", 0) <= step]
         tmp = self.jsonl_path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
         os.replace(tmp, self.jsonl_path)
         self._rewrite_csv(records)
+        return torn_path
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:

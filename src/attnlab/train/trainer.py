@@ -199,8 +199,9 @@ class Trainer:
         self.skipped_steps = 0  # non-finite steps skipped (skip_nonfinite)
         self.last_saved: int | None = None
         self.resumed_from: int | None = None
-        if resume and self.out_dir is not None and ckpt.latest_checkpoint(self.out_dir) is not None:
-            self._resume(ckpt.latest_checkpoint(self.out_dir))  # type: ignore[arg-type]
+        latest = ckpt.latest_checkpoint(self.out_dir) if resume and self.out_dir is not None else None
+        if latest is not None:  # (a damaged newest checkpoint is an error, never a silent restart)
+            self._resume(latest)
 
         # DDP first, then compile the wrapper (the order PyTorch supports: DDPOptimizer splits the graph at
         # gradient buckets). ``self.ddp`` keeps the wrapper for ``no_sync``.
@@ -218,7 +219,10 @@ class Trainer:
         if self.out_dir is not None and hasattr(self.task, "set_output_dir"):
             self.task.set_output_dir(self.out_dir)
         if resume:  # forget records written after the checkpoint we continue from (all, if there was none)
-            self.metrics.truncate_after(self.resumed_from or 0)
+            torn = self.metrics.truncate_after(self.resumed_from or 0)
+            if torn is not None:
+                self.log(f"{self.metrics.jsonl_path} ended with a torn line (a crash mid-write); kept the complete "
+                         f"records and saved the torn line to {torn}")
 
     # ------------------------------------------------------------------------------------------------------------
 
@@ -256,6 +260,7 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         state = ckpt.read_state(path)
+        ckpt.check_resume_state(path, state)  # every key resuming needs, before anything is loaded
         saved = state.get("config", {})
         now = config_to_dict(self.config)
         diffs = []
