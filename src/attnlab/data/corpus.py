@@ -7,6 +7,11 @@ tokenizer always gets a new entry and a stale one is never read. Files are writt
 moved into place with ``os.replace``; ``meta.json`` is written last and marks the entry complete. It records
 each array's length, dtype and SHA-256, checked on every load: an entry damaged in place is rebuilt, never used.
 
+A cache location that cannot be used (``$ATTNLAB_CACHE_DIR`` names a file, a read-only directory, a damaged entry
+that cannot be replaced, a full disk) does not stop a run: the corpus is encoded in memory instead and a
+``RuntimeWarning`` names the location and the cause, once per location and process. The text is encoded before
+anything is written, so a failed encode leaves no empty or partial entry; a failed write removes what it wrote.
+
 Splits: ``"tinyshakespeare"`` and user text use the first ``1 - val_fraction`` of the *characters* for
 training and the rest for validation (nanoGPT's split; there is no test split); ``"wikitext2"`` has its own
 train/valid/test files and ignores ``val_fraction``.
@@ -18,6 +23,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +62,8 @@ class Corpus:
         name: ``"tinyshakespeare"``, ``"wikitext2"`` or the file/directory name of a user corpus.
         train, val: token arrays; ``test`` is ``None`` unless the corpus has a test split (WikiText-2).
         tokenizer: the tokenizer that produced the ids (store ``tokenizer.to_dict()`` in checkpoints).
-        cache_path: the directory holding the ``.npy`` files.
+        cache_path: the directory holding the ``.npy`` files; ``None`` when the cache location could not be used
+            and the arrays live in memory (see the module docstring).
     """
 
     name: str
@@ -63,7 +71,7 @@ class Corpus:
     val: np.ndarray
     test: np.ndarray | None
     tokenizer: Tokenizer
-    cache_path: Path
+    cache_path: Path | None
 
     @property
     def vocab_size(self) -> int:
@@ -322,36 +330,94 @@ def load_corpus(
     entry = root / "tokens" / f"{_safe_name(name)}-{tok.name}-{key[:20]}"
 
     arrays = _load_cached(entry, key, list(splits))
+    cache_path: Path | None = entry
     if arrays is None:
-        arrays = _build(entry, key, name, splits, tok, progress)
+        arrays, cache_path = _build(root, entry, key, name, splits, tok, progress)
     return Corpus(
         name=name,
         train=arrays["train"],
         val=arrays["val"],
         test=arrays.get("test"),
         tokenizer=tok,
-        cache_path=entry,
+        cache_path=cache_path,
     )
 
 
+_WARNED: set[str] = set()  # cache locations already warned about in this process
+
+
+def warn_cache_unusable(root: Path, what: str, e: OSError) -> None:
+    """One ``RuntimeWarning`` per cache location and process: ``what`` could not be cached under ``root``."""
+    if str(root) in _WARNED:
+        return
+    _WARNED.add(str(root))
+    cause = e.strerror or str(e)
+    if e.filename:
+        cause += f": {e.filename}"
+    warnings.warn(f"token cache {str(root)!r} cannot be used ({cause}); {what} in memory instead (nothing is "
+                  "cached; set $ATTNLAB_CACHE_DIR or cache_dir to a writable directory)", RuntimeWarning, stacklevel=3)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
 def _build(
-    entry: Path, key: str, name: str, splits: dict[str, str], tok: Tokenizer, progress: bool
-) -> dict[str, np.ndarray]:
+    root: Path, entry: Path, key: str, name: str, splits: dict[str, str], tok: Tokenizer, progress: bool
+) -> tuple[dict[str, np.ndarray], Path | None]:
+    """Encode every split, then write the cache entry: (arrays, the entry, or ``None`` if it could not be written
+    and the arrays are in memory)."""
+    encoded = _encode_splits(name, splits, tok, progress)  # before anything is written: no partial entry
+    try:
+        return _write_entry(entry, key, name, encoded, tok), entry
+    except OSError as e:
+        warn_cache_unusable(root, "encoding the corpus", e)
+        return {k: _read_only(v) for k, v in encoded.items()}, None
+
+
+def _encode_splits(name: str, splits: dict[str, str], tok: Tokenizer, progress: bool) -> dict[str, np.ndarray]:
     from tqdm.auto import tqdm
 
-    entry.mkdir(parents=True, exist_ok=True)
     dtype = _token_dtype(tok.vocab_size)
-    lengths: dict[str, int] = {}
-    digests: dict[str, str] = {}
     total = sum(len(t) for t in splits.values())
     with tqdm(
         total=total, unit="char", unit_scale=True, desc=f"tokenizing {name} ({tok.name})", disable=not progress
     ) as bar:
-        for split, text in splits.items():
-            ids = _encode(text, tok, dtype, bar)
-            lengths[split] = int(len(ids))
-            digests[split] = _array_digest(ids)
+        return {split: _encode(text, tok, dtype, bar) for split, text in splits.items()}
+
+
+def _write_entry(
+    entry: Path, key: str, name: str, encoded: dict[str, np.ndarray], tok: Tokenizer
+) -> dict[str, np.ndarray]:
+    """Write a cache entry (the ``.npy`` files, then ``meta.json``) and read it back; on failure remove what was
+    written (and the directory, if this call created it) and re-raise."""
+    created = not entry.exists()
+    written: list[Path] = []
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+        for split, ids in encoded.items():
+            written.append(entry / f"{split}.npy")
             atomic_write(entry / f"{split}.npy", lambda f, ids=ids: np.save(f, ids, allow_pickle=False))
+        arrays = _write_meta(entry, key, name, encoded, tok)
+    except OSError:
+        for f in written:
+            try:
+                f.unlink(missing_ok=True)
+            except OSError:
+                pass
+        if created and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        raise
+    return arrays
+
+
+def _write_meta(
+    entry: Path, key: str, name: str, encoded: dict[str, np.ndarray], tok: Tokenizer
+) -> dict[str, np.ndarray]:
+    dtype = _token_dtype(tok.vocab_size)
+    lengths = {split: int(len(ids)) for split, ids in encoded.items()}
+    digests = {split: _array_digest(ids) for split, ids in encoded.items()}
     meta = {
         "version": _FORMAT_VERSION,
         "key": key,
@@ -362,7 +428,7 @@ def _build(
         "tokenizer": tok.to_dict(),
     }
     atomic_write(entry / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
-    arrays = _load_cached(entry, key, list(splits))
+    arrays = _load_cached(entry, key, list(encoded))
     if arrays is None:  # pragma: no cover - only if the cache directory is being modified concurrently
-        raise ValueError(f"token cache {str(entry)!r} could not be read back after writing it")
+        raise OSError(f"token cache entry {str(entry)!r} could not be read back after writing it")
     return arrays

@@ -20,7 +20,9 @@ about 1-2 seconds on Multi30K. :func:`build_subword_tokenizer` caches the result
 ``<cache_dir>/subword/<name>-bpe<vocab_size>-<key>.json`` (``cache_dir`` defaults to
 :func:`attnlab.data.default_cache_dir`, beside the ``tokens/`` caches), keyed by a SHA-256 of the training
 sentences, the settings and the ``tokenizers`` version; the file is written atomically and holds the SHA-256 of the
-tokenizer JSON, checked on load (a damaged entry is retrained, never used).
+tokenizer JSON, checked on load (a damaged entry is retrained, never used). A cache location that cannot be
+written (a file in the way, a read-only directory, a full disk) does not stop a run: the tokenizer is used from
+memory and a ``RuntimeWarning`` names the location, once per location and process.
 
 :func:`encode_parallel` encodes every split: sources as ``x [eos]``, targets as ``[bos] y [eos]`` (see
 :mod:`attnlab.data.mt_batching` for the batches made from them).
@@ -294,8 +296,13 @@ def build_subword_tokenizer(
         "tokenizer_sha256": hashlib.sha256(blob.encode("utf-8")).hexdigest(),
         "tokenizer_json": blob,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(entry, ensure_ascii=False))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(entry, ensure_ascii=False))
+    except OSError as e:  # an unusable cache location: the tokenizer is used from memory (one warning)
+        from attnlab.data.corpus import warn_cache_unusable
+
+        warn_cache_unusable(root, "training the subword tokenizer", e)
     return tok
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from attnlab._io import atomic_write_text
 
-__all__ = ["prepare_out_dir", "refuse_used_out_dir", "OutputDirError", "RunLock", "run_lock", "atomic_write_text"]
+__all__ = ["prepare_out_dir", "refuse_used_out_dir", "attnlab_results", "make_out_dir", "OutputDirError", "RunLock",
+           "run_lock", "atomic_write_text"]
 
 
 class OutputDirError(ValueError):
@@ -45,7 +46,10 @@ class RunLock:
         if key in RunLock._held:
             RunLock._held[key][1] += 1
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        problem = _out_dir_problem(self.out)
+        if problem:  # a file where the directory (or one above it) should be
+            raise OutputDirError(problem)
+        make_out_dir(self.path.parent)
         lock = FileLock(key)
         try:
             lock.acquire(timeout=0)
@@ -53,10 +57,18 @@ class RunLock:
             raise OutputDirError(
                 f"output directory {str(self.out)!r} is in use by another attnlab run ({self._holder()}); wait for "
                 "it to finish or use another --out") from None
+        except OSError as e:
+            raise OutputDirError(f"cannot create the lock file {str(self.path)!r} of output directory "
+                                 f"{str(self.out)!r}: {e.strerror or e}") from None
         stale = self._holder() if self.info_path.exists() else None
-        atomic_write_text(self.info_path, json.dumps({
-            "pid": os.getpid(), "host": socket.gethostname(),
-            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}))
+        try:
+            atomic_write_text(self.info_path, json.dumps({
+                "pid": os.getpid(), "host": socket.gethostname(),
+                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}))
+        except OSError as e:
+            lock.release()
+            raise OutputDirError(f"cannot write {str(self.info_path)!r} beside output directory {str(self.out)!r}: "
+                                 f"{e.strerror or e}") from None
         RunLock._held[key] = [lock, 1]
         self.took_over = stale
         return self
@@ -91,20 +103,70 @@ def run_lock(out_dir: str | Path) -> RunLock:
     return RunLock(out_dir)
 
 
+#: What attnlab writes into an output directory: a training run's checkpoints, metrics and result, and a
+#: comparison's description, runs and report. Anything else in a directory is "unrelated" to attnlab.
+_RESULT_NAMES = ("metrics.jsonl", "metrics.csv", "result.json", "tensorboard", "compare.json", "runs",
+                 "leaderboard.md", "leaderboard.csv", "report.html", "loss_curves.png", "final_loss.png")
+_RESULT_PREFIXES = ("ckpt-", ".tmp-ckpt-", "hypotheses-", "metrics.jsonl.torn-")
+
+
+def attnlab_results(out: Path) -> list[str]:
+    """The names in directory ``out`` that are attnlab results (sorted; empty if ``out`` is not a directory)."""
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir() if p.name in _RESULT_NAMES or p.name.startswith(_RESULT_PREFIXES))
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+
+def _out_dir_problem(out: Path) -> str | None:
+    """Why ``out`` cannot be (or be made) a directory, or ``None``: a file in its place or above it."""
+    for p in (out, *out.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                return (f"output path {str(out)!r} exists and is not a directory" if p == out else
+                        f"output directory {str(out)!r} cannot be created: {str(p)!r} is a file, not a directory")
+            return None
+    return None
+
+
+def make_out_dir(out: Path) -> None:
+    """``out.mkdir(parents=True, exist_ok=True)``, with any failure (a file in the way, no permission, a full
+    disk) as an :class:`OutputDirError` that names the path and the cause."""
+    problem = _out_dir_problem(out)
+    if problem:
+        raise OutputDirError(problem)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputDirError(f"cannot create output directory {str(out)!r}: {e.strerror or e}"
+                             f"{f' ({e.filename})' if e.filename and str(e.filename) != str(out) else ''}") from None
+
+
+def check_writable(out: Path) -> None:
+    """Create and remove a probe file in directory ``out``: an unwritable directory is an :class:`OutputDirError`
+    now, not a failure at the first checkpoint (``os.access`` is not enough: root passes it on a read-only mount)."""
+    probe = out / f".attnlab-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputDirError(f"output directory {str(out)!r} is not writable: {e.strerror or e}") from None
+
+
 def refuse_used_out_dir(out: Path) -> None:
     """Without ``resume``, a directory holding a run's results (checkpoints, metrics, ``result.json``) is an error:
-    training into it would replace its checkpoints and mix two runs' metrics."""
-    from attnlab.train.checkpoint import CHECKPOINT_PREFIX
-
-    if not out.is_dir():
-        return
-    found = sorted(p.name for p in out.iterdir()
-                   if p.name.startswith(CHECKPOINT_PREFIX) or p.name in ("metrics.jsonl", "metrics.csv", "result.json"))
+    training into it would replace its checkpoints and mix two runs' metrics. Other files do not block a run."""
+    problem = _out_dir_problem(out)
+    if problem:
+        raise OutputDirError(problem)
+    found = attnlab_results(out)
     if found:
         raise OutputDirError(
-            f"output directory {str(out)!r} already holds results ({', '.join(found[:4])}"
-            f"{', ...' if len(found) > 4 else ''}); pass resume=True (--resume) to continue them, or use another "
-            "directory (--force moves it aside)"
+            f"output directory {str(out)!r} already holds results ({_listing(found)}); pass resume=True (--resume) "
+            "to continue them, or use another directory (--force moves it aside)"
         )
 
 
@@ -115,13 +177,19 @@ def prepare_out_dir(out_dir: str | Path, *, resume: bool = False, force: bool = 
     * holding files and ``resume``: used as is (the caller continues what is there);
     * holding files and ``force``: the old directory is *renamed* to ``<out_dir>.old-<timestamp>`` (nothing is
       deleted) and a fresh one created; returns the backup path;
-    * holding files otherwise: :class:`OutputDirError`.
+    * holding attnlab results otherwise: :class:`OutputDirError` ("already holds results", naming them);
+    * holding only other files otherwise: :class:`OutputDirError` naming them (a run is not mixed into unrelated
+      files).
+
+    A path under a regular file, or a directory that cannot be created or written, is an :class:`OutputDirError`.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"output path {str(out)!r} exists and is not a directory")
+    problem = _out_dir_problem(out)
+    if problem:
+        raise OutputDirError(problem)
     if out.is_dir() and any(out.iterdir()):
         if resume:
+            check_writable(out)
             return None
         if force:
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -130,12 +198,25 @@ def prepare_out_dir(out_dir: str | Path, *, resume: bool = False, force: bool = 
             while backup.exists():
                 backup = out.with_name(f"{out.name}.old-{stamp}-{n}")
                 n += 1
-            os.replace(out, backup)
-            out.mkdir(parents=True)
+            try:
+                os.replace(out, backup)
+            except OSError as e:
+                raise OutputDirError(f"--force: cannot move {str(out)!r} aside to {str(backup)!r}: "
+                                     f"{e.strerror or e}") from None
+            make_out_dir(out)
             return backup
+        found = attnlab_results(out)
+        if found:
+            raise OutputDirError(
+                f"output directory {str(out)!r} already holds results; pass --resume to continue them or --force to "
+                f"move them aside (to <dir>.old-<timestamp>) and start again (it holds {_listing(found)})"
+            )
+        others = sorted(p.name for p in out.iterdir())
         raise OutputDirError(
-            f"output directory {str(out)!r} already holds results; pass --resume to continue them or --force to "
-            "move them aside (to <dir>.old-<timestamp>) and start again"
+            f"output directory {str(out)!r} is not empty: it holds files that are not attnlab results "
+            f"({_listing(others)}); use an empty or new directory, or --force to move its contents aside (to "
+            "<dir>.old-<timestamp>)"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
+    check_writable(out)
     return None
