@@ -45,7 +45,6 @@ def test_out_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_trainer_api_out_under_a_file(tmp_path: Path) -> None:
-    from _real_run import saved_config  # noqa: F401  (the helper module is importable)
     from attnlab.train.trainer import Trainer
     from standin import TinyLM, tiny_corpus
     from attnlab.models.lm import LMConfig
