@@ -23,6 +23,7 @@ import binascii
 import errno
 import json
 import os
+import re
 import shutil
 import struct
 import uuid
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
@@ -143,11 +145,22 @@ def save_checkpoint(
         else:
             os.replace(tmp, final)
         _fsync_dir(run_dir)
-    except OSError as e:
-        raise _save_error(e, run_dir, final, tmp, trash) from e
+    except (OSError, SafetensorError) as e:
+        os_error = _os_error(e)
+        raise _save_error(os_error, run_dir, final, tmp, trash) from os_error
     for old in _complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _os_error(e: Exception) -> OSError:
+    """``e`` as an ``OSError``: safetensors' writer reports I/O failures (a full disk too) as a ``SafetensorError``
+    whose message ends in ``(os error N)``; the errno is recovered from it."""
+    if isinstance(e, OSError):
+        return e
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    code = int(m.group(1)) if m else errno.EIO
+    return OSError(code, os.strerror(code) if m else str(e))
 
 
 def _save_error(e: OSError, run_dir: Path, final: Path, tmp: Path, trash: Path | None) -> CheckpointError:
