@@ -60,8 +60,15 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path: Path) -> Non
 
     resumed_trainer = _trainer(cfg, tmp_path / "cut", resume=True)
     assert resumed_trainer.step == 10
+    saved_elapsed = json.loads((tmp_path / "cut" / "ckpt-00000010" / "state.json").read_text())["elapsed_s"]
+    assert saved_elapsed > 0 and resumed_trainer.elapsed_before == saved_elapsed
     resumed = resumed_trainer.fit()
     assert resumed.resumed_from == 10
+    # every counter covers the whole run: steps and tokens equal the uninterrupted run's, wall time keeps counting
+    assert (resumed.steps, resumed.tokens) == (whole.steps, whole.tokens) == (20, whole.tokens)
+    assert resumed.run_wall_s == pytest.approx(saved_elapsed + resumed.wall_s)
+    elapsed = [r["elapsed_s"] for r in read_jsonl(tmp_path / "cut" / "metrics.jsonl") if r["kind"] == "train"]
+    assert elapsed == sorted(elapsed) and elapsed[10] > saved_elapsed  # continues, never restarts at 0
     # Losses of steps 11..20 and the final validation loss: identical (tolerance 0: bitwise).
     assert resumed.train_losses == whole.train_losses[10:]
     assert resumed.val.loss == whole.val.loss

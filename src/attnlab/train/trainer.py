@@ -56,7 +56,12 @@ class NonFiniteError(RuntimeError):
 
 @dataclass(kw_only=True)
 class TrainResult:
-    """What a run produced (on every rank; only rank 0's files exist). ``tokens`` counts loss targets."""
+    """What a run produced (on every rank; only rank 0's files exist). ``tokens`` counts loss targets.
+
+    ``steps``, ``tokens`` and ``run_wall_s`` cover the whole run across resumes (``run_wall_s``: the wall time of
+    every segment up to its last checkpoint, plus this one); ``wall_s`` and the other times, and
+    ``tokens_per_s``, describe this process's segment only.
+    """
 
     steps: int
     tokens: int
@@ -76,6 +81,7 @@ class TrainResult:
     memory_kind: str = ""
     resumed_from: int | None = None
     skipped_steps: int = 0
+    run_wall_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -197,6 +203,8 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.skipped_steps = 0  # non-finite steps skipped (skip_nonfinite)
+        self.elapsed_before = 0.0  # wall time of earlier segments of this run, up to the checkpoint resumed from
+        self._wall0: float | None = None  # when this segment's training loop started
         self.last_saved: int | None = None
         self.resumed_from: int | None = None
         latest = ckpt.latest_checkpoint(self.out_dir) if resume and self.out_dir is not None else None
@@ -233,6 +241,7 @@ class Trainer:
             "task_state": self.task.state(),
             "tokens_seen": self.tokens_seen,
             "skipped_steps": self.skipped_steps,
+            "elapsed_s": self.elapsed_s(),
             "lr": self.optimizer.param_groups[0]["lr"],
             "world_size": self.dist.world_size,
             "rng": ckpt.rng_state(),
@@ -280,9 +289,14 @@ class Trainer:
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.last_saved = self.step
         self.resumed_from = self.step
         self.log(f"resumed from {path} at step {self.step}")
+
+    def elapsed_s(self) -> float:
+        """Wall time of the run so far: earlier segments (up to the checkpoint resumed from) plus this one."""
+        return self.elapsed_before + (time.perf_counter() - self._wall0 if self._wall0 is not None else 0.0)
 
     # ------------------------------------------------------------------------------------------------------------
 
@@ -378,7 +392,7 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         ema_tps = None
         self.model.train()
-        wall0 = time.perf_counter()
+        wall0 = self._wall0 = time.perf_counter()
         with PeakMemory(self.device) as mem:
             while self.step < cfg.steps:
                 t_step = time.perf_counter()
@@ -403,7 +417,7 @@ class Trainer:
                     pending.clear()
                     last = dict(zip(names, vals[-1]))
                     rec = {"kind": "train", "step": self.step, "tokens": self.tokens_seen, "loss": sum(vals[-1]),
-                           "lr": lr, "tokens_per_s": ema_tps, "elapsed_s": time.perf_counter() - wall0}
+                           "lr": lr, "tokens_per_s": ema_tps, "elapsed_s": self.elapsed_s()}
                     if len(names) > 1:
                         rec.update({f"loss.{k}": v for k, v in last.items()})
                     if grad_norm is not None:
@@ -420,7 +434,7 @@ class Trainer:
                     last_val = self.evaluate("val", full=at_end)
                     eval_s += time.perf_counter() - t0
                     eval_history.append((self.step, last_val.loss))
-                    self._log_eval(last_val, elapsed_s=time.perf_counter() - wall0)
+                    self._log_eval(last_val, elapsed_s=self.elapsed_s())
                     if bar is not None:
                         bar.write(f"step {self.step}: {last_val.summary()}")
                 if self.step % ckpt_every == 0 or at_end:
@@ -449,7 +463,7 @@ class Trainer:
             checkpoint_time_s=ckpt_s,
             overhead_fraction=max(0.0, 1.0 - compute_s / train_time) if train_time > 0 and steps_run else 0.0,
             peak_memory_bytes=mem.peak_bytes, memory_kind=mem.kind, resumed_from=self.resumed_from,
-            skipped_steps=self.skipped_steps,
+            skipped_steps=self.skipped_steps, run_wall_s=self.elapsed_before + wall,
         )
         if test is not None:
             self._log_eval(test)
