@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnlab.ops._precision import half_in_float32
+
 __all__ = ["castle_parallel", "lookahead_gate", "lookahead_scores"]
 
 
@@ -61,15 +63,12 @@ def lookahead_scores(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, *, look
     return cv @ gate.transpose(-1, -2)  # (B, H, T, T)
 
 
+@half_in_float32
 def castle_parallel(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Tensor, v_c: Tensor, *,
                     lookahead: int | None = None, scale: float | None = None) -> Tensor:
     """CASTLE by Theorem 1 (eqs. 11-12). Inputs and output ``(B, H, T, D)``; see :func:`castle_reference`.
 
     float16/bfloat16 are computed in float32 and the output is returned in the input dtype."""
-    if q_u.dtype in (torch.float16, torch.bfloat16):
-        out = castle_parallel(q_u.float(), k_u.float(), v_u.float(), q_c.float(), k_c.float(), v_c.float(),
-                              lookahead=lookahead, scale=scale)  # (B, H, T, D) float32
-        return out.to(q_u.dtype)
     scale = 1.0 / math.sqrt(q_u.shape[-1]) if scale is None else scale
     T = q_u.shape[-2]
     causal = torch.ones(T, T, dtype=torch.bool, device=q_u.device).tril()  # (T, T)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnlab.ops._precision import half_in_float32
+
 __all__ = ["castle_reference", "lookahead_allowed", "lookahead_keys_at"]
 
 
@@ -53,6 +55,7 @@ def lookahead_keys_at(q_u: Tensor, k_u: Tensor, v_u: Tensor, t: int, *, lookahea
     return gate @ v_u[..., : t + 1, :]  # (B, H, t+1, D)
 
 
+@half_in_float32
 def castle_reference(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Tensor, v_c: Tensor, *,
                      lookahead: int | None = None, scale: float | None = None) -> Tensor:
     """CASTLE by its recurrent definition, one output row at a time. Inputs and output ``(B, H, T, D)``.
@@ -66,10 +69,6 @@ def castle_reference(q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Te
 
     float16/bfloat16 are computed in float32 and the output is returned in the input dtype.
     """
-    if q_u.dtype in (torch.float16, torch.bfloat16):
-        out = castle_reference(q_u.float(), k_u.float(), v_u.float(), q_c.float(), k_c.float(), v_c.float(),
-                               lookahead=lookahead, scale=scale)  # (B, H, T, D) float32
-        return out.to(q_u.dtype)
     scale = 1.0 / math.sqrt(q_u.shape[-1]) if scale is None else scale
     T = q_u.shape[-2]
     rows = []
