@@ -4,7 +4,7 @@ past tokens that were never attended)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,13 +15,12 @@ from attnlab.masks import Mask
 from attnlab.ops.softmax.flex import FLEX_SCORES as _FLEX_SCORES
 from attnlab.ops.softmax.sdpa import SDPA_SCORES as _SDPA_SCORES
 
-if TYPE_CHECKING:
-    from attnlab.layers.mha import MultiHeadAttention
+# ``layer`` below is a :class:`~attnlab.layers.mha.MultiHeadAttention` (typed Any: this module sits below it)
 
 __all__ = ["check_call", "check_context_kv", "check_no_future_key"]
 
 
-def check_context_kv(layer: MultiHeadAttention, context_kv: object, batch_size: int) -> int:
+def check_context_kv(layer: Any, context_kv: object, batch_size: int) -> int:
     """``context_kv`` must be ``(k, v)`` from :meth:`project_context` for ``batch_size`` rows; returns ``S``."""
     w = layer.in_proj.weight
     Hkv, D = layer.n_kv_heads, layer.head_dim
@@ -41,7 +40,7 @@ def check_context_kv(layer: MultiHeadAttention, context_kv: object, batch_size: 
         raise ValueError(f"context_kv k and v must have the same length S, got {k.shape[2]} and {v.shape[2]}")
     return int(k.shape[2])
 
-def check_call(layer: MultiHeadAttention, x: object, context: object, cache: object, mask: object,
+def check_call(layer: Any, x: object, context: object, cache: object, mask: object,
                context_kv: object = None) -> None:
     """Refuse a bad ``forward`` call before any matmul and before the cache is updated."""
     d = layer.d_model
@@ -115,7 +114,7 @@ def check_call(layer: MultiHeadAttention, x: object, context: object, cache: obj
     if not m.causal:
         check_no_future_key(layer, m, cache.seq_len, x.shape[1], x.shape[0], x.device)
 
-def check_no_future_key(layer: MultiHeadAttention, m: Mask, offset: int, T: int, B: int, device: torch.device) -> None:
+def check_no_future_key(layer: Any, m: Mask, offset: int, T: int, B: int, device: torch.device) -> None:
     """Refuse a cached call whose queries could see the next position, which is not in the cache yet."""
     nxt = offset + T
     if m.max_len is not None and nxt >= m.max_len:
