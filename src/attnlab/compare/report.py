@@ -122,7 +122,8 @@ def _provenance() -> list[str]:
     import torch
 
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
-    command = " ".join(["attnlab" if prog == "attnlab" else prog, *sys.argv[1:]])
+    # ``attnlab ...``, ``python -m attnlab.cli ...`` (argv[0] is cli.py) and ``python -m attnlab`` all read as attnlab
+    command = " ".join(["attnlab" if prog in ("attnlab", "cli.py", "__main__.py") else prog, *sys.argv[1:]])
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
