@@ -39,6 +39,8 @@ class MechanismSpec:
             ``options`` are the mechanism's own typed config fields (e.g. ``window=``); unknown ones raise.
         causal: ``True`` if the layer is autoregressive (outputs never depend on later positions).
         cross: ``True`` if ``forward(x, context=...)`` is supported.
+        mixes_tokens: ``False`` for a layer whose output ``i`` depends on input ``i`` only (``decon_mlp``), so checks
+            that a change reaches later positions do not apply to it.
         cache: the kind of decoding cache (``"kv"``, ``"sliding-kv"``, ``"recurrent"``, ``"uq-kv"``), or ``None``.
         backends: the ``impl=`` values of the functional op behind the layer (``"reference"`` first).
         heads_for_parity: number of heads that gives this mechanism the parameter count of a standard layer
@@ -57,6 +59,7 @@ class MechanismSpec:
     make_config: Callable[..., Any]
     causal: bool
     cross: bool = False
+    mixes_tokens: bool = True
     cache: str | None = None
     backends: tuple[str, ...] = ("reference",)
     heads_for_parity: Callable[[int], int] = _same_heads

@@ -6,7 +6,10 @@ Shape legend: B batch, T sequence length (``<= context_len``), C ``d_model``, V 
         -> RMSNorm -> LM head (tied to the embedding) -> logits (B, T, V)
 
 Positions come from RoPE inside each attention layer (``rope=True`` wherever the layer's config supports it);
-there is no learned position embedding. Cached decoding passes one :class:`~attnlab.cache.AttentionCache` per
+there is no learned position embedding. A layer that needs more than its input (the deconstructed variants: class
+attribute ``mixer_inputs``) gets it per call as ``inputs=MixerInputs(...)`` in the block's ``attn_kwargs``: the
+token embeddings ``Emb(idx)`` and/or its state of the fixed stream (:mod:`attnlab.models.lm.fixed_stream`, built
+only when some layer needs it). Cached decoding passes one :class:`~attnlab.cache.AttentionCache` per
 layer (:meth:`LM.new_caches`); each layer reads its absolute positions from ``cache.seq_len``. The model returns
 logits only: losses belong to the task that trains it (:mod:`attnlab.tasks.lm`).
 """
@@ -20,6 +23,7 @@ from attnlab.cache import AttentionCache
 from attnlab.layers import registry
 from attnlab.models.common import RMSNorm, ResidualBlock, check_buildable, gpt2_init_
 from attnlab.models.lm.config import LMConfig
+from attnlab.models.lm.fixed_stream import FixedStream, block_attn_kwargs, layer_mixer_inputs
 
 __all__ = ["LM"]
 
@@ -40,6 +44,9 @@ class LM(nn.Module):
                           dropout=config.dropout, norm_eps=config.norm_eps, mechanism=name)
             for i, name in enumerate(self.mechanisms)
         )
+        self.fixed_stream = FixedStream.for_blocks(self.blocks, context_len=config.context_len, d_model=config.d_model,
+                                                   vocab_size=config.vocab_size)
+        self._token_emb_layers = [i for i, b in enumerate(self.blocks) if "token_emb" in layer_mixer_inputs(b.attn)]
         self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -110,10 +117,42 @@ class LM(nn.Module):
                 ``T`` may not exceed ``context_len``.
         """
         self._validate(idx, inputs_embeds, caches)
-        x = self.drop(self.tok_emb(idx) if inputs_embeds is None else inputs_embeds)  # (B, T, C)
+        if idx is None and self._token_emb_layers:
+            i = self._token_emb_layers[0]
+            raise ValueError(f"layer {i + 1} uses {self.blocks[i].mechanism!r}, whose queries and keys come from the "
+                             "token embeddings Emb(idx): pass idx (token ids), not inputs_embeds")
+        e = self.tok_emb(idx) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        x = self.drop(e)
+        fixed = self._fixed_hidden(e.shape[1], caches)
         for i, block in enumerate(self.blocks):
-            x = block(x, caches[i] if caches is not None else None)  # (B, T, C)
+            kw = block_attn_kwargs(block, token_emb=e, fixed_hidden=fixed[i] if fixed else None)
+            x = block(x, caches[i] if caches is not None else None, attn_kwargs=kw)  # (B, T, C)
         return self.lm_head(self.norm_f(x))  # (B, T, V)
+
+    def _fixed_hidden(self, T: int, caches: list[AttentionCache] | None) -> list[Tensor | None] | None:
+        """Each layer's fixed-stream state ``(L, C)`` (``None`` without a fixed stream). Without caches ``L = T``
+        (causality makes that the top-left block of the full stream); at a prefill (fresh caches) the whole
+        ``context_len``, which the layers keep in their caches, so later decoding calls need no stream."""
+        if self.fixed_stream is None or (caches is not None and caches[0].seq_len > 0):
+            return None
+        L = T if caches is None else self.config.context_len
+        return self.fixed_stream.hidden_states(self.blocks, self.tok_emb, L)
+
+    @torch.no_grad()
+    def set_fixed_tokens(self, tokens: Tensor) -> None:
+        """Install ``t_s`` ``(context_len,)`` (token ids, e.g. a chunk of the *training* split, spec 3.6) as the fixed
+        sequence of a ``decon_fixedseqqk`` model (a frozen buffer, saved with checkpoints)."""
+        fs = self.fixed_stream
+        if fs is None or fs.kind != "text":
+            raise ValueError("set_fixed_tokens needs a model with decon_fixedseqqk layers (a 'text' fixed stream)")
+        L, V = self.config.context_len, self.config.vocab_size
+        if not isinstance(tokens, Tensor) or tokens.dtype != torch.long or tuple(tokens.shape) != (L,):
+            got = (tokens.dtype, tuple(tokens.shape)) if isinstance(tokens, Tensor) else type(tokens).__name__
+            raise ValueError(f"tokens must be a torch.long tensor of shape (context_len={L},), got {got}")
+        if int(tokens.min()) < 0 or int(tokens.max()) >= V:  # type: ignore[operator]
+            raise ValueError(f"tokens must be in [0, vocab_size={V}), got min {int(tokens.min())} and max "
+                             f"{int(tokens.max())}")
+        fs.tokens.copy_(tokens)
 
     # -------------------------------------------------------------------------------------------- caches
     def new_caches(
