@@ -10,11 +10,7 @@ import torch
 
 from attnlab.layers import registry
 from attnlab.layers.deconstructed import DECON_MECHANISMS, MixerInputs
-from attnlab.layers.deconstructed.approx import ApproxAttention
 from attnlab.layers.deconstructed.fixed_map import FixedMapAttention, standalone_eps
-from attnlab.layers.deconstructed.mlp import DeconMLP
-from attnlab.layers.deconstructed.nonapprox import NonApproxAttention
-from attnlab.layers.deconstructed.staticembqk import StaticEmbQKAttention
 from attnlab.models import LM, LMConfig
 from attnlab.models.common import RMSNorm
 from attnlab.ops.linear.feature_maps import taylor

@@ -15,10 +15,11 @@ Variants that need more than the layer input declare it in the class attribute `
 call as ``inputs=`` :class:`MixerInputs` from their model.
 """
 
-from attnlab.layers.deconstructed import mlp, approx, nonapprox, fixed_map, staticembqk  # noqa: F401, I001  (registers, in this order)
+# importing each module registers its mechanism(s), in this order
+from attnlab.layers.deconstructed import mlp, approx, nonapprox, fixed_map, staticembqk  # noqa: F401, I001
 from attnlab.layers.deconstructed._common import MixerInputs
 
-__all__ = ["MixerInputs", "DECON_MECHANISMS"]
+__all__ = ["MixerInputs", "DECON_MECHANISMS", "mlp", "approx", "nonapprox", "fixed_map", "staticembqk"]
 
 DECON_MECHANISMS: tuple[str, ...] = ("decon_mlp", "decon_approx", "decon_nonapprox", "decon_rndembqk",
                                      "decon_fixedseqqk", "decon_staticembqk")

@@ -17,7 +17,6 @@ from ``x``. Learned: W_Q, W_K, W_V, W_O (``4 C^2``). Decoding: a key/value cache
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
