@@ -451,3 +451,28 @@ def test_nonapprox_recurrence_is_stable_for_huge_scores() -> None:  # oracle 10
     out, _ = nonapprox_recurrent(s, v, st)
     assert torch.isfinite(out).all()
     assert (out - nonapprox_parallel(s, v)).abs().max() <= TOL
+
+
+# ------------------------------------------------------------------------------------------------ layouts
+def test_layouts_reproduce_table_11_for_24_layers() -> None:  # oracle 14 (spec 4.2; paper Appx P Tbl. 11)
+    from attnlab.models.stack import standard_layers
+    want = {"even": list(range(2, 25, 2)), "odd": list(range(1, 24, 2)), "top": list(range(1, 13)),
+            "middle": [*range(1, 7), *range(19, 25)], "bottom": list(range(13, 25)),
+            "quarter": [4, 8, 12, 16, 20, 24], "first": [1], "last": [24], "bilateral": [1, 24]}
+    for layout, layers in want.items():
+        assert standard_layers(layout, 24) == layers, layout
+    assert standard_layers("quarter", 8) == [4, 8] and standard_layers("middle", 8) == [1, 2, 7, 8]
+
+
+def test_layout_schedules_in_the_lm_and_their_errors() -> None:  # oracle 14, bad input
+    cfg = LMConfig(vocab_size=50, n_layers=8, d_model=D_MODEL, n_heads=N_HEADS, attention="decon_nonapprox",
+                   schedule="quarter")
+    assert [i + 1 for i, m in enumerate(cfg.layer_mechanisms()) if m == "standard"] == [4, 8]
+    even = LMConfig(vocab_size=50, n_layers=8, d_model=D_MODEL, n_heads=N_HEADS, attention="decon_mlp", schedule="even")
+    alt = LMConfig(vocab_size=50, n_layers=8, d_model=D_MODEL, n_heads=N_HEADS, attention="decon_mlp",
+                   schedule="alternate")
+    assert even.layer_mechanisms() == alt.layer_mechanisms()  # Hybrid = alternate = "even"
+    with pytest.raises(ValueError, match=r"layout 'middle' .* needs n_layers divisible by 4, got n_layers=6"):
+        LMConfig(vocab_size=50, n_layers=6, d_model=D_MODEL, n_heads=N_HEADS, attention="decon_mlp", schedule="middle")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        LMConfig(vocab_size=50, n_layers=8, d_model=D_MODEL, n_heads=N_HEADS, attention="decon_mlp", schedule="sideways")

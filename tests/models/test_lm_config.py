@@ -77,7 +77,7 @@ def test_round_trip_through_dict(tiny_mechanisms: None) -> None:
         (dict(head_dim=0), "head_dim must be an int >= 1, got 0"),
         (dict(attention="nope"), "layer 1 has unknown mechanism 'nope'; registered: .*standard, .*sliding-window"),
         (dict(attention=["standard"] * 4), "attention is a list of 4 mechanism names but n_layers=5"),
-        (dict(schedule="every-third"), "schedule must be one of \\('uniform', 'alternate'\\), got 'every-third'"),
+        (dict(schedule="every-third"), "schedule must be one of \\('uniform', 'alternate', 'even', .*\\), got 'every-third'"),
         (dict(dropout=1.0), "dropout must be a float in \\[0.0, 1.0\\), got 1.0"),
         (dict(rope_base=1), "rope_base must be a number > 1.0, got 1"),
         (dict(norm_eps=0), "norm_eps must be a number > 0.0, got 0"),

@@ -2,7 +2,8 @@
 
 A stack of ``n_layers`` residual blocks takes its self-attention from the mechanism registry
 (:mod:`attnlab.layers.registry`): one name for every layer (``schedule="uniform"``), a name on the odd layers and
-``"standard"`` on the even ones (``"alternate"``, counting layers from 1), or an explicit list of names.
+``"standard"`` on the even ones (``"alternate"``, counting layers from 1), one of the nine layouts of the
+"Deconstructing Attention" ablation (:data:`LAYOUTS`, named by where the Standard layers go), or an explicit list.
 :func:`resolve_stack` checks every name and every option and builds each distinct layer config **once**; the
 models build their layers from these configs and never look a name up again.
 """
@@ -16,10 +17,45 @@ from typing import Any, Literal
 from attnlab._validation import check_int
 from attnlab.layers import registry
 
-__all__ = ["Schedule", "SCHEDULES", "ResolvedStack", "layer_mechanisms", "resolve_stack"]
+__all__ = ["Schedule", "SCHEDULES", "LAYOUTS", "standard_layers", "ResolvedStack", "layer_mechanisms", "resolve_stack"]
 
-Schedule = Literal["uniform", "alternate"]
-SCHEDULES: tuple[str, ...] = ("uniform", "alternate")
+Schedule = Literal["uniform", "alternate", "even", "odd", "top", "middle", "bottom", "quarter", "first", "last",
+                   "bilateral"]
+
+#: Layouts of Xue et al., "Deconstructing Attention" (arXiv:2510.11602v1), section 6 and Appx P Tbl. 11: which layers
+#: (numbered from 1) are ``"standard"``; the others get the variant. The rules for ``n`` layers are the spec's
+#: reconstruction from Tbl. 11's n = 24 (shared/specs/deconstructing.md 4.2): the rule, and what must divide n.
+LAYOUTS: dict[str, tuple[str, int]] = {
+    "even": ("i % 2 == 0", 1),              # the main hybrid, = "alternate"
+    "odd": ("i % 2 == 1", 1),
+    "top": ("i <= n / 2", 2),               # variant in the top half
+    "middle": ("i <= n / 4 or i > 3 n / 4", 4),  # variant in the middle half
+    "bottom": ("i > n / 2", 2),             # variant in the bottom half (Tbl. 11, not the prose of section 6)
+    "quarter": ("i % 4 == 0", 4),           # the paper's "25%"
+    "first": ("i == 1", 1),
+    "last": ("i == n", 1),
+    "bilateral": ("i in (1, n)", 1),
+}
+SCHEDULES: tuple[str, ...] = ("uniform", "alternate", *LAYOUTS)
+
+
+def standard_layers(layout: str, n_layers: int) -> list[int]:
+    """The layers (numbered from 1) that a :data:`LAYOUTS` layout makes ``"standard"``.
+
+    Raises:
+        ValueError: an unknown layout, or ``n_layers`` that the layout's rule does not divide into whole layers.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {tuple(LAYOUTS)}, got {layout!r}")
+    rule, divisor = LAYOUTS[layout]
+    n = n_layers
+    if n % divisor:
+        raise ValueError(f"layout {layout!r} ({rule}) needs n_layers divisible by {divisor}, got n_layers={n}")
+    keep = {"even": lambda i: i % 2 == 0, "odd": lambda i: i % 2 == 1, "top": lambda i: i <= n // 2,
+            "middle": lambda i: i <= n // 4 or i > 3 * n // 4, "bottom": lambda i: i > n // 2,
+            "quarter": lambda i: i % 4 == 0, "first": lambda i: i == 1, "last": lambda i: i == n,
+            "bilateral": lambda i: i in (1, n)}[layout]
+    return [i for i in range(1, n + 1) if keep(i)]
 
 # Options a model sets itself for every layer; they may not appear in the per-mechanism options.
 OWNED = ("d_model", "n_heads", "head_dim")
@@ -43,6 +79,9 @@ def layer_mechanisms(attention: str | list[str], schedule: str, n_layers: int) -
         return list(attention)
     if schedule == "alternate":  # 1-indexed: odd layers (index 0, 2, ...) get the variant, even ones "standard"
         return [attention if i % 2 == 0 else "standard" for i in range(n_layers)]
+    if schedule in LAYOUTS:
+        std = set(standard_layers(schedule, n_layers))
+        return ["standard" if i + 1 in std else attention for i in range(n_layers)]
     return [attention] * n_layers
 
 

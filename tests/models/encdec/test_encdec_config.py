@@ -22,7 +22,7 @@ from attnlab.models.encdec import CROSS_SCORES, EncDecConfig, EncoderDecoder
      r"decoder_attention: mechanism 'prefix-lm' \(layer 2\) is not causal"),
     (dict(encoder_attention="nope"), r"encoder_attention: layer 1 has unknown mechanism 'nope'"),
     (dict(encoder_attention=["bidirectional"]), r"encoder_attention is a list of 1 mechanism names but n_layers=2"),
-    (dict(encoder_schedule="zigzag"), r"encoder_schedule must be one of \('uniform', 'alternate'\), got 'zigzag'"),
+    (dict(encoder_schedule="zigzag"), r"encoder_schedule must be one of \('uniform', 'alternate', 'even', .*\), got 'zigzag'"),
     (dict(decoder_attention_options={"sliding-window": {"window": 2}}),
      r"decoder_attention_options has options for 'sliding-window', which no layer uses"),
     (dict(encoder_attention="sliding-window", encoder_attention_options={"sliding-window": {"width": 2}}),
