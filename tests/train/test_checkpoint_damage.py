@@ -284,3 +284,19 @@ def test_resave_of_a_step_that_fails_keeps_the_old_one(tmp_path: Path, monkeypat
         ckpt.save_checkpoint(tmp_path, step=5, model=model, optimizer=None, state={"note": "second"})
     monkeypatch.undo()
     assert ckpt.read_state(tmp_path)["note"] == "first"
+
+
+def test_disk_full_while_writing_metrics_through_the_cli(run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from attnlab.train.metrics import MetricsWriter
+
+    def full(self, rec):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run / "metrics.jsonl"))
+
+    monkeypatch.setattr(MetricsWriter, "log", full)
+    capsys.readouterr()
+    assert main(_resume_args(run, 4)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"attnlab: error: could not write {run / 'metrics.jsonl'} in {run}: No space left")
+    assert f"the newest complete checkpoint {str(run / CKPT)!r} is intact (continue with --resume)" in err
+    assert "Traceback" not in err

@@ -65,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
         trainer.fit()
     except (NonFiniteError, CheckpointError, OutputDirError) as e:  # e.g. a checkpoint that cannot be written
         return fail(str(e))
+    except OSError as e:  # a metrics/result file that cannot be written (disk full, read-only, removed)
+        newest = latest_checkpoint(out)
+        where = f" {e.filename}" if e.filename else ""
+        return fail(f"could not write{where} in {out}: {e.strerror or e}; "
+                    + (f"the newest complete checkpoint {str(newest)!r} is intact (continue with --resume)"
+                       if newest is not None else "no checkpoint was written yet"))
     finally:
         lock.release()
         ddp.shutdown(trainer.dist)
