@@ -38,8 +38,10 @@ class LMConfig(Widths, PlainConfig):
             ``block_size`` before attnlab 0.2.
         attention: a registry name for every layer, or a list of ``n_layers`` names (layer 1 first).
         schedule: with a single name, ``"uniform"`` uses it in every layer; ``"alternate"`` uses it in the odd
-            layers (1, 3, 5, ... counting from 1) and ``"standard"`` in the even ones. Ignored when ``attention`` is
-            a list, which fixes every layer explicitly.
+            layers (1, 3, 5, ... counting from 1) and ``"standard"`` in the even ones; the nine layouts of the
+            deconstructing-attention ablation (``"even"``, ``"odd"``, ``"top"``, ``"middle"``, ``"bottom"``,
+            ``"quarter"``, ``"first"``, ``"last"``, ``"bilateral"``) place it as :func:`attnlab.models.stack.
+            standard_layers` describes. Ignored when ``attention`` is a list, which fixes every layer explicitly.
         attention_options: per mechanism name, options for that mechanism's layer config (e.g.
             ``{"sliding-window": {"window": 64}}``, ``{"standard": {"impl": "sdpa"}}``); every name must be used by
             some layer. ``d_model``, ``n_heads`` and ``head_dim`` are set by the LM and may not appear.
