@@ -19,11 +19,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", default="val,test", help="comma-separated splits (missing ones are skipped)")
     p.add_argument("--batch-size", type=int, default=8, help="rows (windows, sentences) per evaluation batch")
     p.add_argument("--out", help="translation: directory for the hypotheses files (default: the run directory)")
+    p.add_argument("--skip-layers", metavar="LAYERS",
+                   help="Hybrid-SKIP: evaluate with these layers removed, without retraining: 'variant' (every "
+                        "non-standard layer of a hybrid), 'odd' (the Standard-SKIP control on a standard model), "
+                        "'even', or layer numbers from 1 ('1,3'); the checkpoint is not changed")
+    p.add_argument("--skip-part", choices=("block", "mixer"), default="block",
+                   help="with --skip-layers: remove whole blocks (default) or only their attention/variant mixers")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
     import json
 
     from attnlab.commands._config_args import fail
@@ -53,14 +60,31 @@ def run(args: argparse.Namespace) -> int:
         available = ("train",) + task.splits
     except (CheckpointError, ValueError) as e:
         return fail(str(e))
+    layers: list[int] = []
+    if args.skip_layers is not None:
+        if not hasattr(t.model, "skipping"):
+            return fail(f"--skip-layers applies to decoder-only language models; {str(t.path)!r} is a "
+                        f"{t.config.task!r} model")
+        from attnlab.models.lm.skip import resolve_skip_layers
+
+        try:
+            layers = resolve_skip_layers(args.skip_layers, t.model.mechanisms, name="--skip-layers")
+        except ValueError as e:
+            return fail(str(e))
+        if not args.json:
+            print(f"SKIP: layers {', '.join(map(str, layers))} removed ({args.skip_part}); mechanisms "
+                  f"{', '.join(t.model.mechanisms)}")
     device = next(t.model.parameters()).device
     ctx = EvalContext(device=device, batch_size=args.batch_size, progress=not args.json)
     out = {"checkpoint": str(t.path), "step": t.state["step"], "task": t.config.task, "data": t.data_source}
+    if args.skip_layers is not None:
+        out["skip"] = {"layers": layers, "part": args.skip_part}
     for split in splits:
         if split not in available:
             continue
         try:
-            r = task.evaluate(t.model, split, ctx)
+            with t.model.skipping(layers, part=args.skip_part) if layers else contextlib.nullcontext():
+                r = task.evaluate(t.model, split, ctx)
         except ValueError as e:
             return fail(str(e))
         except OSError as e:  # e.g. the hypotheses file cannot be written

@@ -12,9 +12,15 @@ token embeddings ``Emb(idx)`` and/or its state of the fixed stream (:mod:`attnla
 only when some layer needs it). Cached decoding passes one :class:`~attnlab.cache.AttentionCache` per
 layer (:meth:`LM.new_caches`); each layer reads its absolute positions from ``cache.seq_len``. The model returns
 logits only: losses belong to the task that trains it (:mod:`attnlab.tasks.lm`).
+
+Hybrid-SKIP (spec 4.1): ``with model.skipping("variant"):`` evaluates the model with chosen layers removed (whole
+blocks, or ``part="mixer"`` for the mixers only), changing nothing in the model; see :mod:`attnlab.models.lm.skip`.
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +30,7 @@ from attnlab.layers import registry
 from attnlab.models.common import RMSNorm, ResidualBlock, check_buildable, gpt2_init_
 from attnlab.models.lm.config import LMConfig
 from attnlab.models.lm.fixed_stream import FixedStream, block_attn_kwargs, layer_mixer_inputs
+from attnlab.models.lm.skip import SKIP_PARTS, MixerSkipped, SkipPart, resolve_skip_layers
 
 __all__ = ["LM"]
 
@@ -49,6 +56,7 @@ class LM(nn.Module):
         self._token_emb_layers = [i for i, b in enumerate(self.blocks) if "token_emb" in layer_mixer_inputs(b.attn)]
         self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self._skip: tuple[frozenset[int], str] = (frozenset(), "block")  # 0-based layers removed by skipping()
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.reset_parameters()
@@ -123,10 +131,56 @@ class LM(nn.Module):
                              "token embeddings Emb(idx): pass idx (token ids), not inputs_embeds")
         e = self.tok_emb(idx) if inputs_embeds is None else inputs_embeds  # (B, T, C)
         x = self.drop(e)
+        if self._skip[0]:
+            if caches is not None:
+                raise ValueError("cached decoding is not available while layers are skipped (LM.skipping); use the "
+                                 "full forward")
+            return self._forward_skipping(x, e)
         fixed = self._fixed_hidden(e.shape[1], caches)
         for i, block in enumerate(self.blocks):
             kw = block_attn_kwargs(block, token_emb=e, fixed_hidden=fixed[i] if fixed else None)
             x = block(x, caches[i] if caches is not None else None, attn_kwargs=kw)  # (B, T, C)
+        return self.lm_head(self.norm_f(x))  # (B, T, V)
+
+    # ---------------------------------------------------------------------------------------------- SKIP
+    @contextlib.contextmanager
+    def skipping(self, layers: str | Iterable[int], *, part: SkipPart = "block") -> Iterator[list[int]]:
+        """Within the ``with`` block the model runs with ``layers`` removed (Hybrid-SKIP, spec 4.1).
+
+        Args:
+            layers: ``"variant"`` (every non-``"standard"`` layer), ``"odd"``, ``"even"``, ``"1,3"`` or a list of
+                layer numbers counted from 1 (:func:`attnlab.models.lm.skip.resolve_skip_layers`).
+            part: ``"block"`` removes whole residual blocks (identity on the residual stream); ``"mixer"`` removes
+                only their attention/variant mixer and keeps the SwiGLU branch.
+
+        Yields the removed layer numbers. Nothing in the model changes (no parameter, buffer or checkpoint); a
+        fixed stream runs through the kept blocks only, and not at all when no kept layer reads it. Cached decoding
+        is refused while skipping.
+
+        Raises:
+            ValueError: naming ``skip_layers`` or ``part``, before anything runs.
+        """
+        if part not in SKIP_PARTS:
+            raise ValueError(f"part must be one of {SKIP_PARTS}, got {part!r}")
+        numbers = resolve_skip_layers(layers, self.mechanisms)
+        old = self._skip
+        self._skip = (frozenset(i - 1 for i in numbers), part)
+        try:
+            yield numbers
+        finally:
+            self._skip = old
+
+    def _forward_skipping(self, x: Tensor, e: Tensor) -> Tensor:
+        skip, part = self._skip
+        active: list[tuple[int, nn.Module]] = [
+            (i, MixerSkipped(b) if i in skip else b) for i, b in enumerate(self.blocks) if i not in skip or part == "mixer"]
+        fixed: list[Tensor | None] = [None] * len(self.blocks)
+        if self.fixed_stream is not None and any("fixed_hidden" in layer_mixer_inputs(b.attn) for _, b in active):
+            states = self.fixed_stream.hidden_states(nn.ModuleList(b for _, b in active), self.tok_emb, e.shape[1])
+            for (i, _), st in zip(active, states):
+                fixed[i] = st
+        for i, block in active:
+            x = block(x, None, attn_kwargs=block_attn_kwargs(block, token_emb=e, fixed_hidden=fixed[i]))  # (B, T, C)
         return self.lm_head(self.norm_f(x))  # (B, T, V)
 
     def _fixed_hidden(self, T: int, caches: list[AttentionCache] | None) -> list[Tensor | None] | None:
