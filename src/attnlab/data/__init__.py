@@ -9,6 +9,9 @@
   :func:`build_subword_tokenizer` trains (and caches) a joint BPE :class:`SubwordTokenizer`; :func:`encode_parallel`
   encodes the splits; :func:`global_batch`, :func:`rank_rows`, :func:`pad_batch` and :func:`eval_batches` make
   length-bucketed batches. The subword tokenizer needs ``pip install attnlab[mt]``, imported only when used.
+* Time series: :func:`load_timeseries` (bundled ``"etth1"`` or any CSV of a ``date`` column then numeric columns)
+  gives a :class:`TimeSeries`; :func:`prepare_forecast_data` splits it (standard borders), z-scores it with the
+  training rows' statistics and cuts windows of look-back L and horizon T (:mod:`attnlab.data.timeseries`).
 
 Sources and licences of the bundled files: ``attnlab/data/corpora/LICENSES.md`` and ``docs/data.md``.
 """
@@ -29,6 +32,7 @@ from attnlab.data.mt_batching import (
 from attnlab.data.restore import tokenizer_from_dict
 from attnlab.data.parallel import ParallelCorpus, ParallelFiles, load_parallel
 from attnlab.data.subword import SubwordConfig, SubwordTokenizer, build_subword_tokenizer, encode_parallel
+from attnlab.data.timeseries import ForecastData, ForecastSplit, TimeSeries, load_timeseries, prepare_forecast_data
 from attnlab.data.tokenizers import (
     CharTokenizer,
     GPT2Tokenizer,
@@ -42,6 +46,8 @@ __all__ = [
     "CharTokenizer",
     "Corpus",
     "EncodedSplit",
+    "ForecastData",
+    "ForecastSplit",
     "GPT2Tokenizer",
     "IGNORE_INDEX",
     "MTBatch",
@@ -49,6 +55,7 @@ __all__ = [
     "ParallelFiles",
     "SubwordConfig",
     "SubwordTokenizer",
+    "TimeSeries",
     "Tokenizer",
     "WordTokenizer",
     "batches_per_epoch",
@@ -61,7 +68,9 @@ __all__ = [
     "iterate_eval_batches",
     "load_corpus",
     "load_parallel",
+    "load_timeseries",
     "pad_batch",
+    "prepare_forecast_data",
     "rank_rows",
     "read_bundled",
     "read_bundled_text",

@@ -13,7 +13,7 @@ import lzma
 from dataclasses import dataclass
 from importlib import resources
 
-__all__ = ["BundledFile", "BUNDLED", "BUNDLED_PARALLEL", "read_bundled", "read_bundled_text"]
+__all__ = ["BundledFile", "BUNDLED", "BUNDLED_PARALLEL", "BUNDLED_TIMESERIES", "read_bundled", "read_bundled_text"]
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,20 @@ BUNDLED_PARALLEL: dict[str, BundledFile] = {
     ),
 }
 
+#: Time series: ETTh1, the hourly Electricity Transformer Temperature data of station 1 (Zhou et al., "Informer",
+#: AAAI 2021, arXiv 2012.07436; github.com/zhouhaoyi/ETDataset), shipped unmodified under CC BY-ND 4.0 (licence
+#: text in ``corpora/ett/LICENSE``). Read through :func:`attnlab.data.load_timeseries`.
+BUNDLED_TIMESERIES: dict[str, BundledFile] = {
+    "timeseries/etth1": BundledFile(
+        "corpora/ett/ETTh1.csv.xz", 2_589_657, "f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066"
+    ),
+}
+
 
 def read_bundled(name: str) -> bytes:
-    """The decompressed bytes of the bundled file ``name`` (a key of :data:`BUNDLED` or :data:`BUNDLED_PARALLEL`),
-    checked by SHA-256."""
-    table = {**BUNDLED, **BUNDLED_PARALLEL}
+    """The decompressed bytes of the bundled file ``name`` (a key of :data:`BUNDLED`, :data:`BUNDLED_PARALLEL` or
+    :data:`BUNDLED_TIMESERIES`), checked by SHA-256."""
+    table = {**BUNDLED, **BUNDLED_PARALLEL, **BUNDLED_TIMESERIES}
     try:
         entry = table[name]
     except KeyError:
