@@ -1,0 +1,63 @@
+"""``attnlab study deconstructing``: the resumable reproduction study of "Deconstructing Attention" (spec 12)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = ("run a paper's study as one resumable grid of training runs and write its leaderboard and report "
+        "(deconstructing: Standard + six variants x {uniform, hybrid} x seeds, SKIP, the spec 12.3 table)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", choices=["deconstructing"], help="which study")
+    p.add_argument("--preset", default="quick", help="quick (smoke, <= 10 min on 2 cores), full (WikiText-2, "
+                                                     "8 layers, 3 seeds, <= 2.5 h) or tiny (seconds, for tests)")
+    p.add_argument("--corpus", help="tinyshakespeare (characters), wikitext2 (words) or a text file "
+                                    "(default: the preset's)")
+    p.add_argument("--layouts", choices=["main", "all"], default="main",
+                   help="all: also the nine-layout ablation of RndEmbQK and Non-approximate")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
+    p.add_argument("--variants", help="comma-separated subset of the six variants (default: all)")
+    p.add_argument("--out", help="output directory (default: runs/study-deconstructing-<preset>); running the same "
+                                 "study again resumes it")
+    p.add_argument("--force", action="store_true", help="move an existing directory aside and start again")
+    p.add_argument("--print-config", action="store_true", help="print the study as JSON and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+    import time
+
+    from attnlab.commands._config_args import fail
+    from attnlab.config import ConfigError
+    from attnlab.study import get_study_preset, run_study
+    from attnlab.train.checkpoint import CheckpointError
+    from attnlab.train.outdir import OutputDirError
+
+    t0 = time.perf_counter()
+    try:
+        cfg = get_study_preset(args.preset, args.corpus)
+        changes: dict = {"layouts": args.layouts}
+        if args.seeds is not None:
+            try:
+                changes["seeds"] = [int(s) for s in args.seeds.split(",")]
+            except ValueError:
+                raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+        if args.variants is not None:
+            changes["variants"] = [v.strip() for v in args.variants.split(",")]
+        cfg = dataclasses.replace(cfg, **changes)
+    except (ConfigError, ValueError) as e:
+        return fail(str(e))
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=1))
+        return 0
+    out = args.out or f"runs/study-deconstructing-{args.preset}"
+    try:
+        res = run_study(cfg, out, force=args.force)
+    except (ConfigError, OutputDirError, CheckpointError) as e:
+        return fail(str(e))
+    print()
+    print(res.files["leaderboard_md"].read_text())
+    print(f"report: {res.files['html']}  (total {time.perf_counter() - t0:.0f} s)")
+    return 0
