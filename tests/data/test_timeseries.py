@@ -1,4 +1,4 @@
-"""Time-series data: the bundled ETTh1 (hash, licence), CSV edge cases, borders, train-only statistics, window counts."""
+"""Time-series data: bundled ETTh1 (hash, licence), CSV edge cases, borders, train-only statistics, window counts."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def test_corrupted_etth1_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     from attnlab.data import bundled
 
     entry = BUNDLED_TIMESERIES["timeseries/etth1"]
-    monkeypatch.setitem(bundled.BUNDLED_TIMESERIES, "timeseries/etth1", bundled.BundledFile(entry.filename, 1, "0" * 64))
+    broken = bundled.BundledFile(entry.filename, 1, "0" * 64)
+    monkeypatch.setitem(bundled.BUNDLED_TIMESERIES, "timeseries/etth1", broken)
     with pytest.raises(ValueError, match="corrupted"):
         load_timeseries("etth1")
 

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from attnlab.commands._config_args import fail
-    from attnlab.tasks import EvalContext
+    from attnlab.tasks import EvalContext, EvalResult
     from attnlab.train.checkpoint import CheckpointError
     from attnlab.train.loading import load_trained
 
@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     device = next(t.model.parameters()).device
     ctx = EvalContext(device=device, batch_size=args.batch_size, progress=not args.json)
     out = {"checkpoint": str(t.path), "step": t.state["step"], "task": t.config.task, "data": t.data_source}
+    results: dict[str, EvalResult] = {}
     if args.skip_layers is not None:
         out["skip"] = {"layers": layers, "part": args.skip_part}
     for split in splits:
@@ -90,12 +91,15 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:  # e.g. the hypotheses file cannot be written
             return fail(f"{e.filename or 'eval'}: {e.strerror or e}")
         out[split] = r.to_dict()
+        results[split] = r
     if args.json:
         print(json.dumps(out, indent=1))
     else:
         print(f"{out['checkpoint']} (step {out['step']}, task {out['task']}):")
         for split in ("train", "val", "test"):
-            if split in out:
+            if split in results and type(results[split]).summary is not EvalResult.summary:
+                print(f"  {results[split].summary()}")  # a task's own line (forecasting: MSE and MAE, no perplexity)
+            elif split in out:
                 r = out[split]
                 extra = f", {r['bits_per_char']:.4f} bits/char" if r["bits_per_char"] is not None else ""
                 extra += "".join(f", {k} {v:.2f}" for k, v in r["metrics"].items())

@@ -3,7 +3,8 @@
 Registered tasks (``--task NAME``; imported lazily, so optional dependencies load only when a task is used):
 
 * ``lm``: language modelling (:class:`~attnlab.tasks.lm.LanguageModeling`);
-* ``translation``: encoder-decoder translation (:class:`~attnlab.tasks.translation.Translation`).
+* ``translation``: encoder-decoder translation (:class:`~attnlab.tasks.translation.Translation`);
+* ``forecast``: multi-step time-series forecasting (:class:`~attnlab.tasks.forecast.Forecasting`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = ["Task", "Batch", "Loss", "EvalResult", "EvalContext", "TASKS", "task_
 TASKS: dict[str, str] = {
     "lm": "attnlab.tasks.lm:LanguageModeling",
     "translation": "attnlab.tasks.translation.task:Translation",
+    "forecast": "attnlab.tasks.forecast:Forecasting",
 }
 
 

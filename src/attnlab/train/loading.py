@@ -5,7 +5,7 @@ A checkpoint is data, never instructions. Loading one:
 * follows no path stored in it: the run config in ``state.json`` keeps the data source and token-cache directory
   it was trained with, but a stored *path* is used only when the caller asks for it (``stored_data=True``; the
   CLI's ``--stored-data``, which prints it). Bundled corpus names (``tinyshakespeare``, ``wikitext2``,
-  ``multi30k``) are names, not paths, and are kept. The cache directory is the caller's (``cache_dir=``) or the
+  ``multi30k``, ``etth1``) are names, not paths, and are kept. The cache directory is the caller's (``cache_dir=``) or the
   environment's / default one, never the stored one. A task whose data would come from a stored path that was not
   followed raises a :class:`~attnlab.train.checkpoint.CheckpointError` saying how to choose the data, when (and
   only if) it needs its data;
@@ -32,7 +32,7 @@ from attnlab.train.trainer import resolve_device
 __all__ = ["Trained", "load_trained", "BUNDLED_SOURCES", "MAX_CONFIG_INT"]
 
 #: Data sources that are names of corpora shipped with attnlab, not paths (kept when a checkpoint is loaded).
-BUNDLED_SOURCES = ("tinyshakespeare", "wikitext2", "multi30k")
+BUNDLED_SOURCES = ("tinyshakespeare", "wikitext2", "multi30k", "etth1")
 #: The largest integer a checkpoint's model config may hold (any dimension, length or count); larger is refused
 #: as absurd before any module is built.
 MAX_CONFIG_INT = 2**24
@@ -80,7 +80,7 @@ class _UnfollowedData:
 
 #: Where each task keeps its loaded data (``None`` until first use); a task not listed here gets no stand-in, so
 #: a checkpoint of it with a stored path is refused at load time (tests check every task is listed).
-_DATA_ATTRIBUTE = {"lm": "_corpus", "translation": "_data"}
+_DATA_ATTRIBUTE = {"lm": "_corpus", "translation": "_data", "forecast": "_data"}
 
 
 def _resolve_data(config: TrainConfig, cdir: Path, *, data: str | None, stored_data: bool,

@@ -15,6 +15,7 @@ Training presets (``attnlab train --preset NAME``):
 * ``castle-s``: the CASTLE paper's S size (12 layers, d_model 896, 14 heads of 64 for the baseline, 8 for
   CASTLE by parameter parity, sequence 2048), for a GPU. The data default is WikiText-2 in GPT-2 tokens, far
   less than the paper's pre-training data: point ``data.source`` at a larger text file for a real run.
+* ``etth1-dlinear``, ``etth1-transformer``, ``etth1-quick``: forecasting on ETTh1 (``task = "forecast"``).
 """
 
 from __future__ import annotations
@@ -142,6 +143,51 @@ def multi30k_quick() -> TrainConfig:
     )
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Forecasting presets (ETTh1, bundled; the long-horizon protocol of spec time_series.md C.9)
+
+
+def etth1_dlinear() -> TrainConfig:
+    """ETTh1, multivariate, look-back 336, horizon 96 (``--set data.horizon=192`` etc.), a DLinear-style model
+    (moving average 25, maps shared by the channels); Adam-style AdamW without weight decay, lr 5e-3, batch 32,
+    about 10 epochs of the 8,209 training windows. Settings chosen here, not taken from a paper."""
+    from attnlab.models.timeseries import ForecastModelConfig
+    from attnlab.tasks.forecast import ForecastDataConfig, ForecastOptions
+
+    return TrainConfig(
+        task="forecast",
+        model=ForecastModelConfig(arch="dlinear"),
+        data=ForecastDataConfig(source="etth1", look_back=336, horizon=96, features="M", borders="ett_hour"),
+        options=ForecastOptions(),
+        optim=OptimConfig(lr=5e-3, betas=(0.9, 0.999), weight_decay=0.0, warmup_steps=50, min_lr_ratio=0.01,
+                          grad_clip=1.0),
+        steps=2600, batch_size=32, eval_interval=260, log_interval=20, eval_batch_size=256, threads=1,
+    )
+
+
+def etth1_transformer() -> TrainConfig:
+    """:func:`etth1_dlinear` with the small causal Transformer forecaster (2 layers, d_model 64, 4 heads, full
+    causal attention, dropout 0.1), lr 1e-3 with weight decay 0.01."""
+    base = etth1_dlinear()
+    return replace(
+        base,
+        model=replace(base.model, arch="transformer"),
+        optim=replace(base.optim, lr=1e-3, weight_decay=0.01, warmup_steps=100),
+        eval_batch_size=128,
+    )
+
+
+def etth1_quick() -> TrainConfig:
+    """A smoke run of seconds for tests and demos: ETTh1, look-back 96, horizon 24, DLinear, 60 steps of 32."""
+    base = etth1_dlinear()
+    return replace(
+        base,
+        data=replace(base.data, look_back=96, horizon=24),
+        optim=replace(base.optim, warmup_steps=10),
+        steps=60, eval_interval=30, log_interval=10,
+    )
+
+
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "shakespeare-char": shakespeare_char,
     "shakespeare-char-cpu": shakespeare_char_cpu,
@@ -151,6 +197,9 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "multi30k-en-de": multi30k_en_de,
     "multi30k-mid": multi30k_mid,
     "multi30k-quick": multi30k_quick,
+    "etth1-dlinear": etth1_dlinear,
+    "etth1-transformer": etth1_transformer,
+    "etth1-quick": etth1_quick,
 }
 
 
