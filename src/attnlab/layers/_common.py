@@ -11,6 +11,8 @@ from typing import Any, ClassVar, Generic, Sequence, TypeVar
 
 from torch import nn
 
+from attnlab._validation import check_bool, check_float
+
 __all__ = ["HeadGeometry", "AttentionLayer", "Choice"]
 
 V = TypeVar("V")
@@ -28,6 +30,15 @@ class HeadGeometry:
     def resolved_head_dim(self) -> int:
         """``head_dim``, or ``d_model // n_heads`` when it is ``None``."""
         return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    def check_rope(self, *, base: bool) -> None:
+        """``rope`` must be a bool (and, with ``base``, ``rope_base`` a number > 1); rotary pairs need an even
+        head dim. Raises ``ValueError`` naming the field."""
+        check_bool("rope", getattr(self, "rope"))
+        if base:
+            check_float("rope_base", getattr(self, "rope_base"), low=1.0, low_inclusive=False)
+        if getattr(self, "rope") and self.resolved_head_dim % 2:
+            raise ValueError(f"rope=True needs an even head_dim, got head_dim={self.resolved_head_dim}")
 
     @property
     def resolved_n_kv_heads(self) -> int:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from attnlab._validation import check_bool, check_float, check_head_geometry, check_int, check_matches_param
+from attnlab._validation import check_float, check_head_geometry, check_int, check_matches_param
 from attnlab.cache.uqkv import UQKVCache
 from attnlab.layers._common import AttentionLayer, HeadGeometry
 from attnlab.layers.registry import MechanismSpec, register
@@ -86,9 +86,7 @@ class CastleConfig(HeadGeometry):
     def __post_init__(self) -> None:
         check_head_geometry(self.d_model, self.n_heads, self.head_dim)
         validate_lookahead(self.lookahead)
-        check_bool("rope", self.rope)
-        if self.rope and self.resolved_head_dim % 2:
-            raise ValueError(f"rope=True needs an even head_dim, got head_dim={self.resolved_head_dim}")
+        self.check_rope(base=False)
         check_float("rope_base", self.rope_base, low=1, low_inclusive=False)
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")

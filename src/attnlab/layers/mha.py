@@ -134,9 +134,7 @@ class MultiHeadAttentionConfig(HeadGeometry):
             check_int("additive_dim", self.additive_dim, 1)
         if self.mask is not None and not isinstance(self.mask, Mask):
             raise ValueError(f"mask must be an attnlab.masks.Mask or None, got {type(self.mask).__name__}")
-        check_bool("rope", self.rope)
-        if self.rope and self.resolved_head_dim % 2:
-            raise ValueError(f"rope=True needs an even head_dim, got head_dim={self.resolved_head_dim}")
+        self.check_rope(base=False)
         check_float("rope_base", self.rope_base, low=1, low_inclusive=False)
         check_float("dropout", self.dropout, low=0, high=1)
         check_bool("bias", self.bias)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from attnlab._validation import check_float, check_int
 from attnlab.layers._common import HeadGeometry
 from attnlab.layers.rope import apply_rope, rope_angles
 
@@ -95,6 +96,21 @@ class Widths(HeadGeometry):
     def resolved_ffn_hidden(self) -> int:
         """``ffn_hidden``, or :func:`swiglu_hidden` of ``d_model``."""
         return self.ffn_hidden if self.ffn_hidden is not None else swiglu_hidden(self.d_model)
+
+    def check_widths(self) -> None:
+        """The checks every transformer model config shares (``d_model``, ``n_heads`` already checked positive):
+        the head dim, ``ffn_hidden``, and the ``dropout``, ``rope_base`` and ``norm_eps`` fields."""
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"n_heads={self.n_heads} must divide d_model={self.d_model} (or pass head_dim explicitly)")
+        else:
+            check_int("head_dim", self.head_dim, 1)
+        if self.ffn_hidden is not None:
+            check_int("ffn_hidden", self.ffn_hidden, 1)
+        check_float("dropout", getattr(self, "dropout"), low=0.0, high=1.0)
+        check_float("rope_base", getattr(self, "rope_base"), low=1.0, low_inclusive=False)
+        check_float("norm_eps", getattr(self, "norm_eps"), low=0.0, low_inclusive=False)
 
 
 def check_buildable(config: object, cls: type) -> None:

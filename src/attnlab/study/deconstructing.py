@@ -46,20 +46,12 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.config import ConfigError
-from attnlab.models.stack import LAYOUTS
+from attnlab.study.grid import ABLATION_LAYOUTS, ABLATION_VARIANTS, VARIANTS
 from attnlab.train.config import TrainConfig
 
 __all__ = ["VARIANTS", "ABLATION_VARIANTS", "StudyConfig", "StudyResult", "run_study", "STUDY_PRESETS",
            "get_study_preset", "bigram_loss", "eval_loss", "max_logits_per_layer"]
 
-#: The six variants of spec 3, in the order of the paper's Tbl. 1.
-VARIANTS = ["decon_mlp", "decon_approx", "decon_nonapprox", "decon_rndembqk", "decon_fixedseqqk",
-            "decon_staticembqk"]
-#: The variants of the nine-layout ablation (paper section 6, Tbl. 11).
-ABLATION_VARIANTS = ["decon_rndembqk", "decon_nonapprox"]
-#: Layout names of a study: ``uniform``, ``hybrid`` (= the ``alternate`` schedule = layout ``even``) and the other
-#: eight layouts of :data:`attnlab.models.stack.LAYOUTS`.
-ABLATION_LAYOUTS = [k for k in LAYOUTS if k != "even"]
 
 
 def _schedule(layout: str) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.compare.report import SIGNIFICANCE_RULE, _provenance, significance
+from attnlab.study.grid import ABLATION_LAYOUTS, ABLATION_VARIANTS
 
 __all__ = ["write_study_report", "model_rows", "direction_table"]
 
@@ -343,8 +344,6 @@ def _plots(out: Path, cfg: Any, res: Any, rows: list[dict[str, Any]]) -> dict[st
     plt.close(fig)
 
     if cfg.layouts == "all":
-        from attnlab.study.deconstructing import ABLATION_LAYOUTS, ABLATION_VARIANTS
-
         lays = ["uniform", "hybrid", *ABLATION_LAYOUTS]
         fig, ax = plt.subplots(figsize=(10, 4))
         for k, v in enumerate(v for v in ABLATION_VARIANTS if v in cfg.variants):

@@ -17,10 +17,11 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from attnlab._validation import resolve_device_dtype
 from attnlab.cache.base import AttentionCache
 from attnlab.layers.rope import apply_rope
 
-__all__ = ["MixerInputs", "causal_softmax_probs", "StatelessCache", "QKVOProjections", "split_heads",
+__all__ = ["MixerInputs", "causal_softmax_probs", "StatelessCache", "HeadStateCache", "QKVOProjections", "split_heads",
            "merge_heads", "check_inputs"]
 
 
@@ -89,6 +90,23 @@ class StatelessCache(AttentionCache):
 
     def __repr__(self) -> str:
         return f"StatelessCache(seq_len={self._seq_len})"
+
+
+class HeadStateCache(AttentionCache):
+    """Base of the variants' decoding states kept per head: it holds ``batch_size``, ``n_heads``, ``head_dim``,
+    the device and dtype, counts positions, and calls the subclass's ``reset`` to create the empty state."""
+
+    _seq_len: int
+
+    def __init__(self, batch_size: int, n_heads: int, head_dim: int, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        self.batch_size, self.n_heads, self.head_dim = batch_size, n_heads, head_dim
+        self.device, self.dtype = resolve_device_dtype(device, dtype)
+        self.reset()
+
+    @property
+    def seq_len(self) -> int:
+        return self._seq_len
 
 
 def split_heads(t: Tensor, n_heads: int) -> Tensor:

@@ -36,11 +36,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from attnlab._validation import check_bool, check_float, check_head_geometry, check_layer_input, resolve_device_dtype
+from attnlab._validation import check_float, check_head_geometry, check_layer_input
 from attnlab.cache.base import AttentionCache
 from attnlab.cache.recurrent import RecurrentStateCache
 from attnlab.layers._common import AttentionLayer, Choice, HeadGeometry
-from attnlab.layers.deconstructed._common import QKVOProjections, merge_heads, rope_if, split_heads
+from attnlab.layers.deconstructed._common import HeadStateCache, QKVOProjections, merge_heads, rope_if, split_heads
 from attnlab.layers.registry import MechanismSpec, register
 from attnlab.ops.linear import feature_dim, linear_attention
 
@@ -98,19 +98,9 @@ def printed_recurrent(q: Tensor, k: Tensor, v: Tensor, state: PrintedState, *, d
     return torch.stack(outs, dim=2), (sv, sk, skh, skv, skhv, n)
 
 
-class PrintedTaylorCache(AttentionCache):
+class PrintedTaylorCache(HeadStateCache):
     """Decoding state of form P: ``sum v``, ``sum k``, ``sum k^`` ``(B, H, D)``, ``sum k^T v`` and ``sum k^^T v``
     ``(B, H, D, D)`` and the count ``(B, H)`` of positions (the paper's Tbl. 8 Approximate cache, spec 3.3)."""
-
-    def __init__(self, batch_size: int, n_heads: int, head_dim: int, *, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
-        self.batch_size, self.n_heads, self.head_dim = batch_size, n_heads, head_dim
-        self.device, self.dtype = resolve_device_dtype(device, dtype)
-        self.reset()
-
-    @property
-    def seq_len(self) -> int:
-        return self._seq_len
 
     @property
     def state(self) -> PrintedState:
@@ -164,11 +154,8 @@ class ApproxConfig(HeadGeometry):
             raise ValueError("impl='chunked' exists for form='taylor' only; form='printed' has 'recurrent', 'parallel'")
         if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
             raise ValueError(f"chunk_size must be an int >= 1, got {self.chunk_size!r}")
-        check_bool("rope", self.rope)
-        check_float("rope_base", self.rope_base, low=1.0, low_inclusive=False)
+        self.check_rope(base=True)
         check_float("den_eps", self.den_eps, low=0.0, high=math.inf, low_inclusive=False)
-        if self.rope and self.resolved_head_dim % 2:
-            raise ValueError(f"rope=True needs an even head_dim, got head_dim={self.resolved_head_dim}")
 
     def build(self) -> "ApproxAttention":
         return ApproxAttention(self)

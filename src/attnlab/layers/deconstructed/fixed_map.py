@@ -37,11 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab._validation import (check_bool, check_float, check_head_geometry, check_int, check_layer_input,
-                                 resolve_device_dtype)
-from attnlab.cache.base import AttentionCache
+from attnlab._validation import check_bool, check_float, check_head_geometry, check_int, check_layer_input
 from attnlab.layers._common import AttentionLayer, HeadGeometry
-from attnlab.layers.deconstructed._common import (MixerInputs, QKVOProjections, causal_softmax_probs, check_inputs,
+from attnlab.layers.deconstructed._common import (HeadStateCache, MixerInputs, QKVOProjections, causal_softmax_probs, check_inputs,
                                                   merge_heads, rope_if, split_heads)
 from attnlab.layers.registry import MechanismSpec, register
 
@@ -62,20 +60,13 @@ def standalone_eps(L: int, d_model: int, *, sigma: float, seed: int, device: tor
     return (torch.cat(blocks)[:L] * sigma).to(device=device, dtype=dtype)
 
 
-class FixedMapCache(AttentionCache):
+class FixedMapCache(HeadStateCache):
     """Decoding state of :class:`FixedMapAttention`: the fixed queries and keys ``(1, H, L, D)`` of every stream
     position (shared by the batch; set at the first call) and the values ``(B, H, S, D)`` seen so far."""
 
     def __init__(self, batch_size: int, n_heads: int, head_dim: int, *, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.n_heads, self.head_dim = n_heads, head_dim
-        self.device, self.dtype = resolve_device_dtype(device, dtype)
-        self.reset()
-
-    @property
-    def seq_len(self) -> int:
-        return self._seq_len
+        super().__init__(check_int("batch_size", batch_size, 1), n_heads, head_dim, device=device, dtype=dtype)
 
     @property
     def fixed_qk(self) -> tuple[Tensor, Tensor] | None:
@@ -137,10 +128,7 @@ class FixedMapConfig(HeadGeometry):
         check_float("sigma", self.sigma, low=0.0, high=math.inf, low_inclusive=False)
         check_int("stream_seed", self.stream_seed, 0)
         check_bool("fixed_stream_grad", self.fixed_stream_grad)
-        check_bool("rope", self.rope)
-        check_float("rope_base", self.rope_base, low=1.0, low_inclusive=False)
-        if self.rope and self.resolved_head_dim % 2:
-            raise ValueError(f"rope=True needs an even head_dim, got head_dim={self.resolved_head_dim}")
+        self.check_rope(base=True)
 
     def build(self) -> "FixedMapAttention":
         return FixedMapAttention(self)

@@ -31,10 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab._validation import check_bool, check_float, check_head_geometry, check_layer_input, resolve_device_dtype
-from attnlab.cache.base import AttentionCache
+from attnlab._validation import check_head_geometry, check_layer_input
 from attnlab.layers._common import AttentionLayer, Choice, HeadGeometry
-from attnlab.layers.deconstructed._common import QKVOProjections, merge_heads, rope_if, split_heads
+from attnlab.layers.deconstructed._common import HeadStateCache, QKVOProjections, merge_heads, rope_if, split_heads
 from attnlab.layers.registry import MechanismSpec, register
 
 __all__ = ["NonApproxConfig", "NonApproxAttention", "RunningSoftmaxCache", "self_gated_scores",
@@ -75,19 +74,9 @@ def nonapprox_recurrent(s: Tensor, v: Tensor, state: tuple[Tensor, Tensor, Tenso
     return torch.stack(outs, dim=2), (n, z, m)  # (B, H, T, D)
 
 
-class RunningSoftmaxCache(AttentionCache):
+class RunningSoftmaxCache(HeadStateCache):
     """Decoding state of :class:`NonApproxAttention`: numerator ``n`` ``(B, H, D)``, denominator ``z`` ``(B, H)``
     and running max ``m`` ``(B, H)`` after every position consumed so far."""
-
-    def __init__(self, batch_size: int, n_heads: int, head_dim: int, *, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
-        self.batch_size, self.n_heads, self.head_dim = batch_size, n_heads, head_dim
-        self.device, self.dtype = resolve_device_dtype(device, dtype)
-        self.reset()
-
-    @property
-    def seq_len(self) -> int:
-        return self._seq_len
 
     @property
     def state(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -132,10 +121,7 @@ class NonApproxConfig(HeadGeometry):
 
     def __post_init__(self) -> None:
         check_head_geometry(self.d_model, self.n_heads, self.head_dim)
-        check_bool("rope", self.rope)
-        check_float("rope_base", self.rope_base, low=1.0, low_inclusive=False)
-        if self.rope and self.resolved_head_dim % 2:
-            raise ValueError(f"rope=True needs an even head_dim, got head_dim={self.resolved_head_dim}")
+        self.check_rope(base=True)
         if self.impl not in NONAPPROX_IMPLS:
             raise ValueError(f"impl must be one of {NONAPPROX_IMPLS}, got {self.impl!r}")
 

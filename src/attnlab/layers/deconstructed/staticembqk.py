@@ -23,7 +23,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from attnlab._validation import check_bool, check_float, check_head_geometry, check_layer_input
+from attnlab._validation import check_head_geometry, check_layer_input
 from attnlab.cache.kv import KVCache
 from attnlab.layers._common import AttentionLayer, HeadGeometry
 from attnlab.layers.deconstructed._common import (MixerInputs, QKVOProjections, causal_softmax_probs, check_inputs,
@@ -55,10 +55,7 @@ class StaticEmbQKConfig(HeadGeometry):
         check_head_geometry(self.d_model, self.n_heads, self.head_dim)
         if self.static_norm not in ("block", "none"):
             raise ValueError(f"static_norm must be one of ('block', 'none'), got {self.static_norm!r}")
-        check_bool("rope", self.rope)
-        check_float("rope_base", self.rope_base, low=1.0, low_inclusive=False)
-        if self.rope and self.resolved_head_dim % 2:
-            raise ValueError(f"rope=True needs an even head_dim, got head_dim={self.resolved_head_dim}")
+        self.check_rope(base=True)
 
     def build(self) -> "StaticEmbQKAttention":
         return StaticEmbQKAttention(self)

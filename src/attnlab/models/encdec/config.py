@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 from torch import nn
 
-from attnlab._validation import check_bool, check_float, check_int
+from attnlab._validation import check_bool, check_int
 from attnlab.config import PlainConfig
 from attnlab.layers import registry
 from attnlab.layers.mha import MultiHeadAttentionConfig
@@ -104,19 +104,9 @@ class EncDecConfig(Widths, PlainConfig):
             raise ValueError(f"pad_id={self.pad_id} must be < vocab_size={self.vocab_size}")
         check_positive_ints(self, "d_model", "n_heads", "n_encoder_layers", "n_decoder_layers", "max_source_len",
                             "max_target_len")
-        if self.head_dim is None:
-            if self.d_model % self.n_heads:
-                raise ValueError(
-                    f"n_heads={self.n_heads} must divide d_model={self.d_model} (or pass head_dim explicitly)")
-        else:
-            check_int("head_dim", self.head_dim, 1)
-        if self.ffn_hidden is not None:
-            check_int("ffn_hidden", self.ffn_hidden, 1)
+        self.check_widths()
         if self.cross_score not in CROSS_SCORES:
             raise ValueError(f"cross_score must be one of {CROSS_SCORES}, got {self.cross_score!r}")
-        check_float("dropout", self.dropout, low=0.0, high=1.0)
-        check_float("rope_base", self.rope_base, low=1.0, low_inclusive=False)
-        check_float("norm_eps", self.norm_eps, low=0.0, low_inclusive=False)
         check_bool("parity", self.parity)
         check_bool("tie_embeddings", self.tie_embeddings)
         for name in ("encoder_attention", "decoder_attention"):

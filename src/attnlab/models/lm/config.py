@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from attnlab._validation import check_bool, check_float, check_int
+from attnlab._validation import check_bool, check_int
 from attnlab.config import PlainConfig
 from attnlab.models.common import Widths, swiglu_hidden
 from attnlab.models.stack import SCHEDULES, ResolvedStack, Schedule, check_positive_ints, resolve_stack
@@ -80,18 +80,7 @@ class LMConfig(Widths, PlainConfig):
         if self.vocab_size is not None:
             check_int("vocab_size", self.vocab_size, 1)
         check_positive_ints(self, "n_layers", "d_model", "n_heads", "context_len")
-        if self.head_dim is None:
-            if self.d_model % self.n_heads:
-                raise ValueError(
-                    f"n_heads={self.n_heads} must divide d_model={self.d_model} (or pass head_dim explicitly)"
-                )
-        else:
-            check_int("head_dim", self.head_dim, 1)
-        if self.ffn_hidden is not None:
-            check_int("ffn_hidden", self.ffn_hidden, 1)
-        check_float("dropout", self.dropout, low=0.0, high=1.0)
-        check_float("rope_base", self.rope_base, low=1.0, low_inclusive=False)
-        check_float("norm_eps", self.norm_eps, low=0.0, low_inclusive=False)
+        self.check_widths()
         check_bool("parity", self.parity)
         check_bool("tie_embeddings", self.tie_embeddings)
         if isinstance(self.attention, tuple):

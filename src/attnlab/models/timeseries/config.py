@@ -9,11 +9,11 @@ passes them to :meth:`ForecastModelConfig.build`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import nn
 
-from attnlab._validation import check_bool, check_float, check_int
+from attnlab._validation import check_bool, check_int
 from attnlab.config import PlainConfig
 from attnlab.models.common import Widths
 from attnlab.models.stack import ResolvedStack, resolve_stack
@@ -35,6 +35,7 @@ class DLinearConfig(PlainConfig):
         individual: one pair of linear maps per channel instead of one pair shared by every channel.
     """
 
+    model_class: ClassVar[type[nn.Module]]  # set by attnlab.models.timeseries.dlinear
     kernel_size: int = 25
     individual: bool = False
 
@@ -58,6 +59,7 @@ class TransformerForecasterConfig(Widths, PlainConfig):
         attention_options: per mechanism name, options for its layer config.
     """
 
+    model_class: ClassVar[type[nn.Module]]  # set by attnlab.models.timeseries.transformer
     n_layers: int = 2
     d_model: int = 64
     n_heads: int = 4
@@ -72,16 +74,7 @@ class TransformerForecasterConfig(Widths, PlainConfig):
     def __post_init__(self) -> None:
         for name in ("n_layers", "d_model", "n_heads"):
             check_int(name, getattr(self, name), 1)
-        if self.head_dim is None:
-            if self.d_model % self.n_heads:
-                raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model} (or pass head_dim)")
-        else:
-            check_int("head_dim", self.head_dim, 1)
-        if self.ffn_hidden is not None:
-            check_int("ffn_hidden", self.ffn_hidden, 1)
-        check_float("dropout", self.dropout, low=0.0, high=1.0)
-        check_float("rope_base", self.rope_base, low=1.0, low_inclusive=False)
-        check_float("norm_eps", self.norm_eps, low=0.0, low_inclusive=False)
+        self.check_widths()
         self._stack: ResolvedStack = resolve_stack(
             attention=self.attention, schedule="uniform", n_layers=self.n_layers, options=self.attention_options,
             parity=False, d_model=self.d_model, n_heads=self.n_heads, head_dim=self.resolved_head_dim,
@@ -115,10 +108,7 @@ class ForecastModelConfig(PlainConfig):
     def build(self, *, look_back: int, horizon: int, n_channels: int, n_time_features: int = 0) -> nn.Module:
         """The model of ``arch`` for windows of ``look_back`` steps of ``n_channels`` channels (plus
         ``n_time_features`` time features per step) and forecasts of ``horizon`` steps."""
-        from attnlab.models.timeseries.dlinear import DLinear
-        from attnlab.models.timeseries.transformer import TransformerForecaster
-
         sizes = dict(look_back=look_back, horizon=horizon, n_channels=n_channels, n_time_features=n_time_features)
-        if self.arch == "dlinear":
-            return DLinear(self.dlinear, **sizes)
-        return TransformerForecaster(self.transformer, **sizes)
+        part = self.dlinear if self.arch == "dlinear" else self.transformer
+        # model_class is set by the model's module (imported with the package), so this module never imports it
+        return type(part).model_class(part, **sizes)

@@ -74,3 +74,6 @@ class DLinear(nn.Module):
         check_window(x, look_back=self.look_back, n_channels=self.n_channels)
         seasonal, trend = self.decompose(x)
         return self.seasonal(seasonal) + self.trend(trend)  # (B, T, V)
+
+
+DLinearConfig.model_class = DLinear

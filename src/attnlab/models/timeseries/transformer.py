@@ -68,3 +68,6 @@ class TransformerForecaster(nn.Module):
         check_window(x, look_back=self.look_back, n_channels=self.n_channels)
         h = self.hidden(x, x_marks)[:, -1]  # (B, C)
         return self.head(h).view(x.shape[0], self.horizon, self.n_channels)  # (B, T, V)
+
+
+TransformerForecasterConfig.model_class = TransformerForecaster
