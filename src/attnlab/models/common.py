@@ -109,8 +109,8 @@ class Widths(HeadGeometry):
         if self.ffn_hidden is not None:
             check_int("ffn_hidden", self.ffn_hidden, 1)
         check_float("dropout", getattr(self, "dropout"), low=0.0, high=1.0)
-        check_float("rope_base", getattr(self, "rope_base"), low=1.0, low_inclusive=False)
-        check_float("norm_eps", getattr(self, "norm_eps"), low=0.0, low_inclusive=False)
+        check_float("rope_base", getattr(self, "rope_base"), low=1.0, low_inclusive=False, high=math.inf)
+        check_float("norm_eps", getattr(self, "norm_eps"), low=0.0, low_inclusive=False, high=math.inf)
 
 
 def check_buildable(config: object, cls: type) -> None:
