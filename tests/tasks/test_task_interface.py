@@ -180,3 +180,16 @@ def test_the_trainer_uses_decay_steps_not_steps(tmp_path: Path) -> None:
     for s in (0, 1, 2, 5, 9, 10, 13):
         assert lr[s + 1] == pytest.approx(expected(s), rel=1e-12, abs=0), s
     assert lr[12] == pytest.approx(1e-3) and lr[6] > 2 * 1e-3  # past decay_steps: the floor; before: still decaying
+
+
+def test_eval_files_get_the_step_label_and_are_never_overwritten(tmp_path: Path) -> None:
+    task = LanguageModeling(LMConfig(vocab_size=8, n_layers=1, d_model=8, n_heads=2), LMDataConfig(), seed=0)
+    with pytest.raises(ValueError, match="set_output_dir"):
+        task.write_eval_file("hypotheses-val", ".txt", "a\n")
+    task.set_output_dir(tmp_path / "run")
+    task.step_label = "-step5"
+    first = task.write_eval_file("hypotheses-val", ".txt", "a\n")
+    second = task.write_eval_file("hypotheses-val", ".txt", "b\n")
+    assert (first.name, second.name) == ("hypotheses-val-step5.txt", "hypotheses-val-step5.1.txt")
+    assert (first.read_text(), second.read_text()) == ("a\n", "b\n")
+    assert task.written_files == [first, second]

@@ -1,15 +1,17 @@
-"""Shared command-line plumbing for ``attnlab train`` and ``attnlab compare``: task + preset + TOML + --set + flags."""
+"""Shared command-line plumbing for `attnlab train`, `compare` and `study`: task + preset + TOML + --set + flags."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from attnlab.config import ConfigError, load_toml, merge, parse_set
 from attnlab.train.config import TrainConfig, config_from_dict, config_to_dict
 
-__all__ = ["add_config_arguments", "config_from_args", "fail", "load_checkpoint", "DEFAULT_PRESETS"]
+__all__ = ["add_config_arguments", "config_from_args", "csv_list", "csv_seeds", "fail", "print_or_run", "load_checkpoint",
+           "DEFAULT_PRESETS"]
 
 #: The preset a task starts from when ``--preset`` is not given: (``attnlab train``, ``attnlab compare``).
 DEFAULT_PRESETS: dict[str, tuple[str, str]] = {
@@ -87,6 +89,45 @@ def load_checkpoint(path: str, *, device: str, task: str) -> Any:
     except (CheckpointError, ValueError) as e:
         other = next((c for t, c in commands.items() if t != task and f"is a {t!r} model" in str(e)), None)
         return fail(str(e) + (f"; use `{other}` for that checkpoint" if other else ""))
+
+
+def csv_list(text: str, what: str) -> list[str]:
+    """The items of a comma-separated flag value such as ``--mechanisms a,b``; ``what`` names the flag in the error."""
+    items = [x.strip() for x in text.split(",")]
+    if not items or any(not x for x in items):
+        raise ConfigError(f"{what} must be a comma-separated list of non-empty values, got {text!r}")
+    return items
+
+
+def csv_seeds(text: str) -> list[int]:
+    """The seeds of ``--seeds 0,1,2``."""
+    try:
+        return [int(s) for s in csv_list(text, "--seeds")]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {text!r}") from None
+
+
+def print_or_run(args: argparse.Namespace, cfg: Any, run: Callable[[], Any], t0: float) -> int:
+    """The end of ``attnlab compare`` and ``attnlab study``: print ``cfg`` as JSON with ``--print-config``, else
+    ``run()`` it and print its leaderboard and report path; a known error becomes a message and exit status 2."""
+    import json
+    import time
+
+    from attnlab.train.checkpoint import CheckpointError
+    from attnlab.train.outdir import OutputDirError
+    from attnlab.train.trainer import NonFiniteError
+
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=1))
+        return 0
+    try:
+        res = run()
+    except (ConfigError, OutputDirError, CheckpointError, NonFiniteError) as e:
+        return fail(str(e))
+    print()
+    print(res.files["leaderboard_md"].read_text())
+    print(f"report: {res.files['html']}  (total {time.perf_counter() - t0:.0f} s)")
+    return 0
 
 
 def fail(msg: str) -> int:

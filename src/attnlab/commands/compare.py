@@ -21,52 +21,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                       "the first)")
 
 
-def _csv(text: str, what: str) -> list[str]:
-    from attnlab.config import ConfigError
-
-    items = [x.strip() for x in text.split(",")]
-    if not items or any(not x for x in items):
-        raise ConfigError(f"{what} must be a comma-separated list of non-empty values, got {text!r}")
-    return items
-
-
 def run(args: argparse.Namespace) -> int:
-    import json
     import time
 
-    from attnlab.commands._config_args import config_from_args, fail, preset_name
+    from attnlab.commands._config_args import config_from_args, csv_list, csv_seeds, fail, preset_name, print_or_run
     from attnlab.compare import CompareConfig, get_compare_preset, run_compare
     from attnlab.config import ConfigError
-    from attnlab.train.checkpoint import CheckpointError
-    from attnlab.train.outdir import OutputDirError
-    from attnlab.train.trainer import NonFiniteError
 
     t0 = time.perf_counter()
     name = preset_name(args, compare=True)
     try:
         preset = get_compare_preset(name)
         base = config_from_args(args, preset.base)
-        variants = _csv(args.variants, "--mechanisms") if args.variants is not None else preset.variants
-        seeds = preset.seeds
-        if args.seeds is not None:
-            try:
-                seeds = [int(s) for s in _csv(args.seeds, "--seeds")]
-            except ValueError:
-                raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+        variants = csv_list(args.variants, "--mechanisms") if args.variants is not None else preset.variants
+        seeds = csv_seeds(args.seeds) if args.seeds is not None else preset.seeds
         options = {k: v for k, v in preset.options.items() if k in variants}
         cfg = CompareConfig(base=base, variants=variants, seeds=seeds, options=options,
                             baseline=args.baseline or (preset.baseline if preset.baseline in variants else None))
     except (ConfigError, ValueError) as e:
         return fail(str(e))
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=1))
-        return 0
     out = args.out or f"runs/compare-{name}"
-    try:
-        res = run_compare(cfg, out, resume=args.resume, force=args.force)
-    except (ConfigError, OutputDirError, CheckpointError, NonFiniteError) as e:
-        return fail(str(e))
-    print()
-    print(res.files["leaderboard_md"].read_text())
-    print(f"report: {res.files['html']}  (total {time.perf_counter() - t0:.0f} s)")
-    return 0
+    return print_or_run(args, cfg, lambda: run_compare(cfg, out, resume=args.resume, force=args.force), t0)

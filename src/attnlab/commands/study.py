@@ -26,38 +26,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
-    import json
     import time
 
-    from attnlab.commands._config_args import fail
+    from attnlab.commands._config_args import csv_list, csv_seeds, fail, print_or_run
     from attnlab.config import ConfigError
     from attnlab.study import get_study_preset, run_study
-    from attnlab.train.checkpoint import CheckpointError
-    from attnlab.train.outdir import OutputDirError
 
     t0 = time.perf_counter()
     try:
         cfg = get_study_preset(args.preset, args.corpus)
         changes: dict = {"layouts": args.layouts}
         if args.seeds is not None:
-            try:
-                changes["seeds"] = [int(s) for s in args.seeds.split(",")]
-            except ValueError:
-                raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+            changes["seeds"] = csv_seeds(args.seeds)
         if args.variants is not None:
-            changes["variants"] = [v.strip() for v in args.variants.split(",")]
+            changes["variants"] = csv_list(args.variants, "--variants")
         cfg = dataclasses.replace(cfg, **changes)
     except (ConfigError, ValueError) as e:
         return fail(str(e))
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=1))
-        return 0
     out = args.out or f"runs/study-deconstructing-{args.preset}"
-    try:
-        res = run_study(cfg, out, force=args.force)
-    except (ConfigError, OutputDirError, CheckpointError) as e:
-        return fail(str(e))
-    print()
-    print(res.files["leaderboard_md"].read_text())
-    print(f"report: {res.files['html']}  (total {time.perf_counter() - t0:.0f} s)")
-    return 0
+    return print_or_run(args, cfg, lambda: run_study(cfg, out, force=args.force), t0)

@@ -26,6 +26,7 @@ import contextlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -160,7 +161,7 @@ class Task(ABC):
         """Loaded data that other runs of the same data config may reuse (passed back as ``data_argument``)."""
         return None
 
-    def __init__(self, model: Any, data: Any, *, seed: int) -> None:
+    def __init__(self, model: Any, data: Any, *, seed: int, progress: bool = False) -> None:
         if not isinstance(model, self.model_config):
             raise ValueError(f"model must be a {self.model_config.__name__} for task {self.name!r}, got "
                              f"{type(model).__name__}")
@@ -170,7 +171,14 @@ class Task(ABC):
         self.model_cfg = model
         self.data_cfg = data
         self.seed = seed
+        self.progress = progress
         self.teacher: nn.Module | None = None
+        #: where :meth:`evaluate` may write files (:meth:`write_eval_file`); ``None``: nowhere
+        self.output_dir: Path | None = None
+        #: added to the names of those files (the trainer sets ``"-step<N>"``)
+        self.step_label = ""
+        #: every file written so far
+        self.written_files: list[Path] = []
 
     # ------------------------------------------------------------------------------------------------ model
     @abstractmethod
@@ -207,6 +215,26 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module, split: str, ctx: EvalContext) -> EvalResult:
         """Metrics over the whole ``split``."""
+
+    def set_output_dir(self, path: str | Path | None) -> None:
+        """Where :meth:`evaluate` writes its files (hypotheses, per-step errors; ``None``: nowhere)."""
+        self.output_dir = Path(path) if path is not None else None
+
+    def write_eval_file(self, stem: str, suffix: str, text: str) -> Path:
+        """Write ``<stem><step_label><suffix>`` in :attr:`output_dir` and return its path; an existing file is
+        never overwritten (``.1``, ``.2``, ... is added before the suffix)."""
+        from attnlab._io import atomic_write_text
+
+        if self.output_dir is None:
+            raise ValueError("write_eval_file needs an output directory: call set_output_dir first")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        stem += self.step_label
+        path, k = self.output_dir / f"{stem}{suffix}", 1
+        while path.exists():
+            path, k = self.output_dir / f"{stem}.{k}{suffix}", k + 1
+        atomic_write_text(path, text)
+        self.written_files.append(path)
+        return path
 
     # ------------------------------------------------------------------------------------------- checkpoint
     def state(self) -> dict[str, Any]:

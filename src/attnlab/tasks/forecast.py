@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -26,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab._io import atomic_write_text
 from attnlab._validation import check_float, check_int
 from attnlab.models.timeseries import ARCHS, ForecastModelConfig
 from attnlab.tasks.base import Batch, EvalContext, EvalResult, Loss, Task
@@ -134,14 +132,10 @@ class Forecasting(Task):
     def __init__(self, model: ForecastModelConfig, data: ForecastDataConfig, *, seed: int,
                  options: ForecastOptions | None = None, forecast_data: Any = None,
                  stats: dict[str, Any] | None = None, progress: bool = False) -> None:
-        super().__init__(model, data, seed=seed)
+        super().__init__(model, data, seed=seed, progress=progress)
         self.options = options if options is not None else ForecastOptions()
         self._data = forecast_data
         self._stats = stats  # {"columns", "mean", "std", "source"} of a checkpoint
-        self.progress = progress
-        self.output_dir: Path | None = None
-        self.step_label = ""
-        self.written_files: list[Path] = []
 
     @classmethod
     def valid_variants(cls) -> list[str]:
@@ -227,10 +221,6 @@ class Forecasting(Task):
         return Loss(main=F.mse_loss(pred, batch.inputs["y"].to(pred.dtype)))
 
     # ------------------------------------------------------------------------------------------- evaluation
-    def set_output_dir(self, path: str | Path | None) -> None:
-        """Where :meth:`evaluate` writes the per-step MSE (``None``: nowhere)."""
-        self.output_dir = Path(path) if path is not None else None
-
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, ctx: EvalContext) -> ForecastEvalResult:
         """MSE and MAE over every window of ``split`` (batches dealt round-robin to the ranks), the drop_last
@@ -268,21 +258,10 @@ class Forecasting(Task):
         if n_drop:  # (a split shorter than one batch has no drop_last figure: the released loader would see nothing)
             metrics["mse_drop_last"] = float(sq_drop) / (n_drop * T * V)
             metrics["mae_drop_last"] = float(ab_drop) / (n_drop * T * V)
-        if self.output_dir is not None and ctx.rank == 0:
-            self._write_per_step(split, per_step)
+        if self.output_dir is not None and ctx.rank == 0:  # horizon-mse-<split><label>.csv
+            self.write_eval_file(f"horizon-mse-{split}", ".csv",
+                                 "step,mse\n" + "".join(f"{i + 1},{v!r}\n" for i, v in enumerate(per_step)))
         return ForecastEvalResult(split=split, loss=mse, tokens=n * T * V, metrics=metrics, mse_per_step=per_step)
-
-    def _write_per_step(self, split: str, per_step: list[float]) -> None:
-        """``horizon-mse-<split><label>.csv`` (``step,mse``) in the output dir; an existing file is never
-        overwritten (a counter is added)."""
-        assert self.output_dir is not None
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        stem = f"horizon-mse-{split}{self.step_label}"
-        path, k = self.output_dir / f"{stem}.csv", 1
-        while path.exists():
-            path, k = self.output_dir / f"{stem}.{k}.csv", k + 1
-        atomic_write_text(path, "step,mse\n" + "".join(f"{i + 1},{v!r}\n" for i, v in enumerate(per_step)))
-        self.written_files.append(path)
 
     # --------------------------------------------------------------------------------------------- forecasting
     @torch.no_grad()

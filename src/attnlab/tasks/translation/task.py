@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -22,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab._io import atomic_write_text
 from attnlab._validation import check_float, check_int
 from attnlab.models.common import IGNORE_INDEX
 from attnlab.models.encdec import EncDecConfig, EncoderDecoder
@@ -125,16 +123,12 @@ class Translation(Task):
     def __init__(self, model: EncDecConfig, data: TranslationDataConfig, *, seed: int,
                  options: TranslationOptions | None = None, parallel: ParallelData | None = None,
                  tokenizer: Any = None, progress: bool = False) -> None:
-        super().__init__(model, data, seed=seed)
+        super().__init__(model, data, seed=seed, progress=progress)
         self.options = options if options is not None else TranslationOptions()
         if not isinstance(self.options, TranslationOptions):
             raise ValueError(f"options must be a TranslationOptions, got {type(self.options).__name__}")
         self._data = parallel
         self._tokenizer = tokenizer if tokenizer is not None else (parallel.tokenizer if parallel else None)
-        self.progress = progress
-        self.output_dir: Path | None = None
-        self.step_label = ""
-        self.written_files: list[Path] = []
 
     @classmethod
     def valid_variants(cls) -> list[str]:
@@ -252,10 +246,6 @@ class Translation(Task):
         return out
 
     # ------------------------------------------------------------------------------------------- evaluation
-    def set_output_dir(self, path: str | Path | None) -> None:
-        """Where :meth:`evaluate` writes hypotheses files (``None``: nowhere)."""
-        self.output_dir = Path(path) if path is not None else None
-
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, ctx: EvalContext) -> EvalResult:
         """Teacher-forced loss over the whole split; with ``ctx.full`` (or ``bleu_during_training``) also BLEU and
@@ -300,22 +290,10 @@ class Translation(Task):
         if self.data_cfg.lowercase:
             refs = [r.lower() for r in refs]
         if self.output_dir is not None:
-            self._write_hypotheses(split, hyps)
+            self.write_eval_file(f"hypotheses-{split}", ".txt", "".join(h.replace("\n", " ") + "\n" for h in hyps))
         # the search's speed (batches of ctx.batch_size sources, detokenization included), for the benchmarks
         return {"bleu": corpus_bleu(hyps, refs), "chrf": corpus_chrf(hyps, refs),
                 "search_sentences_per_s": len(hyps) / max(search_s, 1e-9)}
-
-    def _write_hypotheses(self, split: str, hyps: list[str]) -> None:
-        """``hypotheses-<split><label>.txt`` in the output dir; an existing file is never overwritten (a counter is
-        added)."""
-        assert self.output_dir is not None
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        stem = f"hypotheses-{split}{self.step_label}"
-        path, n = self.output_dir / f"{stem}.txt", 1
-        while path.exists():
-            path, n = self.output_dir / f"{stem}.{n}.txt", n + 1
-        atomic_write_text(path, "".join(h.replace("\n", " ") + "\n" for h in hyps))
-        self.written_files.append(path)
 
     # ------------------------------------------------------------------------------------------- checkpoint
     def state(self) -> dict[str, Any]:
