@@ -70,3 +70,16 @@ def test_every_registered_spec_uses_current_names() -> None:
         for old, (new, _) in spec.renamed.items():
             cfg = spec.config(d_model=24, n_heads=4, **spec.verify_options)
             assert hasattr(cfg, new) and not hasattr(cfg, old), (spec.name, old, new)
+
+
+def test_every_mechanism_builds_and_shows_its_fields() -> None:
+    """``repr_fields`` names attributes the layer (or its config) has, and configs that build by ``layer_class``
+    build their own layer."""
+    from attnlab.layers import build, names
+
+    for name in names():
+        layer = build(name, d_model=12, n_heads=2)
+        shown = layer.extra_repr()
+        assert shown.startswith("d_model=12"), (name, shown)
+        assert all(f"{field}=" in shown for field in layer.repr_fields), (name, shown)
+        assert type(layer.config.build()) is type(layer), name

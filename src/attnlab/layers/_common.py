@@ -52,8 +52,17 @@ class AttentionLayer(nn.Module):
     geometry as ``config``, ``d_model``, ``n_heads``, ``n_kv_heads`` and ``head_dim``."""
 
     config_class: ClassVar[type]
+    #: what :meth:`extra_repr` shows: attributes of the layer, else of its config (strings quoted)
+    repr_fields: ClassVar[tuple[str, ...]] = ("d_model", "n_heads", "head_dim")
     #: why attention probabilities cannot be captured (:mod:`attnlab.layers.capture`); ``None`` when they can
     attention_probabilities: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Tell the subclass's ``config_class`` its layer (``config.layer_class``), for configs that build by it."""
+        super().__init_subclass__(**kwargs)
+        config_class = cls.__dict__.get("config_class")
+        if config_class is not None and "layer_class" not in config_class.__dict__:
+            config_class.layer_class = cls
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -64,6 +73,10 @@ class AttentionLayer(nn.Module):
         self.n_heads = config.n_heads
         self.n_kv_heads = config.resolved_n_kv_heads
         self.head_dim = config.resolved_head_dim
+
+    def extra_repr(self) -> str:
+        values = ((n, getattr(self, n) if hasattr(self, n) else getattr(self.config, n)) for n in self.repr_fields)
+        return ", ".join(f"{n}={v!r}" if isinstance(v, str) else f"{n}={v}" for n, v in values)
 
 
 class Choice(Generic[V]):

@@ -101,6 +101,7 @@ class CastleAttention(AttentionLayer):
     """Multi-head CASTLE (eq. 14): ``Concat(head_1 .. head_H) W^O``; see the module docstring."""
 
     config_class = CastleConfig
+    repr_fields = ("d_model", "n_heads", "head_dim", "lookahead", "rope", "impl")
     #: why attention probabilities cannot be captured (:mod:`attnlab.layers.capture`)
     attention_probabilities: str | None = ("CASTLE normalises causal and lookahead scores jointly (2 T columns per row); it has no single (T, S) softmax over the keys")
 
@@ -162,10 +163,6 @@ class CastleAttention(AttentionLayer):
                                  chunk_size=self.chunk_size)  # (B, H, T, D)
         out = heads.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H D)
         return self.drop(self.out_proj(out))
-
-    def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, lookahead={self.lookahead}, "
-                f"rope={self.rope}, impl={self.impl!r}")
 
 
 def _backends() -> tuple[str, ...]:

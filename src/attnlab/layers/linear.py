@@ -129,6 +129,8 @@ class LinearAttention(AttentionLayer):
     """
 
     config_class = LinearAttentionConfig
+    repr_fields = ("d_model", "n_heads", "n_kv_heads", "head_dim", "qk_head_dim",
+                   "feature_map", "causal", "rope", "impl", "chunk_size")
     #: why attention probabilities cannot be captured (:mod:`attnlab.layers.capture`)
     attention_probabilities: str | None = ("linear attention replaces softmax(q k^T) by a kernel feature map; it forms no normalised (T, S) probability matrix")
     impl = Choice(LINEAR_IMPLS, "Form of the op; reassignable to any of :data:`attnlab.ops.linear.LINEAR_IMPLS`.")
@@ -224,11 +226,6 @@ class LinearAttention(AttentionLayer):
             cache.update(state, T)
         out = self.drop(out.transpose(1, 2).reshape(B, T, H * Dv))  # (B, T, H Dv)
         return self.out_proj(out)  # (B, T, d_model)
-
-    def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
-                f"head_dim={self.head_dim}, qk_head_dim={self.qk_head_dim}, feature_map={self.feature_map}, "
-                f"causal={self.causal}, rope={self.rope}, impl={self.impl}, chunk_size={self.chunk_size}")
 
 
 _BACKENDS = ("recurrent", "parallel", "chunked")  # the recurrent loop is the specification, so it comes first

@@ -186,6 +186,7 @@ class MultiHeadAttention(AttentionLayer):
     """
 
     config_class = MultiHeadAttentionConfig
+    repr_fields = ("d_model", "n_heads", "n_kv_heads", "head_dim", "score", "mask", "rope", "cross", "impl")
     #: attention probabilities can be captured (:mod:`attnlab.layers.capture`)
     attention_probabilities: str | None = None
     impl = Choice(SOFTMAX_IMPLS, "Backend of the softmax op; reassignable to any of "
@@ -388,8 +389,3 @@ class MultiHeadAttention(AttentionLayer):
         )  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H D)
         return self.out_proj(out)  # (B, T, d_model)
-
-    def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
-                f"head_dim={self.head_dim}, score={self.score}, mask={self.mask}, rope={self.rope}, "
-                f"cross={self.cross}, impl={self.impl}")

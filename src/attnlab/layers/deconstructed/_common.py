@@ -12,17 +12,52 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from attnlab._validation import resolve_device_dtype
+from attnlab._validation import check_head_geometry, resolve_device_dtype
 from attnlab.cache.base import AttentionCache
+from attnlab.layers._common import HeadGeometry
 from attnlab.layers.rope import apply_rope
 
-__all__ = ["MixerInputs", "causal_softmax_probs", "StatelessCache", "HeadStateCache", "QKVOProjections", "split_heads",
+__all__ = ["DeconConfig", "DeconRopeConfig", "MixerInputs", "causal_softmax_probs", "StatelessCache", "HeadStateCache", "QKVOProjections", "split_heads",
            "merge_heads", "check_inputs"]
+
+
+@dataclass(kw_only=True)
+class DeconConfig(HeadGeometry):
+    """Base of the variants' configs: the head geometry (``head_dim=None``: ``d_model // n_heads``), checked
+    after construction together with the subclass's own fields (:meth:`check`)."""
+
+    layer_class: ClassVar[type[nn.Module]]
+    d_model: int
+    n_heads: int
+    head_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        check_head_geometry(self.d_model, self.n_heads, self.head_dim)
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the field for a bad value of the subclass's own fields (default: none)."""
+
+    def build(self) -> nn.Module:
+        """The layer of this config (its ``layer_class``, set by :class:`attnlab.layers._common.AttentionLayer`)."""
+        return self.layer_class(self)
+
+
+@dataclass(kw_only=True)
+class DeconRopeConfig(DeconConfig):
+    """:class:`DeconConfig` plus ``rope`` (RoPE on the layer's q and k; on by default in an LM) and ``rope_base``."""
+
+    rope: bool = False
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_rope(base=True)
 
 
 @dataclass(frozen=True, kw_only=True)

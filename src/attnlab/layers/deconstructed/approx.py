@@ -36,11 +36,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from attnlab._validation import check_float, check_head_geometry, check_layer_input
+from attnlab._validation import check_float, check_layer_input
 from attnlab.cache.base import AttentionCache
 from attnlab.cache.recurrent import RecurrentStateCache
-from attnlab.layers._common import AttentionLayer, Choice, HeadGeometry
-from attnlab.layers.deconstructed._common import HeadStateCache, QKVOProjections, merge_heads, rope_if, split_heads
+from attnlab.layers._common import AttentionLayer, Choice
+from attnlab.layers.deconstructed._common import (DeconRopeConfig, HeadStateCache, QKVOProjections, merge_heads,
+                                                  rope_if, split_heads)
 from attnlab.layers.registry import MechanismSpec, register
 from attnlab.ops.linear import feature_dim, linear_attention
 
@@ -121,7 +122,7 @@ class PrintedTaylorCache(HeadStateCache):
 
 
 @dataclass(kw_only=True)
-class ApproxConfig(HeadGeometry):
+class ApproxConfig(DeconRopeConfig):
     """Configuration of :class:`ApproxAttention`.
 
     Attributes:
@@ -134,18 +135,12 @@ class ApproxConfig(HeadGeometry):
         den_eps: form ``"printed"``'s denominator clamp.
     """
 
-    d_model: int
-    n_heads: int
-    head_dim: int | None = None
     form: ApproxForm = "taylor"
     impl: ApproxImpl = "parallel"
     chunk_size: int = 64
-    rope: bool = False
-    rope_base: float = 10000.0
     den_eps: float = 1e-6
 
-    def __post_init__(self) -> None:
-        check_head_geometry(self.d_model, self.n_heads, self.head_dim)
+    def check(self) -> None:
         if self.form not in ("taylor", "printed"):
             raise ValueError(f"form must be one of ('taylor', 'printed'), got {self.form!r}")
         if self.impl not in APPROX_IMPLS:
@@ -154,17 +149,14 @@ class ApproxConfig(HeadGeometry):
             raise ValueError("impl='chunked' exists for form='taylor' only; form='printed' has 'recurrent', 'parallel'")
         if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
             raise ValueError(f"chunk_size must be an int >= 1, got {self.chunk_size!r}")
-        self.check_rope(base=True)
         check_float("den_eps", self.den_eps, low=0.0, high=math.inf, low_inclusive=False)
-
-    def build(self) -> "ApproxAttention":
-        return ApproxAttention(self)
 
 
 class ApproxAttention(AttentionLayer):
     """Taylor-approximated causal attention; see the module docstring."""
 
     config_class = ApproxConfig
+    repr_fields = ("d_model", "n_heads", "head_dim", "form", "rope", "impl")
     attention_probabilities: str | None = "a kernelised Taylor map; use layer.attention_map(x) for form 'taylor'"
     impl = Choice(APPROX_IMPLS, "Form of the op: 'recurrent', 'parallel' or 'chunked' (taylor only).")
 
@@ -229,10 +221,6 @@ class ApproxAttention(AttentionLayer):
         else:
             out = printed_parallel(q, k, v, den_eps=self.den_eps)
         return self.out_proj(merge_heads(out))  # (B, T, C)
-
-    def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, form={self.form!r}, "
-                f"rope={self.rope}, impl={self.impl}")
 
 
 register(MechanismSpec(

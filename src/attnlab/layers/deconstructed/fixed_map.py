@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab._validation import check_bool, check_float, check_head_geometry, check_int, check_layer_input
-from attnlab.layers._common import AttentionLayer, HeadGeometry
-from attnlab.layers.deconstructed._common import (HeadStateCache, MixerInputs, QKVOProjections, causal_softmax_probs, check_inputs,
-                                                  merge_heads, rope_if, split_heads)
+from attnlab._validation import check_bool, check_float, check_int, check_layer_input
+from attnlab.layers._common import AttentionLayer
+from attnlab.layers.deconstructed._common import (DeconRopeConfig, HeadStateCache, MixerInputs, QKVOProjections,
+                                                  causal_softmax_probs, check_inputs, merge_heads, rope_if, split_heads)
 from attnlab.layers.registry import MechanismSpec, register
 
 __all__ = ["FixedMapConfig", "FixedMapAttention", "FixedMapCache", "standalone_eps"]
@@ -96,7 +96,7 @@ class FixedMapCache(HeadStateCache):
 
 
 @dataclass(kw_only=True)
-class FixedMapConfig(HeadGeometry):
+class FixedMapConfig(DeconRopeConfig):
     """Configuration of :class:`FixedMapAttention`.
 
     Attributes:
@@ -111,33 +111,24 @@ class FixedMapConfig(HeadGeometry):
         rope_base: RoPE base.
     """
 
-    d_model: int
-    n_heads: int
-    head_dim: int | None = None
     stream: StreamKind = "random"
     sigma: float = 0.02
     stream_seed: int = 0
     fixed_stream_grad: bool = True
-    rope: bool = False
-    rope_base: float = 10000.0
 
-    def __post_init__(self) -> None:
-        check_head_geometry(self.d_model, self.n_heads, self.head_dim)
+    def check(self) -> None:
         if self.stream not in ("random", "text"):
             raise ValueError(f"stream must be one of ('random', 'text'), got {self.stream!r}")
         check_float("sigma", self.sigma, low=0.0, high=math.inf, low_inclusive=False)
         check_int("stream_seed", self.stream_seed, 0)
         check_bool("fixed_stream_grad", self.fixed_stream_grad)
-        self.check_rope(base=True)
-
-    def build(self) -> "FixedMapAttention":
-        return FixedMapAttention(self)
 
 
 class FixedMapAttention(AttentionLayer):
     """Causal attention whose map comes from the fixed stream, values from the input; see the module docstring."""
 
     config_class = FixedMapConfig
+    repr_fields = ("d_model", "n_heads", "head_dim", "stream", "rope")
     attention_probabilities: str | None = "not wired to capture_attention; use layer.attention_map(T, inputs)"
     #: what the layer reads from :class:`MixerInputs` (the model passes it)
     mixer_inputs: ClassVar[tuple[str, ...]] = ("fixed_hidden",)
@@ -226,10 +217,6 @@ class FixedMapAttention(AttentionLayer):
             v = cache.append_values(v)  # (B, H, S, D)
         probs = causal_softmax_probs(q_all[:, :, offset:S], k_all[:, :, :S], q_offset=offset)  # (1, H, T, S)
         return self.out_proj(merge_heads(probs @ v))  # (B, T, C)
-
-    def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, stream={self.stream!r}, "
-                f"rope={self.rope}")
 
 
 for _name, _stream, _what in (

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab._validation import check_head_geometry, check_layer_input
-from attnlab.layers._common import AttentionLayer, HeadGeometry
-from attnlab.layers.deconstructed._common import StatelessCache
+from attnlab._validation import check_layer_input
+from attnlab.layers._common import AttentionLayer
+from attnlab.layers.deconstructed._common import DeconConfig, StatelessCache
 from attnlab.layers.registry import MechanismSpec, register
 
 __all__ = ["DeconMLPConfig", "DeconMLP"]
@@ -32,7 +32,7 @@ MLPWidth = Literal["d", "4/3"]
 
 
 @dataclass(kw_only=True)
-class DeconMLPConfig(HeadGeometry):
+class DeconMLPConfig(DeconConfig):
     """Configuration of :class:`DeconMLP`.
 
     Attributes:
@@ -42,13 +42,9 @@ class DeconMLPConfig(HeadGeometry):
             ``C``). Both have exactly ``4 C^2`` parameters.
     """
 
-    d_model: int
-    n_heads: int
-    head_dim: int | None = None
     width: MLPWidth = "d"
 
-    def __post_init__(self) -> None:
-        check_head_geometry(self.d_model, self.n_heads, self.head_dim)
+    def check(self) -> None:
         if self.width not in ("d", "4/3"):
             raise ValueError(f"width must be one of ('d', '4/3'), got {self.width!r}")
         if self.width == "4/3" and self.d_model % 3:
@@ -60,9 +56,6 @@ class DeconMLPConfig(HeadGeometry):
         """``F``: ``C`` for ``width="d"``, ``4C/3`` for ``"4/3"``."""
         return self.d_model if self.width == "d" else 4 * self.d_model // 3
 
-    def build(self) -> "DeconMLP":
-        return DeconMLP(self)
-
 
 class DeconMLP(AttentionLayer):
     """Position-wise gated MLP in the attention slot; see the module docstring.
@@ -71,6 +64,7 @@ class DeconMLP(AttentionLayer):
     """
 
     config_class = DeconMLPConfig
+    repr_fields = ("d_model", "width")
     attention_probabilities: str | None = "decon_mlp mixes no tokens; it has no attention map"
 
     def __init__(self, config: DeconMLPConfig) -> None:
@@ -97,9 +91,6 @@ class DeconMLP(AttentionLayer):
         if cache is not None:
             cache.advance(x.shape[1])
         return h if self.out_proj is None else self.out_proj(h)  # (B, T, C)
-
-    def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, width={self.config.width!r}"
 
 
 register(MechanismSpec(

@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab._validation import check_head_geometry, check_layer_input
-from attnlab.layers._common import AttentionLayer, Choice, HeadGeometry
-from attnlab.layers.deconstructed._common import HeadStateCache, QKVOProjections, merge_heads, rope_if, split_heads
+from attnlab._validation import check_layer_input
+from attnlab.layers._common import AttentionLayer, Choice
+from attnlab.layers.deconstructed._common import (DeconRopeConfig, HeadStateCache, QKVOProjections, merge_heads,
+                                                  rope_if, split_heads)
 from attnlab.layers.registry import MechanismSpec, register
 
 __all__ = ["NonApproxConfig", "NonApproxAttention", "RunningSoftmaxCache", "self_gated_scores",
@@ -102,7 +103,7 @@ class RunningSoftmaxCache(HeadStateCache):
 
 
 @dataclass(kw_only=True)
-class NonApproxConfig(HeadGeometry):
+class NonApproxConfig(DeconRopeConfig):
     """Configuration of :class:`NonApproxAttention`.
 
     Attributes:
@@ -112,27 +113,18 @@ class NonApproxConfig(HeadGeometry):
         impl: ``"recurrent"`` (the specification) or ``"parallel"``; reassignable on the layer.
     """
 
-    d_model: int
-    n_heads: int
-    head_dim: int | None = None
-    rope: bool = False
-    rope_base: float = 10000.0
     impl: NonApproxImpl = "parallel"
 
-    def __post_init__(self) -> None:
-        check_head_geometry(self.d_model, self.n_heads, self.head_dim)
-        self.check_rope(base=True)
+    def check(self) -> None:
         if self.impl not in NONAPPROX_IMPLS:
             raise ValueError(f"impl must be one of {NONAPPROX_IMPLS}, got {self.impl!r}")
-
-    def build(self) -> "NonApproxAttention":
-        return NonApproxAttention(self)
 
 
 class NonApproxAttention(AttentionLayer):
     """Self-gated, query-free causal softmax over keys; see the module docstring."""
 
     config_class = NonApproxConfig
+    repr_fields = ("d_model", "n_heads", "head_dim", "rope", "impl")
     attention_probabilities: str | None = "not wired to capture_attention; use layer.attention_map(x)"
     impl = Choice(NONAPPROX_IMPLS, "Form: 'recurrent' (the specification) or 'parallel'.")
 
@@ -185,9 +177,6 @@ class NonApproxAttention(AttentionLayer):
         else:
             out = nonapprox_parallel(s, v)
         return self.out_proj(merge_heads(out))  # (B, T, C)
-
-    def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, rope={self.rope}, impl={self.impl}"
 
 
 register(MechanismSpec(

@@ -23,18 +23,18 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from attnlab._validation import check_head_geometry, check_layer_input
+from attnlab._validation import check_layer_input
 from attnlab.cache.kv import KVCache
-from attnlab.layers._common import AttentionLayer, HeadGeometry
-from attnlab.layers.deconstructed._common import (MixerInputs, QKVOProjections, causal_softmax_probs, check_inputs,
-                                                  merge_heads, rope_if, split_heads)
+from attnlab.layers._common import AttentionLayer
+from attnlab.layers.deconstructed._common import (DeconRopeConfig, MixerInputs, QKVOProjections, causal_softmax_probs,
+                                                  check_inputs, merge_heads, rope_if, split_heads)
 from attnlab.layers.registry import MechanismSpec, register
 
 __all__ = ["StaticEmbQKConfig", "StaticEmbQKAttention"]
 
 
 @dataclass(kw_only=True)
-class StaticEmbQKConfig(HeadGeometry):
+class StaticEmbQKConfig(DeconRopeConfig):
     """Configuration of :class:`StaticEmbQKAttention`.
 
     Attributes:
@@ -44,27 +44,18 @@ class StaticEmbQKConfig(HeadGeometry):
         rope_base: RoPE base.
     """
 
-    d_model: int
-    n_heads: int
-    head_dim: int | None = None
     static_norm: Literal["block", "none"] = "block"
-    rope: bool = False
-    rope_base: float = 10000.0
 
-    def __post_init__(self) -> None:
-        check_head_geometry(self.d_model, self.n_heads, self.head_dim)
+    def check(self) -> None:
         if self.static_norm not in ("block", "none"):
             raise ValueError(f"static_norm must be one of ('block', 'none'), got {self.static_norm!r}")
-        self.check_rope(base=True)
-
-    def build(self) -> "StaticEmbQKAttention":
-        return StaticEmbQKAttention(self)
 
 
 class StaticEmbQKAttention(AttentionLayer):
     """Causal attention with Q, K from the static token embeddings, V from the input; see the module docstring."""
 
     config_class = StaticEmbQKConfig
+    repr_fields = ("d_model", "n_heads", "head_dim", "static_norm", "rope")
     attention_probabilities: str | None = "not wired to capture_attention; use layer.attention_map(x, inputs)"
     #: what the layer reads from :class:`MixerInputs` (the model passes it)
     mixer_inputs: ClassVar[tuple[str, ...]] = ("token_emb",)
@@ -122,10 +113,6 @@ class StaticEmbQKAttention(AttentionLayer):
             k, v, _ = cache.update(k, v)  # (B, H, S, D)
         probs = causal_softmax_probs(q, k, q_offset=offset)  # (B, H, T, S)
         return self.out_proj(merge_heads(probs @ v))  # (B, T, C)
-
-    def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
-                f"static_norm={self.static_norm!r}, rope={self.rope}")
 
 
 register(MechanismSpec(
