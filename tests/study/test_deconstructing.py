@@ -39,6 +39,7 @@ def test_tiny_study_runs_resumes_and_refuses_another(tmp_path: Path, text: Path,
     md = (out / "leaderboard.md").read_text()
     assert "SKIP (variant layers), block" in md and "Standard-SKIP (odd layers), block" in md
     assert "Paper directions (spec 12.3)" in md and "Every hybrid beats its uniform version" in md
+    assert "| `decon_mlp` | no token mixing | uniform |" in md and "| `standard` | all on | uniform |" in md
     ev = json.loads((out / "runs/decon_mlp/hybrid/seed0/study_eval.json").read_text())
     assert ev["skip"]["block"]["layers"] == [1] and set(ev["context_loss"]) == {"2", "4", "8", "16"}
     assert ev["max_logit"][0] is None and ev["max_logit"][1] > 0  # MLP has no logit; the standard layer has

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.compare.report import SIGNIFICANCE_RULE, _provenance, significance
+from attnlab.layers.deconstructed.principles import principles_of
 from attnlab.study.grid import ABLATION_LAYOUTS, ABLATION_VARIANTS
 
 __all__ = ["write_study_report", "model_rows", "direction_table"]
@@ -66,7 +67,7 @@ def model_rows(cfg: Any, res: Any) -> list[dict[str, Any]]:
         tps = _ms([r["result"]["tokens_per_s"] for r in trained])[0]
         pc = next((r["eval"]["parameter_counts"] for r in trained if "eval" in r), {})
         return {
-            "variant": variant, "config": config, "seeds": len(runs),
+            "variant": variant, "principles": principles_of(variant).label(), "config": config, "seeds": len(runs),
             "diverged": sum(1 for r in runs if r.get("diverged")),
             "params": pc.get("total"), "params_attention": pc.get("attention"),
             "val_loss_mean": m, "val_loss_std": s,
@@ -228,13 +229,13 @@ def _markdown(cfg: Any, res: Any, rows: list[dict[str, Any]], table: list[tuple[
              f"every model). Validation loss in nats/token over the whole validation split; SKIP and context losses "
              f"over the first {cfg.eval_tokens or 'all'} validation tokens. Bigram reference (count-based, "
              f"{res.bigram.get('smoothing')}): {res.bigram['val_loss']:.4f} nats/token.")
-    head = ["variant", "configuration", "params", "seeds (diverged)", "val loss (mean ± std)",
+    head = ["variant", "principles (spec 1.2)", "configuration", "params", "seeds (diverged)", "val loss (mean ± std)",
             "bpc" if char else "PPL", "Δ loss", "vs", "beyond seed noise", "tokens/s", "tok/s ÷ Standard", "wall (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         loss = _f(r["val_loss_mean"]) + (f" ± {r['val_loss_std']:.4f}" if r["val_loss_std"] is not None else "")
         lines.append("| " + " | ".join([
-            f"`{r['variant']}`", r["config"], f"{r['params']:,}" if r["params"] else "—",
+            f"`{r['variant']}`", r["principles"], r["config"], f"{r['params']:,}" if r["params"] else "—",
             f"{r['seeds']} ({r['diverged']})", loss, _f(r["val_bpc"] if char else r["val_ppl"], ".3f" if char else ".2f"),
             _f(r["delta"], "+.4f"), r["delta_vs"], r["beyond_noise"], _f(r["tokens_per_s"], ",.0f"),
             _f(r["tps_ratio_vs_standard"], ".2f"), _f(r["wall_s"], ".1f")]) + " |")
