@@ -4,10 +4,20 @@ Rows of a global batch are window start offsets into the training split, drawn u
 by ``(seed, step)`` alone; a row is ``tokens[o : o + context_len + 1]`` (inputs and the targets one position
 later). Evaluation covers the whole split with non-overlapping windows: every token but the first is a target
 exactly once (:func:`attnlab.data.iterate_eval_batches`); for character data it also reports bits per character.
+
+A model with ``decon_fixedseqqk`` layers gets its fixed sequence ``t_s`` (spec 3.6) from the training split when the
+task builds it fresh: the window of ``context_len`` tokens that :func:`fixed_token_window` picks with the layers'
+``stream_seed`` (not the run's seed: every seed of a study shares one ``t_s``, as the paper uses one fixed text). The
+ids are a buffer of the model, so checkpoints carry them; the task state records where they came from (split,
+offset, length, ``stream_seed``, SHA-256 of the ids). A task rebuilt from a checkpoint (:meth:`from_state`) sets
+nothing: its model gets ``t_s`` with the weights, and no data is read. A resumed run chooses again and then loads
+the checkpoint's ids over the choice; the state always records the hash of the ids the model holds, with the
+offset only when they are the task's own choice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,7 +32,7 @@ from attnlab.models.common import IGNORE_INDEX
 from attnlab.models.lm import LM, LMConfig
 from attnlab.tasks.base import Batch, EvalContext, EvalResult, Loss, Task
 
-__all__ = ["LMDataConfig", "LMOptions", "LanguageModeling", "lm_loss", "window_offsets"]
+__all__ = ["LMDataConfig", "LMOptions", "LanguageModeling", "lm_loss", "window_offsets", "fixed_token_window"]
 
 
 @dataclass(kw_only=True)
@@ -63,9 +73,27 @@ def window_offsets(step: int, *, seed: int, n_tokens: int, context_len: int, bat
     high = n_tokens - context_len
     if high <= 0:
         raise ValueError(f"context_len={context_len} needs more than {context_len + 1} tokens, the split has {n_tokens}")
-    g_seed = int(np.random.SeedSequence([seed, step, 0x5EED]).generate_state(1, dtype=np.uint64)[0] >> 1)
-    g = torch.Generator().manual_seed(g_seed)
-    return torch.randint(0, high, (batch_size,), generator=g)
+    return torch.randint(0, high, (batch_size,), generator=_generator(seed, step, 0x5EED))
+
+
+def _generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded by ``keys`` alone (through NumPy's ``SeedSequence``)."""
+    g_seed = int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(g_seed)
+
+
+def fixed_token_window(n_tokens: int, length: int, *, seed: int) -> int:
+    """The start offset of the window ``tokens[o : o + length]`` that becomes a ``decon_fixedseqqk`` model's fixed
+    sequence: uniform in ``[0, n_tokens - length]``, from a generator seeded by ``seed`` alone (spec 3.6: a chunk of
+    the training split chosen by seed)."""
+    if n_tokens < length:
+        raise ValueError(f"the fixed sequence of decon_fixedseqqk needs context_len={length} training tokens, the "
+                         f"split has {n_tokens}")
+    return int(torch.randint(0, n_tokens - length + 1, (1,), generator=_generator(seed, 0xF1C5)))
+
+
+def _ids_sha256(ids: Tensor) -> str:
+    return hashlib.sha256(ids.to(torch.int64).cpu().numpy().astype("<i8").tobytes()).hexdigest()
 
 
 @dataclass(kw_only=True)
@@ -114,6 +142,10 @@ class LanguageModeling(Task):
         self._corpus = corpus
         self._tokenizer = tokenizer if tokenizer is not None else (corpus.tokenizer if corpus is not None else None)
         self.progress = progress
+        #: where a decon_fixedseqqk model's fixed sequence came from (``None``: no such model built yet)
+        self.fixed_tokens: dict[str, Any] | None = None
+        self._from_checkpoint = False
+        self._fixed_stream: nn.Module | None = None  # the text fixed stream of the model built last
 
     # ------------------------------------------------------------------------------------------------ data
     @property
@@ -187,7 +219,21 @@ class LanguageModeling(Task):
         return cfg if cfg.vocab_size == vocab else cfg.with_vocab_size(vocab)
 
     def build_model(self) -> nn.Module:
-        return LM(self.resolved_model_config())
+        """The :class:`LM`; with ``decon_fixedseqqk`` layers and a task not rebuilt from a checkpoint, its fixed
+        sequence is set from the training split (see the module docstring)."""
+        model = LM(self.resolved_model_config())
+        fs = model.fixed_stream
+        if fs is not None and fs.kind == "text":
+            self._fixed_stream = fs
+        if fs is not None and fs.kind == "text" and not self._from_checkpoint:
+            L = self.model_cfg.context_len
+            train = self.corpus.train
+            o = fixed_token_window(len(train), L, seed=fs.stream_seed)
+            ids = torch.from_numpy(np.asarray(train[o:o + L]).astype(np.int64))  # (L,)
+            model.set_fixed_tokens(ids)
+            self.fixed_tokens = {"split": "train", "offset": o, "length": L, "stream_seed": fs.stream_seed,
+                                 "sha256": _ids_sha256(ids)}
+        return model
 
     def loss(self, model: nn.Module, batch: Batch) -> Loss:
         return Loss(main=lm_loss(model(batch.inputs["idx"]), batch.inputs["targets"]))
@@ -225,19 +271,32 @@ class LanguageModeling(Task):
     # ------------------------------------------------------------------------------------------- checkpoint
     def state(self) -> dict[str, Any]:
         tok = self.tokenizer
-        return {"tokenizer": tok.to_dict() if hasattr(tok, "to_dict") else None,
-                "corpus": getattr(self._corpus, "name", None)}
+        out = {"tokenizer": tok.to_dict() if hasattr(tok, "to_dict") else None,
+               "corpus": getattr(self._corpus, "name", None)}
+        rec = self.fixed_tokens
+        if self._fixed_stream is not None:  # what the model holds now (a resume loads the checkpoint's ids)
+            live = _ids_sha256(self._fixed_stream.tokens)
+            if rec is None or rec.get("sha256") != live:
+                rec = {"split": None, "offset": None, "length": int(self._fixed_stream.tokens.numel()),
+                       "stream_seed": self._fixed_stream.stream_seed, "sha256": live}  # origin unknown here
+        if rec is not None:
+            out["fixed_tokens"] = dict(rec)
+        return out
 
     @classmethod
     def from_state(cls, model: LMConfig, data: LMDataConfig, state: dict[str, Any], *, seed: int = 0,
                    options: LMOptions | None = None) -> "LanguageModeling":
-        """The task of a checkpoint, with its tokenizer and without loading any data."""
+        """The task of a checkpoint, with its tokenizer and without loading any data (a ``decon_fixedseqqk`` model
+        it builds keeps the fixed sequence that comes with the weights; ``fixed_tokens`` says where it came from)."""
         tok = None
         if state.get("tokenizer") is not None:
             from attnlab.data import tokenizer_from_dict
 
             tok = tokenizer_from_dict(state["tokenizer"])
-        return cls(model, data, seed=seed, tokenizer=tok)
+        task = cls(model, data, seed=seed, tokenizer=tok)
+        task._from_checkpoint = True
+        task.fixed_tokens = dict(state["fixed_tokens"]) if isinstance(state.get("fixed_tokens"), dict) else None
+        return task
 
     def describe(self) -> str:
         c = self._corpus

@@ -11,7 +11,8 @@ In the stream's row every layer gets ``MixerInputs(fixed_hidden=x^(l), token_emb
 a fixed-map layer is Standard self-attention there (spec 3.5). Both buffers are in the state dict (checkpoints)
 and never in ``parameters()``, so the mixers keep Standard's parameter count (spec 9, oracle 2). ``t_s`` starts
 as ``context_len`` ids drawn from ``stream_seed`` (a placeholder); the paper uses a chunk of real text (spec 3.6),
-which :meth:`attnlab.models.lm.LM.set_fixed_tokens` installs.
+which :meth:`attnlab.models.lm.LM.set_fixed_tokens` installs (the language-modelling task does so when it builds
+a fresh model: a window of its training split chosen by ``stream_seed``, :func:`attnlab.tasks.lm.fixed_token_window`).
 
 Paper: Xue, Moosavi and Aletras, "Deconstructing Attention" (arXiv:2510.11602v1), section 3.4, Eq. 9-12; running the
 stream once per forward as one row through the blocks is the spec's reconstruction from the paper's Tbl. 6 and 8.
@@ -56,6 +57,7 @@ class FixedStream(nn.Module):
         self.kind = config.stream
         self.grad = config.fixed_stream_grad
         self.context_len = context_len
+        self.stream_seed = config.stream_seed  # also chooses the window of training text for t_s (tasks.lm)
         if self.kind == "random":
             eps = standalone_eps(context_len, d_model, sigma=config.sigma, seed=config.stream_seed,
                                  dtype=torch.get_default_dtype())  # (L, C), on the CPU
