@@ -132,7 +132,7 @@ def test_model_config_tree_round_trips_and_builds_each_arch() -> None:
     cfg = ForecastModelConfig(arch="transformer", transformer=TransformerForecasterConfig(n_layers=1, d_model=8,
                                                                                            n_heads=2))
     assert from_dict(ForecastModelConfig, to_dict(cfg)) == cfg
-    with pytest.raises(ConfigError, match="arch: expected one of 'dlinear', 'transformer', got 'lstm'"):
+    with pytest.raises(ConfigError, match="arch: expected one of 'dlinear', 'transformer', 'autohformer', got 'lstm'"):
         from_dict(ForecastModelConfig, {"arch": "lstm"})
     with pytest.raises(ConfigError, match="unknown config key 'dlinear.kernel'"):
         from_dict(ForecastModelConfig, {"dlinear": {"kernel": 3}})

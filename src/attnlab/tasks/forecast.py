@@ -207,15 +207,21 @@ class Forecasting(Task):
                                     n_time_features=self.n_time_features)
 
     @staticmethod
-    def _predict(model: nn.Module, inputs: dict[str, Tensor]) -> Tensor:
-        """The model's forecast ``(B, T, V)`` for a batch, inputs cast to the model's parameter dtype."""
+    def _predict(model: nn.Module, inputs: dict[str, Tensor], *, with_target: bool = False) -> Tensor:
+        """The model's forecast ``(B, T, V)`` for a batch, inputs cast to the model's parameter dtype. With
+        ``with_target`` (training), a model that declares ``uses_target`` (teacher forcing) also gets the target
+        ``y`` as ``target=``; evaluation and forecasting never pass it."""
         dtype = next(model.parameters()).dtype
         x = inputs["x"].to(dtype)
         marks = inputs.get("x_marks")
-        return model(x, marks.to(dtype) if marks is not None else None)
+        marks = marks.to(dtype) if marks is not None else None
+        inner = getattr(model, "module", model)  # DDP keeps the model as .module
+        if with_target and getattr(inner, "uses_target", False):
+            return model(x, marks, target=inputs["y"].to(dtype))
+        return model(x, marks)
 
     def loss(self, model: nn.Module, batch: Batch) -> Loss:
-        pred = self._predict(model, batch.inputs)  # (B, T, V)
+        pred = self._predict(model, batch.inputs, with_target=True)  # (B, T, V)
         if pred.dtype in (torch.float16, torch.bfloat16):
             pred = pred.float()
         return Loss(main=F.mse_loss(pred, batch.inputs["y"].to(pred.dtype)))

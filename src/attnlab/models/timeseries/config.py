@@ -1,5 +1,5 @@
 """Configuration of the forecasting models: one ``[model]`` table, ``arch`` choosing the model and one sub-table per
-model (``[model.dlinear]``, ``[model.transformer]``).
+model (``[model.dlinear]``, ``[model.transformer]``, ``[model.autohformer]``).
 
 The sizes the data decides (look-back ``L``, horizon ``T``, channels ``V``, time features ``F``) are not part of
 these configs: they belong to the data config (:class:`attnlab.tasks.forecast.ForecastDataConfig`), and the task
@@ -8,19 +8,21 @@ passes them to :meth:`ForecastModelConfig.build`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from torch import nn
 
-from attnlab._validation import check_bool, check_int
+from attnlab._validation import check_bool, check_float, check_head_geometry, check_int
 from attnlab.config import PlainConfig
+from attnlab.layers._common import HeadGeometry
 from attnlab.models.common import Widths
 from attnlab.models.stack import ResolvedStack, resolve_stack
 
-__all__ = ["DLinearConfig", "TransformerForecasterConfig", "ForecastModelConfig", "ARCHS"]
+__all__ = ["DLinearConfig", "TransformerForecasterConfig", "AutoHFormerConfig", "ForecastModelConfig", "ARCHS"]
 
-ARCHS = ("dlinear", "transformer")
+ARCHS = ("dlinear", "transformer", "autohformer")
 
 
 @dataclass(kw_only=True)
@@ -87,19 +89,95 @@ class TransformerForecasterConfig(Widths, PlainConfig):
 
 
 @dataclass(kw_only=True)
+class AutoHFormerConfig(HeadGeometry, PlainConfig):
+    """AutoHFormer (Zhang et al., arXiv 2506.16001) in the buildable reading of spec ``time_series.md`` C.6: tokens
+    are time steps; windowed causal attention with exponential decay and relative sinusoidal keys; a coarse guess
+    per segment of ``segment_len`` steps plus a per-step correction; teacher forcing in training, windowed
+    autoregressive decoding (sliding key/value caches) at inference. Defaults are the released scripts' sizes
+    (C.8: 3 layers, 16 heads, d_model 128, d_ff 256, dropout 0.1, W 32, gamma 0.5).
+
+    Attributes:
+        n_layers, d_model, n_heads, head_dim: the stack and its heads (``head_dim=None``: ``d_model // n_heads``).
+        ffn_hidden: the feed-forward width (the paper's ``d_ff``).
+        dropout: on the input projection and each residual branch.
+        norm_eps: RMSNorm epsilon.
+        window: the paper's ``W``, even: each step sees itself and the ``window / 2`` steps before it.
+        decay: ``"multiplicative"`` (score times ``exp(-gamma d)``, the paper), ``"additive"`` (score minus
+            ``gamma d``, an ablation) or ``"none"`` (``gamma = 0``).
+        gamma_init: the decay rate at initialisation (``> 0``); ``gamma = softplus(raw)`` stays positive.
+        relative: add the fixed sinusoidal relative encoding ``r_d`` to the keys (``q . (k + r_d)``).
+        segment_len: steps ``H`` per segment; must divide the horizon (``1``: fully autoregressive; the horizon:
+            one coarse guess plus corrections).
+        segment_init: how a segment's coarse guess is made: ``"linear"`` (a linear map of the last visible state).
+        train_mode: ``"teacher_forcing"`` (one parallel pass over the look-back and the true horizon) or
+            ``"free_running"`` (the inference loop, differentiated).
+        impl: the attention form (:func:`attnlab.ops.decayed.decayed_window_attention`); ``"sdpa"`` needs a
+            decay other than ``"multiplicative"``, ``"flex"`` cannot train on CPU.
+    """
+
+    model_class: ClassVar[type[nn.Module]]  # set by attnlab.models.timeseries.autohformer
+    n_layers: int = 3
+    d_model: int = 128
+    n_heads: int = 16
+    head_dim: int | None = None
+    ffn_hidden: int = 256
+    decay: Literal["multiplicative", "additive", "none"] = "multiplicative"
+    dropout: float = 0.1
+    norm_eps: float = 1e-5
+    window: int = 32
+    gamma_init: float = 0.5
+    relative: bool = True
+    segment_init: Literal["linear"] = "linear"
+    segment_len: int = 24
+    train_mode: Literal["teacher_forcing", "free_running"] = "teacher_forcing"
+    impl: Literal["auto", "reference", "banded", "sdpa", "flex"] = "auto"
+
+    def __post_init__(self) -> None:
+        check_int("n_layers", self.n_layers, 1)
+        check_head_geometry(self.d_model, self.n_heads, self.head_dim)
+        check_int("ffn_hidden", self.ffn_hidden, 1)
+        check_float("dropout", self.dropout, low=0.0, high=1.0)
+        check_float("norm_eps", self.norm_eps, low=0.0, low_inclusive=False, high=math.inf)
+        check_int("window", self.window, 2)
+        if self.window % 2:
+            raise ValueError(f"window={self.window} must be even (the paper's W: each step sees the W / 2 steps "
+                             "before it)")
+        choices = {"decay": ("multiplicative", "additive", "none"), "segment_init": ("linear",),
+                   "train_mode": ("teacher_forcing", "free_running"),
+                   "impl": ("auto", "reference", "banded", "sdpa", "flex")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, valid))}, got {getattr(self, name)!r}")
+        check_float("gamma_init", self.gamma_init, low=0.0, low_inclusive=False, high=math.inf)
+        check_bool("relative", self.relative)
+        check_int("segment_len", self.segment_len, 1)
+        if self.impl == "sdpa" and self.decay == "multiplicative":
+            raise ValueError("impl='sdpa' needs decay='additive' or 'none' (SDPA takes an additive float mask; the "
+                             "multiplicative decay scales the scores); use impl='banded', 'reference' or 'auto'")
+
+    @property
+    def lookback(self) -> int:
+        """Steps before the current one that attention sees: ``window // 2``."""
+        return self.window // 2
+
+
+@dataclass(kw_only=True)
 class ForecastModelConfig(PlainConfig):
     """The forecasting task's model: ``arch`` picks one, its sub-table configures it.
 
     Attributes:
-        arch: ``"dlinear"`` (:class:`~attnlab.models.timeseries.DLinear`) or ``"transformer"``
-            (:class:`~attnlab.models.timeseries.TransformerForecaster`).
+        arch: ``"dlinear"`` (:class:`~attnlab.models.timeseries.DLinear`), ``"transformer"``
+            (:class:`~attnlab.models.timeseries.TransformerForecaster`) or ``"autohformer"``
+            (:class:`~attnlab.models.timeseries.AutoHFormer`).
         dlinear: the DLinear settings (used when ``arch == "dlinear"``).
         transformer: the Transformer settings (used when ``arch == "transformer"``).
+        autohformer: the AutoHFormer settings (used when ``arch == "autohformer"``).
     """
 
-    arch: Literal["dlinear", "transformer"] = "dlinear"
+    arch: Literal["dlinear", "transformer", "autohformer"] = "dlinear"
     dlinear: DLinearConfig = field(default_factory=DLinearConfig)
     transformer: TransformerForecasterConfig = field(default_factory=TransformerForecasterConfig)
+    autohformer: AutoHFormerConfig = field(default_factory=AutoHFormerConfig)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -109,6 +187,6 @@ class ForecastModelConfig(PlainConfig):
         """The model of ``arch`` for windows of ``look_back`` steps of ``n_channels`` channels (plus
         ``n_time_features`` time features per step) and forecasts of ``horizon`` steps."""
         sizes = dict(look_back=look_back, horizon=horizon, n_channels=n_channels, n_time_features=n_time_features)
-        part = self.dlinear if self.arch == "dlinear" else self.transformer
+        part = getattr(self, self.arch)
         # model_class is set by the model's module (imported with the package), so this module never imports it
         return type(part).model_class(part, **sizes)

@@ -1,0 +1,176 @@
+"""AutoHFormer (Zhang et al., arXiv 2506.16001) in the buildable reading of spec ``time_series.md`` C.6.
+
+Shape legend: B batch, L look-back, T horizon, V channels, C ``d_model``, H heads, D head dim, P positions,
+S segment length (``segment_len``), K segments (``T / S``), R window keys (``window / 2 + 1``).
+
+    tokens u_p = W_in z_p: z_p = x_p for p < L, the horizon value ŷ_{p-L} (or y_{p-L}) after     (B, P, C)
+    n_layers x [ u + Attn(RMSNorm(u)),  u + SwiGLU(RMSNorm(u)) ] -> RMSNorm -> f                (B, P, C)
+        Attn: windowed causal attention (step p sees p - window/2 .. p), exponential decay as a score
+        modification and relative sinusoidal keys (:func:`attnlab.ops.decayed.decayed_window_attention`)
+    horizon step s (0-based) of segment h = s // S, t = s % S, previous state f_{L-1+s}:
+        c_h = F_θ(f_{L-1+hS})  (S, V)   coarse guess from the last state segment h may see
+        ŷ_s = c_h[t] + W_o f_{L-1+s}    step-wise correction
+
+Training (``train_mode="teacher_forcing"``): one parallel pass over ``[x; y_{0..T-2}]`` gives every ``f`` at once
+(:meth:`AutoHFormer.teacher_forced`). Inference: :meth:`AutoHFormer.decode`, a prefill over the look-back, then
+one step at a time, feeding each prediction back, with a :class:`~attnlab.cache.SlidingKVCache` of ``R`` keys per
+layer; ``c_h`` is computed once per segment. Both give the same numbers when the loop is fed the truth
+(tested in float64).
+
+Choices of this reading (reconstruction, not stated in the paper; see spec C.5/C.6): the blocks are attnlab's shared
+pre-norm :class:`~attnlab.models.common.ResidualBlock` (RMSNorm, SwiGLU of width ``ffn_hidden``) rather than the
+post-norm LayerNorm blocks of C.6 item 2; ``F_θ`` is linear (``segment_init="linear"``); time features are not
+used (the forecasting task's ``forecast()`` has none for the horizon).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnlab.cache import SlidingKVCache
+from attnlab.models.common import RMSNorm, ResidualBlock, gpt2_init_
+from attnlab.models.timeseries._checks import check_window
+from attnlab.models.timeseries.config import AutoHFormerConfig
+from attnlab.ops.decayed import decayed_window_attention, relative_table, sinusoidal_offsets
+
+__all__ = ["AutoHFormer", "DecayedWindowAttention"]
+
+
+class DecayedWindowAttention(nn.Module):
+    """Multi-head windowed decayed attention over time steps: ``forward(x (B, P, C), cache=None) -> (B, P, C)``.
+
+    ``gamma = softplus(gamma_raw)`` (> 0; the release uses a raw parameter), one scalar shared by the heads as in
+    Algorithm 1; ``decay="none"`` has no parameter and ``gamma = 0``. The relative table ``r_d`` (``d = 0 .. R-1``)
+    is a fixed sinusoid in the head dim, added to the keys: ``q . (k + r_d) = q . k + q . r_d``. With a
+    :class:`~attnlab.cache.SlidingKVCache` the new steps attend to the kept keys and themselves.
+    """
+
+    def __init__(self, config: AutoHFormerConfig) -> None:
+        super().__init__()
+        self.config = config
+        H, D = config.n_heads, config.resolved_head_dim
+        self.n_heads, self.head_dim, self.lookback = H, D, config.lookback
+        self.qkv = nn.Linear(config.d_model, 3 * H * D, bias=False)
+        self.out_proj = nn.Linear(H * D, config.d_model, bias=False)
+        self.gamma_raw = None
+        if config.decay != "none":
+            raw = config.gamma_init + math.log(-math.expm1(-config.gamma_init))  # softplus^-1(gamma_init)
+            self.gamma_raw = nn.Parameter(torch.tensor(raw))
+        offsets = sinusoidal_offsets(self.lookback + 1, D) if config.relative else torch.empty(0, D)
+        self.register_buffer("offsets", offsets, persistent=False)  # (R, D) or (0, D)
+
+    @property
+    def gamma(self) -> Tensor:
+        """The decay rate (0-dim, > 0; exactly 0 with ``decay="none"``)."""
+        if self.gamma_raw is None:
+            return torch.zeros((), dtype=self.qkv.weight.dtype, device=self.qkv.weight.device)
+        return F.softplus(self.gamma_raw)
+
+    def forward(self, x: Tensor, cache: SlidingKVCache | None = None) -> Tensor:
+        B, P, _ = x.shape
+        H, D = self.n_heads, self.head_dim
+        q, k, v = self.qkv(x).view(B, P, 3, H, D).permute(2, 0, 3, 1, 4)  # (B, H, P, D) each
+        q_offset = kv_start = 0
+        if cache is not None:
+            q_offset = cache.seq_len
+            k, v, kv_start = cache.update(k, v)  # (B, H, kept + P, D): the keys the new steps may see
+        scale = 1.0 / math.sqrt(D)
+        rel = relative_table(q, self.offsets, scale) if self.config.relative else None  # (B, H, P, R)
+        o = decayed_window_attention(q, k, v, lookback=self.lookback, decay=self.config.decay, gamma=self.gamma,
+                                     rel=rel, scale=scale, q_offset=q_offset, kv_start=kv_start,
+                                     impl=self.config.impl)  # (B, H, P, D)
+        return self.out_proj(o.transpose(1, 2).reshape(B, P, H * D))  # (B, P, C)
+
+
+class AutoHFormer(nn.Module):
+    """See the module docstring. ``forward(x (B, L, V), x_marks=None, target=None) -> (B, T, V)``: teacher-forced
+    when training with ``train_mode="teacher_forcing"`` and a ``target (B, T, V)``; the decoding loop otherwise."""
+
+    def __init__(self, config: AutoHFormerConfig, *, look_back: int, horizon: int, n_channels: int,
+                 n_time_features: int = 0) -> None:
+        super().__init__()
+        if not isinstance(config, AutoHFormerConfig):
+            raise ValueError(f"config must be an AutoHFormerConfig, got {type(config).__name__}")
+        if horizon % config.segment_len:
+            raise ValueError(f"segment_len={config.segment_len} must divide horizon={horizon} (T = K segments of "
+                             "segment_len steps)")
+        self.config = config
+        self.look_back, self.horizon, self.n_channels = look_back, horizon, n_channels
+        C, S = config.d_model, config.segment_len
+        self.in_proj = nn.Linear(n_channels, C)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            ResidualBlock(d_model=C, attn=DecayedWindowAttention(config), ffn_hidden=config.ffn_hidden,
+                          dropout=config.dropout, norm_eps=config.norm_eps, mechanism="autohformer")
+            for _ in range(config.n_layers)
+        )
+        self.norm_f = RMSNorm(C, eps=config.norm_eps)
+        self.segment_head = nn.Linear(C, S * n_channels)  # F_θ: last visible state -> coarse guess (S, V)
+        self.step_head = nn.Linear(C, n_channels)  # W_o: previous state -> correction (V,)
+        gpt2_init_(self, list(self.blocks), d_model=C, embeddings=[])
+
+    @property
+    def uses_target(self) -> bool:
+        """``True`` when training needs the target in the call (teacher forcing)."""
+        return self.config.train_mode == "teacher_forcing"
+
+    def hidden(self, z: Tensor, caches: list[SlidingKVCache] | None = None) -> Tensor:
+        """The top-layer states ``f (B, P, C)`` of the steps ``z (B, P, V)`` (after the cached ones, if any);
+        ``f_p`` depends on ``z_{p - n_layers * window/2 .. p}`` only."""
+        u = self.drop(self.in_proj(z))  # (B, P, C)
+        for i, block in enumerate(self.blocks):
+            u = block(u, None if caches is None else caches[i])  # (B, P, C)
+        return self.norm_f(u)
+
+    def _segment_guess(self, f: Tensor) -> Tensor:
+        """``c_h (B, S, V)`` from the last visible state ``f (B, C)``."""
+        return self.segment_head(f).view(f.shape[0], self.config.segment_len, self.n_channels)
+
+    def teacher_forced(self, x: Tensor, y: Tensor) -> Tensor:
+        """The forecast ``(B, T, V)`` of one parallel pass over ``[x; y_{0..T-2}]`` (step ``s`` is predicted from
+        the truth before it)."""
+        B, L, T, S = x.shape[0], x.shape[1], self.horizon, self.config.segment_len
+        f = self.hidden(torch.cat([x, y[:, :-1]], dim=1))  # (B, L + T - 1, C)
+        prev = f[:, L - 1:]  # (B, T, C): the state before each horizon step
+        guess = self._segment_guess(prev[:, ::S].reshape(-1, prev.shape[-1]))  # (B K, S, V)
+        return guess.view(B, T, self.n_channels) + self.step_head(prev)  # (B, T, V)
+
+    def new_caches(self, batch_size: int, *, device: torch.device, dtype: torch.dtype) -> list[SlidingKVCache]:
+        """One sliding key/value cache of ``window / 2 + 1`` steps per layer."""
+        c = self.config
+        return [SlidingKVCache(c.lookback + 1, batch_size, c.n_heads, c.resolved_head_dim, device=device,
+                               dtype=dtype) for _ in self.blocks]
+
+    def decode(self, x: Tensor, feed: Tensor | None = None) -> Tensor:
+        """The forecast ``(B, T, V)`` step by step: prefill over ``x``, then each step fed back (``feed (B, T, V)``:
+        feed those values instead, e.g. the truth, to compare with :meth:`teacher_forced`)."""
+        caches = self.new_caches(x.shape[0], device=x.device, dtype=x.dtype)
+        f = self.hidden(x, caches)[:, -1]  # (B, C)
+        S, out = self.config.segment_len, []
+        guess = x.new_empty(0)
+        for s in range(self.horizon):
+            if s % S == 0:
+                guess = self._segment_guess(f)  # (B, S, V): sees nothing of segment s // S
+            y_s = guess[:, s % S] + self.step_head(f)  # (B, V)
+            out.append(y_s)
+            if s + 1 < self.horizon:
+                z = feed[:, s] if feed is not None else y_s
+                f = self.hidden(z[:, None], caches)[:, -1]  # (B, C)
+        return torch.stack(out, dim=1)  # (B, T, V)
+
+    def forward(self, x: Tensor, x_marks: Tensor | None = None, target: Tensor | None = None) -> Tensor:
+        check_window(x, look_back=self.look_back, n_channels=self.n_channels)
+        if target is not None and self.training and self.uses_target:
+            want = (x.shape[0], self.horizon, self.n_channels)
+            if not isinstance(target, Tensor) or tuple(target.shape) != want:
+                got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+                raise ValueError(f"target must have shape (B, T, V) = {want}, got {got}")
+            return self.teacher_forced(x, target.to(x.dtype))
+        return self.decode(x)
+
+
+AutoHFormerConfig.model_class = AutoHFormer
