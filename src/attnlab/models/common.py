@@ -28,6 +28,7 @@ __all__ = [
     "swiglu_hidden",
     "Widths",
     "check_buildable",
+    "check_token_ids",
     "residual_projection",
     "gpt2_init_",
     "IGNORE_INDEX",
@@ -120,6 +121,23 @@ def check_buildable(config: object, cls: type) -> None:
         raise ValueError(f"config must be {article} {cls.__name__}, got {type(config).__name__}")
     if getattr(config, "vocab_size", None) is None:
         raise ValueError("config.vocab_size is None: set it (a task sets it from its tokenizer) before building")
+
+
+def check_token_ids(arg: str, ids: object, vocab_size: int, *, device: torch.device, length: str = "T") -> Tensor:
+    """A model's input check: ``ids`` is a ``(B, <length>)`` int64 tensor with ``B, <length> >= 1`` on ``device``
+    whose values lie in ``[0, vocab_size)``; ``ValueError`` naming ``arg`` otherwise."""
+    if not isinstance(ids, Tensor):
+        raise ValueError(f"{arg} must be a torch.Tensor of shape (B, {length}) token ids, got {type(ids).__name__}")
+    if ids.dtype != torch.long:
+        raise ValueError(f"{arg} must have dtype torch.long (int64), got {ids.dtype}; use {arg}.long()")
+    if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+        raise ValueError(f"{arg} must have shape (B, {length}) with B, {length} >= 1, got {tuple(ids.shape)}")
+    if ids.device != device:
+        raise ValueError(f"{arg} is on {ids.device} but the model is on {device}")
+    lo, hi = torch.stack([*torch.aminmax(ids)]).tolist()  # one host sync
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"{arg} values must be in [0, vocab_size={vocab_size}), got min {lo} and max {hi}")
+    return ids
 
 
 def swiglu_hidden(d_model: int, multiple_of: int = 64) -> int:

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from attnlab.layers import registry
 from attnlab.masks import Mask, key_padding
-from attnlab.models.common import RMSNorm, ResidualBlock, check_buildable, count_parameters, gpt2_init_
+from attnlab.models.common import (RMSNorm, ResidualBlock, check_buildable, check_token_ids, count_parameters,
+                                   gpt2_init_)
 from attnlab.models.encdec.cache import EncDecCache
 from attnlab.models.encdec.config import EncDecConfig, layer_is_causal
 
@@ -86,22 +87,12 @@ class EncoderDecoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------- validation
     def _check_ids(self, arg: str, ids: object, max_len: int, max_name: str, offset: int = 0) -> Tensor:
-        if not isinstance(ids, Tensor):
-            raise ValueError(f"{arg} must be a torch.Tensor of shape (B, L) token ids, got {type(ids).__name__}")
-        if ids.dtype != torch.long:
-            raise ValueError(f"{arg} must have dtype torch.long (int64), got {ids.dtype}; use {arg}.long()")
-        if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
-            raise ValueError(f"{arg} must have shape (B, L) with B, L >= 1, got {tuple(ids.shape)}")
-        if ids.device != self.tok_emb.weight.device:
-            raise ValueError(f"{arg} is on {ids.device} but the model is on {self.tok_emb.weight.device}")
+        V = self.config.vocab_size
+        ids = check_token_ids(arg, ids, V, device=self.tok_emb.weight.device, length="L")  # type: ignore[arg-type]
         L = ids.shape[1]
         if offset + L > max_len:
             where = f"length {L}" if offset == 0 else f"cached {offset} + new {L} = {offset + L} positions"
             raise ValueError(f"{arg} has {where}, more than {max_name}={max_len}")
-        lo, hi = torch.stack([*torch.aminmax(ids)]).tolist()  # one host sync
-        V = self.config.vocab_size
-        if lo < 0 or hi >= V:  # type: ignore[operator]
-            raise ValueError(f"{arg} values must be in [0, vocab_size={V}), got min {lo} and max {hi}")
         return ids
 
     def _check_pad_mask(self, src_pad_mask: object, B: int, S: int, *, right: bool) -> Tensor | None:

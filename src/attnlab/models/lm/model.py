@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from attnlab.cache import AttentionCache
 from attnlab.layers import registry
-from attnlab.models.common import RMSNorm, ResidualBlock, check_buildable, gpt2_init_
+from attnlab.models.common import RMSNorm, ResidualBlock, check_buildable, check_token_ids, gpt2_init_
 from attnlab.models.lm.config import LMConfig
 from attnlab.models.lm.fixed_stream import FixedStream, block_attn_kwargs, layer_mixer_inputs
 from attnlab.models.lm.skip import SKIP_PARTS, MixerSkipped, SkipPart, resolve_skip_layers
@@ -71,16 +71,7 @@ class LM(nn.Module):
         if (idx is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of idx (B, T) token ids and inputs_embeds (B, T, d_model)")
         if idx is not None:
-            if not isinstance(idx, Tensor):
-                raise ValueError(f"idx must be a torch.Tensor of shape (B, T), got {type(idx).__name__}")
-            if idx.dtype != torch.long:
-                raise ValueError(f"idx must have dtype torch.long (int64), got {idx.dtype}; use idx.long()")
-            if idx.ndim != 2 or idx.shape[0] < 1 or idx.shape[1] < 1:
-                raise ValueError(f"idx must have shape (B, T) with B, T >= 1, got {tuple(idx.shape)}")
-            lo_v, hi_v = torch.stack([*torch.aminmax(idx)]).tolist()  # one host sync
-            if lo_v < 0 or hi_v >= cfg.vocab_size:  # type: ignore[operator]
-                raise ValueError(
-                    f"idx values must be in [0, vocab_size={cfg.vocab_size}), got min {lo_v} and max {hi_v}")
+            check_token_ids("idx", idx, cfg.vocab_size, device=self.tok_emb.weight.device)  # type: ignore[arg-type]
             T = idx.shape[1]
         else:
             w = self.tok_emb.weight
