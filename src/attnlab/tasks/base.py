@@ -133,6 +133,8 @@ class Task(ABC):
             ``variant_label`` says what its values are called (``"mechanism"``).
         primary_metric: ``(name, "min" | "max")``: what the leaderboard ranks by (``"loss"`` or an
             :attr:`EvalResult.metrics` key such as ``"bleu"``).
+        loss_label: what the loss is, for reports and plots; ``loss_is_nll``: whether it is a mean negative
+            log-likelihood, so that a perplexity means something (reports show one only then).
     """
 
     name: ClassVar[str]
@@ -143,6 +145,8 @@ class Task(ABC):
     compare_key: ClassVar[str]
     primary_metric: ClassVar[tuple[str, str]] = ("loss", "min")
     variant_label: ClassVar[str] = "variant"
+    loss_label: ClassVar[str] = "cross-entropy (nats/token)"
+    loss_is_nll: ClassVar[bool] = True
     #: the keyword of ``__init__`` that takes already loaded data (:meth:`shared_data` of another instance)
     data_argument: ClassVar[str] = "corpus"
 
@@ -184,6 +188,16 @@ class Task(ABC):
     @abstractmethod
     def build_model(self) -> nn.Module:
         """The model to train (parameters on the CPU, float32; the trainer moves it)."""
+
+    def tokenizer_vocab_size(self, tokenizer: Any) -> int:
+        """``tokenizer.vocab_size``, checked against an explicit ``model.vocab_size`` (which must then agree: the
+        task sets it from the tokenizer)."""
+        vocab = int(tokenizer.vocab_size)
+        given = getattr(self.model_cfg, "vocab_size", None)
+        if given is not None and given != vocab:
+            raise ValueError(f"model.vocab_size={given} but the tokenizer has {vocab} tokens; leave "
+                             "model.vocab_size unset (the task sets it)")
+        return vocab
 
     # ------------------------------------------------------------------------------------------------- data
     @abstractmethod

@@ -211,11 +211,7 @@ class LanguageModeling(Task):
     # ------------------------------------------------------------------------------------------------ model
     def resolved_model_config(self) -> LMConfig:
         """The model config with ``vocab_size`` set from the tokenizer (a different explicit value is an error)."""
-        vocab = int(self.tokenizer.vocab_size)
-        cfg = self.model_cfg
-        if cfg.vocab_size is not None and cfg.vocab_size != vocab:
-            raise ValueError(f"model.vocab_size={cfg.vocab_size} but the tokenizer has {vocab} tokens; leave "
-                             "model.vocab_size unset (the task sets it)")
+        vocab, cfg = self.tokenizer_vocab_size(self.tokenizer), self.model_cfg
         return cfg if cfg.vocab_size == vocab else cfg.with_vocab_size(vocab)
 
     def build_model(self) -> nn.Module:

@@ -187,11 +187,7 @@ class Translation(Task):
     def resolved_model_config(self) -> EncDecConfig:
         from attnlab.data.subword import PAD_ID
 
-        vocab = int(self.tokenizer.vocab_size)
-        cfg = self.model_cfg
-        if cfg.vocab_size is not None and cfg.vocab_size != vocab:
-            raise ValueError(f"model.vocab_size={cfg.vocab_size} but the tokenizer has {vocab} tokens; leave "
-                             "model.vocab_size unset (the task sets it)")
+        vocab, cfg = self.tokenizer_vocab_size(self.tokenizer), self.model_cfg
         if cfg.pad_id != PAD_ID:
             raise ValueError(f"model.pad_id={cfg.pad_id} but the subword tokenizer pads with {PAD_ID}")
         return cfg if cfg.vocab_size == vocab else cfg.with_vocab_size(vocab)
