@@ -93,7 +93,9 @@ def test_evaluate_covers_every_window_and_reports_drop_last(tmp_path: Path) -> N
     np.testing.assert_allclose(r.mse_per_step, np.mean(err**2, axis=(0, 2)), rtol=1e-12)
     assert r.tokens == s.n_windows * 4 * 2
     csv = (tmp_path / "out" / "horizon-mse-test.csv").read_text().splitlines()
-    assert csv[0] == "step,mse" and len(csv) == 5 and float(csv[1].split(",")[1]) == r.mse_per_step[0]
+    assert csv[0] == "step,mse,mae" and len(csv) == 5 and float(csv[1].split(",")[1]) == r.mse_per_step[0]
+    np.testing.assert_allclose(r.mae_per_step, np.mean(np.abs(err), axis=(0, 2)), rtol=1e-12)
+    assert float(csv[4].split(",")[2]) == r.mae_per_step[3]
     assert "test mse" in r.summary() and "drop_last" in r.summary()
     # the batch size of the evaluation changes nothing
     r2 = t.evaluate(model, "test", EvalContext(device=torch.device("cpu"), batch_size=64))

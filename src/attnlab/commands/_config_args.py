@@ -17,6 +17,7 @@ __all__ = ["add_config_arguments", "config_from_args", "csv_list", "csv_seeds", 
 DEFAULT_PRESETS: dict[str, tuple[str, str]] = {
     "lm": ("shakespeare-char-cpu", "quick"),
     "translation": ("multi30k-de-en", "multi30k-scores"),
+    "forecast": ("etth1-quick", "forecast-quick"),
 }
 
 
@@ -83,7 +84,7 @@ def load_checkpoint(path: str, *, device: str, task: str) -> Any:
     from attnlab.train.checkpoint import CheckpointError
     from attnlab.train.loading import load_trained
 
-    commands = {"lm": "attnlab generate", "translation": "attnlab translate"}
+    commands = {"lm": "attnlab generate", "translation": "attnlab translate", "forecast": "attnlab forecast"}
     try:
         return load_trained(path, device=device, task=task)
     except (CheckpointError, ValueError) as e:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 HELP = ("evaluate a checkpoint over whole splits: loss and perplexity (bits per character for character data; "
-        "BLEU and chrF for translation, with the hypotheses written to a file)")
+        "BLEU and chrF for translation, with the hypotheses written to a file; MSE and MAE for forecasting, per "
+        "horizon step to a CSV file)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "stored path is read only when asked")
     p.add_argument("--splits", default="val,test", help="comma-separated splits (missing ones are skipped)")
     p.add_argument("--batch-size", type=int, default=8, help="rows (windows, sentences) per evaluation batch")
-    p.add_argument("--out", help="translation: directory for the hypotheses files (default: the run directory)")
+    p.add_argument("--out", help="translation: directory for the hypotheses files; forecasting: for the per-step "
+                                 "horizon-mse-<split>.csv (default: the run directory)")
     p.add_argument("--skip-layers", metavar="LAYERS",
                    help="Hybrid-SKIP: evaluate with these layers removed, without retraining: 'variant' (every "
                         "non-standard layer of a hybrid), 'odd' (the Standard-SKIP control on a standard model), "

@@ -102,9 +102,9 @@ class CompareConfig:
         return (
             f"Task `{b.task}`. Each {self.variant_label} (`{self.key}`) trained {b.steps} steps x {b.batch_size} rows "
             f"= {targets_per_run:,} target tokens per run on `{getattr(b.data, 'source', '?')}`, seeds "
-            f"{', '.join(map(str, self.seeds))}; {arch}"
+            f"{', '.join(map(str, self.seeds))}" + (f"; {arch}" if arch else "")
             + ("" if parity is None else f" (parity {'on' if parity else 'off'})")
-            + ". Validation loss is the mean cross-entropy (nats/token) over the whole validation split"
+            + f". Validation loss is the mean {self.task_class.loss_label} over the whole validation split"
             + ("" if metric == "loss" else f"; the verdict compares {metric} over the whole split")
             + f". Baseline: `{self.baseline}`."
         )

@@ -3,6 +3,9 @@
 * ``quick``: the CPU demo — standard, castle, castle-swl, sliding-window and linear on Tiny Shakespeare
   (characters) with tiny models; sized to finish within 10 minutes on a 2-core CPU.
 * ``tiny``: a seconds-long smoke comparison for tests.
+* ``multi30k-scores``: the four cross-attention scores of translation, three seeds.
+* ``forecast-quick``: DLinear, the causal Transformer and AutoHFormer on ETTh1 (the ``etth1-quick`` run: look-back
+  96, horizon 24, 60 steps), two seeds; other horizons with ``--set data.horizon=N`` (one comparison per horizon).
 
 A training preset given to ``attnlab compare`` becomes a comparison of its task's default variants.
 """
@@ -73,8 +76,20 @@ def multi30k_scores_tiny() -> CompareConfig:
     return CompareConfig(base=base, variants=["scaled_dot", "additive"], seeds=[0, 1])
 
 
+def forecast_quick() -> CompareConfig:
+    """Every forecasting model (``model.arch``) on the ``etth1-quick`` run, seeds 0 and 1; AutoHFormer at the
+    ``etth1-autohformer`` sizes (2 layers, d_model 64, 4 heads, segments of 24 steps: one per horizon of 24)."""
+    from attnlab.models.timeseries import ARCHS
+    from attnlab.train.presets import etth1_autohformer, etth1_quick
+
+    base = etth1_quick()
+    base = replace(base, model=replace(base.model, autohformer=etth1_autohformer().model.autohformer))
+    return CompareConfig(base=base, variants=list(ARCHS), seeds=[0, 1])
+
+
 COMPARE_PRESETS: dict[str, Callable[[], CompareConfig]] = {"quick": quick, "tiny": tiny, "multi30k-scores": multi30k_scores,
-                                                           "multi30k-scores-tiny": multi30k_scores_tiny}
+                                                           "multi30k-scores-tiny": multi30k_scores_tiny,
+                                                           "forecast-quick": forecast_quick}
 
 
 def get_compare_preset(name: str) -> CompareConfig:

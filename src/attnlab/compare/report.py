@@ -62,6 +62,7 @@ def leaderboard_rows(cfg: Any, runs: dict[RunKey, dict[str, Any]]) -> list[dict[
     The verdict compares the task's primary metric (validation loss for language modelling, BLEU for
     translation) with the baseline's; ``delta_vs_baseline`` is that metric's difference of means."""
     metric, direction = cfg.primary_metric
+    nll = cfg.task_class.loss_is_nll  # a perplexity only for a negative log-likelihood
     base = [_metric(runs[(cfg.baseline, s)], metric) for s in cfg.seeds]
     rows = []
     for var in cfg.variants:
@@ -80,10 +81,10 @@ def leaderboard_rows(cfg: Any, runs: dict[RunKey, dict[str, Any]]) -> list[dict[
             "seeds": len(rs),
             "val_loss_mean": mean,
             "val_loss_std": std,
-            "val_ppl": math.exp(mean),
+            "val_ppl": math.exp(mean) if nll else None,
             "val_bpc": statistics.fmean(bpc) if all(b is not None for b in bpc) else None,
             "test_loss_mean": statistics.fmean(test) if test else None,
-            "test_ppl": math.exp(statistics.fmean(test)) if test else None,
+            "test_ppl": math.exp(statistics.fmean(test)) if test and nll else None,
         }
         if metric != "loss":
             test_m = [_metric(r, metric, "test") for r in rs if r.get("test")]
@@ -142,9 +143,10 @@ def _provenance() -> list[str]:
 
 def _markdown(cfg: Any, rows: list[dict[str, Any]]) -> str:
     char = all(r["val_bpc"] is not None for r in rows)
-    has_test = any(r["test_loss_mean"] is not None for r in rows)
+    nll = cfg.task_class.loss_is_nll
+    has_test = nll and any(r["test_loss_mean"] is not None for r in rows)
     metric = cfg.primary_metric[0]
-    head = [cfg.variant_label, "params", "val loss (mean ± std)", "bpc" if char else "val ppl"]
+    head = [cfg.variant_label, "params", "val loss (mean ± std)"] + (["bpc" if char else "val ppl"] if nll else [])
     if has_test:
         head += ["test ppl"]
     if metric != "loss":
@@ -153,8 +155,9 @@ def _markdown(cfg: Any, rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         loss = f"{r['val_loss_mean']:.4f}" + (f" ± {r['val_loss_std']:.4f}" if r["val_loss_std"] is not None else "")
-        cells = [f"`{r['mechanism']}`", f"{r['params']:,}", loss,
-                 _fmt(r["val_bpc"]) if char else _fmt(r["val_ppl"], ".2f")]
+        cells = [f"`{r['mechanism']}`", f"{r['params']:,}", loss]
+        if nll:
+            cells.append(_fmt(r["val_bpc"]) if char else _fmt(r["val_ppl"], ".2f"))
         if has_test:
             cells.append(_fmt(r["test_ppl"], ".2f"))
         if metric != "loss":
@@ -210,7 +213,7 @@ def _ema(xs: list[float], alpha: float = 0.1) -> list[float]:
     return out
 
 
-def _plots(out: Path, cfg: Any, rows: list[dict[str, Any]]) -> dict[str, Path]:
+def _plots(out: Path, cfg: Any, rows: list[dict[str, Any]], runs: dict[RunKey, dict[str, Any]]) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,15 +227,13 @@ def _plots(out: Path, cfg: Any, rows: list[dict[str, Any]]) -> dict[str, Path]:
             label = mech if j == 0 else None
             ax1.plot(tt, _ema(tl), color=color, lw=1.2, alpha=0.9 if j == 0 else 0.5, label=label)
             ax2.plot(et, el, color=color, marker="o", ms=3, lw=1.2, alpha=0.9 if j == 0 else 0.5, label=label)
-    ax1.set(title="training loss (EMA 0.1)", xlabel="tokens", ylabel="cross-entropy (nats/token)")
-    ax2.set(title="validation loss (whole split)", xlabel="tokens", ylabel="cross-entropy (nats/token)")
+    label = cfg.task_class.loss_label
+    ax1.set(title="training loss (EMA 0.1)", xlabel="tokens", ylabel=label)
+    ax2.set(title="validation loss (whole split)", xlabel="tokens", ylabel=label)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    curves_png = out / "loss_curves.png"
-    fig.savefig(curves_png, dpi=110)
-    plt.close(fig)
+    curves_png = _save(fig, out / "loss_curves.png", plt)
 
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows)), 4))
     names = [r["mechanism"] for r in rows]
@@ -243,14 +244,43 @@ def _plots(out: Path, cfg: Any, rows: list[dict[str, Any]]) -> dict[str, Path]:
     hi = max(m + e for m, e in zip(means, errs))
     pad = max(0.02, 0.15 * (hi - lo))
     ax.set_ylim(lo - pad, hi + pad)
-    ax.set(title="final validation loss (mean ± std over seeds)", ylabel="nats/token")
+    ax.set(title="final validation loss (mean ± std over seeds)", ylabel=label)
     ax.grid(axis="y", alpha=0.3)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    final_png = _save(fig, out / "final_loss.png", plt)
+    pngs = {"loss_curves": curves_png, "final_loss": final_png}
+    horizon = _horizon_plot(out, cfg, runs, plt)
+    if horizon is not None:
+        pngs["horizon_error"] = horizon
+    return pngs
+
+
+def _horizon_plot(out: Path, cfg: Any, runs: dict[RunKey, dict[str, Any]], plt: Any) -> Path | None:
+    """Error by horizon step (forecasting: each run's ``mse_per_step`` of the test split, else of validation), the
+    mean over seeds per variant with the seeds' range shaded; ``None`` when the runs have no per-step errors."""
+    split = "test" if all((runs[(v, s)].get("test") or {}).get("mse_per_step") for v in cfg.variants
+                          for s in cfg.seeds) else "val"
+    per = {v: [runs[(v, s)].get(split, {}).get("mse_per_step") for s in cfg.seeds] for v in cfg.variants}
+    if not all(x for xs in per.values() for x in xs):
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (var, xs) in enumerate(per.items()):
+        steps = range(1, len(xs[0]) + 1)
+        ax.plot(steps, [statistics.fmean(c) for c in zip(*xs)], color=f"C{i}", lw=1.4, label=var)
+        if len(xs) > 1:
+            ax.fill_between(steps, [min(c) for c in zip(*xs)], [max(c) for c in zip(*xs)], color=f"C{i}", alpha=0.15)
+    ax.set(title=f"{split} error by horizon step (mean over seeds, range shaded)", xlabel="horizon step",
+           ylabel=cfg.task_class.loss_label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out / "horizon_error.png", plt)
+
+
+def _save(fig: Any, path: Path, plt: Any) -> Path:
     fig.tight_layout()
-    final_png = out / "final_loss.png"
-    fig.savefig(final_png, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return {"loss_curves": curves_png, "final_loss": final_png}
+    return path
 
 
 def _html(cfg: Any, md: str, rows: list[dict[str, Any]], pngs: dict[str, Path]) -> str:
@@ -274,19 +304,21 @@ def _html(cfg: Any, md: str, rows: list[dict[str, Any]], pngs: dict[str, Path]) 
         "<!doctype html><html><head><meta charset='utf-8'><title>attnlab comparison</title>"
         f"<style>{style}</style></head><body><h1>attnlab comparison</h1>{''.join(t)}{text}"
         f"<h2>Loss curves</h2>{img(pngs['loss_curves'])}<h2>Final validation loss</h2>{img(pngs['final_loss'])}"
-        "<p>Files: <a href='leaderboard.md'>leaderboard.md</a>, <a href='leaderboard.csv'>leaderboard.csv</a>, "
+        + (f"<h2>Error by horizon step</h2>{img(pngs['horizon_error'])}" if "horizon_error" in pngs else "")
+        + "<p>Files: <a href='leaderboard.md'>leaderboard.md</a>, <a href='leaderboard.csv'>leaderboard.csv</a>, "
         "per-run metrics under <code>runs/&lt;mechanism&gt;/seed&lt;k&gt;/</code>.</p></body></html>\n"
     )
 
 
 def write_report(out: Path, cfg: Any, runs: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Path]:
-    """Write leaderboard.md/.csv, loss_curves.png, final_loss.png and report.html into ``out``."""
+    """Write leaderboard.md/.csv, loss_curves.png, final_loss.png (forecasting: horizon_error.png) and report.html
+    into ``out``."""
     rows = leaderboard_rows(cfg, runs)
     md = _markdown(cfg, rows)
     files = {"leaderboard_md": out / "leaderboard.md", "leaderboard_csv": out / "leaderboard.csv"}
     files["leaderboard_md"].write_text(md)
     _write_csv(files["leaderboard_csv"], rows)
-    pngs = _plots(out, cfg, rows)
+    pngs = _plots(out, cfg, rows, runs)
     files.update(pngs)
     files["html"] = out / "report.html"
     files["html"].write_text(_html(cfg, md, rows, pngs))

@@ -8,8 +8,9 @@ order drawn from ``(seed, epoch)``, consumed ``batch_size`` at a time, so step `
 **every** window of a split and reports, on the normalised scale: ``mse`` (= the result's ``loss``) and ``mae``;
 the same two over the windows a loader dropping its last partial batch (``drop_last_batch``, 128 in the released
 scripts of the published tables) would see, for comparability (``mse_drop_last``, ``mae_drop_last``; absent when
-the split is shorter than one such batch); and the MSE of each horizon step
-(:attr:`ForecastEvalResult.mse_per_step`, also written as ``horizon-mse-<split>.csv`` into the output directory).
+the split is shorter than one such batch); and the MSE
+and MAE of each horizon step (:attr:`ForecastEvalResult.mse_per_step`, ``mae_per_step``; also written as
+``horizon-mse-<split>.csv``, columns ``step,mse,mae``, into the output directory).
 A checkpoint keeps the channel names and the training statistics, so it is rebuilt (and can forecast raw values)
 without reading any data.
 """
@@ -86,9 +87,10 @@ class ForecastOptions:
 @dataclass(kw_only=True)
 class ForecastEvalResult(EvalResult):
     """An :class:`EvalResult` whose ``loss`` is the MSE on the normalised scale (``tokens``: forecast values), with
-    the MSE of each horizon step (step 1 first)."""
+    the MSE and MAE of each horizon step (step 1 first)."""
 
     mse_per_step: list[float] = field(default_factory=list)
+    mae_per_step: list[float] = field(default_factory=list)
 
     def summary(self) -> str:
         m = self.metrics
@@ -126,6 +128,9 @@ class Forecasting(Task):
     options_config = ForecastOptions
     compare_key = "model.arch"
     variant_label = "model"
+    default_variants = list(ARCHS)
+    loss_label = "MSE (normalised scale)"
+    loss_is_nll = False
     primary_metric = ("mse", "min")
     data_argument = "forecast_data"
 
@@ -239,7 +244,7 @@ class Forecasting(Task):
         was_training = model.training
         model.eval()
         sq = torch.zeros(T, dtype=torch.float64, device=ctx.device)  # squared errors per horizon step
-        ab = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        ab = torch.zeros(T, dtype=torch.float64, device=ctx.device)  # absolute errors per horizon step
         sq_drop = torch.zeros((), dtype=torch.float64, device=ctx.device)
         ab_drop = torch.zeros((), dtype=torch.float64, device=ctx.device)
         for i, lo in enumerate(range(0, n, ctx.batch_size)):
@@ -252,22 +257,25 @@ class Forecasting(Task):
             err = pred.double() - t["y"].double()  # (B, T, V)
             e2, e1 = err.square(), err.abs()
             sq += e2.sum(dim=(0, 2))
-            ab += e1.sum()
+            ab += e1.sum(dim=(0, 2))
             keep = torch.from_numpy(idx < n_drop).to(ctx.device)  # (B,) windows a drop_last loader sees
             sq_drop += e2[keep].sum()
             ab_drop += e1[keep].sum()
         ctx.all_reduce_sum(sq, ab, sq_drop, ab_drop)
         model.train(was_training)
-        per_step = (sq / (n * V)).tolist()
+        per_step, mae_per_step = (sq / (n * V)).tolist(), (ab / (n * V)).tolist()
         mse = float(sq.sum()) / (n * T * V)
-        metrics = {"mse": mse, "mae": float(ab) / (n * T * V), "windows": float(n), "windows_drop_last": float(n_drop)}
+        metrics = {"mse": mse, "mae": float(ab.sum()) / (n * T * V), "windows": float(n),
+                   "windows_drop_last": float(n_drop)}
         if n_drop:  # (a split shorter than one batch has no drop_last figure: the released loader would see nothing)
             metrics["mse_drop_last"] = float(sq_drop) / (n_drop * T * V)
             metrics["mae_drop_last"] = float(ab_drop) / (n_drop * T * V)
         if self.output_dir is not None and ctx.rank == 0:  # horizon-mse-<split><label>.csv
             self.write_eval_file(f"horizon-mse-{split}", ".csv",
-                                 "step,mse\n" + "".join(f"{i + 1},{v!r}\n" for i, v in enumerate(per_step)))
-        return ForecastEvalResult(split=split, loss=mse, tokens=n * T * V, metrics=metrics, mse_per_step=per_step)
+                                 "step,mse,mae\n" + "".join(f"{i + 1},{v!r},{a!r}\n"
+                                                             for i, (v, a) in enumerate(zip(per_step, mae_per_step))))
+        return ForecastEvalResult(split=split, loss=mse, tokens=n * T * V, metrics=metrics, mse_per_step=per_step,
+                                  mae_per_step=mae_per_step)
 
     # --------------------------------------------------------------------------------------------- forecasting
     @torch.no_grad()
