@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -227,6 +228,9 @@ def test_forecast_defaults_and_comparison_report(tmp_path: Path, capsys: pytest.
                       log=lambda s: None)
     md = res.files["leaderboard_md"].read_text()
     assert "| model | params | val loss (mean ± std) | val mse (mean ± std) | test mse |" in md
+    # the mse columns in the MSE's format (4 decimals, as the loss), not BLEU's 2
+    for var in ("dlinear", "autohformer"):
+        assert re.search(rf"\| `{var}` \| [\d,]+ \| (\d+\.\d{{4}} ± \d+\.\d{{4}}) \| \1 \| \d+\.\d{{4}} \|", md), md
     assert "ppl" not in md and "mean MSE (normalised scale)" in md
     assert res.files["horizon_error"].read_bytes()[:8] == PNG
     assert "Error by horizon step" in res.files["html"].read_text()

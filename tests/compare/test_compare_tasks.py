@@ -62,3 +62,31 @@ def test_a_mechanism_name_is_resolved_once(monkeypatch: pytest.MonkeyPatch) -> N
     task = LanguageModeling(run.model, run.data, seed=1, tokenizer=type("T", (), {"vocab_size": 65})())
     task.build_model()
     assert len(built) == n  # building the run's model looks no mechanism up again
+
+
+def test_forecast_variants_are_checked_against_the_data_before_any_training(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every variant's whole run config (model against data) is checked when the comparison is made: AutoHFormer's
+    24-step segments do not divide a horizon of 36, which once failed only when its model was built, after the other
+    models had trained."""
+    from attnlab.cli import main
+    from attnlab.compare.presets import forecast_quick
+
+    base = forecast_quick().base.replace(**{"data.horizon": 36})  # DLinear (the base's model) takes any horizon
+    msg = r"model\.autohformer\.segment_len=24 must divide data\.horizon=36"
+    with pytest.raises(ConfigError, match=r"model 'autohformer': " + msg):
+        CompareConfig(base=base, variants=["dlinear", "transformer", "autohformer"])
+    out = tmp_path / "cmp"
+    assert main(["compare", "--task", "forecast", "--preset", "forecast-quick", "--set", "data.horizon=36",
+                 "--out", str(out)]) == 2
+    assert "model.autohformer.segment_len=24 must divide data.horizon=36" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything was written or trained
+    # a single run is checked when its config is made (attnlab train), not when its model is built
+    assert main(["train", "--preset", "etth1-autohformer", "--set", "data.horizon=36", "--print-config"]) == 2
+    assert "model.autohformer.segment_len=24 must divide data.horizon=36" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=msg):
+        base.replace(**{"model.arch": "autohformer"})
+    # sizes that fit: every variant is accepted (segments of 24 divide 48; the other models take any horizon)
+    ok = CompareConfig(base=forecast_quick().base.replace(**{"data.horizon": 48}),
+                       variants=["dlinear", "transformer", "autohformer"])
+    assert ok.run_config("autohformer", 0).data.horizon == 48

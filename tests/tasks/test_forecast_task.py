@@ -199,3 +199,26 @@ def test_checkpoint_of_a_csv_run_follows_no_stored_path(tmp_path: Path, capsys: 
                                               for i in range(200)))
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--splits", "test", "--data", str(other)]) == 2
     assert "has the channels a, b, c, but the model was trained on load, OT" in capsys.readouterr().err
+
+
+def test_tokens_per_s_counts_training_time_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tokens/s is training targets over training time (wall minus evaluations and checkpoints). The closing test
+    evaluation once counted in the evaluation time but not in the wall time, so a test split slower to evaluate than
+    the training steps (the Transformer's and AutoHFormer's, on the forecast-quick runs) made the training time
+    negative and tokens/s 0."""
+    import time
+
+    slow = 0.5
+    evaluate = Forecasting.evaluate
+
+    def slow_test(self, model, split, ctx):  # type: ignore[no-untyped-def]
+        if split == "test":
+            time.sleep(slow)
+        return evaluate(self, model, split, ctx)
+
+    monkeypatch.setattr(Forecasting, "evaluate", slow_test)
+    r = Trainer(_cfg(tmp_path, steps=2, eval_interval=2), log=None).fit()
+    assert r.eval_time_s >= slow and r.wall_s >= slow
+    assert 0 < r.train_time_s < r.wall_s - slow
+    assert r.wall_s == pytest.approx(r.train_time_s + r.eval_time_s + r.checkpoint_time_s)
+    assert r.tokens_per_s == pytest.approx(r.tokens / r.train_time_s) and r.tokens == 2 * 8 * 4 * 2

@@ -27,8 +27,10 @@ class CompareConfig:
             ``{"sliding-window": {"window": 32}}``); entries for variants not compared are dropped.
         baseline: the variant every other is compared with.
 
-    Each variant's run config is built (and so validated: a mechanism name is resolved here, once) when the
-    comparison is made; :meth:`run_config` only sets the seed.
+    Each variant's run config is built (and so validated: a mechanism name is resolved here, once, and the task's
+    :meth:`~attnlab.tasks.Task.check_config` checks the variant's model against the data, e.g. a forecaster's
+    segments against the horizon) when the comparison is made, before any run trains; :meth:`run_config` only sets
+    the seed.
     """
 
     base: TrainConfig

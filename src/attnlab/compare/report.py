@@ -161,9 +161,9 @@ def _markdown(cfg: Any, rows: list[dict[str, Any]]) -> str:
         if has_test:
             cells.append(_fmt(r["test_ppl"], ".2f"))
         if metric != "loss":
-            std = r[f"val_{metric}_std"]
-            cells += [f"{r[f'val_{metric}_mean']:.2f}" + (f" ± {std:.2f}" if std is not None else ""),
-                      _fmt(r[f"test_{metric}_mean"], ".2f")]
+            std, spec = r[f"val_{metric}_std"], cfg.task_class.metric_format
+            cells += [format(r[f"val_{metric}_mean"], spec) + (f" ± {std:{spec}}" if std is not None else ""),
+                      _fmt(r[f"test_{metric}_mean"], spec)]
         cells += [f"{r['delta_vs_baseline']:+.4f}", r["beyond_noise"], f"{r['tokens_per_s']:,.0f}",
                   f"{r['peak_mem_mib']:.1f}", f"{r['wall_s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -132,7 +132,8 @@ class Task(ABC):
         compare_key: the dotted config key that ``attnlab compare`` varies (``"model.attention"`` for the LM);
             ``variant_label`` says what its values are called (``"mechanism"``).
         primary_metric: ``(name, "min" | "max")``: what the leaderboard ranks by (``"loss"`` or an
-            :attr:`EvalResult.metrics` key such as ``"bleu"``).
+            :attr:`EvalResult.metrics` key such as ``"bleu"``); ``metric_format``: the format spec its values are
+            printed with in reports (``".2f"`` for BLEU points, ``".4f"`` for a mean squared error).
         loss_label: what the loss is, for reports and plots; ``loss_is_nll``: whether it is a mean negative
             log-likelihood, so that a perplexity means something (reports show one only then).
     """
@@ -144,6 +145,7 @@ class Task(ABC):
     options_config: ClassVar[type] = type(None)
     compare_key: ClassVar[str]
     primary_metric: ClassVar[tuple[str, str]] = ("loss", "min")
+    metric_format: ClassVar[str] = ".4f"
     variant_label: ClassVar[str] = "variant"
     loss_label: ClassVar[str] = "cross-entropy (nats/token)"
     loss_is_nll: ClassVar[bool] = True
@@ -160,6 +162,13 @@ class Task(ABC):
     def valid_variants(cls) -> list[str] | None:
         """Every value the compared key may take, if the task knows them (``None``: checked by the config)."""
         return None
+
+    @classmethod
+    def check_config(cls, model: Any, data: Any, options: Any) -> None:
+        """Refuse a run config whose parts do not fit together (each part validated itself when it was made), e.g.
+        a model that cannot take the data's sizes; raise ``ValueError`` naming the keys. Called whenever a run config
+        is made (:class:`attnlab.train.TrainConfig`), so a comparison checks every variant before any training.
+        Default: nothing."""
 
     def shared_data(self) -> Any:
         """Loaded data that other runs of the same data config may reuse (passed back as ``data_argument``)."""

@@ -146,6 +146,12 @@ class Forecasting(Task):
     def valid_variants(cls) -> list[str]:
         return list(ARCHS)
 
+    @classmethod
+    def check_config(cls, model: ForecastModelConfig, data: ForecastDataConfig, options: Any) -> None:
+        """The model of ``model.arch`` must take ``data.look_back`` and ``data.horizon`` (e.g. AutoHFormer's
+        ``segment_len`` divides the horizon)."""
+        model.check_sizes(look_back=data.look_back, horizon=data.horizon)
+
     # ------------------------------------------------------------------------------------------------ data
     @property
     def data(self) -> Any:

@@ -170,6 +170,10 @@ class TrainConfig:
             if not isinstance(getattr(self, name), want):
                 raise ConfigError(f"{name} must be a {want.__name__} for task {self.task!r}, got "
                                   f"{type(getattr(self, name)).__name__}")
+        try:  # the parts together (e.g. the model against the data's sizes), before any data or training
+            cls.check_config(self.model, self.data, self.options)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         for n in ("steps", "batch_size", "grad_accum", "eval_interval", "log_interval", "keep_checkpoints"):
             v = getattr(self, n)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:

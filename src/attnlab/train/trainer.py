@@ -441,7 +441,6 @@ class Trainer:
                     t0 = time.perf_counter()
                     self.save()
                     ckpt_s += time.perf_counter() - t0
-        wall = time.perf_counter() - wall0
         if bar is not None:
             bar.close()
         if last_val is None:  # nothing left to train (resumed a finished run): evaluate anyway
@@ -453,6 +452,9 @@ class Trainer:
             t0 = time.perf_counter()
             test = self.evaluate("test")
             eval_s += time.perf_counter() - t0
+        # wall time after the closing evaluations, which eval_s counts: training time is what is left (a wall taken
+        # before them made it negative, and tokens/s 0, whenever the test evaluation outlasted the training steps)
+        wall = time.perf_counter() - wall0
         train_time = wall - eval_s - ckpt_s
         steps_run = self.step - start_step
         result = TrainResult(

@@ -95,9 +95,7 @@ class AutoHFormer(nn.Module):
         super().__init__()
         if not isinstance(config, AutoHFormerConfig):
             raise ValueError(f"config must be an AutoHFormerConfig, got {type(config).__name__}")
-        if horizon % config.segment_len:
-            raise ValueError(f"segment_len={config.segment_len} must divide horizon={horizon} (T = K segments of "
-                             "segment_len steps)")
+        config.check_sizes(look_back=look_back, horizon=horizon)
         self.config = config
         self.look_back, self.horizon, self.n_channels = look_back, horizon, n_channels
         C, S = config.d_model, config.segment_len

@@ -160,6 +160,14 @@ class AutoHFormerConfig(HeadGeometry, PlainConfig):
         """Steps before the current one that attention sees: ``window // 2``."""
         return self.window // 2
 
+    def check_sizes(self, *, look_back: int, horizon: int, key: str = "", data_key: str = "") -> None:
+        """Refuse sizes this config cannot forecast: ``segment_len`` must divide ``horizon`` (the horizon is K
+        segments). Any look-back works (the window slides over it). ``key`` / ``data_key`` prefix the names in the
+        error (``"model.autohformer."``, ``"data."``)."""
+        if horizon % self.segment_len:
+            raise ValueError(f"{key}segment_len={self.segment_len} must divide {data_key}horizon={horizon} (T = K "
+                             "segments of segment_len steps)")
+
 
 @dataclass(kw_only=True)
 class ForecastModelConfig(PlainConfig):
@@ -182,6 +190,15 @@ class ForecastModelConfig(PlainConfig):
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(map(repr, ARCHS))}, got {self.arch!r}")
+
+    def check_sizes(self, *, look_back: int, horizon: int) -> None:
+        """Refuse a ``look_back`` / ``horizon`` (the data config's) that the model of ``arch`` cannot take, naming
+        both keys (``model.autohformer.segment_len=24 must divide data.horizon=36``). DLinear and the Transformer take
+        any sizes: DLinear's moving average pads the ends, the Transformer reads the last step's state."""
+        part = getattr(self, self.arch)
+        check = getattr(part, "check_sizes", None)  # only the parts with a constraint define one
+        if check is not None:
+            check(look_back=look_back, horizon=horizon, key=f"model.{self.arch}.", data_key="data.")
 
     def build(self, *, look_back: int, horizon: int, n_channels: int, n_time_features: int = 0) -> nn.Module:
         """The model of ``arch`` for windows of ``look_back`` steps of ``n_channels`` channels (plus

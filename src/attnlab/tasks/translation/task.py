@@ -117,6 +117,7 @@ class Translation(Task):
     compare_key = "model.cross_score"
     variant_label = "cross score"
     primary_metric = ("bleu", "max")
+    metric_format = ".2f"  # BLEU points
     data_argument = "parallel"
     default_variants = ["additive", "general", "dot", "scaled_dot"]
 
