@@ -91,9 +91,109 @@ def test_presets_resolve() -> None:
     assert len(fa.models()) == 13 + 2 * 8
     assert fa.run_config("decon_rndembqk", "quarter", 1).model.layer_mechanisms()[3] == "standard"
     ts = get_study_preset("full", "tinyshakespeare")
-    assert ts.base.data.tokenizer == "char"
+    assert ts.base.data.tokenizer == "char" and ts.vocab_cap is None
     tokens = f.base.steps * f.base.batch_size * f.base.model.context_len
     assert 1_000_000 <= tokens <= 2_000_000
+
+
+def test_full_preset_size_matches_its_docstring() -> None:
+    """The size the ``full`` docstring (and its time estimate) claims is the size the preset declares."""
+    from attnlab.models.stack import LAYOUTS
+    from attnlab.study.deconstructing import FULL_SIZE, full
+
+    doc = " ".join(full.__doc__.split())
+    for corpus in ("wikitext2", "tinyshakespeare"):
+        f = get_study_preset("full", corpus)
+        b, m = f.base, f.base.model
+        assert (m.n_layers, m.d_model, m.n_heads, m.context_len) == (8, 64, 4, 128)
+        assert (b.steps, b.batch_size, b.threads) == (FULL_SIZE["steps"], FULL_SIZE["batch_size"], 2)
+        assert len(f.seeds) == FULL_SIZE["seeds"] >= 3 and len(f.models()) == 13
+        tokens = b.steps * b.batch_size * m.context_len
+        assert 800_000 <= tokens <= 2_000_000
+        assert f"{tokens:,} training tokens per run" in doc
+        assert m.n_layers % 4 == 0  # every layout rule of spec 4.2 gives whole layers
+        fa = dataclasses.replace(f, layouts="all")
+        assert len(fa.models()) == 13 + 2 * 8 and len(fa.models()) * len(fa.seeds) == 87
+        for layout in ["uniform", "hybrid"] + [k for k in LAYOUTS if k != "even"]:
+            mech = fa.run_config("decon_nonapprox", layout, 0).model.layer_mechanisms()
+            assert len(mech) == 8 and (layout == "uniform" or 1 <= mech.count("standard") <= 6)
+    w = get_study_preset("full")
+    assert w.base.data.source == "wikitext2" and w.base.data.tokenizer == "word" and w.vocab_cap == 8192
+    for claim in ("13 models x 3 seeds", "8 layers", "d_model 64", "4 heads", "context 128", "500 steps x 16 rows",
+                  "2 threads", "capped at 8,192", "16 models (48 runs)", "87 runs", "first 32,768 validation tokens"):
+        assert claim in doc, claim
+    assert w.eval_tokens == 32768
+
+
+def test_full_preset_corpus_is_capped_wikitext2_without_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The corpus the ``full`` preset trains on: 8,192 word ids, no test split, the <unk> share its docstring
+    states."""
+    from attnlab.study.deconstructing import study_data
+
+    monkeypatch.setenv("ATTNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    c = study_data(get_study_preset("full"))
+    assert c.vocab_size == 8192 and c.test is None and len(c.val) == 217_646 and len(c.train) == 2_088_628
+    unk = float(np.mean(np.asarray(c.val) == c.tokenizer.unk_id))
+    assert f"{100 * unk:.1f}% of validation tokens become ``<unk>``" in " ".join(full_doc().split())
+
+
+def full_doc() -> str:
+    from attnlab.study.deconstructing import full
+
+    return full.__doc__ or ""
+
+
+def test_capped_word_tokenizer() -> None:
+    from attnlab.data.tokenizers import WordTokenizer
+    from attnlab.study.deconstructing import capped_word_tokenizer
+
+    text = "a b a c\nd a b e\nb a f\n"
+    tok = WordTokenizer.from_text(text)
+    ids = np.array(tok.encode(text))
+    capped = capped_word_tokenizer(tok, ids, 4)  # <eos>, <unk> and the two most frequent words: a (4), b (3)
+    assert capped.vocab_size == 4 and set(capped.words) == {"a", "b", "<eos>", "<unk>"}
+    assert [w for w in tok.words if w in capped.words] == capped.words  # the original order is kept
+    assert capped.decode(capped.encode("a c b\n")) == "a <unk> b\n"
+    # ties go to the first word seen: c, d, e, f occur once each
+    assert "c" in capped_word_tokenizer(tok, ids, 5).words and "d" not in capped_word_tokenizer(tok, ids, 5).words
+    assert capped_word_tokenizer(tok, ids, tok.vocab_size) is tok
+    from attnlab.config import ConfigError
+    from attnlab.data.tokenizers import CharTokenizer
+
+    with pytest.raises(ConfigError, match="word-level tokenizer"):
+        capped_word_tokenizer(CharTokenizer.from_text("abc"), np.array([0, 1]), 2)
+    with pytest.raises(ConfigError, match="vocab_cap applies to word-level corpora only"):
+        dataclasses.replace(get_study_preset("tiny"), vocab_cap=10)
+    with pytest.raises(ConfigError, match="vocab_cap must be an integer >= 2"):
+        dataclasses.replace(get_study_preset("full"), vocab_cap=1)
+
+
+def test_word_study_with_a_vocab_cap_extends_to_all_layouts(tmp_path: Path, text: Path) -> None:
+    """A word-level study with a capped vocabulary trains and evaluates on the capped corpus; the same study with
+    ``layouts="all"`` on the same directory keeps the finished runs and trains only the ablation."""
+    tiny = get_study_preset("tiny", str(text))
+    base = tiny.base.replace(**{"data.tokenizer": "word", "model.n_layers": 4})
+    cfg = dataclasses.replace(tiny, base=base, variants=["decon_nonapprox"], seeds=[0], vocab_cap=40)
+    out = tmp_path / "study"
+    logs: list[str] = []
+    res = run_study(cfg, out, log=logs.append)
+    assert len(res.runs) == 3 and json.loads((out / "study.json").read_text())["vocab_cap"] == 40
+    assert res.bigram["vocab_size"] == 40 and 0 < res.bigram["val_unk_share"] < 1
+    from attnlab.train.loading import load_trained
+
+    t = load_trained(out / "runs/decon_nonapprox/hybrid/seed0", device="cpu")
+    assert t.model.config.vocab_size == 40 and t.task.tokenizer.vocab_size == 40
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/seed*/*.json")}
+    logs.clear()
+    res_all = run_study(dataclasses.replace(cfg, layouts="all"), out, log=logs.append)
+    assert any("extending the study" in line for line in logs)
+    assert sum("finished earlier, kept" in line for line in logs) == 3 and len(res_all.runs) == 3 + 8
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+    assert json.loads((out / "study.json").read_text())["layouts"] == "all"
+    from attnlab.train.outdir import OutputDirError
+
+    with pytest.raises(OutputDirError, match="holds a different study .*layouts"):  # all -> main is not a shrink
+        run_study(cfg, out, log=logs.append)
 
 
 def test_bigram_reference() -> None:

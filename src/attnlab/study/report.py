@@ -229,6 +229,14 @@ def _markdown(cfg: Any, res: Any, rows: list[dict[str, Any]], table: list[tuple[
              f"every model). Validation loss in nats/token over the whole validation split; SKIP and context losses "
              f"over the first {cfg.eval_tokens or 'all'} validation tokens. Bigram reference (count-based, "
              f"{res.bigram.get('smoothing')}): {res.bigram['val_loss']:.4f} nats/token.")
+    if res.bigram.get("vocab_size"):
+        intro += f" Vocabulary: {res.bigram['vocab_size']:,} tokens"
+        if getattr(cfg, "vocab_cap", None) is not None:
+            intro += (f", capped at {cfg.vocab_cap:,} (the most frequent training words, `<eos>` and `<unk>`; "
+                      "every other word reads as `<unk>`, so PPL is not comparable with uncapped WikiText-2 figures)")
+        if res.bigram.get("val_unk_share") is not None:
+            intro += f"; {res.bigram['val_unk_share']:.1%} of validation tokens are `<unk>`"
+        intro += "."
     head = ["variant", "principles (spec 1.2)", "configuration", "params", "seeds (diverged)", "val loss (mean ± std)",
             "bpc" if char else "PPL", "Δ loss", "vs", "beyond seed noise", "tokens/s", "tok/s ÷ Standard", "wall (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
