@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", help="tinyshakespeare (characters), wikitext2 (words) or a text file "
                                     "(default: the preset's)")
     p.add_argument("--layouts", choices=["main", "all"], default="main",
-                   help="all: also the nine-layout ablation of RndEmbQK and Non-approximate")
+                   help="all: also the nine-layout ablation of RndEmbQK and Non-approximate; on the --out of a "
+                        "finished main study it keeps those runs and trains only the ablation")
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     p.add_argument("--variants", help="comma-separated subset of the six variants (default: all)")
     p.add_argument("--out", help="output directory (default: runs/study-deconstructing-<preset>); running the same "
