@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from attnlab.cli import main
-from attnlab.study.deconstructing import bigram_loss, get_study_preset, max_logits_per_layer, run_study
+from attnlab.study.deconstructing import bigram_loss, max_logits_per_layer, run_study
+from attnlab.study.presets import get_study_preset
 
 
 @pytest.fixture
@@ -99,7 +100,7 @@ def test_presets_resolve() -> None:
 def test_full_preset_size_matches_its_docstring() -> None:
     """The size the ``full`` docstring (and its time estimate) claims is the size the preset declares."""
     from attnlab.models.stack import LAYOUTS
-    from attnlab.study.deconstructing import FULL_SIZE, full
+    from attnlab.study.presets import FULL_SIZE, full
 
     doc = " ".join(full.__doc__.split())
     for corpus in ("wikitext2", "tinyshakespeare"):
@@ -138,7 +139,7 @@ def test_full_preset_corpus_is_capped_wikitext2_without_test(tmp_path: Path, mon
 
 
 def full_doc() -> str:
-    from attnlab.study.deconstructing import full
+    from attnlab.study.presets import full
 
     return full.__doc__ or ""
 
