@@ -250,3 +250,17 @@ def test_other_bad_arguments() -> None:
         M.check_is_visual(vis, batch_size=3)
     with pytest.raises(ValueError, match=r"layout must hold at least one 'V' or 'T'"):
         M.token_types("TVX")
+
+
+# --------------------------------------------------------------------------------------------------------- gallery
+def test_gallery_renders_each_kind_on_a_two_image_layout(tmp_path) -> None:
+    from attnlab.masks.render import example_masks, example_vlm_layout, render
+
+    layout = example_vlm_layout(32)
+    assert layout == "TTTT" + "V" * 8 + "TT" + "V" * 8 + "T" * 10  # prefix, image A, text, image B, question
+    assert example_vlm_layout(4) == "TVTV"
+    names = [m.name for m in example_masks(32)][-4:]
+    assert names == [f"{n}(L=32, n_visual=16{'' if n == 'vlm_causal' else ', semantics=P'})"
+                     for n in ("vlm_causal", "future_full", "future_v2v", "future_v2t")]
+    p = render(example_masks(32)[-1], 32, 32, tmp_path / "v2t.png")
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,5 +1,9 @@
 """``attnlab masks --length T --out DIR``: render every mask pattern as a PNG, plus a gallery.
 
+The gallery includes the four vision-language masks (``vlm_causal``, ``future_full``, ``future_v2v``,
+``future_v2t``; :mod:`attnlab.masks.vlm`) on a two-image layout of ``T`` positions
+(:func:`attnlab.masks.render.example_vlm_layout`: text prefix, image A, text, image B, question).
+
 ``--length`` must lie in ``[4, 1024]`` (:data:`attnlab.masks.render.MAX_RENDER_LENGTH`: a picture is about 500 pixels
 wide); anything else is refused before any mask is materialised: ``attnlab: error: ...`` on stderr, exit status 2.
 """

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from attnlab.masks import patterns
+from attnlab.masks import patterns, vlm
 from attnlab.masks.core import Mask, dense
 
-__all__ = ["density", "example_masks", "render", "gallery", "MAX_RENDER_LENGTH", "MIN_GALLERY_LENGTH"]
+__all__ = ["density", "example_masks", "example_vlm_layout", "render", "gallery", "MAX_RENDER_LENGTH",
+           "MIN_GALLERY_LENGTH"]
 
 #: Longest side (query or key positions) that :func:`render` and :func:`gallery` draw; see the module docstring.
 MAX_RENDER_LENGTH = 1024
@@ -80,8 +81,19 @@ def render(mask: Mask, q_len: int, kv_len: int, path: str | Path, title: str | N
     return path
 
 
+def example_vlm_layout(length: int) -> str:
+    """A two-image prompt of ``length`` positions as a :func:`~attnlab.masks.vlm.token_types` string: text prefix
+    (BOS, system), image A, text between the images, image B, question (spec future_mask.md §2.3, scaled)."""
+    if isinstance(length, bool) or not isinstance(length, int) or length < MIN_GALLERY_LENGTH:
+        raise ValueError(f"length must be an int >= {MIN_GALLERY_LENGTH}, got {length!r}")
+    prefix, image, between = max(1, length // 8), max(1, length // 4), max(1, length // 16)
+    question = length - prefix - 2 * image - between
+    return "T" * prefix + "V" * image + "T" * between + "V" * image + "T" * question
+
+
 def example_masks(length: int) -> list[Mask]:
-    """One example of every pattern in :mod:`attnlab.masks.patterns`, with parameters scaled to ``length``.
+    """One example of every pattern in :mod:`attnlab.masks.patterns`, with parameters scaled to ``length``, then the
+    four vision-language masks of :mod:`attnlab.masks.vlm` on the two-image layout of :func:`example_vlm_layout`.
 
     Causal and bidirectional variants are both shown where a pattern has both.
     """
@@ -108,6 +120,8 @@ def example_masks(length: int) -> list[Mask]:
         patterns.prefix_lm(length // 4),
         doc,
         doc & patterns.causal(),
+        *(vlm.future_mask(kind, vlm.token_types(example_vlm_layout(length)))  # type: ignore[arg-type]
+          for kind in vlm.FUTURE_KINDS),
     ]
 
 
