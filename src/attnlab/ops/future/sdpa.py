@@ -1,0 +1,119 @@
+"""Light future-aware attention on SDPA: the merge term as an additive bias on the causal attention.
+
+Shape legend: B batch, H query heads, H_kv key/value heads (H % H_kv == 0, G = H // H_kv), L sequence length,
+m the most visual tokens of any sample in the batch (visual query rows), D head dim, Dv value dim, p sink slots.
+
+Only the visual rows can carry a merge (spec section 4.4, step 2), so the extra work is done on them alone:
+
+1. gather the ``m`` visual query rows and score them against every key, ``S_V = scale * q_V k^T``
+   ``(B, H, m, L)``: ``m L`` dot products per head, not ``L^2``
+2. the admitted future ``F`` of those rows; pooling with ``max_pool1d`` / ``avg_pool1d`` (stride 1, padding
+   ``k // 2``) on the masked scores, the mean as a ratio of pooled sums and pooled counts
+3. adaptive bins by each admitted key's rank in its row, reduced by max / mean / logsumexp; the default
+   (``pool="max"``, ``reduce="max"``, ``p = 1``) takes the masked row maximum directly, which every pooling size
+   gives (section 4.5, k-invariance)
+4. the per-row merge terms are scattered into a ``(B, H, L, L)`` additive mask: ``-inf`` above the diagonal and
+   at padded keys, the merge at the slot columns of visual rows, 0 elsewhere; one SDPA call attends with it.
+
+Without any merge row (no visual token with an admitted future) the call is SDPA with the boolean causal and
+padding mask alone. Inputs are assumed validated by :func:`attnlab.ops.future.light_future_attention`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["sdpa_light_future_attention", "merge_terms"]
+
+
+def _visual_rows(is_visual: Tensor) -> tuple[Tensor, Tensor]:
+    """The visual positions of each sample in order, padded to the largest count ``m``: ``(B, m)`` indices
+    and ``(B, m)`` flags (False at the padding entries, whose index is 0)."""
+    m = int(is_visual.sum(dim=1).max())
+    order = torch.sort((~is_visual).to(torch.int8), dim=1, stable=True).indices[:, :m]  # (B, m): visual first
+    return order, is_visual.gather(1, order)
+
+
+def _pooled(s: Tensor, admitted: Tensor, pool: str, pool_size: int) -> Tensor:
+    """Step 2: "same" pooling of ``s`` ``(B, H, m, L)`` inside ``admitted`` ``(B, 1, m, L)`` along the keys."""
+    if pool_size == 1:
+        return s
+    B, H, m, L = s.shape
+    r = pool_size // 2
+    if pool == "max":
+        sf = s.masked_fill(~admitted, float("-inf")).reshape(B * H * m, 1, L)
+        return F.max_pool1d(sf, pool_size, stride=1, padding=r).reshape(B, H, m, L)
+    num = F.avg_pool1d(torch.where(admitted, s, 0.0).reshape(B * H * m, 1, L), pool_size, stride=1, padding=r)
+    den = F.avg_pool1d(admitted.expand_as(s).to(s.dtype).reshape(B * H * m, 1, L), pool_size, stride=1, padding=r)
+    # windows without an admitted key are never kept; the clamp keeps their gradient finite (no 0/0)
+    return (num / den.clamp_min(0.5 / pool_size)).reshape(B, H, m, L)
+
+
+def _reduced(pooled: Tensor, admitted: Tensor, p: int, reduce: str) -> Tensor:
+    """Step 3: the admitted pooled scores of each row in ``p`` adaptive bins by key rank: ``(B, H, m, p)``."""
+    rank = admitted.long().cumsum(-1) - 1  # (B, 1, m, L): rank of each admitted key in its row
+    n = admitted.sum(-1, keepdim=True)  # (B, 1, m, 1)
+    t = torch.arange(p, device=pooled.device)  # (p,)
+    start = (t * n[..., None]) // p  # (B, 1, m, 1, p)
+    end = ((t + 1) * n[..., None] + p - 1) // p  # (B, 1, m, 1, p): ceil((t + 1) n / p)
+    member = admitted[..., None] & (rank[..., None] >= start) & (rank[..., None] < end)  # (B, 1, m, L, p)
+    x = pooled[..., None]  # (B, H, m, L, 1)
+    if reduce == "mean":
+        return torch.where(member, x, 0.0).sum(-2) / member.sum(-2)  # (B, H, m, p)
+    masked = x.masked_fill(~member, float("-inf"))  # (B, H, m, L, p)
+    return masked.amax(-2) if reduce == "max" else torch.logsumexp(masked, dim=-2)  # (B, H, m, p)
+
+
+def merge_terms(q: Tensor, k: Tensor, is_visual: Tensor, key_valid: Tensor, slots: Tensor, *, mu: str, pool: str,
+                pool_size: int, reduce: str, merge_mode: str, scale: float) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The merge of every visual row: ``(rows (B, m), delta (B, H, m, p), merges (B, 1, m, 1))`` where ``delta`` is
+    what the bias adds at ``slots`` of query row ``rows[b, r]`` (0 where ``merges`` is False); ``None`` when no
+    row merges. ``k`` is ``(B, H, L, D)`` (key/value heads already repeated)."""
+    if not bool(is_visual.any()):
+        return None
+    B, H, L, D = q.shape
+    rows, real = _visual_rows(is_visual)  # (B, m) x 2
+    q_v = q.gather(2, rows[:, None, :, None].expand(B, H, rows.shape[1], D))  # (B, H, m, D)
+    s_v = (q_v @ k.transpose(-2, -1)) * scale  # (B, H, m, L): the only extra scores
+    pos = torch.arange(L, device=q.device)  # (L,)
+    rule = {"f": torch.ones_like(is_visual), "v2v": is_visual, "v2t": ~is_visual}[mu]  # (B, L)
+    admitted = (pos > rows[..., None]) & (key_valid & rule)[:, None, :] & real[..., None]  # (B, m, L)
+    merges = admitted.any(-1)[:, None, :, None]  # (B, 1, m, 1)
+    if not bool(merges.any()):
+        return None
+    admitted = (admitted[:, None] | ~merges)  # (B, 1, m, L): rows without a merge admit all (dropped below)
+    p = slots.shape[1]
+    if pool == "max" and reduce == "max" and p == 1:
+        c = s_v.masked_fill(~admitted, float("-inf")).amax(-1, keepdim=True)  # (B, H, m, 1): masked row maximum
+    else:
+        c = _reduced(_pooled(s_v, admitted, pool, pool_size), admitted, p, reduce)  # (B, H, m, p)
+    if merge_mode == "lse_mass":
+        s_slot = s_v.gather(-1, slots[:, None, None, :].expand(B, H, rows.shape[1], p))  # (B, H, m, p)
+        c = torch.logaddexp(s_slot, c) - s_slot
+    return rows, torch.where(merges, c, 0.0), merges
+
+
+def sdpa_light_future_attention(q: Tensor, k: Tensor, v: Tensor, is_visual: Tensor, key_valid: Tensor,
+                                slots: Tensor, *, mu: str, pool: str, pool_size: int, reduce: str,
+                                merge_mode: str, scale: float) -> Tensor:
+    """Light future-aware prefill attention via SDPA with an additive bias; see the module docstring."""
+    B, H, L, _ = q.shape
+    G = H // k.shape[1]
+    pos = torch.arange(L, device=q.device)  # (L,)
+    allowed = ((pos[None, :] <= pos[:, None]) & key_valid[:, None, :]) | (pos[None, :] == pos[:, None])  # (B, L, L)
+    gqa = {"enable_gqa": True} if G > 1 else {}
+    k_rep = k.repeat_interleave(G, dim=1) if G > 1 else k  # (B, H, L, D)
+    merged = merge_terms(q, k_rep, is_visual, key_valid, slots, mu=mu, pool=pool, pool_size=pool_size,
+                         reduce=reduce, merge_mode=merge_mode, scale=scale)
+    if merged is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=scale, **gqa)
+    rows, delta, _ = merged
+    m = rows.shape[1]
+    at_rows = torch.zeros(B, H, m, L, dtype=q.dtype, device=q.device).scatter(
+        -1, slots[:, None, None, :].expand(B, H, m, slots.shape[1]), delta)  # (B, H, m, L): delta at the slots
+    bias = torch.zeros(B, H, L, L, dtype=q.dtype, device=q.device).scatter_add(
+        2, rows[:, None, :, None].expand(B, H, m, L), at_rows)  # (B, H, L, L): padding entries add 0 to row 0
+    bias = bias.masked_fill(~allowed[:, None], float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, **gqa)  # (B, H, L, Dv)
