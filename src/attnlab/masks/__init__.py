@@ -19,6 +19,10 @@ from attnlab.masks.patterns import (
     strided,
 )
 from attnlab.masks.vlm import (
+    FUTURE_KINDS,
+    SEMANTICS,
+    FutureKind,
+    Semantics,
     TokenTypes,
     check_is_visual,
     extra_pairs,

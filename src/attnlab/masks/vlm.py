@@ -141,6 +141,11 @@ def _rows(t: Tensor, n: int) -> Tensor:
     return (t if t.ndim == 2 else t.unsqueeze(0)).expand(n, -1)  # (B or 1, L)
 
 
+def _n_rows(*ts: Tensor | None) -> int:
+    """``B`` of the 2-d tensors among ``ts`` (1 when all are shared ``(L,)`` rows)."""
+    return max([t.shape[0] for t in ts if t is not None and t.ndim == 2], default=1)
+
+
 def future_mask(kind: FutureKind, is_visual: Tensor, *, keep: Tensor | None = None, semantics: Semantics = "P",
                 prompt_len: int | None = None) -> Mask:
     """The mask ``kind`` of spec §2.1 (see the module docstring) over the token types ``is_visual``.
@@ -172,7 +177,7 @@ def future_mask(kind: FutureKind, is_visual: Tensor, *, keep: Tensor | None = No
         raise ValueError(f"prompt_len must be an int >= 0, got {prompt_len!r}")
     limit = (L if prompt_len is None else prompt_len) if semantics == "P" else None
     per_batch = vis.ndim == 2 or (keep is not None and keep.ndim == 2)
-    n = max(vis.shape[0] if vis.ndim == 2 else 1, keep.shape[0] if keep is not None and keep.ndim == 2 else 1)
+    n = _n_rows(vis, keep)
     visual = _lookup(_rows(vis, n), per_batch=per_batch, beyond=False)
     valid = None if keep is None else _lookup(_rows(keep, n), per_batch=per_batch, beyond=True)
     n_visual = int(vis.sum())
@@ -230,7 +235,8 @@ def future_v2t(is_visual: Tensor, *, keep: Tensor | None = None, semantics: Sema
 
 def extra_pairs(kind: FutureKind, is_visual: Tensor, *, keep: Tensor | None = None) -> Tensor:
     """Non-causal allowed pairs per sample inside the prompt (spec §2.2): ``E_v2v = sum_{i in V} |{j in V: j > i}|``,
-    ``E_v2t = sum_{i in V} |{j in T: j > i, keep[j]}|``, ``E_f = E_v2v + E_v2t`` (pad keys excluded in all; ``E_c = 0``).
+    ``E_v2t = sum_{i in V} |{j in T: j > i, keep[j]}|``, ``E_f = E_v2v + E_v2t`` (pad keys excluded in all;
+    ``E_c = 0``).
 
     Returns ``torch.long`` ``(B,)`` for 2-d inputs, else a 0-d tensor. Computed from :func:`future_mask`'s dense
     form, so it also checks the mask against the closed forms in the tests.
@@ -239,8 +245,7 @@ def extra_pairs(kind: FutureKind, is_visual: Tensor, *, keep: Tensor | None = No
 
     m = future_mask(kind, is_visual, keep=keep)
     L = is_visual.shape[-1]
-    B = max(is_visual.shape[0] if is_visual.ndim == 2 else 1, keep.shape[0] if keep is not None and keep.ndim == 2 else 1)
-    d = dense(m, L, L, batch_size=B)[:, 0]  # (B, L, L)
+    d = dense(m, L, L, batch_size=_n_rows(is_visual, keep))[:, 0]  # (B, L, L)
     upper = torch.ones(L, L, dtype=torch.bool).triu(1)  # (L, L): j > i
     counts = (d & upper).sum(dim=(1, 2))  # (B,)
     return counts if m.per_batch else counts[0]

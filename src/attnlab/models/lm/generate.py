@@ -13,6 +13,12 @@ Context policy (the same for both paths, so they stay equal past the model's ``c
 ``keep = 3/4 * context_len`` tokens remain, and the cached path re-prefills fresh caches with them. (Sliding the
 window by one token per step would force a full re-prefill at every step for position-dependent caches.)
 
+Vision-language prompts: ``token_types=`` (:class:`attnlab.masks.TokenTypes`, typing the prompt's positions; every
+generated token is text) goes to every model call. Under semantics P the cached path (masked prefill, then cached
+causal decoding) equals recomputing the whole sequence under the P mask; semantics R with ``kind="f"``/``"v2t"``
+needs ``use_cache=False`` (:mod:`attnlab.models.lm.token_types`). Positions must stay absolute, so the prompt plus
+``max_new_tokens`` must fit ``context_len`` (no context restart).
+
 Sampling: ``temperature == 0`` is greedy (argmax). Otherwise logits are divided by ``temperature``, cut to the
 ``top_k`` largest if given, and sampled on the CPU from a ``torch.Generator`` seeded with ``seed``, so a seed
 gives the same text on every device (for the same logits).
@@ -26,6 +32,9 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import Unpack
 
+from attnlab.masks.vlm import TokenTypes
+from attnlab.models.lm.token_types import check_generate_token_types
+
 __all__ = ["generate", "generate_with_logits", "sample_next", "GenerateOptions"]
 
 
@@ -37,6 +46,7 @@ class GenerateOptions(TypedDict, total=False):
     seed: int | None
     use_cache: bool
     context_len: int | None
+    token_types: TokenTypes | None
 
 
 def sample_next(logits: Tensor, *, temperature: float, top_k: int | None, generator: torch.Generator) -> Tensor:
@@ -81,6 +91,7 @@ def generate_with_logits(
     seed: int | None = None,
     use_cache: bool = True,
     context_len: int | None = None,
+    token_types: TokenTypes | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
     """Like :func:`generate`, and also the next-token logits ``(B, V)`` the model gave at each step."""
     if max_new_tokens < 0:
@@ -94,6 +105,10 @@ def generate_with_logits(
     param = next(model.parameters())
     idx, squeeze = _as_batch(prompt_ids, param.device)
     B = idx.size(0)
+    if token_types is not None:
+        check_generate_token_types(token_types, prompt_len=idx.size(1), max_new_tokens=max_new_tokens,
+                                   context_len=block, use_cache=use_cache)
+    kw = {} if token_types is None else {"token_types": token_types}
     gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
     was_training = model.training
     model.eval()
@@ -107,12 +122,12 @@ def generate_with_logits(
             if restart:
                 start = L - keep
             if not use_cache:
-                logits = model(idx[:, start:])[:, -1]  # (B, V)
+                logits = model(idx[:, start:], **kw)[:, -1]  # (B, V)
             elif caches is None or restart:
                 caches = model.new_caches(B, device=param.device, dtype=param.dtype)
-                logits = model(idx[:, start:], caches=caches)[:, -1]  # prefill: (B, V)
+                logits = model(idx[:, start:], caches=caches, **kw)[:, -1]  # prefill: (B, V)
             else:
-                logits = model(idx[:, -1:], caches=caches)[:, -1]  # one step: (B, V)
+                logits = model(idx[:, -1:], caches=caches, **kw)[:, -1]  # one step: (B, V)
             step_logits.append(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits)
             nxt = sample_next(logits, temperature=temperature, top_k=top_k, generator=gen).to(idx.device)
             idx = torch.cat([idx, nxt], dim=1)  # (B, L + 1)
@@ -136,6 +151,8 @@ def generate(
         seed: seeds the sampler (``None``: a random seed).
         use_cache: decode with the layers' caches (``False``: full recomputation each step).
         context_len: the context limit (default ``model.config.context_len``).
+        token_types: the prompt's visual/text types and future-aware mask, passed to every model call (module
+            docstring).
     """
     out, _ = generate_with_logits(model, prompt_ids, max_new_tokens, **options)
     return out

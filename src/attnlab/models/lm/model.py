@@ -13,6 +13,9 @@ only when some layer needs it). Cached decoding passes one :class:`~attnlab.cach
 layer (:meth:`LM.new_caches`); each layer reads its absolute positions from ``cache.seq_len``. The model returns
 logits only: losses belong to the task that trains it (:mod:`attnlab.tasks.lm`).
 
+Vision-language masks: ``forward(..., token_types=TokenTypes(...))`` runs every layer under a future-aware mask
+over per-position token types for that call (:mod:`attnlab.models.lm.token_types`).
+
 Hybrid-SKIP (spec 4.1): ``with model.skipping("variant"):`` evaluates the model with chosen layers removed (whole
 blocks, or ``part="mixer"`` for the mixers only), changing nothing in the model; see :mod:`attnlab.models.lm.skip`.
 """
@@ -31,6 +34,8 @@ from attnlab.models.common import RMSNorm, ResidualBlock, check_buildable, check
 from attnlab.models.lm.config import LMConfig
 from attnlab.models.lm.fixed_stream import FixedStream, block_attn_kwargs, layer_mixer_inputs
 from attnlab.models.lm.skip import SKIP_PARTS, MixerSkipped, SkipPart, resolve_skip_layers
+from attnlab.models.lm.token_types import check_token_types, with_mask
+from attnlab.masks import Mask, TokenTypes
 
 __all__ = ["LM"]
 
@@ -66,7 +71,7 @@ class LM(nn.Module):
         gpt2_init_(self, list(self.blocks), d_model=self.config.d_model, embeddings=[self.tok_emb])
 
     # ------------------------------------------------------------------------------------------- forward
-    def _validate(self, idx: object, inputs_embeds: object, caches: object) -> None:
+    def _validate(self, idx: object, inputs_embeds: object, caches: object, token_types: object = None) -> Mask | None:
         cfg = self.config
         if (idx is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of idx (B, T) token ids and inputs_embeds (B, T, d_model)")
@@ -98,13 +103,18 @@ class LM(nn.Module):
                 f"{where} exceeds context_len={cfg.context_len}; crop the input to the last {cfg.context_len} tokens"
                 + (" (and re-prefill fresh caches)" if offset else "")
             )
+        if token_types is None:
+            return None
+        B = (idx if idx is not None else inputs_embeds).shape[0]  # type: ignore[union-attr]
+        return check_token_types(token_types, blocks=self.blocks, mechanisms=self.mechanisms, batch_size=B,
+                                 offset=offset, T=T, cached=caches is not None)
 
     def embed(self, idx: Tensor) -> Tensor:
         """Token embeddings ``(B, T, C)`` of ``idx`` ``(B, T)`` (what ``inputs_embeds`` replaces)."""
         return self.tok_emb(idx)
 
     def forward(self, idx: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
-                caches: list[AttentionCache] | None = None) -> Tensor:
+                caches: list[AttentionCache] | None = None, token_types: TokenTypes | None = None) -> Tensor:
         """Logits ``(B, T, V)`` of the next token at every position.
 
         Args:
@@ -114,8 +124,11 @@ class LM(nn.Module):
             caches: per-layer decoding caches from :meth:`new_caches`; the input then continues the cached sequence
                 (prefill: many tokens; decode: one) and the caches are updated in place. The cached length plus
                 ``T`` may not exceed ``context_len``.
+            token_types: per-position visual/text types and a future-aware mask (:class:`attnlab.masks.TokenTypes`)
+                that every layer uses instead of its causal mask, for this call only; see
+                :mod:`attnlab.models.lm.token_types` (layers, cached decoding, semantics P and R).
         """
-        self._validate(idx, inputs_embeds, caches)
+        mask = self._validate(idx, inputs_embeds, caches, token_types)
         if idx is None and self._token_emb_layers:
             i = self._token_emb_layers[0]
             raise ValueError(f"layer {i + 1} uses {self.blocks[i].mechanism!r}, whose queries and keys come from the "
@@ -126,10 +139,10 @@ class LM(nn.Module):
             if caches is not None:
                 raise ValueError("cached decoding is not available while layers are skipped (LM.skipping); use the "
                                  "full forward")
-            return self._forward_skipping(x, e)
+            return self._forward_skipping(x, e, mask)
         fixed = self._fixed_hidden(e.shape[1], caches)
         for i, block in enumerate(self.blocks):
-            kw = block_attn_kwargs(block, token_emb=e, fixed_hidden=fixed[i] if fixed else None)
+            kw = with_mask(block_attn_kwargs(block, token_emb=e, fixed_hidden=fixed[i] if fixed else None), mask)
             x = block(x, caches[i] if caches is not None else None, attn_kwargs=kw)  # (B, T, C)
         return self.lm_head(self.norm_f(x))  # (B, T, V)
 
@@ -161,7 +174,7 @@ class LM(nn.Module):
         finally:
             self._skip = old
 
-    def _forward_skipping(self, x: Tensor, e: Tensor) -> Tensor:
+    def _forward_skipping(self, x: Tensor, e: Tensor, mask: Mask | None) -> Tensor:
         skip, part = self._skip
         active: list[tuple[int, nn.Module]] = [
             (i, MixerSkipped(b) if i in skip else b) for i, b in enumerate(self.blocks) if i not in skip or part == "mixer"]
@@ -171,7 +184,8 @@ class LM(nn.Module):
             for (i, _), st in zip(active, states):
                 fixed[i] = st
         for i, block in active:
-            x = block(x, None, attn_kwargs=block_attn_kwargs(block, token_emb=e, fixed_hidden=fixed[i]))  # (B, T, C)
+            kw = with_mask(block_attn_kwargs(block, token_emb=e, fixed_hidden=fixed[i]), mask)
+            x = block(x, None, attn_kwargs=kw)  # (B, T, C)
         return self.lm_head(self.norm_f(x))  # (B, T, V)
 
     def _fixed_hidden(self, T: int, caches: list[AttentionCache] | None) -> list[Tensor | None] | None:
