@@ -46,7 +46,7 @@ def test_registered_with_the_spec_defaults():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(pool_size=2), "pool_size must be an odd int"), (dict(mu="x"), "mu must be one of"),
-    (dict(n_slots=2, merge_mode="lse_mass"), "lse_mass"), (dict(impl="flex"), "impl must be one of"),
+    (dict(n_slots=2, merge_mode="lse_mass"), "lse_mass"), (dict(impl="dense"), "impl must be one of"),
     (dict(rope=True, head_dim=5), "even head_dim"), (dict(n_kv_heads=3), "n_kv_heads"),
 ])
 def test_config_errors_name_the_field(kwargs, match):

@@ -72,6 +72,27 @@ def test_sdpa_equals_reference_outputs_and_gradients(opts):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-11, rtol=0)
 
 
+@pytest.mark.parametrize("opts", GRID[::7] + GRID[-2:], ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_flex_forward_equals_reference(opts):
+    """FlexAttention score_mod form, forward on CPU (torch has no CPU backward for it; gradients: GPU tier)."""
+    opts = dict(opts)
+    iv = _layout()
+    if opts.pop("slots_start", None):
+        iv[1, 1] = False
+    q, k, v = _qkv()
+    keep = _padding()
+    with torch.no_grad():
+        ref = light_future_attention(q, k, v, is_visual=iv, key_valid=keep, impl="reference", **opts)
+        got = light_future_attention(q, k, v, is_visual=iv, key_valid=keep, impl="flex", **opts)
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=0)
+
+
+def test_flex_refuses_gradients_on_cpu():
+    q, k, v = _qkv(requires_grad=True)
+    with pytest.raises(ValueError, match="impl='flex' has no backward pass on CPU"):
+        light_future_attention(q, k, v, is_visual=_layout(), impl="flex")
+
+
 @pytest.mark.parametrize("impl", ["reference", "sdpa"])
 def test_no_visual_token_is_bitwise_causal_and_warns_once(impl):
     q, k, v = _qkv()
@@ -218,7 +239,7 @@ def test_errors_name_the_argument():
         light_future_attention(q, k, v, is_visual=iv, key_valid=keep)
     for kwargs, match in ((dict(pool_size=4), "pool_size must be an odd int"), (dict(mu="c"), "mu must be one of"),
                           (dict(pool="min"), "pool must be one of"), (dict(reduce="sum"), "reduce must be one of"),
-                          (dict(merge_mode="x"), "merge_mode must be one of"), (dict(impl="flex"), "impl must be one"),
+                          (dict(merge_mode="x"), "merge_mode must be one of"), (dict(impl="dense"), "impl must be one"),
                           (dict(n_slots=0), "n_slots must be an int"),
                           (dict(merge_mode="lse_mass", reduce="max"), "lse_mass' is defined for n_slots=1 and "
                                                                       "reduce='lse'"),
@@ -235,16 +256,18 @@ def test_errors_name_the_argument():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["sdpa", "flex"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 3e-2)])
-def test_cuda_sdpa_form_equals_the_float64_reference(dtype, tol):
-    """GPU tier: the SDPA kernels take the float bias (and its gradient) on CUDA; tolerances of the input dtype."""
+def test_cuda_fast_forms_equal_the_float64_reference(impl, dtype, tol):
+    """GPU tier: SDPA with the float bias and the compiled FlexAttention score_mod on CUDA, outputs and gradients
+    (through the merge terms too); tolerances of the input dtype."""
     q, k, v = _qkv(9)
     iv, keep = _layout(), _padding()
     ref_in = [t.clone().requires_grad_(True) for t in (q, k, v)]
     ref = light_future_attention(*ref_in, is_visual=iv, key_valid=keep, pool="avg", pool_size=3, impl="reference")
     cuda_in = [t.to("cuda", dtype).requires_grad_(True) for t in (q, k, v)]
     got = light_future_attention(*cuda_in, is_visual=iv.cuda(), key_valid=keep.cuda(), pool="avg", pool_size=3,
-                                 impl="sdpa")
+                                 impl=impl)
     torch.testing.assert_close(got.double().cpu(), ref, atol=tol, rtol=tol)
     ref.sum().backward()
     got.float().sum().backward()

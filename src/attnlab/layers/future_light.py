@@ -69,7 +69,9 @@ class LightFutureConfig(HeadGeometry):
             future's probability mass onto the sink; needs ``n_slots=1``, ``reduce`` ``"lse"`` or ``None``).
         rope: RoPE on queries and keys at absolute positions (even ``head_dim``); ``rope_base`` its base.
         bias: biases in the input and output projections.
-        impl: ``"reference"``, ``"sdpa"`` or ``"auto"``; the prefill op's and the decoding softmax's backend.
+        impl: ``"reference"``, ``"sdpa"``, ``"flex"`` or ``"auto"`` (``"sdpa"``); the prefill op's and the decoding
+            softmax's backend. ``"flex"`` is not in the registry's ``backends``: its gradients (CUDA only) are
+            untested here.
     """
 
     d_model: int
@@ -85,7 +87,7 @@ class LightFutureConfig(HeadGeometry):
     rope: bool = False
     rope_base: float = 10000.0
     bias: bool = False
-    impl: Literal["auto", "reference", "sdpa"] = "auto"
+    impl: Literal["auto", "reference", "sdpa", "flex"] = "auto"
 
     # what MultiHeadAttention reads and this mechanism fixes: scaled dot-product, causal, no dropout, no cross
     score: ClassVar[str] = "scaled_dot"

@@ -1,5 +1,6 @@
 """Future-aware attention for vision-language prefill (spec ``future_mask.md``): the light "+merge" variant,
-:func:`light_future_attention`, with its float64 reference beside the SDPA-bias fast form."""
+:func:`light_future_attention`, with its float64 reference beside the fast forms (an SDPA bias, a FlexAttention
+``score_mod``)."""
 
 from attnlab.ops.future.api import (LIGHT_FUTURE_IMPLS, MERGE_MODES, MUS, NO_VISUAL_WARNING, POOLS, REDUCES,
                                     LightFutureImpl, check_options, default_reduce, default_slots,

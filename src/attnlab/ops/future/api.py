@@ -28,6 +28,7 @@ from torch import Tensor
 from attnlab.masks.vlm import check_is_visual
 from attnlab.ops._checks import check_kv_like_q
 from attnlab.ops._precision import HALF_DTYPES
+from attnlab.ops.future.flex import flex_light_future_attention
 from attnlab.ops.future.reference import reference_light_future_attention
 from attnlab.ops.future.sdpa import sdpa_light_future_attention
 
@@ -35,8 +36,8 @@ __all__ = ["light_future_attention", "LightFutureImpl", "LIGHT_FUTURE_IMPLS", "M
            "MERGE_MODES", "default_reduce", "default_slots", "visual_rows", "check_options", "say_no_visual",
            "NO_VISUAL_WARNING"]
 
-LightFutureImpl = Literal["auto", "reference", "sdpa"]
-LIGHT_FUTURE_IMPLS: tuple[str, ...] = ("auto", "reference", "sdpa")
+LightFutureImpl = Literal["auto", "reference", "sdpa", "flex"]
+LIGHT_FUTURE_IMPLS: tuple[str, ...] = ("auto", "reference", "sdpa", "flex")
 MUS: tuple[str, ...] = ("f", "v2v", "v2t")
 POOLS: tuple[str, ...] = ("max", "avg")
 REDUCES: tuple[str, ...] = ("max", "mean", "lse")
@@ -44,7 +45,8 @@ MERGE_MODES: tuple[str, ...] = ("add_logit", "lse_mass")
 NO_VISUAL_WARNING = ("light future-aware attention got no visual token (is_visual is all False): it falls back to "
                      "causal attention")
 
-_BACKENDS = {"reference": reference_light_future_attention, "sdpa": sdpa_light_future_attention}
+_BACKENDS = {"reference": reference_light_future_attention, "sdpa": sdpa_light_future_attention,
+             "flex": flex_light_future_attention}
 _said_no_visual = False  # the fallback is said once per process
 
 
@@ -162,7 +164,8 @@ def light_future_attention(
             becomes ``log(exp S_sink + exp c)``; needs ``n_slots=1`` and ``reduce="lse"``).
         scale: score multiplier; ``None``: ``1 / sqrt(D)``.
         impl: ``"reference"`` (float64-exact, step by step), ``"sdpa"`` (the merge on the visual rows only, as an
-            additive bias of one SDPA call) or ``"auto"`` (``"sdpa"``).
+            additive bias of one SDPA call), ``"flex"`` (the same merge as a FlexAttention ``score_mod`` on the causal
+            ``BlockMask``; no backward on CPU) or ``"auto"`` (``"sdpa"``).
 
     Returns:
         ``(B, H, L, Dv)``. Scores, pooling and softmax run in float32 for half-precision inputs.
@@ -184,7 +187,7 @@ def light_future_attention(
     if not bool(vis.any()):
         say_no_visual(stacklevel=3)
     s = float(scale) if scale is not None else 1.0 / math.sqrt(D)
-    fn = _BACKENDS["reference" if impl == "reference" else "sdpa"]
+    fn = _BACKENDS["sdpa" if impl == "auto" else impl]
     opts = dict(mu=mu, pool=pool, pool_size=pool_size, reduce=reduce, merge_mode=merge_mode, scale=s)
     if q.dtype in HALF_DTYPES:  # spec 4.3: scores, pooling and softmax in float32
         return fn(q.float(), k.float(), v.float(), vis, keep, slots, **opts).to(q.dtype)
