@@ -217,3 +217,38 @@ def test_bad_token_types_are_refused_by_name() -> None:
                       attention="sliding-window").build()
     with pytest.raises(ValueError, match=r"every layer to be causal multi-head .* layer 1 uses 'sliding-window'"):
         window(idx, token_types=TokenTypes(is_visual=VIS))
+
+
+# ------------------------------------------------------------------------------- future-light layers (spec §4)
+def test_future_light_layers_get_the_token_types() -> None:
+    """A ``future-light`` LM takes the same ``token_types``: its layers get ``is_visual``/``keep`` (their own ``mu``
+    decides), states before the first image stay exactly causal while visual rows change, a left-padded batch equals
+    each sample alone, and cached decoding after the merged prefill runs (decode calls get no visual token)."""
+    lm = model(attention="future-light")
+    std = model()
+    std.load_state_dict(lm.state_dict())  # the same parameters: future-light is a drop-in causal layer
+    e = embeds(lm, B=2)
+    light = block_outputs(lm, e, TokenTypes(is_visual=VIS))
+    causal = block_outputs(std, e, None)
+    first = int(torch.nonzero(VIS).min())
+    torch.testing.assert_close(light[-1][:, :first], causal[-1][:, :first], **TOL)
+    assert not torch.allclose(light[0][:, VIS], causal[0][:, VIS], atol=1e-6)
+    # left padding: the second sample alone equals its padded row
+    keep = torch.ones(2, L, dtype=torch.bool)
+    keep[1, :3] = False
+    vis = VIS.expand(2, L).clone()
+    vis[1] = torch.cat([torch.zeros(3, dtype=torch.bool), VIS[:-3]])
+    e2 = e.clone()
+    e2[1, 3:] = e[1, :-3]
+    with torch.no_grad():
+        batch = lm(inputs_embeds=e2, token_types=TokenTypes(is_visual=vis, keep=keep))
+        alone = lm(inputs_embeds=e2[1:, 3:], token_types=TokenTypes(is_visual=vis[1, 3:]))
+    torch.testing.assert_close(batch[1, 3:], alone[0], **TOL)
+    # cached: prefill with the merge, then causal decoding with the padded keys still hidden
+    caches = lm.new_caches(2)
+    tt = TokenTypes(is_visual=vis, keep=keep)
+    with torch.no_grad():
+        pre = lm(inputs_embeds=e2, caches=caches, token_types=tt)
+        step = lm(inputs_embeds=lm.embed(pre[:, -1].argmax(-1, keepdim=True)), caches=caches, token_types=tt)
+    torch.testing.assert_close(pre, batch, **TOL)
+    assert torch.isfinite(step).all() and all(c.seq_len == L + 1 for c in caches)

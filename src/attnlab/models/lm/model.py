@@ -34,8 +34,8 @@ from attnlab.models.common import RMSNorm, ResidualBlock, check_buildable, check
 from attnlab.models.lm.config import LMConfig
 from attnlab.models.lm.fixed_stream import FixedStream, block_attn_kwargs, layer_mixer_inputs
 from attnlab.models.lm.skip import SKIP_PARTS, MixerSkipped, SkipPart, resolve_skip_layers
-from attnlab.models.lm.token_types import check_token_types, with_mask
-from attnlab.masks import Mask, TokenTypes
+from attnlab.models.lm.token_types import CallTypes, check_token_types, with_types
+from attnlab.masks import TokenTypes
 
 __all__ = ["LM"]
 
@@ -71,7 +71,8 @@ class LM(nn.Module):
         gpt2_init_(self, list(self.blocks), d_model=self.config.d_model, embeddings=[self.tok_emb])
 
     # ------------------------------------------------------------------------------------------- forward
-    def _validate(self, idx: object, inputs_embeds: object, caches: object, token_types: object = None) -> Mask | None:
+    def _validate(self, idx: object, inputs_embeds: object, caches: object,
+                  token_types: object = None) -> CallTypes | None:
         cfg = self.config
         if (idx is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of idx (B, T) token ids and inputs_embeds (B, T, d_model)")
@@ -125,10 +126,11 @@ class LM(nn.Module):
                 (prefill: many tokens; decode: one) and the caches are updated in place. The cached length plus
                 ``T`` may not exceed ``context_len``.
             token_types: per-position visual/text types and a future-aware mask (:class:`attnlab.masks.TokenTypes`)
-                that every layer uses instead of its causal mask, for this call only; see
-                :mod:`attnlab.models.lm.token_types` (layers, cached decoding, semantics P and R).
+                for this call only: causal softmax layers use the mask instead of their causal mask, layers that take
+                ``is_visual=`` themselves (``future-light``) get the types; see :mod:`attnlab.models.lm.token_types`
+                (layers, cached decoding, semantics P and R).
         """
-        mask = self._validate(idx, inputs_embeds, caches, token_types)
+        types = self._validate(idx, inputs_embeds, caches, token_types)
         if idx is None and self._token_emb_layers:
             i = self._token_emb_layers[0]
             raise ValueError(f"layer {i + 1} uses {self.blocks[i].mechanism!r}, whose queries and keys come from the "
@@ -139,10 +141,11 @@ class LM(nn.Module):
             if caches is not None:
                 raise ValueError("cached decoding is not available while layers are skipped (LM.skipping); use the "
                                  "full forward")
-            return self._forward_skipping(x, e, mask)
+            return self._forward_skipping(x, e, types)
         fixed = self._fixed_hidden(e.shape[1], caches)
         for i, block in enumerate(self.blocks):
-            kw = with_mask(block_attn_kwargs(block, token_emb=e, fixed_hidden=fixed[i] if fixed else None), mask)
+            kw = with_types(block_attn_kwargs(block, token_emb=e, fixed_hidden=fixed[i] if fixed else None),
+                            block.attn, types)
             x = block(x, caches[i] if caches is not None else None, attn_kwargs=kw)  # (B, T, C)
         return self.lm_head(self.norm_f(x))  # (B, T, V)
 
@@ -174,7 +177,7 @@ class LM(nn.Module):
         finally:
             self._skip = old
 
-    def _forward_skipping(self, x: Tensor, e: Tensor, mask: Mask | None) -> Tensor:
+    def _forward_skipping(self, x: Tensor, e: Tensor, types: CallTypes | None) -> Tensor:
         skip, part = self._skip
         active: list[tuple[int, nn.Module]] = [
             (i, MixerSkipped(b) if i in skip else b) for i, b in enumerate(self.blocks) if i not in skip or part == "mixer"]
@@ -184,7 +187,7 @@ class LM(nn.Module):
             for (i, _), st in zip(active, states):
                 fixed[i] = st
         for i, block in active:
-            kw = with_mask(block_attn_kwargs(block, token_emb=e, fixed_hidden=fixed[i]), mask)
+            kw = with_types(block_attn_kwargs(block, token_emb=e, fixed_hidden=fixed[i]), block.attn, types)
             x = block(x, None, attn_kwargs=kw)  # (B, T, C)
         return self.lm_head(self.norm_f(x))  # (B, T, V)
 

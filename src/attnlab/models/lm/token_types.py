@@ -2,10 +2,16 @@
 
 ``LM(idx or inputs_embeds, token_types=TokenTypes(is_visual=..., kind=..., keep=..., semantics=...))`` runs every
 layer's self-attention under ``token_types.mask`` (:mod:`attnlab.masks.vlm`, spec future_mask.md §2-§3) instead of
-its causal mask, for that call only: nothing is stored in the model. The mask reaches each layer as the per-call
-``mask=`` argument of :class:`~attnlab.layers.mha.MultiHeadAttention`; it replaces the causal mask, so only layers
-whose own mask is exactly causal take it (``standard``, ``gqa``, ``mqa``, the Luong/Bahdanau scores, ...), and a
-model with any other layer (sliding window, CASTLE, linear, the deconstructed variants) refuses ``token_types``.
+its causal mask, for that call only: nothing is stored in the model. Each layer gets it in one of two ways:
+
+* a layer whose class declares ``token_inputs = ("is_visual", "key_valid")`` (``future-light``, the light
+  future-aware merge of spec §4) gets the token types themselves: ``is_visual`` for the call's positions (``None`` once every position of the call lies
+  beyond ``L``, i.e. in decoding) and ``key_valid`` = ``keep`` extended with ``True`` over every key of the call
+  (``None`` without ``keep``). Its own config chooses its future region; ``kind`` and ``semantics`` do not reach it.
+* any other layer gets ``token_types.mask`` as the per-call ``mask=`` of
+  :class:`~attnlab.layers.mha.MultiHeadAttention`, in place of its causal mask; so it must be multi-head softmax
+  attention whose own mask is exactly causal (``standard``, ``gqa``, ``mqa``, the Luong/Bahdanau scores, ...). A
+  model with any other layer (sliding window, CASTLE, linear, the deconstructed variants) refuses ``token_types``.
 
 Visual positions are given as embeddings: pass ``inputs_embeds`` with image features at the ``is_visual``
 positions (the LM has no vision encoder). Token types are absolute positions: ``is_visual[b, j]`` types position
@@ -20,27 +26,59 @@ R coincides with P and may be cached.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from attnlab.layers.mha import MultiHeadAttention
 from attnlab.masks import Mask
 from attnlab.masks.vlm import TokenTypes
 
-__all__ = ["check_token_types", "check_generate_token_types", "check_model_takes_masks", "with_mask"]
+__all__ = ["CallTypes", "check_token_types", "check_generate_token_types", "check_model_takes_masks",
+           "takes_token_types", "with_types"]
+
+
+
+def takes_token_types(layer: nn.Module) -> bool:
+    """Whether ``layer`` takes ``is_visual=`` and ``key_valid=`` itself, instead of a per-call mask: its class
+    declares them in ``token_inputs`` (the per-call inputs a model passes in the block's ``attn_kwargs``)."""
+    return {"is_visual", "key_valid"} <= set(getattr(type(layer), "token_inputs", ()))
+
+
+@dataclass(frozen=True)
+class CallTypes:
+    """What the layers of one LM call get: ``mask`` (mask-taking layers) or ``is_visual``/``key_valid`` (layers
+    that take token types); see the module docstring."""
+
+    mask: Mask
+    is_visual: Tensor | None
+    key_valid: Tensor | None
+
+
+def _extend(t: Tensor, n: int, value: bool) -> Tensor:
+    """``t`` ``(..., L)`` cut or padded with ``value`` to ``(..., n)``."""
+    L = t.shape[-1]
+    if n <= L:
+        return t[..., :n]
+    return torch.cat([t, torch.full((*t.shape[:-1], n - L), value, dtype=torch.bool, device=t.device)], dim=-1)
+
 
 
 def check_model_takes_masks(blocks: Sequence[nn.Module], mechanisms: Sequence[str]) -> None:
-    """Every layer must be multi-head softmax attention whose own mask is exactly causal (it takes the per-call
-    future mask in its place)."""
+    """Every layer must take token types itself, or be multi-head softmax attention whose own mask is exactly causal
+    (it takes the per-call future mask in its place)."""
     for i, (block, name) in enumerate(zip(blocks, mechanisms)):
         attn = block.attn
         own = getattr(attn, "mask", None)
+        if takes_token_types(attn):
+            continue
         if not isinstance(attn, MultiHeadAttention) or not isinstance(own, Mask) or not own.plain_causal:
             raise ValueError(
                 f"token_types needs every layer to be causal multi-head softmax attention (e.g. 'standard'), whose "
-                f"causal mask the future mask replaces; layer {i + 1} uses {name!r}")
+                f"causal mask the future mask replaces, or to take is_visual= itself ('future-light'); layer {i + 1} "
+                f"uses {name!r}")
 
 
 def _check_type(token_types: object) -> TokenTypes:
@@ -69,9 +107,9 @@ def check_generate_token_types(token_types: object, *, prompt_len: int, max_new_
 
 
 def check_token_types(token_types: object, *, blocks: Sequence[nn.Module], mechanisms: Sequence[str],
-                      batch_size: int, offset: int, T: int, cached: bool) -> Mask:
+                      batch_size: int, offset: int, T: int, cached: bool) -> CallTypes:
     """Refuse a bad ``token_types`` for a call of ``T`` tokens at positions ``offset ..`` of ``batch_size`` rows
-    (``cached``: with decoding caches); returns the mask every layer gets."""
+    (``cached``: with decoding caches); returns what the layers get."""
     token_types = _check_type(token_types)
     check_model_takes_masks(blocks, mechanisms)
     B = token_types.batch_size
@@ -83,11 +121,16 @@ def check_token_types(token_types: object, *, blocks: Sequence[nn.Module], mecha
                          f"(cached {offset} + T={T}); the first call (prefill) must hold every typed position")
     if cached:
         _refuse_cache(token_types, "caches=None")
-    return token_types.mask
+    end = offset + T
+    vis = None if offset >= L else _extend(token_types.is_visual, end, False)[..., offset:]  # (B or -, T)
+    keep = token_types.keep
+    return CallTypes(mask=token_types.mask, is_visual=vis, key_valid=None if keep is None else _extend(keep, end, True))
 
 
-def with_mask(kwargs: dict[str, Any] | None, mask: Mask | None) -> dict[str, Any] | None:
-    """A block's ``attn_kwargs`` plus the per-call ``mask`` (unchanged when there is none)."""
-    if mask is None:
+def with_types(kwargs: dict[str, Any] | None, layer: nn.Module, call: CallTypes | None) -> dict[str, Any] | None:
+    """A block's ``attn_kwargs`` plus what ``layer`` gets from ``call`` (unchanged without token types)."""
+    if call is None:
         return kwargs
-    return {**(kwargs or {}), "mask": mask}
+    if takes_token_types(layer):
+        return {**(kwargs or {}), "is_visual": call.is_visual, "key_valid": call.key_valid}
+    return {**(kwargs or {}), "mask": call.mask}
