@@ -251,7 +251,7 @@ def extra_pairs(kind: FutureKind, is_visual: Tensor, *, keep: Tensor | None = No
     return counts if m.per_batch else counts[0]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)  # eq on tensors would be ambiguous: compare by identity
 class TokenTypes:
     """Token types and the mask to build from them, for one model call (``LM(idx, token_types=...)``).
 
