@@ -7,9 +7,11 @@ Qwen2-VL wraps each image in its ``<|vision_start|>``/``<|vision_end|>`` tokens 
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
@@ -110,6 +112,22 @@ class Tiny:
 def cache_of(output: object) -> object:
     """The cache of a model output, under either field name."""
     return getattr(output, CACHE)
+
+
+def one_decode_step(t: Tiny, patch: Any, inputs: dict) -> tuple[object, list, object, object]:
+    """Prefill ``inputs`` inside ``patch`` (a context manager), then take one greedy decoding step twice from the
+    prefill's cache: inside the patch on the cache itself, and after leaving it on a copy. Returns the prefill
+    output, the prefill's keys and values per layer (cloned before the step), and the two step outputs."""
+    with patch:
+        prefill = t.model(**inputs, use_cache=True)
+        kv0 = [(layer.keys.clone(), layer.values.clone()) for layer in cache_of(prefill).layers]
+        step: dict = dict(input_ids=prefill.logits[:, -1:].argmax(-1))
+        if t.family == "qwen2_vl":  # text positions continue from its stored rope deltas
+            step["mm_token_type_ids"] = torch.zeros(1, 1, dtype=torch.int)
+        outside_cache = copy.deepcopy(cache_of(prefill))
+        inside = t.model(**step, **{CACHE: cache_of(prefill)}, use_cache=True)
+    outside = t.model(**step, **{CACHE: outside_cache}, use_cache=True)
+    return prefill, kv0, inside, outside
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,11 +9,10 @@ are float64; "bitwise" comparisons use ``torch.equal``.
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
-from conftest import ATTNS, CACHE, NO_TRANSFORMERS, Tiny, _build, cache_of
+from conftest import ATTNS, CACHE, NO_TRANSFORMERS, Tiny, _build, cache_of, one_decode_step
 
 from attnlab.masks import dense
 from attnlab.masks.vlm import future_mask
@@ -187,16 +186,7 @@ def test_i10_cached_generate_equals_recompute_under_p(tiny: Tiny, kind: str) -> 
 def test_i9_decoding_after_the_masked_prefill_is_the_models_own(tiny: Tiny) -> None:
     inputs = tiny.inputs(TWO_IMAGES)
     L = inputs["input_ids"].shape[1]
-    with hf.apply_future_mask(tiny.model, "f"):
-        prefill = tiny.model(**inputs, use_cache=True)
-        nxt = prefill.logits[:, -1:].argmax(-1)
-        kv0 = [(layer.keys.clone(), layer.values.clone()) for layer in cache_of(prefill).layers]
-        step: dict = dict(input_ids=nxt)  # Qwen2-VL: text positions continue from its stored rope deltas
-        if tiny.family == "qwen2_vl":
-            step["mm_token_type_ids"] = torch.zeros(1, 1, dtype=torch.int)
-        outside_cache = copy.deepcopy(cache_of(prefill))
-        inside = tiny.model(**step, **{CACHE: cache_of(prefill)}, use_cache=True)
-    outside = tiny.model(**step, **{CACHE: outside_cache}, use_cache=True)
+    _, kv0, inside, outside = one_decode_step(tiny, hf.apply_future_mask(tiny.model, "f"), inputs)
     assert torch.equal(inside.logits, outside.logits)
     assert cache_of(inside).get_seq_length() == L + 1
     for (k, v), layer in zip(kv0, cache_of(inside).layers):

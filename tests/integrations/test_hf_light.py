@@ -10,11 +10,10 @@ batch equals each sample alone; the reference and SDPA forms agree inside the mo
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
-from conftest import CACHE, NO_TRANSFORMERS, Tiny, cache_of
+from conftest import NO_TRANSFORMERS, Tiny, cache_of, one_decode_step
 
 pytest.importorskip("transformers", reason=NO_TRANSFORMERS)
 from attnlab.integrations import hf  # noqa: E402
@@ -87,14 +86,7 @@ def test_l4_decoding_after_the_light_prefill_is_plain_cached_attention(tiny_sdpa
     inputs = t.inputs(TWO_IMAGES)
     L = inputs["input_ids"].shape[1]
     native = cache_of(t.model(**inputs, use_cache=True))
-    with hf.apply_light_future(t.model):
-        prefill = t.model(**inputs, use_cache=True)
-        step: dict = dict(input_ids=prefill.logits[:, -1:].argmax(-1))
-        if t.family == "qwen2_vl":
-            step["mm_token_type_ids"] = torch.zeros(1, 1, dtype=torch.int)
-        outside_cache = copy.deepcopy(cache_of(prefill))
-        inside = t.model(**step, **{CACHE: cache_of(prefill)}, use_cache=True)
-    outside = t.model(**step, **{CACHE: outside_cache}, use_cache=True)
+    prefill, _, inside, outside = one_decode_step(t, hf.apply_light_future(t.model), inputs)
     assert torch.equal(inside.logits, outside.logits)
     assert cache_of(inside).get_seq_length() == L + 1
     for a, b in zip(cache_of(prefill).layers, native.layers):
