@@ -252,3 +252,30 @@ def test_future_light_layers_get_the_token_types() -> None:
         step = lm(inputs_embeds=lm.embed(pre[:, -1].argmax(-1, keepdim=True)), caches=caches, token_types=tt)
     torch.testing.assert_close(pre, batch, **TOL)
     assert torch.isfinite(step).all() and all(c.seq_len == L + 1 for c in caches)
+
+
+@pytest.mark.parametrize("kind", ["f", "v2v", "v2t"])
+def test_decoding_steps_use_the_native_causal_path_and_equal_the_masked_ones(kind: str) -> None:
+    """A call beyond the typed prompt holds only generated (text) rows: without padding the layers get no per-call
+    mask (their own causal path), and the step equals the same step run under the future mask."""
+    from attnlab.models.lm.token_types import check_token_types, with_types
+
+    lm = model()
+    tt = TokenTypes(is_visual=VIS, kind=kind)
+    decode = check_token_types(tt, blocks=lm.blocks, mechanisms=["standard"] * 2, batch_size=1, offset=L, T=1,
+                               cached=True)
+    assert decode.mask is None and with_types(None, lm.blocks[0].attn, decode) is None
+    prefill = check_token_types(tt, blocks=lm.blocks, mechanisms=["standard"] * 2, batch_size=1, offset=0, T=L,
+                                cached=True)
+    assert prefill.mask is tt.mask
+    padded = TokenTypes(is_visual=VIS, kind=kind, keep=torch.arange(L) >= 2)
+    assert check_token_types(padded, blocks=lm.blocks, mechanisms=["standard"] * 2, batch_size=1, offset=L, T=1,
+                             cached=True).mask is padded.mask  # pad keys must stay hidden
+    e = embeds(lm)
+    with torch.no_grad():
+        caches = lm.new_caches(1)
+        nxt = lm(inputs_embeds=e, caches=caches, token_types=tt)[:, -1:].argmax(-1)
+        fast = lm(nxt, caches=caches, token_types=tt)[:, -1]
+        full = torch.cat([e, lm.embed(nxt)], dim=1)
+        masked = lm(inputs_embeds=full, token_types=TokenTypes(is_visual=VIS, kind=kind))[:, -1]
+    torch.testing.assert_close(fast, masked, **TOL)

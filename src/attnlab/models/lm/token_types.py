@@ -52,7 +52,7 @@ class CallTypes:
     """What the layers of one LM call get: ``mask`` (mask-taking layers) or ``is_visual``/``key_valid`` (layers
     that take token types); see the module docstring."""
 
-    mask: Mask
+    mask: Mask | None  # None: the layers' own causal mask is exactly the future mask's rows of this call
     is_visual: Tensor | None
     key_valid: Tensor | None
 
@@ -124,7 +124,11 @@ def check_token_types(token_types: object, *, blocks: Sequence[nn.Module], mecha
     end = offset + T
     vis = None if offset >= L else _extend(token_types.is_visual, end, False)[..., offset:]  # (B or -, T)
     keep = token_types.keep
-    return CallTypes(mask=token_types.mask, is_visual=vis, key_valid=None if keep is None else _extend(keep, end, True))
+    # A call wholly beyond the typed prompt (decoding) has only generated, i.e. text, query rows: under every kind and
+    # semantics they see exactly the earlier valid keys, so without padding the layers' own causal mask is the same
+    # mask, and their native causal path saves building a dense mask row per step.
+    mask = None if offset >= L and keep is None else token_types.mask
+    return CallTypes(mask=mask, is_visual=vis, key_valid=None if keep is None else _extend(keep, end, True))
 
 
 def with_types(kwargs: dict[str, Any] | None, layer: nn.Module, call: CallTypes | None) -> dict[str, Any] | None:
@@ -133,4 +137,4 @@ def with_types(kwargs: dict[str, Any] | None, layer: nn.Module, call: CallTypes 
         return kwargs
     if takes_token_types(layer):
         return {**(kwargs or {}), "is_visual": call.is_visual, "key_valid": call.key_valid}
-    return {**(kwargs or {}), "mask": call.mask}
+    return kwargs if call.mask is None else {**(kwargs or {}), "mask": call.mask}
