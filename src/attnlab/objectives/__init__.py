@@ -3,6 +3,9 @@
 CAT (spec ``causal_training.md`` Part A): :mod:`attnlab.objectives.annotations` reads the released JSON-lines
 records (``input``, ``target``, ``important``: effect phrase <- cause phrases) and turns one into the token-level
 adjacency ``M``; :mod:`attnlab.objectives.cat` is the re-attention loss over captured attention probabilities.
+
+LeaF (Part B): :mod:`attnlab.objectives.saliency` is the shared input-gradient saliency;
+:mod:`attnlab.objectives.leaf` detects confounding spans (stage 1) and is the hybrid distillation loss (stage 2).
 """
 
 from attnlab.objectives.annotations import (
@@ -20,6 +23,15 @@ from attnlab.objectives.cat import (
     cat_loss,
     re_attention_loss,
 )
+from attnlab.objectives.leaf import (
+    Counterfactual,
+    Detection,
+    LeafDetectConfig,
+    detect_confounders,
+    leaf_kd_loss,
+    token_kd_loss,
+)
+from attnlab.objectives.saliency import input_gradient_saliency
 
 __all__ = [
     "AdjacencyResult",
@@ -27,10 +39,17 @@ __all__ = [
     "CATConfig",
     "CATResult",
     "CausalRecord",
+    "Counterfactual",
+    "Detection",
+    "LeafDetectConfig",
     "averaged_attention",
     "cat_loss",
     "causal_adjacency",
+    "detect_confounders",
+    "input_gradient_saliency",
+    "leaf_kd_loss",
     "parse_record",
     "re_attention_loss",
     "read_records",
+    "token_kd_loss",
 ]
