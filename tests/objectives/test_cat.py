@@ -126,6 +126,43 @@ def test_char_tokenizer_splits_phrases_and_pad_truncation() -> None:
     assert short.M.shape == (6, 6) and short.M.sum() == 0 and short.missing == ["x"]
 
 
+def test_subword_tokenizer_phrases_split_into_pieces_are_found() -> None:
+    pytest.importorskip("tokenizers")
+    from attnlab.data.subword import SubwordTokenizer
+
+    tok = SubwordTokenizer.train(["Smoking: 7, Weight: 9, Gene: 3 Answer: High Risk"] * 30
+                                 + ["Low Risk, Yellow fingers: 4"] * 30)
+    r = _rec("Gene: 3, Smoking: 7, Weight: 9 Answer: ", "High Risk", {"High Risk": ["Smoking: 7", "Weight: 9"]})
+    res = causal_adjacency(r, tok)
+    assert res.missing == []
+    ids = res.ids
+
+    def span(phrase: str, after: int = 0) -> tuple[int, int]:
+        pat = tok.encode(phrase)
+        s = next(i for i in range(after, len(ids)) if ids[i:i + len(pat)] == pat)
+        return s, len(pat)
+
+    (kp, lk), (v1, l1), (v2, l2) = span("High Risk"), span("Smoking: 7"), span("Weight: 9")
+    assert lk >= 1 and l1 >= 2  # "Smoking: 7" is several tokens
+    want = torch.zeros(len(ids), len(ids))
+    want[kp - 1:kp + lk - 1, v1:v1 + l1] = 1
+    want[kp - 1:kp + lk - 1, v2:v2 + l2] = 1
+    assert torch.equal(res.M, want)
+
+
+def test_gpt2_text_start_and_leading_space_forms() -> None:
+    from attnlab.data.tokenizers import GPT2Tokenizer
+
+    tok = GPT2Tokenizer()
+    r = _rec("Smoking: 7, Weight: 9 Answer: ", "High Risk", {"High Risk": ["Smoking: 7", "Weight: 9"]})
+    res = causal_adjacency(r, tok)
+    # Sm|oking|:| 7|,| Weight|:| 9| Answer|:| High| Risk: "Smoking: 7" matches at the start without the space
+    assert len(res.ids) == 12 and res.missing == []
+    want = torch.zeros(12, 12)
+    want[9:11, [0, 1, 2, 3, 5, 6, 7]] = 1  # effect [10, 12) -> rows [9, 11)
+    assert torch.equal(res.M, want)
+
+
 def test_phrase_with_unknown_words_or_characters_is_missing_not_matched() -> None:
     res = causal_adjacency(_rec("Smoking: 7 Answer: ", "High", {"High": ["Smoking: banana"]}), WORDS)
     assert res.M.sum() == 0 and res.missing == ["Smoking: banana"]
@@ -275,7 +312,6 @@ def test_reduction_to_ce_when_no_supervision_or_all_satisfied() -> None:  # orac
         (ce + res.loss).backward()
         with_cat = [p.grad.clone() for p in m.parameters()]
         m.zero_grad(set_to_none=True)
-        m(idx)
         ce2 = torch.nn.functional.cross_entropy(m(idx)[:, :-1].reshape(-1, 12), idx[:, 1:].reshape(-1))
         ce2.backward()
         for g, p in zip(with_cat, m.parameters()):

@@ -8,7 +8,8 @@ A record is one JSON object per line::
 ``important`` is a list of single-key objects ``{effect_phrase: [cause_phrase, ...]}``; test and OOD records
 carry none. Phrases are located in the *token* sequence of ``input + target`` (spec A.4), so any attnlab
 tokenizer with ``encode`` works (char, word, gpt2, subword): a phrase the tokenizer splits into several tokens
-is matched as the whole token run; a phrase whose tokens merge with the surrounding text (a BPE merge across
+is matched as the whole token run (for a tokenizer that turns the leading space into extra tokens found nowhere in
+the text, the pattern of the plain phrase is also tried); a phrase whose tokens merge with the surrounding text (a BPE merge across
 the phrase boundary) has no exact token match and, as in the released code, marks nothing. Such phrases are
 reported in :attr:`AdjacencyResult.missing` instead of being dropped silently.
 
@@ -155,12 +156,25 @@ def _pattern(tok: _Encoder, phrase: str) -> list[int] | None:
     return ids
 
 
+def _contains(ids: list[int], run: list[int]) -> bool:
+    m = len(run)
+    return any(ids[s:s + m] == run for s in range(len(ids) - m + 1))
+
+
 def _occurrences(text_ids: list[int], tok: _Encoder, phrase: str, text: str) -> list[tuple[int, int]]:
     """``(start, length)`` of every exact token match of ``" " + phrase`` (and of ``phrase`` at the text start)."""
     found: set[tuple[int, int]] = set()
-    patterns = [_pattern(tok, " " + phrase)]
+    lead = _pattern(tok, " " + phrase)
+    patterns = [lead]
     if text.startswith(phrase):
         patterns.append(_pattern(tok, phrase))
+    plain = _pattern(tok, phrase)
+    if lead and plain and len(lead) > len(plain) and lead[-len(plain):] == plain \
+            and not _contains(text_ids, lead[:-len(plain)]):
+        # the leading space became tokens of its own that never occur inside the text: the tokenizer already
+        # prefixes every word with its space marker (attnlab's subword tokenizer prepends " " and marks words
+        # with "Ġ"), so inside the text " phrase" appears as the tokens of the plain phrase
+        patterns.append(plain)
     n = len(text_ids)
     for pat in patterns:
         if pat is None:
