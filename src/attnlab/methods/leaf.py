@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab._validation import check_float
-from attnlab.objectives.saliency import SaliencyMode, SaliencyReduce, input_gradient_saliency
+from attnlab.methods.saliency import SaliencyMode, SaliencyReduce, input_gradient_saliency
 
 __all__ = [
     "LeafDetectConfig",
@@ -58,7 +58,7 @@ class LeafDetectConfig:
         p: quantile position in ``[0, 1)``: τ uses the element at ``⌊p·n⌋`` of the ascending sort of Δ
             (0.05 in the released math script, 0.10 in the code script).
         cap: upper bound on τ in ``[0, 1]`` (0.5 in the released code).
-        reduce: saliency reduction over the embedding dimension (see :mod:`attnlab.objectives.saliency`).
+        reduce: saliency reduction over the embedding dimension (see :mod:`attnlab.methods.saliency`).
         mode: module mode during the saliency passes (``"eval"`` by default; the release uses training mode).
         never_mark_ids: token ids never marked (whitespace, newline, backslash tokens of the tokenizer).
     """

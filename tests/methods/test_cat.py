@@ -12,7 +12,7 @@ import torch
 from attnlab.data.tokenizers import CharTokenizer, WordTokenizer
 from attnlab.layers.capture import capture_attention
 from attnlab.models import LM, LMConfig
-from attnlab.objectives import (
+from attnlab.methods import (
     AnnotationError,
     CATConfig,
     CausalRecord,

@@ -1,14 +1,14 @@
 """Training objectives that attach to a task: causal-attention supervision (CAT) and related methods.
 
-CAT (spec ``causal_training.md`` Part A): :mod:`attnlab.objectives.annotations` reads the released JSON-lines
+CAT (spec ``causal_training.md`` Part A): :mod:`attnlab.methods.annotations` reads the released JSON-lines
 records (``input``, ``target``, ``important``: effect phrase <- cause phrases) and turns one into the token-level
-adjacency ``M``; :mod:`attnlab.objectives.cat` is the re-attention loss over captured attention probabilities.
+adjacency ``M``; :mod:`attnlab.methods.cat` is the re-attention loss over captured attention probabilities.
 
-LeaF (Part B): :mod:`attnlab.objectives.saliency` is the shared input-gradient saliency;
-:mod:`attnlab.objectives.leaf` detects confounding spans (stage 1) and is the hybrid distillation loss (stage 2).
+LeaF (Part B): :mod:`attnlab.methods.saliency` is the shared input-gradient saliency;
+:mod:`attnlab.methods.leaf` detects confounding spans (stage 1) and is the hybrid distillation loss (stage 2).
 """
 
-from attnlab.objectives.annotations import (
+from attnlab.methods.annotations import (
     AdjacencyResult,
     AnnotationError,
     CausalRecord,
@@ -16,14 +16,14 @@ from attnlab.objectives.annotations import (
     parse_record,
     read_records,
 )
-from attnlab.objectives.cat import (
+from attnlab.methods.cat import (
     CATConfig,
     CATResult,
     averaged_attention,
     cat_loss,
     re_attention_loss,
 )
-from attnlab.objectives.leaf import (
+from attnlab.methods.leaf import (
     Counterfactual,
     Detection,
     LeafDetectConfig,
@@ -31,7 +31,7 @@ from attnlab.objectives.leaf import (
     leaf_kd_loss,
     token_kd_loss,
 )
-from attnlab.objectives.saliency import input_gradient_saliency
+from attnlab.methods.saliency import input_gradient_saliency
 
 __all__ = [
     "AdjacencyResult",

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnlab.models.lm import LMConfig
-from attnlab.objectives.leaf import (LeafDetectConfig, detect_confounders, leaf_kd_loss, mark_confounders,
+from attnlab.methods.leaf import (LeafDetectConfig, detect_confounders, leaf_kd_loss, mark_confounders,
                                      marked_spans, minmax_normalise, prune_span, token_kd_loss)
-from attnlab.objectives.saliency import input_gradient_saliency
+from attnlab.methods.saliency import input_gradient_saliency
 
 IGN = -100
 
