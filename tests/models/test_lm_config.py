@@ -105,3 +105,18 @@ def test_non_causal_mechanisms_are_rejected(name: str) -> None:
 def test_parity_needs_at_least_one_head(tiny_mechanisms: None) -> None:
     with pytest.raises(ValueError, match="gives 0 heads for n_heads=1"):
         LMConfig(**{**BASE, "n_heads": 1}, attention="test-tiny-4of7")
+
+
+@pytest.mark.parametrize("n", [4097, 10**8, 10**11])
+def test_a_huge_layer_count_is_refused_at_once(n: int) -> None:
+    """Found by the fuzz test of ``train --set``: ``model.n_layers=99999999999`` used to run out of memory (and 1e8
+    to take minutes) while the stack was checked layer by layer, before any error."""
+    from attnlab.models.encdec import EncDecConfig
+    from attnlab.models.timeseries import TransformerForecasterConfig
+
+    with pytest.raises(ValueError, match=rf"n_layers={n} is more layers than a stack may have \(4096 at most\)"):
+        LMConfig(vocab_size=8, n_layers=n)
+    with pytest.raises(ValueError, match=rf"n_encoder_layers={n} is more layers"):
+        EncDecConfig(vocab_size=8, n_encoder_layers=n)
+    with pytest.raises(ValueError, match=rf"n_layers={n} is more layers"):
+        TransformerForecasterConfig(n_layers=n)

@@ -197,7 +197,15 @@ def _layer_config(name: str, user: dict[str, Any], *, parity: bool, d_model: int
     return cfg
 
 
+#: the most layers a stack may have: a larger count is a typo, and checking or building it would take minutes or
+#: exhaust memory before any error (found by the fuzz test of ``train --set``)
+MAX_LAYERS = 4096
+
+
 def check_positive_ints(owner: object, *names: str) -> None:
-    """Each ``owner.<name>`` must be an int >= 1 (the message names the field)."""
+    """Each ``owner.<name>`` must be an int >= 1, and a layer count (a name ending in ``layers``) at most
+    :data:`MAX_LAYERS` (the message names the field)."""
     for name in names:
-        check_int(name, getattr(owner, name), 1)
+        value = check_int(name, getattr(owner, name), 1)
+        if name.endswith("layers") and value > MAX_LAYERS:
+            raise ValueError(f"{name}={value} is more layers than a stack may have ({MAX_LAYERS} at most)")

@@ -18,7 +18,7 @@ from attnlab._validation import check_bool, check_float, check_head_geometry, ch
 from attnlab.config import PlainConfig
 from attnlab.layers._common import HeadGeometry
 from attnlab.models.common import Widths
-from attnlab.models.stack import ResolvedStack, resolve_stack
+from attnlab.models.stack import ResolvedStack, check_positive_ints, resolve_stack
 
 __all__ = ["DLinearConfig", "TransformerForecasterConfig", "AutoHFormerConfig", "ForecastModelConfig", "ARCHS"]
 
@@ -74,8 +74,7 @@ class TransformerForecasterConfig(Widths, PlainConfig):
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        for name in ("n_layers", "d_model", "n_heads"):
-            check_int(name, getattr(self, name), 1)
+        check_positive_ints(self, "n_layers", "d_model", "n_heads")
         self.check_widths()
         self._stack: ResolvedStack = resolve_stack(
             attention=self.attention, schedule="uniform", n_layers=self.n_layers, options=self.attention_options,
@@ -133,7 +132,7 @@ class AutoHFormerConfig(HeadGeometry, PlainConfig):
     impl: Literal["auto", "reference", "banded", "sdpa", "flex"] = "auto"
 
     def __post_init__(self) -> None:
-        check_int("n_layers", self.n_layers, 1)
+        check_positive_ints(self, "n_layers")
         check_head_geometry(self.d_model, self.n_heads, self.head_dim)
         check_int("ffn_hidden", self.ffn_hidden, 1)
         check_float("dropout", self.dropout, low=0.0, high=1.0)
