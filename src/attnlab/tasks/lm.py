@@ -138,10 +138,9 @@ class LanguageModeling(Task):
 
     def __init__(self, model: LMConfig, data: LMDataConfig, *, seed: int, options: LMOptions | None = None,
                  corpus: Any = None, tokenizer: Any = None, progress: bool = False) -> None:
-        super().__init__(model, data, seed=seed)
+        super().__init__(model, data, seed=seed, progress=progress)
         self._corpus = corpus
         self._tokenizer = tokenizer if tokenizer is not None else (corpus.tokenizer if corpus is not None else None)
-        self.progress = progress
         #: where a decon_fixedseqqk model's fixed sequence came from (``None``: no such model built yet)
         self.fixed_tokens: dict[str, Any] | None = None
         self._from_checkpoint = False
