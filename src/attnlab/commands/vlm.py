@@ -1,11 +1,16 @@
-"""``attnlab vlm influence --out DIR``: the vision-language experiments of spec ``future_mask.md`` §7 that are not
-timed (the cost experiment E3 is ``attnlab bench future``).
+"""``attnlab vlm influence|digits --out DIR``: the vision-language experiments of spec ``future_mask.md`` §7 that
+are not timed (the cost experiment E3 is ``attnlab bench future``).
 
 ``influence`` (E2): per mask kind (``c``, ``f``, ``v2v``, ``v2t``, ``light``), the influence of every input position on
 every output position at the first and the last layer of a small random LM on a two-image layout
 (:mod:`attnlab.bench.influence`); writes ``influence-<kind>.png``, ``influence-gallery.png``, ``influence.md`` (with
 the checks of what each mask should open) and ``influence.pt``. Exit status 1 when a check fails, 2 (``attnlab:
 error: ...`` on stderr) for a bad option.
+
+``digits`` (E4): two-image questions about scikit-learn's handwritten digits (``pip install attnlab[digits]``); a
+model trained under each mask with every seed, each scored under every mask (:mod:`attnlab.study.digits`); writes
+the comparison's files plus ``masks.md``, ``masks.csv`` and ``masks.png``. Resumable: the same command keeps finished
+runs; ``--force`` moves an existing directory aside.
 """
 
 from __future__ import annotations
@@ -14,13 +19,20 @@ import argparse
 import dataclasses
 import shlex
 
-HELP = "vision-language mask experiments: influence maps of the future-aware masks (spec future_mask.md E2)"
+HELP = ("vision-language mask experiments: influence maps of the future-aware masks (spec future_mask.md E2) and the "
+        "two-image digits task (E4)")
+
+_INFLUENCE_ONLY = ("quick", "length", "d_model", "n_heads", "n_layers", "kinds", "light_mu", "eps", "seed")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment", choices=["influence"], help="which experiment")
-    p.add_argument("--out", default="out/vlm-influence", help="output directory (default out/vlm-influence)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes (L=24, d_model 16, 2 layers): about a second")
+    p.add_argument("experiment", choices=["influence", "digits"], help="which experiment")
+    p.add_argument("--out", default=None, help="output directory (default out/vlm-<experiment>)")
+    p.add_argument("--preset", default=None, choices=["full", "quick"],
+                   help="digits: full (3 seeds, about 2 min per run on one core; default) or quick (seconds)")
+    p.add_argument("--seeds", default=None, help="digits: comma-separated seeds (default: 0,1,2 for full)")
+    p.add_argument("--force", action="store_true", help="digits: move an existing output directory aside")
+    p.add_argument("--quick", action="store_true", help="influence: tiny sizes (L=24, d_model 16, 2 layers): about a second")
     p.add_argument("--length", type=int, default=None, help="prompt positions L, 16 to 512 (default 96)")
     p.add_argument("--d-model", type=int, default=None, help="LM width (default 64)")
     p.add_argument("--n-heads", type=int, default=None, help="heads (default 4)")
@@ -32,6 +44,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from attnlab.commands._config_args import fail
+
+    if args.out is None:
+        args.out = f"out/vlm-{args.experiment}"
+    if args.experiment == "digits":
+        return _digits(args)
+    for k in ("preset", "seeds"):
+        if getattr(args, k) is not None:
+            return fail(f"--{k} is an option of 'attnlab vlm digits', not of influence")
+    if args.force:
+        return fail("--force is an option of 'attnlab vlm digits', not of influence")
+    return _influence(args)
+
+
+def _digits(args: argparse.Namespace) -> int:
+    from attnlab.commands._config_args import fail
+    from attnlab.study.digits import run_digits
+
+    given = [k for k in _INFLUENCE_ONLY if getattr(args, k) not in (None, False)]
+    if given:
+        return fail(f"--{given[0].replace('_', '-')} is an option of 'attnlab vlm influence', not of digits")
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            return fail(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+        if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            return fail(f"--seeds must be distinct integers >= 0, got {args.seeds!r}")
+    preset = args.preset or "full"
+    try:
+        paths = run_digits(preset, args.out, seeds=seeds, force=args.force)
+    except (ImportError, ValueError) as exc:  # no scikit-learn; a directory holding another comparison
+        return fail(str(exc))
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _influence(args: argparse.Namespace) -> int:
     from attnlab.bench.influence import QUICK, InfluenceConfig, write_influence
     from attnlab.commands._config_args import fail
 

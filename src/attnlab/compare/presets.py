@@ -4,6 +4,8 @@
   (characters) with tiny models; sized to finish within 10 minutes on a 2-core CPU.
 * ``tiny``: a seconds-long smoke comparison for tests.
 * ``multi30k-scores``: the four cross-attention scores of translation, three seeds.
+* ``digits-masks``, ``digits-masks-quick``: the two-image digits task trained under each future-aware mask
+  (:mod:`attnlab.study.digits`; ``attnlab vlm digits`` adds the train x evaluation mask report).
 * ``forecast-quick``: DLinear, the causal Transformer and AutoHFormer on ETTh1 (the ``etth1-quick`` run: look-back
   96, horizon 24, 60 steps), two seeds; other horizons with ``--set data.horizon=N`` (one comparison per horizon).
 
@@ -87,9 +89,27 @@ def forecast_quick() -> CompareConfig:
     return CompareConfig(base=base, variants=list(ARCHS), seeds=[0, 1])
 
 
+def digits_masks() -> CompareConfig:
+    """The ``digits-vqa`` run trained under each future-aware mask (``options.train_mask``: c, f, v2v, v2t), three
+    seeds, baseline the causal mask (``attnlab vlm digits`` adds the train x evaluation mask report)."""
+    from attnlab.masks.vlm import FUTURE_KINDS
+    from attnlab.train.presets import digits_vqa
+
+    return CompareConfig(base=digits_vqa(), variants=list(FUTURE_KINDS), baseline="c", seeds=[0, 1, 2])
+
+
+def digits_masks_quick() -> CompareConfig:
+    """:func:`digits_masks` at smoke size (``digits-vqa-quick``: seconds), two seeds."""
+    from attnlab.train.presets import digits_vqa_quick
+
+    return replace(digits_masks(), base=digits_vqa_quick(), seeds=[0, 1])
+
+
 COMPARE_PRESETS: dict[str, Callable[[], CompareConfig]] = {"quick": quick, "tiny": tiny, "multi30k-scores": multi30k_scores,
                                                            "multi30k-scores-tiny": multi30k_scores_tiny,
-                                                           "forecast-quick": forecast_quick}
+                                                           "forecast-quick": forecast_quick,
+                                                           "digits-masks": digits_masks,
+                                                           "digits-masks-quick": digits_masks_quick}
 
 
 def get_compare_preset(name: str) -> CompareConfig:

@@ -4,7 +4,9 @@ Registered tasks (``--task NAME``; imported lazily, so optional dependencies loa
 
 * ``lm``: language modelling (:class:`~attnlab.tasks.lm.LanguageModeling`);
 * ``translation``: encoder-decoder translation (:class:`~attnlab.tasks.translation.Translation`);
-* ``forecast``: multi-step time-series forecasting (:class:`~attnlab.tasks.forecast.Forecasting`).
+* ``forecast``: multi-step time-series forecasting (:class:`~attnlab.tasks.forecast.Forecasting`);
+* ``digits-vqa``: two-image questions about handwritten digits, trained and evaluated under the future-aware
+  masks (:class:`~attnlab.tasks.digits_vqa.DigitsVQA`; needs ``attnlab[digits]``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ TASKS: dict[str, str] = {
     "lm": "attnlab.tasks.lm:LanguageModeling",
     "translation": "attnlab.tasks.translation.task:Translation",
     "forecast": "attnlab.tasks.forecast:Forecasting",
+    "digits-vqa": "attnlab.tasks.digits_vqa:DigitsVQA",
 }
 
 
