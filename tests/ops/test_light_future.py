@@ -54,14 +54,15 @@ GRID += [dict(mu="f", pool=pool, pool_size=3, n_slots=2, reduce=red, slots_start
 GRID += [dict(mu=mu, merge_mode="lse_mass", pool_size=3) for mu in ("f", "v2t")]
 
 
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])  # unpadded: SDPA's is_causal path
 @pytest.mark.parametrize("opts", GRID, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
-def test_sdpa_equals_reference_outputs_and_gradients(opts):
+def test_sdpa_equals_reference_outputs_and_gradients(opts, padded):
     opts = dict(opts)
     iv = _layout()
     if opts.pop("slots_start", None):  # two sink slots need two real positions before the first image
         iv[1, 1] = False
     ref_in, fast_in = _qkv(requires_grad=True), _qkv(requires_grad=True)
-    keep = _padding()
+    keep = _padding() if padded else None
     ref = light_future_attention(*ref_in, is_visual=iv, key_valid=keep, impl="reference", **opts)
     fast = light_future_attention(*fast_in, is_visual=iv, key_valid=keep, impl="sdpa", **opts)
     torch.testing.assert_close(fast, ref, atol=1e-12, rtol=0)
@@ -201,7 +202,8 @@ def test_batch_and_padding_invariance(impl):
 
 
 def test_merge_costs_m_times_l_extra_scores():
-    """The SDPA form scores only the m visual rows against the L keys: 2 B H m L D extra matmul flops."""
+    """The SDPA form scores only the m visual rows against the L keys (2 B H m L D extra matmul flops), plus the
+    correction's two (m x p) @ (p x Dv) products per head (2 x 2 B H m p Dv, p = 1 slot)."""
     q, k, v = _qkv(7, length=32)
     iv = torch.zeros(B, 32, dtype=torch.bool)
     iv[0, 2:12] = True
@@ -211,7 +213,22 @@ def test_merge_costs_m_times_l_extra_scores():
         light_future_attention(q, k, v, is_visual=iv, impl="sdpa")
     with FlopCounterMode(display=False) as plain:
         softmax_attention(q, k, v, mask=causal() & key_padding(torch.ones(B, 32, dtype=torch.bool)), impl="sdpa")
-    assert light.get_total_flops() - plain.get_total_flops() == 2 * B * H * m * 32 * D
+    assert light.get_total_flops() - plain.get_total_flops() == 2 * B * H * m * 32 * D + 2 * 2 * B * H * m * 1 * D
+
+
+@pytest.mark.parametrize("merge_mode", ["add_logit", "lse_mass"])
+def test_sdpa_correction_stays_finite_and_exact_for_huge_merges(merge_mode):
+    """Future scores of several hundred (a merge far beyond float32's exp range) and a sink holding almost no
+    weight: the closed-form correction shifts its exponents, so float32 matches the float64 reference."""
+    q, k, v = _qkv(11)
+    iv = _layout()
+    k = k.clone()
+    k[:, :, -1] = 40.0 * q[:, :1, 3].mean(1, keepdim=True)  # the last (future, text) key aligns with visual rows
+    opts = dict(merge_mode=merge_mode, pool_size=3, reduce="lse") if merge_mode == "lse_mass" else {}
+    want = light_future_attention(q, k, v, is_visual=iv, impl="reference", **opts)
+    got = light_future_attention(q.float(), k.float(), v.float(), is_visual=iv, impl="sdpa", **opts)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=2e-5)
 
 
 def test_half_precision_runs_in_float32():

@@ -163,8 +163,8 @@ def light_future_attention(
         merge_mode: ``"add_logit"`` (add the summary to the sink's logit) or ``"lse_mass"`` (the sink's logit
             becomes ``log(exp S_sink + exp c)``; needs ``n_slots=1`` and ``reduce="lse"``).
         scale: score multiplier; ``None``: ``1 / sqrt(D)``.
-        impl: ``"reference"`` (float64-exact, step by step), ``"sdpa"`` (the merge on the visual rows only, as an
-            additive bias of one SDPA call), ``"flex"`` (the same merge as a FlexAttention ``score_mod`` on the causal
+        impl: ``"reference"`` (float64-exact, step by step), ``"sdpa"`` (causal SDPA, then the visual rows corrected in
+            closed form for their merge: ``O(m L)`` extra work, no ``(L, L)`` tensor), ``"flex"`` (the same merge as a FlexAttention ``score_mod`` on the causal
             ``BlockMask``; no backward on CPU) or ``"auto"`` (``"sdpa"``).
 
     Returns:

@@ -43,7 +43,7 @@ def flex_light_future_attention(q: Tensor, k: Tensor, v: Tensor, is_visual: Tens
                          pool=pool, pool_size=pool_size, reduce=reduce, merge_mode=merge_mode, scale=scale)
     c = torch.zeros(B, H, L, p, dtype=q.dtype, device=q.device)  # (B, H, L, p): the merge of each query row
     if merged is not None:
-        rows, delta, _ = merged
+        rows, delta = merged.rows, merged.delta
         c = c.scatter_add(2, rows[:, None, :, None].expand(B, H, rows.shape[1], p), delta)
 
     def mask_mod(b: Tensor, h: Tensor, qi: Tensor, kv: Tensor) -> Tensor:

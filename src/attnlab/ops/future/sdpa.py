@@ -1,4 +1,4 @@
-"""Light future-aware attention on SDPA: the merge term as an additive bias on the causal attention.
+"""Light future-aware attention on SDPA: causal SDPA for every row, then an exact correction of the visual rows.
 
 Shape legend: B batch, H query heads, H_kv key/value heads (H % H_kv == 0, G = H // H_kv), L sequence length,
 m the most visual tokens of any sample in the batch (visual query rows), D head dim, Dv value dim, p sink slots.
@@ -11,21 +11,28 @@ Only the visual rows can carry a merge (spec section 4.4, step 2), so the extra 
    ``k // 2``) on the masked scores, the mean as a ratio of pooled sums and pooled counts
 3. adaptive bins by each admitted key's rank in its row, reduced by max / mean / logsumexp; the default
    (``pool="max"``, ``reduce="max"``, ``p = 1``) takes the masked row maximum directly, which every pooling size
-   gives (section 4.5, k-invariance)
-4. the per-row merge terms are scattered into a ``(B, H, L, L)`` additive mask: ``-inf`` above the diagonal and
-   at padded keys, the merge at the slot columns of visual rows, 0 elsewhere; one SDPA call attends with it.
+   gives (section 4.5, k-invariance): the merge ``delta`` ``(B, H, m, p)`` added to the slots' logits
+4. one SDPA call over all rows with the causal mask alone (``is_causal``, the fused fast path, when nothing is
+   padded; else the boolean causal-and-padding mask), giving ``O`` and, from ``S_V``, each visual row's
+   ``lse = logsumexp`` over its causal keys
+5. the merge only reweights the ``p`` slot keys, so each merging row is corrected in closed form: with the slots'
+   old weights ``a_t = exp(S_t - lse)`` and new relative weights ``w_t = exp(S_t + delta_t - lse)``,
+   ``O' = (O - sum_t a_t v_t + sum_t w_t v_t) / (1 - sum_t a_t + sum_t w_t)``, evaluated with every exponent
+   shifted by ``M = max(0, max_t log w_t)`` so that no weight overflows.
 
-Without any merge row (no visual token with an admitted future) the call is SDPA with the boolean causal and
-padding mask alone. Inputs are assumed validated by :func:`attnlab.ops.future.light_future_attention`.
+No ``(B, H, L, L)`` tensor is built; the extra work is ``O(m L (D + 1))`` per head. Without any merge row the call
+is the causal SDPA alone. Inputs are assumed validated by :func:`attnlab.ops.future.light_future_attention`.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["sdpa_light_future_attention", "merge_terms"]
+__all__ = ["sdpa_light_future_attention", "merge_terms", "Merge"]
 
 
 def _visual_rows(is_visual: Tensor) -> tuple[Tensor, Tensor]:
@@ -66,11 +73,19 @@ def _reduced(pooled: Tensor, admitted: Tensor, p: int, reduce: str) -> Tensor:
     return masked.amax(-2) if reduce == "max" else torch.logsumexp(masked, dim=-2)  # (B, H, m, p)
 
 
+class Merge(NamedTuple):
+    """The merge of the visual rows (steps 1-3 of the module docstring)."""
+
+    rows: Tensor  # (B, m): the visual positions of each sample (padding entries: index 0, merges False)
+    delta: Tensor  # (B, H, m, p): what is added to the logits at ``slots`` in row ``rows[b, r]`` (0 where no merge)
+    merges: Tensor  # (B, 1, m, 1): whether the row has an admitted future
+    scores: Tensor  # (B, H, m, L): ``S_V``, the rows' scaled scores against every key
+
+
 def merge_terms(q: Tensor, k: Tensor, is_visual: Tensor, key_valid: Tensor, slots: Tensor, *, mu: str, pool: str,
-                pool_size: int, reduce: str, merge_mode: str, scale: float) -> tuple[Tensor, Tensor, Tensor] | None:
-    """The merge of every visual row: ``(rows (B, m), delta (B, H, m, p), merges (B, 1, m, 1))`` where ``delta`` is
-    what the bias adds at ``slots`` of query row ``rows[b, r]`` (0 where ``merges`` is False); ``None`` when no
-    row merges. ``k`` is ``(B, H, L, D)`` (key/value heads already repeated)."""
+                pool_size: int, reduce: str, merge_mode: str, scale: float) -> Merge | None:
+    """The merge of every visual row (:class:`Merge`); ``None`` when no row merges. ``k`` is ``(B, H, L, D)``
+    (key/value heads already repeated)."""
     if not bool(is_visual.any()):
         return None
     B, H, L, D = q.shape
@@ -92,28 +107,43 @@ def merge_terms(q: Tensor, k: Tensor, is_visual: Tensor, key_valid: Tensor, slot
     if merge_mode == "lse_mass":
         s_slot = s_v.gather(-1, slots[:, None, None, :].expand(B, H, rows.shape[1], p))  # (B, H, m, p)
         c = torch.logaddexp(s_slot, c) - s_slot
-    return rows, torch.where(merges, c, 0.0), merges
+    return Merge(rows, torch.where(merges, c, 0.0), merges, s_v)
 
 
 def sdpa_light_future_attention(q: Tensor, k: Tensor, v: Tensor, is_visual: Tensor, key_valid: Tensor,
                                 slots: Tensor, *, mu: str, pool: str, pool_size: int, reduce: str,
                                 merge_mode: str, scale: float) -> Tensor:
-    """Light future-aware prefill attention via SDPA with an additive bias; see the module docstring."""
+    """Light future-aware prefill attention: causal SDPA, then the visual rows corrected; see the module docstring."""
     B, H, L, _ = q.shape
     G = H // k.shape[1]
     pos = torch.arange(L, device=q.device)  # (L,)
-    allowed = ((pos[None, :] <= pos[:, None]) & key_valid[:, None, :]) | (pos[None, :] == pos[:, None])  # (B, L, L)
     gqa = {"enable_gqa": True} if G > 1 else {}
-    k_rep = k.repeat_interleave(G, dim=1) if G > 1 else k  # (B, H, L, D)
-    merged = merge_terms(q, k_rep, is_visual, key_valid, slots, mu=mu, pool=pool, pool_size=pool_size,
-                         reduce=reduce, merge_mode=merge_mode, scale=scale)
+    if bool(key_valid.all()):
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **gqa)  # (B, H, L, Dv)
+    else:  # padded keys: the boolean mask (the diagonal is kept, so no row is empty)
+        allowed = ((pos[None, :] <= pos[:, None]) & key_valid[:, None, :]) | (pos[None, :] == pos[:, None])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=scale, **gqa)
+    merged = merge_terms(q, k.repeat_interleave(G, dim=1) if G > 1 else k, is_visual, key_valid, slots, mu=mu,
+                         pool=pool, pool_size=pool_size, reduce=reduce, merge_mode=merge_mode, scale=scale)
     if merged is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=scale, **gqa)
-    rows, delta, _ = merged
-    m = rows.shape[1]
-    at_rows = torch.zeros(B, H, m, L, dtype=q.dtype, device=q.device).scatter(
-        -1, slots[:, None, None, :].expand(B, H, m, slots.shape[1]), delta)  # (B, H, m, L): delta at the slots
-    bias = torch.zeros(B, H, L, L, dtype=q.dtype, device=q.device).scatter_add(
-        2, rows[:, None, :, None].expand(B, H, m, L), at_rows)  # (B, H, L, L): padding entries add 0 to row 0
-    bias = bias.masked_fill(~allowed[:, None], float("-inf"))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, **gqa)  # (B, H, L, Dv)
+        return out
+    rows, delta, merges, s_v = merged
+    m, p, Dv = rows.shape[1], slots.shape[1], v.shape[-1]
+    causal = ((pos <= rows[..., None]) & key_valid[:, None, :]) | (pos == rows[..., None])  # (B, m, L)
+    lse = s_v.masked_fill(~causal[:, None], float("-inf")).logsumexp(-1, keepdim=True)  # (B, H, m, 1)
+    s_slot = s_v.gather(-1, slots[:, None, None, :].expand(B, H, m, p))  # (B, H, m, p)
+    old = torch.exp(s_slot - lse)  # (B, H, m, p): the slots' weights in the causal output
+    log_new = s_slot + delta - lse  # (B, H, m, p): their merged weights, relative to the causal normaliser
+    shift = log_new.amax(-1, keepdim=True).clamp_min(0.0)  # (B, H, m, 1)
+    new = torch.exp(log_new - shift)  # (B, H, m, p)
+    v_slot = v.gather(2, slots[:, None, :, None].expand(B, v.shape[1], p, Dv))  # (B, H_kv, p, Dv)
+    if G > 1:
+        v_slot = v_slot.repeat_interleave(G, dim=1)  # (B, H, p, Dv)
+    idx = rows[:, None, :, None].expand(B, H, m, Dv)  # (B, H, m, Dv)
+    o_v = out.gather(2, idx)  # (B, H, m, Dv): the causal output of the visual rows
+    rest = torch.exp(-shift) * (1.0 - old.sum(-1, keepdim=True)).clamp_min(0.0)  # (B, H, m, 1): non-slot weight
+    num = torch.exp(-shift) * (o_v - old @ v_slot) + new @ v_slot  # (B, H, m, Dv)
+    corrected = num / (rest + new.sum(-1, keepdim=True))  # (B, H, m, Dv)
+    # add the change (0 for rows without a merge and for padding entries, which all point at row 0)
+    change = torch.where(merges, corrected - o_v, 0.0)  # (B, H, m, Dv)
+    return out + torch.zeros_like(out).scatter_add(2, idx, change)  # (B, H, L, Dv)
