@@ -18,7 +18,11 @@ Only the visual rows can carry a merge (spec section 4.4, step 2), so the extra 
 5. the merge only reweights the ``p`` slot keys, so each merging row is corrected in closed form: with the slots'
    old weights ``a_t = exp(S_t - lse)`` and new relative weights ``w_t = exp(S_t + delta_t - lse)``,
    ``O' = (O - sum_t a_t v_t + sum_t w_t v_t) / (1 - sum_t a_t + sum_t w_t)``, evaluated with every exponent
-   shifted by ``M = max(0, max_t log w_t)`` so that no weight overflows.
+   shifted by ``M = max(0, max_t log w_t)`` so that no weight overflows. ``lse`` is stabilised by the row's whole
+   maximum, so it costs four passes over ``S_V`` and no masked copy.
+6. where that closed form is ill-conditioned (the merged normaliser below 1e-2 of the causal one: the difference
+   cancels) or a weight underflowed, the row is computed directly, ``softmax(S_V + merge) V`` over its causal keys,
+   for the whole batch at once; exact inputs never take that path unless such a row exists.
 
 No ``(B, H, L, L)`` tensor is built; the extra work is ``O(m L (D + 1))`` per head. Without any merge row the call
 is the causal SDPA alone. Inputs are assumed validated by :func:`attnlab.ops.future.light_future_attention`.
@@ -91,7 +95,7 @@ def merge_terms(q: Tensor, k: Tensor, is_visual: Tensor, key_valid: Tensor, slot
     B, H, L, D = q.shape
     rows, real = _visual_rows(is_visual)  # (B, m) x 2
     q_v = q.gather(2, rows[:, None, :, None].expand(B, H, rows.shape[1], D))  # (B, H, m, D)
-    s_v = (q_v @ k.transpose(-2, -1)) * scale  # (B, H, m, L): the only extra scores
+    s_v = (q_v * scale) @ k.transpose(-2, -1)  # (B, H, m, L): the only extra scores (scaled before the matmul)
     pos = torch.arange(L, device=q.device)  # (L,)
     rule = {"f": torch.ones_like(is_visual), "v2v": is_visual, "v2t": ~is_visual}[mu]  # (B, L)
     admitted = (pos > rows[..., None]) & (key_valid & rule)[:, None, :] & real[..., None]  # (B, m, L)
@@ -108,6 +112,20 @@ def merge_terms(q: Tensor, k: Tensor, is_visual: Tensor, key_valid: Tensor, slot
         s_slot = s_v.gather(-1, slots[:, None, None, :].expand(B, H, rows.shape[1], p))  # (B, H, m, p)
         c = torch.logaddexp(s_slot, c) - s_slot
     return Merge(rows, torch.where(merges, c, 0.0), merges, s_v)
+
+
+def _exact_rows(s_v: Tensor, v: Tensor, causal: Tensor, slots: Tensor, delta: Tensor) -> Tensor:
+    """The merged output of the visual rows computed directly: ``softmax(S_V + merge)`` over each row's causal keys
+    ``causal`` ``(B, m, L)``, times ``v`` ``(B, H, L, Dv)``: ``(B, H, m, Dv)``."""
+    B, H, m, _ = s_v.shape
+    bias = torch.zeros_like(s_v).scatter_add(-1, slots[:, None, None, :].expand(B, H, m, slots.shape[1]), delta)
+    return torch.softmax((s_v + bias).masked_fill(~causal[:, None], float("-inf")), dim=-1) @ v  # (B, H, m, Dv)
+
+
+#: below this merged normaliser (relative to the causal one) the closed-form correction would lose digits
+_WELL_CONDITIONED = 1e-2
+#: a causal normaliser below this (under the whole-row maximum) is recomputed directly
+_TINY = {torch.float64: 1e-250, torch.float32: 1e-30, torch.float16: 1e-30, torch.bfloat16: 1e-30}
 
 
 def sdpa_light_future_attention(q: Tensor, k: Tensor, v: Tensor, is_visual: Tensor, key_valid: Tensor,
@@ -130,10 +148,15 @@ def sdpa_light_future_attention(q: Tensor, k: Tensor, v: Tensor, is_visual: Tens
     rows, delta, merges, s_v = merged
     m, p, Dv = rows.shape[1], slots.shape[1], v.shape[-1]
     causal = ((pos <= rows[..., None]) & key_valid[:, None, :]) | (pos == rows[..., None])  # (B, m, L)
-    lse = s_v.masked_fill(~causal[:, None], float("-inf")).logsumexp(-1, keepdim=True)  # (B, H, m, 1)
+    # the causal normaliser of each visual row, stabilised by its whole-row maximum (no masked copy of S_V)
+    top = s_v.amax(-1, keepdim=True)  # (B, H, m, 1)
+    e = torch.exp(s_v - top)  # (B, H, m, L)
+    hidden = ~causal[:, None]  # (B, 1, m, L)
+    e = e.masked_fill_(hidden, 0.0) if not e.requires_grad else e.masked_fill(hidden, 0.0)  # in place unless autograd needs e
+    z = e.sum(-1, keepdim=True)  # (B, H, m, 1)
     s_slot = s_v.gather(-1, slots[:, None, None, :].expand(B, H, m, p))  # (B, H, m, p)
-    old = torch.exp(s_slot - lse)  # (B, H, m, p): the slots' weights in the causal output
-    log_new = s_slot + delta - lse  # (B, H, m, p): their merged weights, relative to the causal normaliser
+    old = torch.exp(s_slot - top) / z  # (B, H, m, p): the slots' weights in the causal output
+    log_new = torch.log(old) + delta  # (B, H, m, p): their merged weights, relative to the causal normaliser
     shift = log_new.amax(-1, keepdim=True).clamp_min(0.0)  # (B, H, m, 1)
     new = torch.exp(log_new - shift)  # (B, H, m, p)
     v_slot = v.gather(2, slots[:, None, :, None].expand(B, v.shape[1], p, Dv))  # (B, H_kv, p, Dv)
@@ -142,8 +165,16 @@ def sdpa_light_future_attention(q: Tensor, k: Tensor, v: Tensor, is_visual: Tens
     idx = rows[:, None, :, None].expand(B, H, m, Dv)  # (B, H, m, Dv)
     o_v = out.gather(2, idx)  # (B, H, m, Dv): the causal output of the visual rows
     rest = torch.exp(-shift) * (1.0 - old.sum(-1, keepdim=True)).clamp_min(0.0)  # (B, H, m, 1): non-slot weight
-    num = torch.exp(-shift) * (o_v - old @ v_slot) + new @ v_slot  # (B, H, m, Dv)
-    corrected = num / (rest + new.sum(-1, keepdim=True))  # (B, H, m, Dv)
+    den = rest + new.sum(-1, keepdim=True)  # (B, H, m, 1)
+    corrected = (torch.exp(-shift) * (o_v - old @ v_slot) + new @ v_slot) / den  # (B, H, m, Dv)
+    # computed directly from S_V instead: rows whose merged normaliser is tiny (the merge takes nearly all the weight
+    # away from the causal keys, and the difference above cancels), or whose causal normaliser or slot weight
+    # underflowed under the whole-row maximum (a future score far above every causal one)
+    hard = merges & (((shift == 0) & (den < _WELL_CONDITIONED)) | (z < _TINY[s_v.dtype])
+                     | (old == 0).any(-1, keepdim=True))  # (B, H, m, 1)
+    if bool(hard.any()):
+        exact = _exact_rows(s_v, v.repeat_interleave(G, dim=1) if G > 1 else v, causal, slots, delta)
+        corrected = torch.where(hard, exact, corrected)
     # add the change (0 for rows without a merge and for padding entries, which all point at row 0)
     change = torch.where(merges, corrected - o_v, 0.0)  # (B, H, m, Dv)
     return out + torch.zeros_like(out).scatter_add(2, idx, change)  # (B, H, L, Dv)
