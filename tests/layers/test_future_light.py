@@ -148,3 +148,58 @@ def test_verify_check_passes_and_catches_a_layer_without_the_merge(monkeypatch):
     monkeypatch.setattr(LightFutureConfig, "build", lambda self: _NoMerge(self))
     failed = [r.case for r in run_check(check, spec, VerifyOptions(seq_len=9)) if not r.passed]
     assert failed == ["reference: visual rows see later inputs", "sdpa: visual rows see later inputs"]
+
+
+# ------------------------------------------------------------------------------ sink diagnostic (spec 4.7)
+def test_sink_mass_equals_a_hand_computation():
+    """Default merge (max pooling, max reduce, one slot, add_logit): row i's merge is the largest admitted future
+    score, added to the logit of position 0; the diagnostic is the slot's probability before and after."""
+    from attnlab.ops.future import sink_mass
+
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(2, 2, 9, 8, generator=g, dtype=f64), torch.randn(2, 2, 9, 8, generator=g, dtype=f64)
+    iv = torch.zeros(2, 9, dtype=torch.bool)
+    iv[0, 2:5] = True
+    iv[1, 1:8] = True
+    before, after = [], []
+    for b in range(2):
+        for h in range(2):
+            s = (q[b, h] @ k[b, h].T) / 8 ** 0.5  # (9, 9)
+            for i in range(9):
+                if not iv[b, i] or i == 8:
+                    continue  # a text row, or the last position (no future)
+                row = s[i, : i + 1]
+                before.append(torch.softmax(row, 0)[0])
+                row = row.clone()
+                row[0] += s[i, i + 1 :].max()
+                after.append(torch.softmax(row, 0)[0])
+    got = sink_mass(q, k, is_visual=iv)
+    assert got.rows == len(before) == 2 * (3 + 7)
+    assert got.before == pytest.approx(float(torch.stack(before).mean()), abs=1e-14)
+    assert got.after == pytest.approx(float(torch.stack(after).mean()), abs=1e-14)
+    none = sink_mass(q, k, is_visual=torch.zeros(9, dtype=torch.bool))
+    assert none.rows == 0 and none.before != none.before  # nan: nothing merges
+
+
+def test_record_sink_mass_logs_each_layer_during_the_block_only():
+    from attnlab.layers.future_light import record_sink_mass
+    from attnlab.masks.vlm import TokenTypes
+    from attnlab.models.lm import LMConfig
+
+    torch.manual_seed(0)
+    lm = LMConfig(vocab_size=11, n_layers=2, d_model=24, n_heads=4, context_len=16, attention="future-light").build()
+    lm = lm.to(f64)
+    iv = torch.zeros(12, dtype=torch.bool)
+    iv[2:7] = True
+    x = torch.randn(2, 12, 24, dtype=f64)
+    with record_sink_mass(lm) as log:
+        lm(inputs_embeds=x, token_types=TokenTypes(is_visual=iv))
+        lm(inputs_embeds=x)  # no token types: causal, nothing merges, nothing logged
+    assert list(log) == ["blocks.0.attn", "blocks.1.attn"]
+    assert all(len(v) == 1 and v[0].rows == 2 * 4 * 5 for v in log.values())
+    assert all(0.0 < v[0].before < 1.0 and 0.0 < v[0].after < 1.0 for v in log.values())
+    lm(inputs_embeds=x, token_types=TokenTypes(is_visual=iv))
+    assert all(len(v) == 1 for v in log.values())  # the block has ended
+    with pytest.raises(ValueError, match="no future-light layer"):
+        with record_sink_mass(torch.nn.Linear(2, 2)):
+            pass

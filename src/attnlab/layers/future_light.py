@@ -30,8 +30,9 @@ checks can give it). With visual tokens, visual rows depend on later keys by des
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Iterator, Literal
 
 import torch
 from torch import Tensor
@@ -44,10 +45,10 @@ from attnlab.layers.mha import MultiHeadAttention
 from attnlab.layers.registry import MechanismSpec, register
 from attnlab.layers.rope import apply_rope
 from attnlab.masks import Mask, causal, key_padding
-from attnlab.ops.future import (LIGHT_FUTURE_IMPLS, check_options, default_reduce, light_future_attention,
-                                say_no_visual, visual_rows)
+from attnlab.ops.future import (LIGHT_FUTURE_IMPLS, SinkMass, check_options, default_reduce, light_future_attention,
+                                say_no_visual, sink_mass, visual_rows)
 
-__all__ = ["LightFutureConfig", "LightFutureAttention"]
+__all__ = ["LightFutureConfig", "LightFutureAttention", "record_sink_mass"]
 
 
 @dataclass(kw_only=True)
@@ -134,6 +135,8 @@ class LightFutureAttention(MultiHeadAttention):
         self.merge_mode = config.merge_mode
         self.merge_options = dict(mu=config.mu, pool=config.pool, pool_size=config.pool_size, n_slots=config.n_slots,
                                   reduce=config.resolved_reduce, merge_mode=config.merge_mode)
+        #: while :func:`record_sink_mass` is active: the sink diagnostic of every merging prefill call
+        self.sink_log: list[SinkMass] | None = None
 
     def _padding_mask(self, key_valid: Tensor | None, B: int, n_keys: int, device: torch.device) -> Mask:
         """The causal mask, AND-ed with the key padding of ``key_valid`` ``(B, n_keys)`` when given."""
@@ -171,9 +174,34 @@ class LightFutureAttention(MultiHeadAttention):
             q, k = apply_rope(q, 0, self.rope_base), apply_rope(k, 0, self.rope_base)
         out = light_future_attention(q, k, v, is_visual=vis, key_valid=key_valid, impl=self._impl,
                                      **self.merge_options)  # (B, H, T, D), validates before the cache is written
+        if self.sink_log is not None:
+            self.sink_log.append(sink_mass(q, k, is_visual=vis, key_valid=key_valid, **self.merge_options))
         if cache is not None:
             cache.update(k, v)  # the causal keys and values, unchanged
         return self.out_proj(merge_heads(out))  # (B, T, C)
+
+
+@contextlib.contextmanager
+def record_sink_mass(model: torch.nn.Module) -> Iterator[dict[str, list[SinkMass]]]:
+    """Within the ``with`` block, every ``future-light`` layer of ``model`` logs the diagnostic of spec
+    ``future_mask.md`` 4.7 for each prefill call that merges: the mean attention probability of its visual rows on
+    the sink slot(s), before and after the merge (:class:`attnlab.ops.future.SinkMass`). Yields ``{module name:
+    [SinkMass per call]}``, filled as the model runs; the layers stop logging when the block ends.
+
+    Raises:
+        ValueError: ``model`` has no ``future-light`` layer.
+    """
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LightFutureAttention)}
+    if not layers:
+        raise ValueError(f"model has no future-light layer to log the sink mass of ({type(model).__name__})")
+    log: dict[str, list[SinkMass]] = {name: [] for name in layers}
+    for name, layer in layers.items():
+        layer.sink_log = log[name]
+    try:
+        yield log
+    finally:
+        for layer in layers.values():
+            layer.sink_log = None
 
 
 register(MechanismSpec(name="future-light", make_config=LightFutureConfig, causal=True, cache="kv",

@@ -4,8 +4,8 @@
 
 from attnlab.ops.future.api import (LIGHT_FUTURE_IMPLS, MERGE_MODES, MUS, NO_VISUAL_WARNING, POOLS, REDUCES,
                                     LightFutureImpl, check_options, default_reduce, default_slots,
-                                    light_future_attention, say_no_visual, visual_rows)
+                                    light_future_attention, say_no_visual, sink_mass, SinkMass, visual_rows)
 
-__all__ = ["light_future_attention", "LightFutureImpl", "LIGHT_FUTURE_IMPLS", "MUS", "POOLS", "REDUCES",
+__all__ = ["light_future_attention", "sink_mass", "SinkMass", "LightFutureImpl", "LIGHT_FUTURE_IMPLS", "MUS", "POOLS", "REDUCES",
            "MERGE_MODES", "NO_VISUAL_WARNING", "visual_rows", "check_options", "say_no_visual", "default_reduce",
            "default_slots"]

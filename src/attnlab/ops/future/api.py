@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -30,9 +31,9 @@ from attnlab.ops._checks import check_kv_like_q
 from attnlab.ops._precision import HALF_DTYPES
 from attnlab.ops.future.flex import flex_light_future_attention
 from attnlab.ops.future.reference import reference_light_future_attention
-from attnlab.ops.future.sdpa import sdpa_light_future_attention
+from attnlab.ops.future.sdpa import merge_terms, sdpa_light_future_attention
 
-__all__ = ["light_future_attention", "LightFutureImpl", "LIGHT_FUTURE_IMPLS", "MUS", "POOLS", "REDUCES",
+__all__ = ["light_future_attention", "sink_mass", "SinkMass", "LightFutureImpl", "LIGHT_FUTURE_IMPLS", "MUS", "POOLS", "REDUCES",
            "MERGE_MODES", "default_reduce", "default_slots", "visual_rows", "check_options", "say_no_visual",
            "NO_VISUAL_WARNING"]
 
@@ -192,3 +193,64 @@ def light_future_attention(
     if q.dtype in HALF_DTYPES:  # spec 4.3: scores, pooling and softmax in float32
         return fn(q.float(), k.float(), v.float(), vis, keep, slots, **opts).to(q.dtype)
     return fn(q, k, v, vis, keep, slots, **opts)  # (B, H, L, Dv)
+
+
+@dataclass(frozen=True)
+class SinkMass:
+    """The attention probability on the sink slot(s), summed over the slots and averaged over every merging visual
+    row and head of a call, before (causal) and after the merge (spec section 4.7), and how many (row, head) pairs
+    were averaged."""
+
+    before: float
+    after: float
+    rows: int
+
+
+@torch.no_grad()
+def sink_mass(
+    q: Tensor,
+    k: Tensor,
+    *,
+    is_visual: Tensor,
+    key_valid: Tensor | None = None,
+    mu: Literal["f", "v2v", "v2t"] = "f",
+    pool: Literal["max", "avg"] = "max",
+    pool_size: int = 7,
+    n_slots: int = 1,
+    reduce: Literal["max", "mean", "lse"] | None = None,
+    merge_mode: Literal["add_logit", "lse_mass"] = "add_logit",
+    scale: float | None = None,
+) -> SinkMass:
+    """The diagnostic of spec section 4.7: how much of a visual row's attention the sink slots hold before and after
+    the merge (a large positive merge in ``add_logit`` mode can send nearly all of it there; a negative one lowers
+    it). Arguments as in :func:`light_future_attention` (values are not needed). Costs ``O(m L)`` per head; rows
+    without an admitted future are left out; with no merging row, ``rows`` is 0 and both means are ``nan``."""
+    reduce = default_reduce(pool, merge_mode) if reduce is None else reduce
+    check_options(mu, pool, pool_size, n_slots, reduce, merge_mode, scale, "auto")
+    _check_tensors(q, k, k)
+    B, H, L, D = q.shape
+    vis = visual_rows(is_visual, B, L, device=q.device)
+    keep = torch.ones(B, L, dtype=torch.bool, device=q.device) if key_valid is None \
+        else visual_rows(key_valid, B, L, device=q.device, arg="key_valid")
+    if bool((vis & ~keep).any()):
+        raise ValueError("is_visual must be False at padded positions (key_valid False), got a visual pad")
+    slots = default_slots(keep, n_slots)  # (B, p)
+    _check_slots(slots, vis, keep, n_slots)
+    s = float(scale) if scale is not None else 1.0 / math.sqrt(D)
+    q, k = (q.float(), k.float()) if q.dtype in HALF_DTYPES else (q, k)
+    G = H // k.shape[1]
+    merged = merge_terms(q, k.repeat_interleave(G, dim=1) if G > 1 else k, vis, keep, slots, mu=mu, pool=pool,
+                         pool_size=pool_size, reduce=reduce, merge_mode=merge_mode, scale=s)
+    if merged is None:
+        return SinkMass(before=float("nan"), after=float("nan"), rows=0)
+    rows, delta, merges, s_v = merged
+    m, p = rows.shape[1], slots.shape[1]
+    pos = torch.arange(L, device=q.device)  # (L,)
+    hidden = ~(((pos <= rows[..., None]) & keep[:, None, :]) | (pos == rows[..., None]))[:, None]  # (B, 1, m, L)
+    at_slots = slots[:, None, None, :].expand(B, H, m, p)  # (B, H, m, p)
+    before = torch.softmax(s_v.masked_fill(hidden, float("-inf")), -1).gather(-1, at_slots).sum(-1)  # (B, H, m)
+    merged_s = s_v.scatter_add(-1, at_slots, delta).masked_fill(hidden, float("-inf"))  # (B, H, m, L)
+    after = torch.softmax(merged_s, -1).gather(-1, at_slots).sum(-1)  # (B, H, m)
+    w = merges[..., 0].expand(B, H, m)  # (B, H, m)
+    n = int(w.sum())
+    return SinkMass(before=float(before[w].double().mean()), after=float(after[w].double().mean()), rows=n)
