@@ -132,7 +132,7 @@ def lm_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @settings(FUZZ, max_examples=12)  # each example loads the checkpoint: a second or two
-@given(option=st.sampled_from(["--temperature", "--top-k", "--max-new-tokens", "--num-samples", "--seed"]),
+@given(option=st.sampled_from(["--temperature", "--top-k", "--top-p", "--max-new-tokens", "--num-samples", "--seed"]),
        value=NUMBERS)
 def test_generate_refuses_bad_options(option: str, value: str, lm_checkpoint: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,3 +36,28 @@ def test_version_matches_pyproject(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"attnlab {attnlab.__version__}"
+
+
+def test_licence_file_and_spdx_metadata() -> None:
+    """A LICENSE at the root (setuptools puts it in the wheel's dist-info) and an SPDX licence string."""
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    root = Path(__file__).parent.parent
+    assert (root / "LICENSE").read_text().startswith("MIT License")
+    meta = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert meta["license"] == "MIT" and meta["license-files"] == ["LICENSE"]
+
+
+def test_public_layer_names() -> None:
+    from attnlab.layers import (CastleAttention, CastleConfig, LinearAttention, LinearAttentionConfig,
+                                MultiHeadAttention, MultiHeadAttentionConfig)
+
+    for cls, cfg in ((MultiHeadAttention, MultiHeadAttentionConfig(d_model=8, n_heads=2)),
+                     (CastleAttention, CastleConfig(d_model=8, n_heads=2)),
+                     (LinearAttention, LinearAttentionConfig(d_model=8, n_heads=2))):
+        assert isinstance(cfg.build(), cls)

@@ -66,11 +66,36 @@ def test_sampling_rules() -> None:
     assert draws == {1, 3}  # top-2 only, both drawn
 
 
+def test_nucleus_sampling_keeps_the_smallest_prefix_reaching_top_p() -> None:
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([[0.05, 0.5, 0.3, 0.15]])  # decreasing order: 1 (0.5), 2 (0.3), 3 (0.15), 0 (0.05)
+    logits = probs.log()
+    for top_p, want in ((0.5, {1}), (0.51, {1, 2}), (0.8, {1, 2}), (0.81, {1, 2, 3}), (0.96, {0, 1, 2, 3}),
+                        (0.01, {1})):
+        draws = {sample_next(logits, temperature=1.0, top_k=None, top_p=top_p, generator=g).item()
+                 for _ in range(400)}
+        assert draws == want, (top_p, draws)
+    # with top_k first: top-2 leaves {1: 0.625, 2: 0.375}; top_p 0.6 keeps 1 only
+    draws = {sample_next(logits, temperature=1.0, top_k=2, top_p=0.6, generator=g).item() for _ in range(200)}
+    assert draws == {1}
+    # a batch: each row its own nucleus
+    two = torch.tensor([[0.9, 0.05, 0.05], [0.34, 0.33, 0.33]]).log()
+    rows = [set(), set()]
+    for _ in range(300):
+        out = sample_next(two, temperature=1.0, top_k=None, top_p=0.5, generator=g)
+        for r in range(2):
+            rows[r].add(int(out[r, 0]))
+    assert rows == [{0}, {0, 1}]
+
+
 def test_bad_arguments() -> None:
     model = _model("standard")
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         generate(model, [1], 3, temperature=-1)
     with pytest.raises(ValueError, match="top_k must be >= 1"):
         generate(model, [1], 3, top_k=0)
+    for bad in (0.0, 1.5, -0.1, True):
+        with pytest.raises(ValueError, match="top_p must be a number in \\(0, 1\\]"):
+            generate(model, [1], 3, top_p=bad)
     with pytest.raises(ValueError, match=r"prompt_ids must be \(T,\) or \(B, T\)"):
         generate(model, [], 3)

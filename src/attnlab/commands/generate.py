@@ -13,6 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens whose "
+                                                             "probabilities first sum to this, in (0, 1] (default 1)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
@@ -26,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from attnlab.layers import registry
     from attnlab.models.lm import generate
 
+    if not math.isfinite(args.top_p) or not 0.0 < args.top_p <= 1.0:
+        return fail(f"--top-p must be a number in (0, 1], got {args.top_p}")
     if not math.isfinite(args.temperature) or args.temperature < 0:
         return fail(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
     t = load_checkpoint(args.checkpoint, device=args.device, task="lm")
@@ -52,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         for i in range(args.num_samples):
             seed = None if args.seed is None else args.seed + i
             out = generate(t.model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p,
                            seed=seed, use_cache=use_cache)
             if args.num_samples > 1:
                 print(f"--- sample {i + 1}")

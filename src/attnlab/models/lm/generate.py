@@ -20,7 +20,9 @@ needs ``use_cache=False`` (:mod:`attnlab.models.lm.token_types`). Positions must
 ``max_new_tokens`` must fit ``context_len`` (no context restart).
 
 Sampling: ``temperature == 0`` is greedy (argmax). Otherwise logits are divided by ``temperature``, cut to the
-``top_k`` largest if given, and sampled on the CPU from a ``torch.Generator`` seeded with ``seed``, so a seed
+``top_k`` largest if given, then to the nucleus if ``top_p < 1`` (Holtzman et al. 2020: the most likely tokens
+whose probabilities, in decreasing order, first reach a total of ``top_p``; the most likely token always stays),
+and sampled on the CPU from a ``torch.Generator`` seeded with ``seed``, so a seed
 gives the same text on every device (for the same logits).
 """
 
@@ -43,20 +45,27 @@ class GenerateOptions(TypedDict, total=False):
 
     temperature: float
     top_k: int | None
+    top_p: float
     seed: int | None
     use_cache: bool
     context_len: int | None
     token_types: TokenTypes | None
 
 
-def sample_next(logits: Tensor, *, temperature: float, top_k: int | None, generator: torch.Generator) -> Tensor:
-    """Next token ids ``(B, 1)`` from last-position logits ``(B, V)``."""
+def sample_next(logits: Tensor, *, temperature: float, top_k: int | None, generator: torch.Generator,
+                top_p: float = 1.0) -> Tensor:
+    """Next token ids ``(B, 1)`` from last-position logits ``(B, V)`` (module docstring: greedy, top-k, top-p)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.double().cpu() / temperature  # (B, V)
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        p, order = torch.softmax(logits, dim=-1).sort(dim=-1, descending=True)  # (B, V) each
+        before = p.cumsum(-1) - p  # (B, V): the mass of the more likely tokens
+        drop = before >= top_p  # (B, V): the nucleus is complete without this token (the first is always kept)
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
     probs = torch.softmax(logits, dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
 
@@ -88,6 +97,7 @@ def generate_with_logits(
     *,
     temperature: float = 1.0,
     top_k: int | None = None,
+    top_p: float = 1.0,
     seed: int | None = None,
     use_cache: bool = True,
     context_len: int | None = None,
@@ -100,6 +110,8 @@ def generate_with_logits(
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be a number in (0, 1] (1 = no nucleus cut), got {top_p!r}")
     block = _model_context_len(model, context_len)
     keep = max(1, (3 * block) // 4)
     param = next(model.parameters())
@@ -129,7 +141,7 @@ def generate_with_logits(
             else:
                 logits = model(idx[:, -1:], caches=caches, **kw)[:, -1]  # one step: (B, V)
             step_logits.append(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits)
-            nxt = sample_next(logits, temperature=temperature, top_k=top_k, generator=gen).to(idx.device)
+            nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen).to(idx.device)
             idx = torch.cat([idx, nxt], dim=1)  # (B, L + 1)
     finally:
         model.train(was_training)
@@ -148,6 +160,8 @@ def generate(
         prompt_ids: token ids, at least one.
         temperature: 0 for greedy decoding, else the softmax temperature.
         top_k: sample among the ``top_k`` most likely tokens only.
+        top_p: nucleus sampling: among the most likely tokens whose probabilities first sum to ``top_p`` (in
+            ``(0, 1]``; 1 keeps every token).
         seed: seeds the sampler (``None``: a random seed).
         use_cache: decode with the layers' caches (``False``: full recomputation each step).
         context_len: the context limit (default ``model.config.context_len``).
