@@ -211,9 +211,9 @@ def test_forecast_defaults_and_comparison_report(tmp_path: Path, capsys: pytest.
 
     from attnlab.compare import CompareConfig, get_compare_preset, run_compare
 
-    assert main(["train", "--task", "forecast", "--print-config"]) == 0
+    assert main(["train", "--task", "forecast", "--print-config", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["data"]["horizon"] == 24  # etth1-quick
-    assert main(["compare", "--task", "forecast", "--print-config"]) == 0
+    assert main(["compare", "--task", "forecast", "--print-config", "json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["variants"] == ["dlinear", "transformer", "autohformer"] and d["seeds"] == [0, 1]
     assert get_compare_preset("etth1-quick").variants == ["dlinear", "transformer", "autohformer"]

@@ -75,7 +75,8 @@ def test_train_set_refuses_bad_numbers_naming_the_key(preset: str, capsys: pytes
     @FUZZ
     @given(key=st.sampled_from(keys), value=NUMBERS)
     def prop(key: str, value: str) -> None:
-        rc, out, err = _run_cli(["train", "--preset", preset, "--set", f"{key}={value}", "--print-config"], capsys)
+        rc, out, err = _run_cli(["train", "--preset", preset, "--set", f"{key}={value}", "--print-config", "json"],
+                                capsys)
         if rc == 0:  # the value was valid: the resolved config holds it, finite
             cfg = json.loads(out)
             assert _all_finite(cfg), (key, value)
@@ -103,7 +104,7 @@ def test_train_int_options_refuse_bad_values(option: str, value: str, capsys: py
 @given(seeds=st.text(alphabet="0123456789,- .ax", max_size=12),
        variants=st.text(alphabet="abcdefghijklmnopqrstuvwxyz-_, ", max_size=16))
 def test_compare_seeds_and_variants(seeds: str, variants: str, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["compare", "--preset", "tiny", "--seeds", seeds, "--mechanisms", variants, "--print-config"]
+    argv = ["compare", "--preset", "tiny", "--seeds", seeds, "--mechanisms", variants, "--print-config", "json"]
     rc, out, err = _run_cli(argv, capsys)
     if rc == 0:
         cfg = json.loads(out)

@@ -36,6 +36,7 @@ __all__ = [
     "to_dict",
     "apply_overrides",
     "load_toml",
+    "dump_toml",
     "parse_value",
     "parse_set",
     "merge",
@@ -223,6 +224,23 @@ def apply_overrides(cfg: T, overrides: Mapping[str, Any], *, rebuild: Any = None
     if rebuild is None:
         rebuild = getattr(type(cfg), "from_dict", None) or (lambda v: from_dict(type(cfg), v))
     return rebuild(d)
+
+
+def _drop_none(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _drop_none(x) for k, x in v.items() if x is not None}
+    if isinstance(v, (list, tuple)):
+        return [_drop_none(x) for x in v]
+    return v
+
+
+def dump_toml(d: Mapping[str, Any]) -> str:
+    """TOML text of the plain values ``d`` (written with ``tomli_w``). TOML has no null: keys whose value is
+    ``None`` are left out, so reading the text back over the same preset (``--config``) restores them from it;
+    ``attnlab train --print-config`` output is tested to read back unchanged for every preset."""
+    import tomli_w
+
+    return tomli_w.dumps(_drop_none(dict(d)))
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

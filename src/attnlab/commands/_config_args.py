@@ -10,7 +10,7 @@ from typing import Any
 from attnlab.config import ConfigError, load_toml, merge, parse_set
 from attnlab.train.config import TrainConfig, config_from_dict, config_to_dict
 
-__all__ = ["add_config_arguments", "config_from_args", "csv_list", "csv_seeds", "fail", "print_or_run", "load_checkpoint",
+__all__ = ["add_config_arguments", "config_from_args", "config_file_tables", "config_toml", "csv_list", "csv_seeds", "fail", "print_or_run", "load_checkpoint",
            "DEFAULT_PRESETS"]
 
 #: The preset a task starts from when ``--preset`` is not given: (``attnlab train``, ``attnlab compare``).
@@ -18,6 +18,7 @@ DEFAULT_PRESETS: dict[str, tuple[str, str]] = {
     "lm": ("shakespeare-char-cpu", "quick"),
     "translation": ("multi30k-de-en", "multi30k-scores"),
     "forecast": ("etth1-quick", "forecast-quick"),
+    "digits-vqa": ("digits-vqa", "digits-masks"),
 }
 
 
@@ -41,7 +42,9 @@ def add_config_arguments(p: argparse.ArgumentParser, *, compare: bool) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--print-config", nargs="?", const="toml", choices=["toml", "json"], default=None,
+                   help="print the resolved config and exit: TOML (default; --config reads it back"
+                        + (", the comparison's own keys in a [compare] table" if compare else "") + ") or json")
     p.add_argument("--out", help="output directory")
     p.add_argument("--resume", action="store_true", help="continue the results already in --out")
     p.add_argument("--force", action="store_true",
@@ -55,11 +58,32 @@ def preset_name(args: argparse.Namespace, *, compare: bool) -> str:
     return DEFAULT_PRESETS[args.task or "lm"][int(compare)]
 
 
-def config_from_args(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
-    """``base`` (from a preset) <- ``--config`` TOML <- ``--set`` <- explicit flags; ``--task`` must match."""
+def config_file_tables(args: argparse.Namespace, *, compare: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(run tables, [compare] table)`` of ``--config`` (both empty without one); a ``[compare]`` table is only
+    read by ``attnlab compare`` (elsewhere it is an unknown key, named)."""
+    if not getattr(args, "config", None):
+        return {}, {}
+    d = load_toml(args.config)
+    if not compare:
+        return d, {}
+    table = d.pop("compare", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"compare: expected a table ([compare]), got {table!r}")
+    unknown = sorted(set(table) - {"variants", "seeds", "baseline", "options"})
+    if unknown:
+        raise ConfigError(f"compare.{unknown[0]}: unknown key; the [compare] table takes variants, seeds, baseline, "
+                          "options")
+    return d, table
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig, *, file: dict[str, Any] | None = None) -> TrainConfig:
+    """``base`` (from a preset) <- ``--config`` TOML (``file``: its run tables, already read) <- ``--set`` <-
+    explicit flags; ``--task`` must match."""
     d: dict[str, Any] = config_to_dict(base)
-    if args.config:
-        d = merge(d, load_toml(args.config))
+    if file is None:
+        file, _ = config_file_tables(args)
+    if file:
+        d = merge(d, file)
     overrides = parse_set(args.overrides)
     for flag, key in (("steps", "steps"), ("batch_size", "batch_size"), ("device", "device"), ("compile", "compile")):
         v = getattr(args, flag, None)
@@ -119,7 +143,7 @@ def print_or_run(args: argparse.Namespace, cfg: Any, run: Callable[[], Any], t0:
     from attnlab.train.trainer import NonFiniteError
 
     if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=1))
+        print(json.dumps(cfg.to_dict(), indent=1) if args.print_config == "json" else config_toml(cfg), end="\n")
         return 0
     try:
         res = run()
@@ -129,6 +153,22 @@ def print_or_run(args: argparse.Namespace, cfg: Any, run: Callable[[], Any], t0:
     print(res.files["leaderboard_md"].read_text())
     print(f"report: {res.files['html']}  (total {time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def config_toml(cfg: Any) -> str:
+    """TOML of a run config (:class:`TrainConfig`) or a comparison (the base run's tables plus a ``[compare]``
+    table of variants, seeds, baseline and options) that ``--config`` reads back; other configs (a study) print
+    their plain values as TOML."""
+    from attnlab.compare.config import CompareConfig
+    from attnlab.config import dump_toml
+
+    if isinstance(cfg, TrainConfig):
+        return dump_toml(config_to_dict(cfg))
+    if isinstance(cfg, CompareConfig):
+        d = config_to_dict(cfg.base)
+        d["compare"] = {"variants": cfg.variants, "seeds": cfg.seeds, "baseline": cfg.baseline, "options": cfg.options}
+        return dump_toml(d)
+    return dump_toml(cfg.to_dict())
 
 
 def fail(msg: str) -> int:

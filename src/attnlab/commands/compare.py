@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from attnlab.commands._config_args import config_from_args, csv_list, csv_seeds, fail, preset_name, print_or_run
+    from attnlab.commands._config_args import (config_file_tables, config_from_args, csv_list, csv_seeds, fail,
+                                               preset_name, print_or_run)
     from attnlab.compare import CompareConfig, get_compare_preset, run_compare
     from attnlab.config import ConfigError
 
@@ -32,12 +33,15 @@ def run(args: argparse.Namespace) -> int:
     name = preset_name(args, compare=True)
     try:
         preset = get_compare_preset(name)
-        base = config_from_args(args, preset.base)
-        variants = csv_list(args.variants, "--mechanisms") if args.variants is not None else preset.variants
-        seeds = csv_seeds(args.seeds) if args.seeds is not None else preset.seeds
-        options = {k: v for k, v in preset.options.items() if k in variants}
-        cfg = CompareConfig(base=base, variants=variants, seeds=seeds, options=options,
-                            baseline=args.baseline or (preset.baseline if preset.baseline in variants else None))
+        file, table = config_file_tables(args, compare=True)
+        base = config_from_args(args, preset.base, file=file)
+        # flags <- the file's [compare] table <- the preset
+        variants = csv_list(args.variants, "--mechanisms") if args.variants is not None \
+            else list(table.get("variants", preset.variants))
+        seeds = csv_seeds(args.seeds) if args.seeds is not None else list(table.get("seeds", preset.seeds))
+        options = {k: v for k, v in {**preset.options, **table.get("options", {})}.items() if k in variants}
+        baseline = args.baseline or table.get("baseline") or (preset.baseline if preset.baseline in variants else None)
+        cfg = CompareConfig(base=base, variants=variants, seeds=seeds, options=options, baseline=baseline)
     except (ConfigError, ValueError) as e:
         return fail(str(e))
     out = args.out or f"runs/compare-{name}"

@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return fail(str(e))
     if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=1))
+        from attnlab.commands._config_args import config_toml
+
+        print(json.dumps(cfg.to_dict(), indent=1) if args.print_config == "json" else config_toml(cfg), end="\n")
         return 0
     out = args.out or f"runs/{name}"
     is_main = int(os.environ.get("RANK", "0")) == 0
