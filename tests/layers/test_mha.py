@@ -239,7 +239,7 @@ def test_dropout_only_in_training() -> None:
     (dict(d_model=24, n_heads=4, head_dim=0), r"head_dim must be an int >= 1, got 0"),
     (dict(d_model=24, n_heads=4, score="cosine"), r"score must be one of .*got 'cosine'"),
     (dict(d_model=24, n_heads=4, additive_dim=3), r"additive_dim is only used with score='additive'"),
-    (dict(d_model=24, n_heads=4, mask="causal"), r"mask must be an attnlab.masks.Mask or None, got str"),
+    (dict(d_model=24, n_heads=4, mask="causal"), r"mask must be an attnlab.masks.Mask, a mask_mod callable or None, got str"),
     (dict(d_model=20, n_heads=4, rope=True), r"rope=True needs an even head_dim, got head_dim=5"),
     (dict(d_model=24, n_heads=4, dropout=1.0), r"dropout must be a float in \[0, 1\), got 1.0"),
     (dict(d_model=24, n_heads=4, impl="cuda"), r"impl must be one of \('auto', 'reference', 'sdpa', 'flex'\), got 'cuda'"),
@@ -317,8 +317,8 @@ def test_cross_layer_needs_context_and_no_cache() -> None:
 
 def test_bad_mask_override_and_impl() -> None:
     layer = _guarded()
-    with pytest.raises(ValueError, match="mask must be an attnlab.masks.Mask or None, got function"):
-        layer(_x(T=3), mask=lambda b, h, q, kv: kv <= q)
+    with pytest.raises(ValueError, match="mask must be an attnlab.masks.Mask, a mask_mod callable or None, got int"):
+        layer(_x(T=3), mask=3)  # (a mask_mod callable is accepted: tests/masks/test_mask_mod_callables.py)
     with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'reference', 'sdpa', 'flex'\), got 'fast'"):
         layer.impl = "fast"
     assert layer.impl == "auto"

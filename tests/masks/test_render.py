@@ -33,7 +33,7 @@ def test_render_writes_a_png_with_name_and_density_in_the_title(tmp_path, monkey
 def test_render_rejects_bad_sizes(tmp_path):
     with pytest.raises(ValueError, match="q_len must be an int >= 1, got 0"):
         render(patterns.causal(), 0, 4, tmp_path / "x.png")
-    with pytest.raises(TypeError, match="attnlab.masks.Mask"):
+    with pytest.raises(TypeError, match="mask must be a Mask or a mask_mod callable"):
         render("causal", 4, 4, tmp_path / "x.png")  # type: ignore[arg-type]
 
 

@@ -69,7 +69,7 @@ CASES = [
     ({"q_offset": 1.0}, r"q_offset must be an int >= 0, got 1.0"),
     ({"dropout_p": 1.0}, r"dropout_p must be a float in \[0, 1\), got 1.0"),
     ({"scale": float("nan")}, r"scale must be a finite float or None, got nan"),
-    ({"mask": lambda b, h, q, kv: kv <= q}, r"mask must be an attnlab.masks.Mask or None, got function"),
+    ({"mask": "causal"}, r"mask must be an attnlab.masks.Mask, a mask_mod callable or None, got str"),
     ({"mask": M.bigbird(2, 1, 1, max_len=8), "q_offset": 4},
      r"mask bigbird\(.*\) is defined for positions < max_len=8, got query positions up to q_offset \+ T = 9"),
     ({"mask": M.document(torch.tensor([0, 0, 1, 1, 1]))}, r"max_len=5, .* S=7 keys"),

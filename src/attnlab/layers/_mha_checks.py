@@ -52,7 +52,7 @@ def check_call(layer: Any, x: object, context: object, cache: object, mask: obje
     if x.device != w.device:
         raise ValueError(f"x is on {x.device} but the layer's parameters are on {w.device}")
     if mask is not None and not isinstance(mask, Mask):
-        raise ValueError(f"mask must be an attnlab.masks.Mask or None, got {type(mask).__name__}")
+        raise ValueError(f"mask must be an attnlab.masks.Mask, a mask_mod callable or None, got {type(mask).__name__}")
     if context is not None and context_kv is not None:
         raise ValueError("pass at most one of context (B, S, d_model) and context_kv=(k, v), not both")
     n_context: int | None = None

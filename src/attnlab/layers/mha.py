@@ -67,7 +67,7 @@ from attnlab.layers import capture as _capture
 from attnlab.layers._common import AttentionLayer, Choice, HeadGeometry
 from attnlab.layers._mha_checks import check_call
 from attnlab.layers.rope import apply_rope, pair_rows, rope_freqs, rotate_pairs
-from attnlab.masks import Mask, causal
+from attnlab.masks import Mask, as_mask, causal
 from attnlab.ops.softmax import (
     SCORES,
     SOFTMAX_IMPLS,
@@ -132,8 +132,11 @@ class MultiHeadAttentionConfig(HeadGeometry):
             if self.score != "additive":
                 raise ValueError(f"additive_dim is only used with score='additive', got score={self.score!r}")
             check_int("additive_dim", self.additive_dim, 1)
+        if self.mask is not None and not isinstance(self.mask, Mask) and callable(self.mask):
+            self.mask = as_mask(self.mask)  # a FlexAttention-style mask_mod: no facts assumed (not causal)
         if self.mask is not None and not isinstance(self.mask, Mask):
-            raise ValueError(f"mask must be an attnlab.masks.Mask or None, got {type(self.mask).__name__}")
+            raise ValueError(f"mask must be an attnlab.masks.Mask, a mask_mod callable or None, got "
+                             f"{type(self.mask).__name__}")
         self.check_rope(base=False)
         check_float("rope_base", self.rope_base, low=1, low_inclusive=False)
         check_float("dropout", self.dropout, low=0, high=1)
@@ -304,13 +307,16 @@ class MultiHeadAttention(AttentionLayer):
             context: keys/values come from here instead of ``x`` (cross-attention; unmasked unless ``mask``).
             cache: from :meth:`new_cache`; ``x`` holds the next ``T`` tokens, at positions from ``cache.seq_len``.
             mask: per-call override of the configured mask (e.g. a document mask for packed sequences, a key
-                padding mask); ``None`` keeps the configured one (for ``context``/``context_kv``: no mask).
+                padding mask), a :class:`~attnlab.masks.Mask` or a FlexAttention-style ``mask_mod`` callable;
+                ``None`` keeps the configured one (for ``context``/``context_kv``: no mask).
             context_kv: instead of ``context``, its keys and values ``(k, v)`` from :meth:`project_context`, each
                 ``(B, H_kv, S, D)``; the same output as ``context=`` without projecting the context again.
 
         Returns:
             ``(B, T, d_model)``.
         """
+        if mask is not None and not isinstance(mask, Mask) and callable(mask):  # a FlexAttention-style mask_mod
+            mask = as_mask(mask)
         self._validate(x, context, cache, mask, context_kv)
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim

@@ -6,7 +6,7 @@ materialise one. Indices are absolute positions: in cached decoding the query at
 """
 
 from attnlab.masks import core, padding, patterns, vlm
-from attnlab.masks.core import Mask, MaskFn, and_masks, dense, or_masks
+from attnlab.masks.core import Mask, MaskFn, and_masks, as_mask, dense, or_masks
 from attnlab.masks.padding import key_padding
 from attnlab.masks.patterns import (
     bidirectional,

@@ -28,6 +28,7 @@ MaskFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 __all__ = [
     "Mask",
     "MaskFn",
+    "as_mask",
     "and_masks",
     "or_masks",
     "dense",
@@ -85,12 +86,18 @@ class Mask:
         return or_masks(self, other)
 
 
-def _as_mask(m: Mask | MaskFn, what: str) -> Mask:
+def as_mask(m: Mask | MaskFn, what: str = "mask") -> Mask:
+    """``m`` itself when it is a :class:`Mask`; a FlexAttention-style ``mask_mod(b, h, q_idx, kv_idx) -> bool``
+    callable (e.g. from attention-gym) wrapped as a :class:`Mask` named after it, with no facts assumed (not causal,
+    no window: every backend then applies it as a general mask). ``TypeError`` naming ``what`` otherwise."""
     if isinstance(m, Mask):
         return m
     if callable(m):
         return Mask(name=getattr(m, "__name__", "custom"), fn=m)
     raise TypeError(f"{what} must be a Mask or a mask_mod callable, got {type(m).__name__}")
+
+
+_as_mask = as_mask
 
 
 def _operands(func: str, masks: tuple[Mask | MaskFn, ...]) -> list[Mask]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from attnlab.masks import patterns, vlm
-from attnlab.masks.core import Mask, dense
+from attnlab.masks.core import Mask, as_mask, dense
 
 __all__ = ["density", "example_masks", "example_vlm_layout", "render", "gallery", "MAX_RENDER_LENGTH",
            "MIN_GALLERY_LENGTH"]
@@ -61,8 +61,7 @@ def render(mask: Mask, q_len: int, kv_len: int, path: str | Path, title: str | N
 
     ``title`` defaults to the mask's name; the density is always appended.
     """
-    if not isinstance(mask, Mask):
-        raise TypeError(f"mask must be an attnlab.masks.Mask, got {type(mask).__name__}")
+    mask = as_mask(mask, "mask")  # a Mask, or a FlexAttention-style mask_mod callable
     for arg, val in (("q_len", q_len), ("kv_len", kv_len)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise ValueError(f"{arg} must be an int >= 1, got {val!r}")

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from attnlab.masks import Mask
+from attnlab.masks import Mask, as_mask
 from attnlab.ops._checks import check_kv_like_q
 from attnlab.ops.softmax.args import SoftmaxArgs
 from attnlab.ops.softmax.flex import FLEX_SCORES, flex_softmax_attention
@@ -82,7 +82,8 @@ def _validate(
         raise ValueError(f"q_offset must be an int >= 0, got {q_offset!r}")
     if mask is not None:
         if not isinstance(mask, Mask):
-            raise ValueError(f"mask must be an attnlab.masks.Mask or None, got {type(mask).__name__}")
+            raise ValueError(f"mask must be an attnlab.masks.Mask, a mask_mod callable or None, got "
+                             f"{type(mask).__name__}")
         if mask.max_len is not None and (q_offset + T > mask.max_len or S > mask.max_len):
             raise ValueError(
                 f"mask {mask.name} is defined for positions < max_len={mask.max_len}, got query positions "
@@ -165,8 +166,9 @@ def softmax_attention(
         k: keys ``(B, H_kv, S, D)`` with ``H % H_kv == 0`` (``H_kv < H``: GQA; ``H_kv == 1``: MQA); query head
             ``h`` reads key/value head ``h // (H // H_kv)``.
         v: values ``(B, H_kv, S, Dv)``.
-        mask: an :class:`attnlab.masks.Mask`, or ``None`` for no masking. Query row ``i`` is at absolute
-            position ``q_offset + i``; key ``j`` at position ``j``.
+        mask: an :class:`attnlab.masks.Mask`, a FlexAttention-style ``mask_mod(b, h, q_idx, kv_idx)`` callable
+            (e.g. from attention-gym; applied as a general mask, no facts assumed), or ``None`` for no masking.
+            Query row ``i`` is at absolute position ``q_offset + i``; key ``j`` at position ``j``.
         scale: multiplies every score; ``None`` means ``1/sqrt(D)`` for ``"scaled_dot"`` and ``1`` otherwise.
         score: ``"scaled_dot"`` (``q.k``), ``"dot"`` (Luong dot, ``q.k``), ``"general"`` (Luong general,
             ``q W k^T``), ``"additive"`` (Bahdanau, ``v . tanh(q W_q + k W_k)``).
@@ -182,6 +184,8 @@ def softmax_attention(
     Raises:
         ValueError: for any inconsistent argument, before any computation.
     """
+    if mask is not None and not isinstance(mask, Mask) and callable(mask):  # a FlexAttention-style mask_mod
+        mask = as_mask(mask)
     _validate(q, k, v, mask, scale, score, score_params, q_offset, dropout_p, impl)
     D = q.shape[-1]
     s = float(scale) if scale is not None else default_scale(score, D)
