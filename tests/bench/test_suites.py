@@ -84,3 +84,13 @@ def test_projection_guard_skips_cases_projected_over_the_limits():
     lin = [{"T": 256, "fwd+bwd MiB": 4, "fwd+bwd ms": 10}, {"T": 1024, "fwd+bwd MiB": 16, "fwd+bwd ms": 40}]
     assert _projection_guard(lin, 4096, opts) is None
     assert _projection_guard([], 4096, opts) is None
+
+
+def test_mechanisms_suite_says_what_it_timed_of_a_layer_with_per_call_inputs():
+    res = get_suite("mechanisms").run(BenchOptions(mechanisms=("future-light", "standard"), dtype=torch.float64,
+                                                   **TINY))
+    rows = [r for r in res.tables[0].rows if r["mechanism"] in ("future-light", "standard")]
+    light = [r for r in rows if r["mechanism"] == "future-light"]
+    assert light and all(r["status"] == "ok" and "its plain causal path" in r["note"] and "bench future" in r["note"]
+                         for r in light)
+    assert all(not r.get("note") for r in rows if r["mechanism"] == "standard")

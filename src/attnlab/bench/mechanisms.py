@@ -113,6 +113,9 @@ def run_mechanisms(options: BenchOptions) -> SuiteResult:
                                     dtype=options.dtype, requires_grad=True)
                     row.update(measure_step(*layer_step(layer, x), options, baseline=sdpa_step(options, T)))
                     with_ratios(row, baselines[T])
+                    if getattr(type(layer), "token_inputs", ()):  # e.g. future-light: is_visual is a per-call input
+                        row["note"] = (f"timed without its per-call inputs ({', '.join(type(layer).token_inputs)}): "
+                                       "its plain causal path; `attnlab bench future` times the merge")
                     done.append(row)
                 except Exception as exc:
                     row["status"] = short_error(exc)
