@@ -17,8 +17,10 @@ The weight map (attnlab -> Llama), per layer ``i``::
     tok_emb.weight -> model.embed_tokens.weight; norm_f.weight -> model.norm.weight; lm_head.weight -> lm_head.weight
 
 attnlab's RoPE pairs dimension ``i`` with ``i + D/2`` (rotate half), as Llama's does, so no permutation is needed.
-Every other mechanism (CASTLE, linear, sparse, the deconstructed variants) has no Llama form; exporting one is a
-clear error (the ``AttnlabForCausalLM`` wrapper that would carry them is not built yet).
+Every other mechanism (CASTLE, linear, sparse, the deconstructed variants) has no Llama form; such a model is
+exported as an :class:`~attnlab.integrations.hf_model.AttnlabForCausalLM` directory instead (``model_type =
+"attnlab"``), which ``AutoModelForCausalLM.from_pretrained`` loads after ``import attnlab.integrations.hf`` and which
+decodes with each mechanism's own cache. ``arch="attnlab"`` exports a standard model that way too.
 
 ``transformers`` is imported here only (``pip install 'attnlab[hf]'``).
 """
@@ -64,8 +66,8 @@ def check_llama_compatible(lm: nn.Module) -> None:
             why = "the layers have different head layouts"
         if why is not None:
             raise ValueError(f"layer {i} ({name!r}) cannot be exported as a Llama: {why}; only LMs whose every layer "
-                             f"is one of {', '.join(LLAMA_MECHANISMS)} export to LlamaForCausalLM (an attnlab "
-                             "wrapper for the other mechanisms is not available yet)")
+                             f"is one of {', '.join(LLAMA_MECHANISMS)} export to LlamaForCausalLM (export it as an "
+                             "AttnlabForCausalLM: arch='attnlab', --as attnlab)")
 
 
 def llama_config(lm: nn.Module, **extra: Any) -> Any:
@@ -123,8 +125,12 @@ def lm_to_llama(lm: nn.Module, *, attn_implementation: str = "eager") -> Any:
     return model.to(torch.float32).eval()
 
 
-def export_hf(checkpoint: str | Path, out: str | Path, *, force: bool = False) -> Path:
-    """Write the checkpoint (or run directory) ``checkpoint`` as a ``LlamaForCausalLM`` directory ``out``; returns it.
+def export_hf(checkpoint: str | Path, out: str | Path, *, arch: str = "auto", force: bool = False) -> tuple[Path, str]:
+    """Write the checkpoint (or run directory) ``checkpoint`` as a transformers model directory ``out``; returns it
+    and the class written.
+
+    ``arch``: ``"auto"`` (``LlamaForCausalLM`` when every layer has a Llama form, else ``AttnlabForCausalLM``),
+    ``"llama"`` (refused, naming the layer, when one has none) or ``"attnlab"``.
 
     ``out`` must not exist (or be empty), unless ``force`` moves it aside to ``out.old-<time>`` (nothing written is
     ever deleted). Besides the transformers files, ``attnlab_export.json`` records the source checkpoint, its run
@@ -134,12 +140,26 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, force: bool = False) -
     from attnlab.train.loading import load_trained
     from attnlab.train.outdir import prepare_out_dir
 
+    if arch not in ("auto", "llama", "attnlab"):
+        raise ValueError(f"arch must be 'auto', 'llama' or 'attnlab', got {arch!r}")
     trained = load_trained(checkpoint, device="cpu", task="lm")
-    model = lm_to_llama(trained.model)  # refuses a mechanism without a Llama form before anything is written
+    if arch == "auto":
+        try:
+            check_llama_compatible(trained.model)
+            arch = "llama"
+        except ValueError:
+            arch = "attnlab"
+    if arch == "llama":
+        model = lm_to_llama(trained.model)  # refuses a mechanism without a Llama form before anything is written
+    else:
+        from attnlab.integrations.hf_model import lm_to_hf
+
+        model = lm_to_hf(trained.model)
     out = Path(out)
     prepare_out_dir(out, resume=False, force=force)
     model.save_pretrained(out)
-    meta = {"source_checkpoint": str(trained.path), "format": "LlamaForCausalLM", "run_config": trained.config.to_dict(),
+    kind = type(model).__name__
+    meta = {"source_checkpoint": str(trained.path), "format": kind, "run_config": trained.config.to_dict(),
             "tokenizer": trained.state.get("task_state", {}).get("tokenizer")}  # as stored: no data is read
     (out / "attnlab_export.json").write_text(json.dumps(meta, indent=1))
-    return out
+    return out, kind
