@@ -3,7 +3,9 @@ and attnlab's language models as transformers models.
 
 Importing this module also registers :class:`~attnlab.integrations.hf_model.AttnlabForCausalLM` (any attnlab LM, with
 its mechanisms' own caches) with ``AutoConfig`` / ``AutoModelForCausalLM``, so ``AutoModelForCausalLM.from_pretrained``
-loads what ``attnlab export --format hf`` writes (:mod:`attnlab.integrations.hf_export`).
+loads what ``attnlab export --format hf`` writes (:mod:`attnlab.integrations.hf_export`), and registers attnlab's
+mask-based mechanisms as transformers attention implementations ``"attnlab-<mechanism>"``
+(:mod:`attnlab.integrations.hf_masks`, :func:`register_hf_attention` for other options).
 
 Needs the ``hf`` extra (``pip install 'attnlab[hf]'``, which brings ``transformers``); the core of attnlab never
 imports this module. Two calls, each usable as a context manager or as a function whose handle has ``remove()``:
@@ -61,11 +63,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("attnlab.integrations.hf needs transformers: pip install 'attnlab[hf]'") from exc
 
 from attnlab.masks.vlm import FUTURE_KINDS, SEMANTICS, FutureKind, Semantics, future_mask
+from attnlab.integrations.hf_masks import register_hf_attention  # registers attnlab-<mechanism> masks
 from attnlab.integrations.hf_model import AttnlabConfig, AttnlabForCausalLM  # registers them with the Auto classes
 from attnlab.ops.future import check_options, default_reduce, light_future_attention
 
 __all__ = ["apply_future_mask", "apply_light_future", "FuturePatch", "LIGHT_ATTENTION", "SUPPORTED_MODELS",
-           "SUPPORTED_ATTENTION", "visual_token_ids", "AttnlabConfig", "AttnlabForCausalLM"]
+           "SUPPORTED_ATTENTION", "visual_token_ids", "AttnlabConfig", "AttnlabForCausalLM", "register_hf_attention"]
 
 #: The name of the light variant in transformers' ``AttentionInterface`` and ``AttentionMaskInterface``.
 LIGHT_ATTENTION = "attnlab_future_light"

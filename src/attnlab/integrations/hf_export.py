@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["llama_config", "lm_to_llama", "check_llama_compatible", "export_hf", "LLAMA_MECHANISMS"]
+__all__ = ["llama_config", "llama_state_dict", "lm_to_llama", "check_llama_compatible", "export_hf", "LLAMA_MECHANISMS"]
 
 #: the mechanisms whose layers are exactly Llama attention (with the LM's defaults: RoPE, no bias, scaled_dot)
 LLAMA_MECHANISMS = ("standard", "gqa", "mqa")
@@ -70,11 +70,13 @@ def check_llama_compatible(lm: nn.Module) -> None:
                              "AttnlabForCausalLM: arch='attnlab', --as attnlab)")
 
 
-def llama_config(lm: nn.Module, **extra: Any) -> Any:
-    """The ``LlamaConfig`` of an exportable attnlab LM (:func:`check_llama_compatible`)."""
+def llama_config(lm: nn.Module, *, check: bool = True, **extra: Any) -> Any:
+    """The ``LlamaConfig`` of an exportable attnlab LM (:func:`check_llama_compatible`; ``check=False`` skips it, e.g.
+    for a sparse-mask LM whose Llama twin runs with an ``attnlab-*`` attention implementation)."""
     from transformers import LlamaConfig
 
-    check_llama_compatible(lm)
+    if check:
+        check_llama_compatible(lm)
     c = lm.config
     a = lm.blocks[0].attn
     return LlamaConfig(
@@ -87,7 +89,7 @@ def llama_config(lm: nn.Module, **extra: Any) -> Any:
     )
 
 
-def _state_dict(lm: nn.Module) -> dict[str, torch.Tensor]:
+def llama_state_dict(lm: nn.Module) -> dict[str, torch.Tensor]:
     """attnlab's parameters under Llama's names (see the module docstring)."""
     a = lm.blocks[0].attn
     H, Hkv, D = a.n_heads, a.n_kv_heads, a.head_dim
@@ -108,14 +110,16 @@ def _state_dict(lm: nn.Module) -> dict[str, torch.Tensor]:
     return {k: t.detach().clone().contiguous() for k, t in out.items()}
 
 
-def lm_to_llama(lm: nn.Module, *, attn_implementation: str = "eager") -> Any:
-    """A ``LlamaForCausalLM`` (float32, eval mode) holding ``lm``'s weights; its logits equal attnlab's."""
+def lm_to_llama(lm: nn.Module, *, attn_implementation: str = "eager", check: bool = True) -> Any:
+    """A ``LlamaForCausalLM`` (float32, eval mode) holding ``lm``'s weights; its logits equal attnlab's. With
+    ``check=False`` and an ``attnlab-*`` ``attn_implementation`` (:mod:`attnlab.integrations.hf_masks`) a sparse-mask
+    LM gets its Llama twin."""
     from transformers import LlamaForCausalLM
 
-    cfg = llama_config(lm)
+    cfg = llama_config(lm, check=check)
     cfg._attn_implementation = attn_implementation
     model = LlamaForCausalLM(cfg)
-    missing, unexpected = model.load_state_dict(_state_dict(lm), strict=False)
+    missing, unexpected = model.load_state_dict(llama_state_dict(lm), strict=False)
     missing = [m for m in missing if not (cfg.tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:  # pragma: no cover - a transformers release that renamed Llama's modules
         raise RuntimeError(f"the Llama of this transformers release has other parameter names: missing {missing}, "
