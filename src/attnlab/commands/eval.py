@@ -27,6 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "'even', or layer numbers from 1 ('1,3'); the checkpoint is not changed")
     p.add_argument("--skip-part", choices=("block", "mixer"), default="block",
                    help="with --skip-layers: remove whole blocks (default) or only their attention/variant mixers")
+    p.add_argument("--harness", metavar="TASKS",
+                   help="instead of the splits: run lm-evaluation-harness tasks (comma-separated) on this language "
+                        "model (attnlab[eval]; the tasks' data must be reachable or local)")
+    p.add_argument("--harness-include", metavar="DIR", help="with --harness: a directory of extra task YAML files")
+    p.add_argument("--harness-limit", type=float, default=None,
+                   help="with --harness: at most this many documents per task (or a fraction below 1)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -42,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         return fail(f"--batch-size must be a positive number of rows, got {args.batch_size}")
+    if args.harness is not None:
+        return _harness(args)
+    if args.harness_include is not None or args.harness_limit is not None:
+        return fail("--harness-include and --harness-limit go with --harness TASKS")
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     for split in splits:
         if split not in ("train", "val", "test"):
@@ -108,4 +118,40 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {split:5s} loss {r['loss']:.4f}  ppl {r['ppl']:.2f}{extra}  ({r['tokens']:,} tokens)")
         for f in getattr(task, "written_files", []):
             print(f"  wrote {f}")
+    return 0
+
+
+def _harness(args: argparse.Namespace) -> int:
+    """``attnlab eval --harness TASKS``: lm-evaluation-harness on the checkpoint (a thin wrapper)."""
+    import json
+
+    from attnlab.commands._config_args import fail
+
+    tasks = [t.strip() for t in args.harness.split(",") if t.strip()]
+    if not tasks:
+        return fail("--harness needs at least one task name")
+    if args.harness_limit is not None and not args.harness_limit > 0:
+        return fail(f"--harness-limit must be positive, got {args.harness_limit}")
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+
+        import attnlab.integrations.lm_eval  # noqa: F401  (registers "attnlab")
+    except ImportError as e:
+        return fail(f"--harness needs lm-evaluation-harness: pip install 'attnlab[eval]' ({e})")
+    device = "cpu" if args.device == "auto" else args.device
+    try:
+        manager = TaskManager(include_path=args.harness_include) if args.harness_include else TaskManager()
+        res = lm_eval.simple_evaluate(model="attnlab", model_args={"checkpoint": args.checkpoint, "device": device},
+                                      tasks=tasks, batch_size=args.batch_size, limit=args.harness_limit,
+                                      task_manager=manager, log_samples=False)
+    except (ValueError, KeyError) as e:
+        return fail(f"--harness: {e}")
+    results = res["results"] if res else {}
+    if args.json:
+        print(json.dumps(results, indent=1, default=str))
+    else:
+        for task, metrics in results.items():
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            print(f"{task}: {shown}")
     return 0
