@@ -14,7 +14,7 @@ from attnlab.compare import run_compare
 from attnlab.train.outdir import OutputDirError
 from attnlab.compare import CompareConfig
 from attnlab.compare.presets import tiny
-from attnlab.compare.report import significance
+from attnlab.compare.report import _far_off, markdown_inline, significance, welch_p
 
 
 
@@ -57,10 +57,21 @@ def test_compare_writes_leaderboard_plots_and_html(tmp_path: Path, small_cfg: Co
     # parity: CASTLE's parameter count is close to the baseline's (the 4/7 head rule), not double it
     params = {r["mechanism"]: int(r["params"]) for r in rows}
     assert abs(params["castle"] - params["standard"]) / params["standard"] < 0.1
-    for png in ("loss_curves.png", "final_loss.png"):
+    for png in ("loss_curves.png", "final_loss.png", "cost.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
     assert "<table>" in page and "data:image/png;base64," in page and "castle-swl" in page
+    # notes rendered, not raw Markdown; provenance with the attnlab version; links to every run's files
+    import re
+
+    text = re.sub(r"<[^>]+>", "", page)
+    assert "`" not in text and "**" not in text and "<code>standard</code>" in page
+    assert "attnlab: " in page and "Welch p" in page
+    for m in small_cfg.variants:
+        for s in (0, 1):
+            assert f'href="runs/{m}/seed{s}/"' in page and f'href="runs/{m}/seed{s}/metrics.csv"' in page
+    assert page.count("checkpoint 6</a>") == 10  # each run's newest checkpoint (step 6)
+    assert "peak mem (MiB)" in md and "not reported on CPU" in md  # the RSS figure is dropped, with the reason
 
     # ---- output directory protection
     with pytest.raises(OutputDirError, match="already holds results; pass --resume .* or --force"):
@@ -129,3 +140,22 @@ def test_verdict_between_one_and_two_standard_errors() -> None:
     assert significance(shift(b, -2.5 * se), b)[0] == "yes: better"
     assert significance(shift(b, 2.5 * se), b, lower_is_better=False)[0] == "yes: better"
     assert significance(a, b)[1] == pytest.approx(se)
+
+
+def test_welch_p_matches_scipy_and_edge_cases() -> None:
+    from scipy.stats import ttest_ind
+
+    a, b = [1.0, 1.2, 0.9], [1.5, 1.7, 1.4, 1.6]
+    assert welch_p(a, b) == pytest.approx(float(ttest_ind(a, b, equal_var=False).pvalue))
+    assert welch_p([1.0], b) is None
+    assert welch_p([2.0, 2.0], [2.0, 2.0]) == 1.0 and welch_p([2.0, 2.0], [3.0, 3.0]) == 0.0
+    # by hand: t = -4.73, df = 3.96 (Welch-Satterthwaite), two-sided p about 0.0094
+    assert welch_p(a, b) == pytest.approx(0.0099, abs=0.002)
+
+
+def test_far_off_and_markdown_inline() -> None:
+    assert _far_off([1.50, 1.52, 1.49, 3.9]) == [False, False, False, True]
+    assert _far_off([1.50, 1.52, 1.49, 1.55]) == [False] * 4
+    assert _far_off([1.0, 2.0]) == [False, False]  # nothing to compare with
+    assert markdown_inline("use `x < y` and **bold**, [docs](https://a.b/c)") == (
+        'use <code>x &lt; y</code> and <strong>bold</strong>, <a href="https://a.b/c">docs</a>')

@@ -31,7 +31,8 @@ def quick() -> CompareConfig:
     """The CPU demo: five mechanisms, tiny LLaMA-style models on Tiny Shakespeare characters.
 
     2 layers, d_model 64, 4 heads (CASTLE: 2 by parity), block 128, 16 sequences per step, 500 steps (1.0M
-    training tokens, about one epoch), two seeds; windows of 32 for the windowed mechanisms; one CPU thread.
+    training tokens, about one epoch), two seeds; windows of 32 for the windowed mechanisms; one CPU thread; a
+    validation point every 50 steps (10 per curve); TensorBoard logs in each run directory.
     Measured cost: about 140 CPU-seconds per seed for all five mechanisms (one thread, this project's dev machine).
     """
     base = shakespeare_char_cpu()
@@ -39,8 +40,8 @@ def quick() -> CompareConfig:
         base,
         model=replace(base.model, n_layers=2, d_model=64, n_heads=4, context_len=128, dropout=0.0),
         optim=replace(base.optim, lr=3e-3, warmup_steps=50),
-        steps=500, batch_size=16, eval_interval=100, log_interval=10, keep_checkpoints=1,
-        device="cpu", tensorboard=False, threads=1,
+        steps=500, batch_size=16, eval_interval=50, log_interval=10, keep_checkpoints=1,
+        device="cpu", tensorboard=True, threads=1,
     )
     return CompareConfig(
         base=cfg, variants=list(QUICK_MECHANISMS), seeds=[0, 1],
@@ -54,7 +55,7 @@ def tiny() -> CompareConfig:
     cfg = replace(
         q.base,
         model=replace(q.base.model, n_layers=1, d_model=16, n_heads=2, context_len=16),
-        steps=6, batch_size=4, eval_interval=3, log_interval=1, progress=False,
+        steps=6, batch_size=4, eval_interval=3, log_interval=1, progress=False, tensorboard=False,
     )
     return CompareConfig(base=cfg, variants=list(QUICK_MECHANISMS), seeds=[0, 1],
                          options={"sliding-window": {"window": 4}, "castle-swl": {"lookahead": 4}})

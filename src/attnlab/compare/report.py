@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
+import re
 import html
 import math
 import statistics
@@ -21,7 +23,7 @@ from attnlab.train.metrics import read_jsonl
 
 RunKey = tuple[str, int]
 
-__all__ = ["leaderboard_rows", "write_report", "significance", "SIGNIFICANCE_RULE"]
+__all__ = ["leaderboard_rows", "write_report", "significance", "welch_p", "SIGNIFICANCE_RULE", "markdown_inline"]
 
 SIGNIFICANCE_RULE = (
     "A difference from the baseline counts as beyond seed noise when |mean - mean_baseline| > "
@@ -33,6 +35,18 @@ SIGNIFICANCE_RULE = (
 def _mean_std(xs: list[float]) -> tuple[float, float | None]:
     m = statistics.fmean(xs)
     return m, (statistics.stdev(xs) if len(xs) >= 2 else None)
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """The two-sided p-value of Welch's t-test (``scipy.stats.ttest_ind(equal_var=False)``) of ``a`` against ``b``;
+    ``None`` with fewer than 2 values on a side, 1.0 when both are constant and equal."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if statistics.variance(a) == 0 and statistics.variance(b) == 0:
+        return 1.0 if statistics.fmean(a) == statistics.fmean(b) else 0.0
+    from scipy.stats import ttest_ind
+
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def significance(a: list[float], b: list[float], *, lower_is_better: bool = True) -> tuple[str, float | None]:
@@ -94,8 +108,12 @@ def leaderboard_rows(cfg: Any, runs: dict[RunKey, dict[str, Any]]) -> list[dict[
             "delta_vs_baseline": pm - statistics.fmean(base),  # type: ignore[arg-type]
             "welch_se": se,
             "beyond_noise": verdict,
+            "welch_p": welch_p(prim, base) if var != cfg.baseline else None,
             "tokens_per_s": statistics.fmean(r["tokens_per_s"] for r in rs),
-            "peak_mem_mib": statistics.fmean(r["peak_memory_bytes"] for r in rs) / 2**20,
+            # CPU: the process RSS cannot be attributed to one of several runs sharing a process (it read 0.0 MiB
+            # for runs after the first); only CUDA's allocator peak is reported
+            "peak_mem_mib": (statistics.fmean(r["peak_memory_bytes"] for r in rs) / 2**20
+                             if rs[0].get("memory_kind") == "cuda-allocated" else None),
             "memory_kind": rs[0].get("memory_kind", ""),
             "wall_s": statistics.fmean(r["wall_s"] for r in rs),
             "overhead_fraction": statistics.fmean(r["overhead_fraction"] for r in rs),
@@ -136,9 +154,30 @@ def _provenance() -> list[str]:
         machine += f", GPU {torch.cuda.get_device_name()}"
     if hasattr(os, "getloadavg"):
         machine += ", load average at the end " + " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    from attnlab import __version__
+
     return [f"- command: `{command}`",
             f"- date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
+            f"- attnlab: {__version__}" + (f", git commit {_git_commit()}" if _git_commit() else ""),
             f"- machine: {machine}"]
+
+
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    """The commit of the attnlab source tree when it is a git checkout (with ``+dirty`` for local changes)."""
+    import subprocess
+
+    src = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=src, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _markdown(cfg: Any, rows: list[dict[str, Any]]) -> str:
@@ -151,7 +190,7 @@ def _markdown(cfg: Any, rows: list[dict[str, Any]]) -> str:
         head += ["test ppl"]
     if metric != "loss":
         head += [f"val {metric} (mean ± std)", f"test {metric}"]
-    head += [f"Δ {metric} vs baseline", "beyond seed noise", "tokens/s", "peak mem (MiB)", "wall (s)"]
+    head += [f"Δ {metric} vs baseline", "beyond seed noise", "Welch p", "tokens/s", "peak mem (MiB)", "wall (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         loss = f"{r['val_loss_mean']:.4f}" + (f" ± {r['val_loss_std']:.4f}" if r["val_loss_std"] is not None else "")
@@ -164,19 +203,20 @@ def _markdown(cfg: Any, rows: list[dict[str, Any]]) -> str:
             std, spec = r[f"val_{metric}_std"], cfg.task_class.metric_format
             cells += [format(r[f"val_{metric}_mean"], spec) + (f" ± {std:{spec}}" if std is not None else ""),
                       _fmt(r[f"test_{metric}_mean"], spec)]
-        cells += [f"{r['delta_vs_baseline']:+.4f}", r["beyond_noise"], f"{r['tokens_per_s']:,.0f}",
-                  f"{r['peak_mem_mib']:.1f}", f"{r['wall_s']:.1f}"]
+        cells += [f"{r['delta_vs_baseline']:+.4f}", r["beyond_noise"], _fmt(r["welch_p"], ".3g"), f"{r['tokens_per_s']:,.0f}",
+                  _fmt(r["peak_mem_mib"], ".1f"), f"{r['wall_s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     intro = cfg.describe(rows[0]["tokens"])
     mem = rows[0]["memory_kind"]
     notes = [
         "",
-        SIGNIFICANCE_RULE,
+        SIGNIFICANCE_RULE + " Welch p: the two-sided p-value of Welch's t-test on the same values (scipy); with 2-3 "
+        "seeds it has 1-4 degrees of freedom, so read it as a rough guide.",
         "",
         "Peak memory: " + ("CUDA max_memory_allocated." if mem == "cuda-allocated" else
-                           "sampled increase of the process resident set during the run (CPU); runs share one "
-                           "process, so the first run also pays the allocator's warm-up and later runs reuse "
-                           "memory already held: compare CPU figures with care."),
+                           "not reported on CPU: the runs of a comparison share one process, whose resident set "
+                           "cannot be attributed to one run (later runs reuse memory the first one took and read "
+                           "0 MiB); `attnlab bench mechanisms` measures each layer's live tensor memory per step."),
         "tokens/s: training tokens over training time (evaluation and checkpoints excluded).",
     ]
     return ("# Leaderboard\n\n" + "\n".join(_provenance()) + "\n\n" + intro + "\n\n" + "\n".join(lines) + "\n"
@@ -191,8 +231,9 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             w.writerow(r)
 
 
-def _curves(out: Path, cfg: Any) -> dict[str, list[tuple[list[float], list[float], list[float], list[float]]]]:
-    """Per mechanism, per seed: (train tokens, train loss, eval tokens, eval loss)."""
+def _curves(out: Path, cfg: Any) -> dict[str, list[tuple[list[float], list[float], list[float], list[float],
+                                                            list[float]]]]:
+    """Per mechanism, per seed: (train tokens, train loss, eval tokens, eval loss, eval wall-clock seconds)."""
     curves: dict[str, list] = {}
     for mech in cfg.variants:
         for s in cfg.seeds:
@@ -200,9 +241,25 @@ def _curves(out: Path, cfg: Any) -> dict[str, list[tuple[list[float], list[float
             tr = [r for r in recs if r["kind"] == "train"]
             ev = [r for r in recs if r["kind"] == "eval" and r.get("split") == "val"]
             curves.setdefault(mech, []).append(
-                ([r["tokens"] for r in tr], [r["loss"] for r in tr], [r["tokens"] for r in ev], [r["loss"] for r in ev])
+                ([r["tokens"] for r in tr], [r["loss"] for r in tr], [r["tokens"] for r in ev], [r["loss"] for r in ev],
+                 [r.get("elapsed_s", float("nan")) for r in ev])
             )
     return curves
+
+
+def _far_off(values: list[float]) -> list[bool]:
+    """Which values lie far from the rest (more than 3 times the others' spread, and at least 25% of their level,
+    beyond their range), so that a plot can show them apart instead of squashing the others."""
+    flags = []
+    for i, v in enumerate(values):
+        rest = values[:i] + values[i + 1:]
+        if len(rest) < 2:
+            flags.append(False)
+            continue
+        lo, hi = min(rest), max(rest)
+        gap = max(3 * (hi - lo), 0.25 * max(abs(lo), abs(hi), 1e-12))
+        flags.append(v > hi + gap or v < lo - gap)
+    return flags
 
 
 def _ema(xs: list[float], alpha: float = 0.1) -> list[float]:
@@ -220,35 +277,66 @@ def _plots(out: Path, cfg: Any, rows: list[dict[str, Any]], runs: dict[RunKey, d
     import matplotlib.pyplot as plt
 
     curves = _curves(out, cfg)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    label = cfg.task_class.loss_label
+    names = [r["mechanism"] for r in rows]
+    final = {r["mechanism"]: r["val_loss_mean"] for r in rows}
+    off = dict(zip(names, _far_off([final[n] for n in names])))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.5))
     for i, (mech, seeds) in enumerate(curves.items()):
         color = f"C{i}"
-        for j, (tt, tl, et, el) in enumerate(seeds):
-            label = mech if j == 0 else None
-            ax1.plot(tt, _ema(tl), color=color, lw=1.2, alpha=0.9 if j == 0 else 0.5, label=label)
-            ax2.plot(et, el, color=color, marker="o", ms=3, lw=1.2, alpha=0.9 if j == 0 else 0.5, label=label)
-    label = cfg.task_class.loss_label
+        for j, (tt, tl, et, el, ew) in enumerate(seeds):
+            lab = (mech + (" (far off)" if off.get(mech) else "")) if j == 0 else None
+            a = 0.9 if j == 0 else 0.5
+            ax1.plot(tt, _ema(tl), color=color, lw=1.2, alpha=a, label=lab)
+            ax2.plot(et, el, color=color, marker="o", ms=3, lw=1.2, alpha=a, label=lab)
+            ax3.plot(ew, el, color=color, marker="o", ms=3, lw=1.2, alpha=a, label=lab)
     ax1.set(title="training loss (EMA 0.1)", xlabel="tokens", ylabel=label)
     ax2.set(title="validation loss (whole split)", xlabel="tokens", ylabel=label)
-    for ax in (ax1, ax2):
+    ax3.set(title="validation loss against wall-clock", xlabel="seconds since the run started", ylabel=label)
+    near = [final[n] for n in names if not off[n]]
+    for ax in (ax1, ax2, ax3):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    if any(off.values()) and near:  # keep the close ones readable: the far-off curves leave the top of the axes
+        top = max(near) + 0.5 * (max(near) - min(near) + 0.05 * abs(max(near)))
+        for ax in (ax2, ax3):
+            ax.set_ylim(top=top)
     curves_png = _save(fig, out / "loss_curves.png", plt)
 
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows)), 4))
-    names = [r["mechanism"] for r in rows]
     means = [r["val_loss_mean"] for r in rows]
     errs = [r["val_loss_std"] or 0.0 for r in rows]
-    ax.bar(names, means, yerr=errs, capsize=4, color=[f"C{i}" for i in range(len(rows))])
-    lo = min(m - e for m, e in zip(means, errs))
-    hi = max(m + e for m, e in zip(means, errs))
+    shown = [m if not off[n] else float("nan") for n, m in zip(names, means)]
+    ax.bar(names, [0 if m != m else m for m in shown], yerr=[0 if off[n] else e for n, e in zip(names, errs)],
+           capsize=4, color=[f"C{i}" for i in range(len(rows))])
+    keep = [(m, e) for n, m, e in zip(names, means, errs) if not off[n]] or list(zip(means, errs))
+    lo = min(m - e for m, e in keep)
+    hi = max(m + e for m, e in keep)
     pad = max(0.02, 0.15 * (hi - lo))
     ax.set_ylim(lo - pad, hi + pad)
+    for i, (n, m) in enumerate(zip(names, means)):
+        if off[n]:  # written in its place, off the scale of the others
+            ax.annotate(f"{m:.4f}\n(off scale)", (i, hi + pad * 0.5), ha="center", va="top", fontsize=8, color="C3")
     ax.set(title="final validation loss (mean ± std over seeds)", ylabel=label)
     ax.grid(axis="y", alpha=0.3)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     final_png = _save(fig, out / "final_loss.png", plt)
-    pngs = {"loss_curves": curves_png, "final_loss": final_png}
+
+    has_mem = all(r["peak_mem_mib"] is not None for r in rows)
+    fig, axes = plt.subplots(1, 2 if has_mem else 1, figsize=(max(8 if has_mem else 5, (2.2 if has_mem else 1.2)
+                                                                     * len(rows)), 4), squeeze=False)
+    colors = [f"C{i}" for i in range(len(rows))]
+    b1 = axes[0][0]
+    b1.bar(names, [r["tokens_per_s"] for r in rows], color=colors)
+    b1.set(title="training throughput", ylabel="tokens/s (mean over seeds)")
+    if has_mem:
+        axes[0][1].bar(names, [r["peak_mem_mib"] for r in rows], color=colors)
+        axes[0][1].set(title="peak memory", ylabel="MiB (CUDA max_memory_allocated)")
+    for b in axes[0]:
+        b.grid(axis="y", alpha=0.3)
+        plt.setp(b.get_xticklabels(), rotation=20, ha="right")
+    cost_png = _save(fig, out / "cost.png", plt)
+    pngs = {"loss_curves": curves_png, "final_loss": final_png, "cost": cost_png}
     horizon = _horizon_plot(out, cfg, runs, plt)
     if horizon is not None:
         pngs["horizon_error"] = horizon
@@ -283,36 +371,73 @@ def _save(fig: Any, path: Path, plt: Any) -> Path:
     return path
 
 
-def _html(cfg: Any, md: str, rows: list[dict[str, Any]], pngs: dict[str, Path]) -> str:
+def markdown_inline(text: str) -> str:
+    """HTML of one line of the report's Markdown: escaped, with `code`, **bold** and [text](link) rendered. Written
+    here because the reports use only these three inline forms (a Markdown library would be a dependency for them)."""
+    out = html.escape(text, quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    out = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", lambda m: f'<a href="{html.escape(m.group(2))}">{m.group(1)}</a>', out)
+
+
+def _run_links(out: Path, cfg: Any) -> str:
+    """A table of every run with links to its directory, checkpoints and TensorBoard logs (relative to ``out``)."""
+    rows = []
+    for var in cfg.variants:
+        for s in cfg.seeds:
+            d = cfg.run_dir(out, var, s)
+            rel = d.relative_to(out).as_posix()
+            ckpts = sorted(p.name for p in d.glob("ckpt-*") if p.is_dir())
+            tb = d / "tensorboard"
+            links = [f'<a href="{rel}/">run</a>', f'<a href="{rel}/metrics.csv">metrics</a>']
+            if ckpts:
+                links.append(f'<a href="{rel}/{ckpts[-1]}/">checkpoint {ckpts[-1][5:].lstrip("0") or "0"}</a>')
+            links.append(f'<a href="{rel}/tensorboard/">TensorBoard</a> (<code>tensorboard --logdir {html.escape(str(tb))}</code>)'
+                         if tb.is_dir() else "no TensorBoard log")
+            rows.append(f"<tr><td>{html.escape(var)}</td><td>{s}</td><td>{' · '.join(links)}</td></tr>")
+    return ("<table><thead><tr><th>" + html.escape(cfg.variant_label) + "</th><th>seed</th><th>files</th></tr>"
+            "</thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+def _html(out: Path, cfg: Any, md: str, rows: list[dict[str, Any]], pngs: dict[str, Path]) -> str:
     def img(p: Path) -> str:
         data = base64.b64encode(p.read_bytes()).decode("ascii")
         return f'<a href="{p.name}"><img alt="{p.stem}" src="data:image/png;base64,{data}" style="max-width:100%"></a>'
 
     table_lines = [l for l in md.splitlines() if l.startswith("|")]
     head = [c.strip() for c in table_lines[0].strip("|").split("|")]
-    body = [[c.strip().strip("`") for c in l.strip("|").split("|")] for l in table_lines[2:]]
+    body = [[c.strip() for c in l.strip("|").split("|")] for l in table_lines[2:]]
     t = ["<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"]
     for r in body:
-        t.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
+        t.append("<tr>" + "".join(f"<td>{markdown_inline(c)}</td>" for c in r) + "</tr>")
     t.append("</tbody></table>")
-    paras = [l for l in md.splitlines() if l and not l.startswith("|") and not l.startswith("#")]
-    text = "".join(f"<p>{html.escape(p)}</p>" for p in paras)
+    prov, paras = [], []
+    for line in md.splitlines():
+        if not line or line.startswith("|") or line.startswith("#"):
+            continue
+        (prov if line.startswith("- ") else paras).append(line)
+    provenance = "<ul>" + "".join(f"<li>{markdown_inline(l[2:])}</li>" for l in prov) + "</ul>"
+    text = "".join(f"<p>{markdown_inline(p)}</p>" for p in paras)
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}")
+             "table{border-collapse:collapse;font-size:14px;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
+             "code{background:#f5f5f5;padding:0 3px}")
+    sections = [("Loss curves", "loss_curves"), ("Final validation loss", "final_loss"),
+                ("Throughput (and peak memory on CUDA)", "cost"), ("Error by horizon step", "horizon_error")]
+    figures = "".join(f"<h2>{title}</h2>{img(pngs[key])}" for title, key in sections if key in pngs)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>attnlab comparison</title>"
-        f"<style>{style}</style></head><body><h1>attnlab comparison</h1>{''.join(t)}{text}"
-        f"<h2>Loss curves</h2>{img(pngs['loss_curves'])}<h2>Final validation loss</h2>{img(pngs['final_loss'])}"
-        + (f"<h2>Error by horizon step</h2>{img(pngs['horizon_error'])}" if "horizon_error" in pngs else "")
-        + "<p>Files: <a href='leaderboard.md'>leaderboard.md</a>, <a href='leaderboard.csv'>leaderboard.csv</a>, "
-        "per-run metrics under <code>runs/&lt;mechanism&gt;/seed&lt;k&gt;/</code>.</p></body></html>\n"
+        f"<style>{style}</style></head><body><h1>attnlab comparison</h1>{provenance}{''.join(t)}{text}{figures}"
+        f"<h2>Runs</h2>{_run_links(out, cfg)}"
+        "<p>Files: <a href='leaderboard.md'>leaderboard.md</a>, <a href='leaderboard.csv'>leaderboard.csv</a>.</p>"
+        "</body></html>\n"
     )
 
 
 def write_report(out: Path, cfg: Any, runs: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Path]:
-    """Write leaderboard.md/.csv, loss_curves.png, final_loss.png (forecasting: horizon_error.png) and report.html
-    into ``out``."""
+    """Write leaderboard.md/.csv, loss_curves.png (against tokens and wall-clock), final_loss.png (a far-off
+    variant shown apart), cost.png (throughput and peak memory; forecasting also horizon_error.png) and report.html
+    (provenance, the table with notes rendered, every figure, links to each run's files) into ``out``."""
     rows = leaderboard_rows(cfg, runs)
     md = _markdown(cfg, rows)
     files = {"leaderboard_md": out / "leaderboard.md", "leaderboard_csv": out / "leaderboard.csv"}
@@ -321,5 +446,5 @@ def write_report(out: Path, cfg: Any, runs: dict[tuple[str, int], dict[str, Any]
     pngs = _plots(out, cfg, rows, runs)
     files.update(pngs)
     files["html"] = out / "report.html"
-    files["html"].write_text(_html(cfg, md, rows, pngs))
+    files["html"].write_text(_html(out, cfg, md, rows, pngs))
     return files

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import json
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,7 @@ def _run_compare(cfg: CompareConfig, out: Path, *, resume: bool, force: bool, da
     t0 = time.perf_counter()
     result = CompareResult(out_dir=out)
     total = len(cfg.variants) * len(cfg.seeds)
+    walls: list[float] = []  # wall time of each run trained here, for the estimate of what is left
     i = 0
     for mech in cfg.variants:
         for seed in cfg.seeds:
@@ -90,9 +92,16 @@ def _run_compare(cfg: CompareConfig, out: Path, *, resume: bool, force: bool, da
             if done.is_file():
                 log(f"[{i}/{total}] {mech} seed {seed}: finished earlier, kept")
             else:
-                log(f"[{i}/{total}] {mech} seed {seed}")
+                trained = [w for w in walls if w > 0]
+                eta = ""
+                if trained:  # from the runs this comparison trained itself (finished earlier ones took unknown time)
+                    left = (total - i + 1) * statistics.fmean(trained)
+                    eta = f" (about {left / 60:.0f} min left for this and the {total - i} runs after it)"
+                log(f"[{i}/{total}] {mech} seed {seed}{eta}")
+                t_run = time.perf_counter()
                 trainer = Trainer(cfg.run_config(mech, seed), out_dir=rdir, data=data, resume=True, log=log)
                 trainer.fit()
+                walls.append(time.perf_counter() - t_run)
                 del trainer
                 gc.collect()
                 if torch.cuda.is_available():
