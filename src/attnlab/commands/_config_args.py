@@ -19,6 +19,7 @@ DEFAULT_PRESETS: dict[str, tuple[str, str]] = {
     "translation": ("multi30k-de-en", "multi30k-scores"),
     "forecast": ("etth1-quick", "forecast-quick"),
     "digits-vqa": ("digits-vqa", "digits-masks"),
+    "stg": ("stg", "stg"),
 }
 
 

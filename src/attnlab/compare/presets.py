@@ -6,6 +6,8 @@
 * ``multi30k-scores``: the four cross-attention scores of translation, three seeds.
 * ``digits-masks``, ``digits-masks-quick``: the two-image digits task trained under each future-aware mask
   (:mod:`attnlab.study.digits`; ``attnlab vlm digits`` adds the train x evaluation mask report).
+* ``stg-objectives``, ``stg-objectives-quick``: the Spurious Token Game under plain training and CAT with each
+  decay schedule (spec causal_training.md A.9).
 * ``forecast-quick``: DLinear, the causal Transformer and AutoHFormer on ETTh1 (the ``etth1-quick`` run: look-back
   96, horizon 24, 60 steps), two seeds; other horizons with ``--set data.horizon=N`` (one comparison per horizon).
 
@@ -106,11 +108,29 @@ def digits_masks_quick() -> CompareConfig:
     return replace(digits_masks(), base=digits_vqa_quick(), seeds=[0, 1])
 
 
+def stg_objectives() -> CompareConfig:
+    """The Spurious Token Game (``stg`` preset) under plain training and CAT with each decay (``plain``,
+    ``cat-epoch``, ``cat-progress``, ``cat-none``), three seeds, baseline ``plain``."""
+    from attnlab.tasks.stg import VARIANTS
+    from attnlab.train.presets import stg
+
+    return CompareConfig(base=stg(), variants=list(VARIANTS), baseline="plain", seeds=[0, 1, 2])
+
+
+def stg_objectives_quick() -> CompareConfig:
+    """:func:`stg_objectives` at smoke size (``stg-quick``), two seeds."""
+    from attnlab.train.presets import stg_quick
+
+    return replace(stg_objectives(), base=stg_quick(), seeds=[0, 1])
+
+
 COMPARE_PRESETS: dict[str, Callable[[], CompareConfig]] = {"quick": quick, "tiny": tiny, "multi30k-scores": multi30k_scores,
                                                            "multi30k-scores-tiny": multi30k_scores_tiny,
                                                            "forecast-quick": forecast_quick,
                                                            "digits-masks": digits_masks,
-                                                           "digits-masks-quick": digits_masks_quick}
+                                                           "digits-masks-quick": digits_masks_quick,
+                                                           "stg-objectives": stg_objectives,
+                                                           "stg-objectives-quick": stg_objectives_quick}
 
 
 def get_compare_preset(name: str) -> CompareConfig:

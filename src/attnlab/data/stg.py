@@ -52,12 +52,14 @@ def stg_label(smoking: int, weight: int, exercise: int) -> str:
 @dataclass(frozen=True)
 class STGExample:
     """One example: ``values`` by name, the prompt ``tokens`` (ending with ``Answer:``), the ``answer`` tokens (two
-    words) and ``causes``: the ``[start, end)`` token spans of the three causal ``Name : value`` groups."""
+    words), ``causes`` and ``spurious``: the ``[start, end)`` token spans of the three causal and the three spurious
+    ``Name : value`` groups."""
 
     values: dict[str, int]
     tokens: tuple[str, ...]
     answer: tuple[str, ...]
     causes: tuple[tuple[int, int], ...]
+    spurious: tuple[tuple[int, int], ...] = ()
 
     @property
     def label(self) -> str:
@@ -81,7 +83,7 @@ def stg_example(rng: np.random.Generator, split: Split = "iid") -> STGExample:
     values = _values(rng, split)
     order = [STG_NAMES[i] for i in rng.permutation(len(STG_NAMES))]
     tokens = REQUEST.split()
-    causes = []
+    causes, spurious = [], []
     for k, name in enumerate(order):
         if k:
             tokens.append(",")
@@ -89,9 +91,12 @@ def stg_example(rng: np.random.Generator, split: Split = "iid") -> STGExample:
         tokens += [name, ":", str(values[name])]
         if name in CAUSAL:
             causes.append((start, len(tokens)))
+        elif name in SPURIOUS:
+            spurious.append((start, len(tokens)))
     tokens.append("Answer:")
     answer = tuple(stg_label(values["Smoking"], values["Weight"], values["Exercise"]).split())
-    return STGExample(values=values, tokens=tuple(tokens), answer=answer, causes=tuple(causes))
+    return STGExample(values=values, tokens=tuple(tokens), answer=answer, causes=tuple(causes),
+                      spurious=tuple(spurious))
 
 
 def stg_split(split: Split, n: int, seed: int) -> list[STGExample]:

@@ -6,7 +6,9 @@ Registered tasks (``--task NAME``; imported lazily, so optional dependencies loa
 * ``translation``: encoder-decoder translation (:class:`~attnlab.tasks.translation.Translation`);
 * ``forecast``: multi-step time-series forecasting (:class:`~attnlab.tasks.forecast.Forecasting`);
 * ``digits-vqa``: two-image questions about handwritten digits, trained and evaluated under the future-aware
-  masks (:class:`~attnlab.tasks.digits_vqa.DigitsVQA`; needs ``attnlab[digits]``).
+  masks (:class:`~attnlab.tasks.digits_vqa.DigitsVQA`; needs ``attnlab[digits]``);
+* ``stg``: the Spurious Token Game, with CAT's re-attention term as an option
+  (:class:`~attnlab.tasks.stg.SpuriousTokenGame`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ TASKS: dict[str, str] = {
     "translation": "attnlab.tasks.translation.task:Translation",
     "forecast": "attnlab.tasks.forecast:Forecasting",
     "digits-vqa": "attnlab.tasks.digits_vqa:DigitsVQA",
+    "stg": "attnlab.tasks.stg:SpuriousTokenGame",
 }
 
 

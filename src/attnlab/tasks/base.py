@@ -192,6 +192,9 @@ class Task(ABC):
         self.step_label = ""
         #: every file written so far
         self.written_files: list[Path] = []
+        #: (the optimizer step being made, the run's total steps): set by the trainer before each step, for
+        #: schedules inside a loss (e.g. CAT's decay by epoch or by the fraction of training done)
+        self.step_progress: tuple[int, int] = (0, 1)
 
     # ------------------------------------------------------------------------------------------------ model
     @abstractmethod

@@ -249,6 +249,32 @@ def digits_vqa_quick() -> TrainConfig:
                    steps=30, eval_interval=15, log_interval=5)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The Spurious Token Game (spec causal_training.md A.7, A.9)
+
+
+def stg() -> TrainConfig:
+    """The Spurious Token Game with the answer-only loss (``task = "stg"``): 1,600 IID training examples (seed 42),
+    400 per test split, a 2-layer LM of width 64 with 4 heads trained from scratch, 3,000 steps of 32 (60 epochs),
+    AdamW lr 3e-3, one thread; about 2.5 minutes. ``--set options.objective=cat`` adds CAT's term (alpha 2, the
+    released defaults; ``options.cat.decay=progress`` for the from-scratch schedule of spec A.9)."""
+    from attnlab.tasks.stg import STGDataConfig, STGOptions
+
+    return TrainConfig(
+        task="stg", model=LMConfig(n_layers=2, d_model=64, n_heads=4, context_len=48), data=STGDataConfig(),
+        options=STGOptions(), optim=OptimConfig(lr=3e-3, warmup_steps=50, weight_decay=0.1),
+        steps=3000, batch_size=32, eval_interval=300, log_interval=50, device="cpu", threads=1, tensorboard=False,
+    )
+
+
+def stg_quick() -> TrainConfig:
+    """:func:`stg` at smoke size (seconds): 1 layer of width 16, 20 steps, 200 training and 40 test examples."""
+    base = stg()
+    return replace(base, model=replace(base.model, n_layers=1, d_model=16, n_heads=2),
+                   data=replace(base.data, n_train=200, n_test=40), optim=replace(base.optim, warmup_steps=5),
+                   steps=20, eval_interval=10, log_interval=5, progress=False)
+
+
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "shakespeare-char": shakespeare_char,
     "shakespeare-char-cpu": shakespeare_char_cpu,
@@ -264,6 +290,8 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "etth1-quick": etth1_quick,
     "digits-vqa": digits_vqa,
     "digits-vqa-quick": digits_vqa_quick,
+    "stg": stg,
+    "stg-quick": stg_quick,
 }
 
 

@@ -326,6 +326,7 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         t0 = time.perf_counter()
+        self.task.step_progress = (s, cfg.steps)
         rows = self.task.global_batch(s, cfg.batch_size)
         n_global = self.task.count_targets(rows)
         data_s = time.perf_counter() - t0
