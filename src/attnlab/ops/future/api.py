@@ -21,7 +21,9 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict
+
+from typing_extensions import Unpack
 
 import torch
 from torch import Tensor
@@ -33,7 +35,7 @@ from attnlab.ops.future.flex import flex_light_future_attention
 from attnlab.ops.future.reference import reference_light_future_attention
 from attnlab.ops.future.sdpa import merge_terms, sdpa_light_future_attention
 
-__all__ = ["light_future_attention", "sink_mass", "SinkMass", "LightFutureImpl", "LIGHT_FUTURE_IMPLS", "MUS", "POOLS", "REDUCES",
+__all__ = ["light_future_attention", "sink_mass", "SinkMass", "MergeOptions", "LightFutureImpl", "LIGHT_FUTURE_IMPLS", "MUS", "POOLS", "REDUCES",
            "MERGE_MODES", "default_reduce", "default_slots", "visual_rows", "check_options", "say_no_visual",
            "NO_VISUAL_WARNING"]
 
@@ -133,6 +135,21 @@ def _check_slots(slots: Tensor, is_visual: Tensor, key_valid: Tensor, n_slots: i
                              "future into slots that precede every visual token (e.g. BOS)")
 
 
+def _prepare(q: Tensor, is_visual: Tensor, key_valid: Tensor | None, n_slots: int,
+             scale: float | None) -> tuple[Tensor, Tensor, Tensor, float]:
+    """``(is_visual (B, L), key_valid (B, L), slots (B, p), scale)`` of a checked call: token types expanded, no visual
+    pad, every sink slot a real position before the first visual token."""
+    B, _, L, D = q.shape
+    vis = visual_rows(is_visual, B, L, device=q.device)
+    keep = torch.ones(B, L, dtype=torch.bool, device=q.device) if key_valid is None \
+        else visual_rows(key_valid, B, L, device=q.device, arg="key_valid")
+    if bool((vis & ~keep).any()):
+        raise ValueError("is_visual must be False at padded positions (key_valid False), got a visual pad")
+    slots = default_slots(keep, n_slots)  # (B, p)
+    _check_slots(slots, vis, keep, n_slots)
+    return vis, keep, slots, float(scale) if scale is not None else 1.0 / math.sqrt(D)
+
+
 def light_future_attention(
     q: Tensor,
     k: Tensor,
@@ -177,17 +194,9 @@ def light_future_attention(
     reduce = default_reduce(pool, merge_mode) if reduce is None else reduce
     check_options(mu, pool, pool_size, n_slots, reduce, merge_mode, scale, impl)
     _check_tensors(q, k, v)
-    B, _, L, D = q.shape
-    vis = visual_rows(is_visual, B, L, device=q.device)
-    keep = torch.ones(B, L, dtype=torch.bool, device=q.device) if key_valid is None \
-        else visual_rows(key_valid, B, L, device=q.device, arg="key_valid")
-    if bool((vis & ~keep).any()):
-        raise ValueError("is_visual must be False at padded positions (key_valid False), got a visual pad")
-    slots = default_slots(keep, n_slots)  # (B, p)
-    _check_slots(slots, vis, keep, n_slots)
+    vis, keep, slots, s = _prepare(q, is_visual, key_valid, n_slots, scale)
     if not bool(vis.any()):
         say_no_visual(stacklevel=3)
-    s = float(scale) if scale is not None else 1.0 / math.sqrt(D)
     fn = _BACKENDS["sdpa" if impl == "auto" else impl]
     opts = dict(mu=mu, pool=pool, pool_size=pool_size, reduce=reduce, merge_mode=merge_mode, scale=s)
     if q.dtype in HALF_DTYPES:  # spec 4.3: scores, pooling and softmax in float32
@@ -206,37 +215,36 @@ class SinkMass:
     rows: int
 
 
+class MergeOptions(TypedDict, total=False):
+    """The merge options of :func:`light_future_attention` (same names, meanings and defaults)."""
+
+    mu: Literal["f", "v2v", "v2t"]
+    pool: Literal["max", "avg"]
+    pool_size: int
+    n_slots: int
+    reduce: Literal["max", "mean", "lse"] | None
+    merge_mode: Literal["add_logit", "lse_mass"]
+    scale: float | None
+
+
 @torch.no_grad()
-def sink_mass(
-    q: Tensor,
-    k: Tensor,
-    *,
-    is_visual: Tensor,
-    key_valid: Tensor | None = None,
-    mu: Literal["f", "v2v", "v2t"] = "f",
-    pool: Literal["max", "avg"] = "max",
-    pool_size: int = 7,
-    n_slots: int = 1,
-    reduce: Literal["max", "mean", "lse"] | None = None,
-    merge_mode: Literal["add_logit", "lse_mass"] = "add_logit",
-    scale: float | None = None,
-) -> SinkMass:
+def sink_mass(q: Tensor, k: Tensor, *, is_visual: Tensor, key_valid: Tensor | None = None,
+              **options: Unpack[MergeOptions]) -> SinkMass:
     """The diagnostic of spec section 4.7: how much of a visual row's attention the sink slots hold before and after
     the merge (a large positive merge in ``add_logit`` mode can send nearly all of it there; a negative one lowers
     it). Arguments as in :func:`light_future_attention` (values are not needed). Costs ``O(m L)`` per head; rows
     without an admitted future are left out; with no merging row, ``rows`` is 0 and both means are ``nan``."""
-    reduce = default_reduce(pool, merge_mode) if reduce is None else reduce
+    unknown = set(options) - set(MergeOptions.__annotations__)
+    if unknown:
+        raise TypeError(f"sink_mass got unknown options {sorted(unknown)}; it takes {sorted(MergeOptions.__annotations__)}")
+    mu, pool = options.get("mu", "f"), options.get("pool", "max")
+    pool_size, n_slots = options.get("pool_size", 7), options.get("n_slots", 1)
+    merge_mode, scale = options.get("merge_mode", "add_logit"), options.get("scale")
+    reduce = options.get("reduce") or default_reduce(pool, merge_mode)
     check_options(mu, pool, pool_size, n_slots, reduce, merge_mode, scale, "auto")
     _check_tensors(q, k, k)
-    B, H, L, D = q.shape
-    vis = visual_rows(is_visual, B, L, device=q.device)
-    keep = torch.ones(B, L, dtype=torch.bool, device=q.device) if key_valid is None \
-        else visual_rows(key_valid, B, L, device=q.device, arg="key_valid")
-    if bool((vis & ~keep).any()):
-        raise ValueError("is_visual must be False at padded positions (key_valid False), got a visual pad")
-    slots = default_slots(keep, n_slots)  # (B, p)
-    _check_slots(slots, vis, keep, n_slots)
-    s = float(scale) if scale is not None else 1.0 / math.sqrt(D)
+    B, H, L, _ = q.shape
+    vis, keep, slots, s = _prepare(q, is_visual, key_valid, n_slots, scale)
     q, k = (q.float(), k.float()) if q.dtype in HALF_DTYPES else (q, k)
     G = H // k.shape[1]
     merged = merge_terms(q, k.repeat_interleave(G, dim=1) if G > 1 else k, vis, keep, slots, mu=mu, pool=pool,
