@@ -120,3 +120,38 @@ def ddp_resume_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out
     finally:
         dist.barrier()
         dist.destroy_process_group()
+
+
+def fsdp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: str, result_path: str) -> None:
+    """Two ranks, attnlab's LM (residual blocks, so FSDP2 shards per block): DDP to ``steps`` (dir ``ddp``), FSDP
+    to ``steps`` (dir ``fsdp``), FSDP stopped at ``steps // 2`` (dir ``half``) and resumed to ``steps``; saves each
+    run's per-step losses."""
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from attnlab.train.config import TrainConfig
+    from attnlab.train.trainer import Trainer
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        cfg = TrainConfig.from_dict(cfg_dict)
+        runs = {}
+        for name, fsdp, steps, resume, out in (("ddp", False, cfg.steps, False, "ddp"),
+                                               ("fsdp", True, cfg.steps, False, "fsdp"),
+                                               ("first", True, cfg.steps // 2, False, "half"),
+                                               ("rest", True, cfg.steps, True, "half")):
+            t = Trainer(cfg.replace(steps=steps, fsdp=fsdp), data=tiny_corpus(), out_dir=f"{out_dir}/{out}", log=None,
+                        resume=resume)
+            r = t.fit()
+            runs[name] = {"losses": r.train_losses, "val": r.val.loss, "resumed_from": r.resumed_from,
+                          "sharded": t.sharding is not None}
+        with open(f"{result_path}.{rank}", "w") as f:
+            json.dump(runs, f)
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()

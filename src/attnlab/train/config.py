@@ -133,6 +133,8 @@ class TrainConfig:
             models run best on one thread: a second one adds little and, on a busy machine, spins.
         skip_nonfinite: a step whose loss or gradient norm is not finite is skipped (no update; counted in the
             result as ``skipped_steps``) instead of stopping the run with an error naming the step.
+        fsdp: under ``torchrun`` with several processes, shard the model with FSDP2 (``fully_shard``) instead of
+            replicating it with DDP (:mod:`attnlab.train.fsdp`); ignored in a single process.
     """
 
     task: str = "lm"
@@ -156,6 +158,7 @@ class TrainConfig:
     progress: bool = True
     threads: int | None = None
     skip_nonfinite: bool = False
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         cls = _task_class(self.task)
@@ -185,6 +188,10 @@ class TrainConfig:
             )
         if self.checkpoint_interval is not None and self.checkpoint_interval <= 0:
             raise ConfigError(f"checkpoint_interval must be positive or None, got {self.checkpoint_interval}")
+        if not isinstance(self.fsdp, bool):
+            raise ConfigError(f"fsdp must be true or false, got {self.fsdp!r}")
+        if self.fsdp and self.compile:
+            raise ConfigError("fsdp=true with compile=true is not supported yet: pick one")
         if self.threads is not None and self.threads <= 0:
             raise ConfigError(f"threads must be a positive integer or None, got {self.threads}")
         if self.eval_batch_size is not None and self.eval_batch_size <= 0:
@@ -218,6 +225,16 @@ class TrainConfig:
     def replace(self, **overrides: Any) -> "TrainConfig":
         """A copy with dotted-key overrides, e.g. ``cfg.replace(**{"model.n_layers": 2, "steps": 10})``."""
         return apply_overrides(self, overrides)
+
+
+def config_diff(a: Any, b: Any, prefix: str) -> list[str]:
+    """``"key: checkpoint A vs now B"`` for every leaf where the nested plain values ``a`` and ``b`` differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: checkpoint {a!r} vs now {b!r}"]
 
 
 def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:

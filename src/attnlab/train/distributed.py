@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init", "shutdown", "rank_rows", "free_port"]
+__all__ = ["DistInfo", "init", "shutdown", "rank_rows", "free_port", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -83,3 +83,16 @@ def rank_rows(rows: Any, *, micro_step: int, rank: int, world_size: int, micro: 
     """The rows rank ``rank`` reads on micro-step ``micro_step`` (layout ``[micro-step][rank][row]``)."""
     start = (micro_step * world_size + rank) * micro
     return rows[start : start + micro]
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device of a run config's ``device`` (``"auto"``: CUDA when available); CUDA asked for but absent is a
+    :class:`~attnlab.config.ConfigError`."""
+    from attnlab.config import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available on this machine")
+    return dev

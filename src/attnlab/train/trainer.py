@@ -8,7 +8,8 @@ The trainer knows tasks (:class:`attnlab.tasks.Task`), not models. Per optimizer
 3. for each of ``grad_accum`` micro-steps: the task's micro-batch and :class:`~attnlab.tasks.Loss`, forward under
    autocast, ``backward(total * world_size * n_i / N)`` where ``n_i`` is the micro-batch's number of targets (DDP
    averages gradients over ranks, so the update is the gradient of the mean over all ``N`` targets, the same for
-   any split over micro-steps and ranks; DDP gradient sync only on the last micro-step);
+   any split over micro-steps and ranks; DDP gradient sync only on the last micro-step; ``fsdp=True`` shards the
+   model with FSDP2 instead, :mod:`attnlab.train.fsdp`);
 4. clip the gradient norm, ``optimizer.step()``, ``zero_grad``;
 5. every ``log_interval`` steps log the loss terms; every ``eval_interval`` steps (and at the end) evaluate on the
    *whole* validation split; checkpoint at each evaluation (or every ``checkpoint_interval``).
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -42,7 +44,9 @@ from attnlab.tasks import EvalContext, EvalResult, Task
 from attnlab.tasks.base import autocast
 from attnlab.train import checkpoint as ckpt
 from attnlab.train import distributed as ddp
-from attnlab.train.config import ConfigError, TrainConfig, config_to_dict
+from attnlab.train.config import ConfigError, TrainConfig, config_diff, config_to_dict
+from attnlab.train.distributed import resolve_device
+from attnlab.train.fsdp import Sharding, plain_tensor
 from attnlab.train.metrics import MetricsWriter, PeakMemory
 from attnlab.train.outdir import refuse_used_out_dir, run_lock
 from attnlab.train.schedule import lr_at, make_optimizer
@@ -90,15 +94,6 @@ class TrainResult:
         return d
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but CUDA is not available on this machine")
-    return dev
-
-
 def make_task(config: TrainConfig, *, data: Any = None, progress: bool = False) -> Task:
     """The task of a run config (``data``: already loaded data for it, e.g. a Corpus for ``"lm"``)."""
     cls = config.task_class
@@ -106,15 +101,6 @@ def make_task(config: TrainConfig, *, data: Any = None, progress: bool = False) 
     if data is not None:
         kwargs[getattr(cls, "data_argument", "corpus")] = data
     return cls(config.model, config.data, seed=config.seed, options=config.options, **kwargs)
-
-
-def _config_diff(a: Any, b: Any, prefix: str) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for k in sorted(set(a) | set(b)):
-            out += _config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [f"{prefix.rstrip('.')}: checkpoint {a!r} vs now {b!r}"]
 
 
 class Trainer:
@@ -196,7 +182,10 @@ class Trainer:
             self.task.teacher.to(device=self.device, dtype=self.param_dtype).eval().requires_grad_(False)
         self.n_params = sum(p.numel() for p in self.model.parameters())
         o = config.optim
-        self.optimizer = make_optimizer(self.model, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        opt = functools.partial(make_optimizer, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        self.sharding = Sharding(self.model, is_main=self.dist.is_main, make_optimizer=opt) \
+            if config.fsdp and self.dist.enabled else None  # (FSDP2 replaces the parameters: before the optimizer)
+        self.optimizer = opt(self.model)
         # Dropout draws from the global RNG: a per-rank stream derived from the seed.
         torch.manual_seed(config.seed + 7919 * (self.dist.rank + 1))
 
@@ -215,7 +204,7 @@ class Trainer:
         # gradient buckets). ``self.ddp`` keeps the wrapper for ``no_sync``.
         self.forward_model: nn.Module = self.model
         self.ddp: nn.Module | None = None
-        if self.dist.enabled:
+        if self.dist.enabled and self.sharding is None:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -259,8 +248,10 @@ class Trainer:
         if self.dist.enabled and self.out_dir is not None:  # every rank's RNG state goes into rank 0's checkpoint
             rng_ranks = [None] * self.dist.world_size
             torch_dist.all_gather_object(rng_ranks, ckpt.rng_state())
+        model, opt = (self.sharding.gather(self.model, self.optimizer) if self.sharding is not None and
+                      self.out_dir is not None else (self.model, self.optimizer))  # FSDP: every rank gathers
         if self.dist.is_main and self.out_dir is not None:
-            path = ckpt.save_checkpoint(self.out_dir, step=self.step, model=self.model, optimizer=self.optimizer,
+            path = ckpt.save_checkpoint(self.out_dir, step=self.step, model=model, optimizer=opt,
                                         state=self._state(rng_ranks), keep=self.config.keep_checkpoints)
         self.last_saved = self.step
         if self.dist.enabled:
@@ -274,11 +265,14 @@ class Trainer:
         now = config_to_dict(self.config)
         diffs = []
         for k in ("task", "model", "data", "seed", "batch_size"):
-            diffs += _config_diff(saved.get(k), now[k], f"{k}.")
+            diffs += config_diff(saved.get(k), now[k], f"{k}.")
         if diffs:
             raise ckpt.CheckpointError(f"cannot resume from {str(path)!r}: the configuration differs: " + "; ".join(diffs))
-        ckpt.load_model_weights(path, self.model)
-        ckpt.load_optimizer(path, self.optimizer, state)
+        if self.sharding is not None:
+            self.sharding.load(path, self.model, self.optimizer, state)
+        else:
+            ckpt.load_model_weights(path, self.model)
+            ckpt.load_optimizer(path, self.optimizer, state)
         ranks = state.get("rng_ranks")
         if self.dist.enabled and isinstance(ranks, list) and len(ranks) == self.dist.world_size:
             ckpt.set_rng_state(ranks[self.dist.rank])  # each rank continues its own dropout stream exactly
@@ -301,9 +295,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------------
 
     def eval_context(self, *, full: bool = True) -> EvalContext:
+        sharded = self.sharding is not None  # FSDP: every rank runs the same forwards over the whole split
         return EvalContext(device=self.device, batch_size=self.config.eval_batch_size or self.micro,
-                           autocast_dtype=self.autocast_dtype, rank=self.dist.rank, world_size=self.dist.world_size,
-                           full=full)
+                           autocast_dtype=self.autocast_dtype, rank=0 if sharded else self.dist.rank,
+                           world_size=1 if sharded else self.dist.world_size, full=full)
 
     def evaluate(self, split: str = "val", *, full: bool = True) -> EvalResult:
         """The task's metrics over the whole ``split`` (``full=False``: skip costly extras such as decoding for
@@ -339,6 +334,7 @@ class Trainer:
             data_s += time.perf_counter() - t0
             weight = batch.n_targets / n_global
             sync_ctx = (self.ddp.no_sync() if self.ddp is not None and m < A - 1  # type: ignore[operator]
+                        else self.sharding.sync(self.model, last=m == A - 1) if self.sharding is not None
                         else contextlib.nullcontext())
             with sync_ctx:
                 with autocast(self.device, self.autocast_dtype):
@@ -350,7 +346,7 @@ class Trainer:
         # the gradient norm before clipping (max_norm=inf: measured, never clipped), which also tells a non-finite
         # gradient; one host sync per step
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        grad_norm = plain_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
         total = sum(terms.values())
         if self.dist.enabled:
             torch_dist.all_reduce(total)
