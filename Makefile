@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo test install install-dev browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
 	$(PIP) install -q -e ".[dev]"
 	touch $@ $(VENV)/.installed
 
+# A headless browser for the report test (tests/compare/test_report_browser.py): Debian's chromium and chromedriver
+# when they are missing and apt can install them (as root); otherwise that test says why it is skipped.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; }; } || \
+	  echo "note: no chromium/chromedriver (the browser test of the report will be skipped)"
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
@@ -35,7 +44,7 @@ install-dev: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(VENV)/bin/attnlab compare --preset quick --out runs/demo-compare --resume
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev browser
 	$(PY) -m pytest -n 2 -q
 
 clean:
