@@ -62,3 +62,14 @@ def test_overrides_and_the_compare_table(tmp_path: Path, capsys: pytest.CaptureF
     # a [compare] table means nothing to train: an unknown key there
     assert main(["train", "--config", str(f), "--print-config"]) == 2
     assert "compare" in capsys.readouterr().err
+
+
+SMOKE = {"tiny", "multi30k-scores-tiny", "digits-masks-quick", "stg-objectives-quick"}
+
+
+@pytest.mark.parametrize("preset", [p for p in COMPARE_PRESETS if p not in SMOKE])
+def test_comparison_presets_draw_ten_validation_points(preset: str) -> None:
+    from attnlab.compare.presets import get_compare_preset
+
+    base = get_compare_preset(preset).base
+    assert base.steps // base.eval_interval >= 10, (preset, base.steps, base.eval_interval)

@@ -11,7 +11,8 @@
 * ``forecast-quick``: DLinear, the causal Transformer and AutoHFormer on ETTh1 (the ``etth1-quick`` run: look-back
   96, horizon 24, 60 steps), two seeds; other horizons with ``--set data.horizon=N`` (one comparison per horizon).
 
-A training preset given to ``attnlab compare`` becomes a comparison of its task's default variants.
+Every comparison preset evaluates at least 10 times per run (10 validation points per curve), except the smoke
+presets. A training preset given to ``attnlab compare`` becomes a comparison of its task's default variants.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def multi30k_scores() -> CompareConfig:
     cross-attention on Multi30K de->en (the ``multi30k-mid`` run), 3 seeds each; ranked by test BLEU."""
     from attnlab.train.presets import multi30k_mid
 
-    return CompareConfig(base=multi30k_mid(), variants=["scaled_dot", "additive", "general", "dot"],
-                         seeds=[0, 1, 2])
+    base = multi30k_mid()
+    return CompareConfig(base=replace(base, eval_interval=base.steps // 10),  # 10 validation points per curve
+                         variants=["scaled_dot", "additive", "general", "dot"], seeds=[0, 1, 2])
 
 
 def multi30k_scores_tiny() -> CompareConfig:
@@ -88,7 +90,8 @@ def forecast_quick() -> CompareConfig:
     from attnlab.train.presets import etth1_autohformer, etth1_quick
 
     base = etth1_quick()
-    base = replace(base, model=replace(base.model, autohformer=etth1_autohformer().model.autohformer))
+    base = replace(base, model=replace(base.model, autohformer=etth1_autohformer().model.autohformer),
+                   eval_interval=base.steps // 10)  # 10 validation points per curve
     return CompareConfig(base=base, variants=list(ARCHS), seeds=[0, 1])
 
 
@@ -98,7 +101,9 @@ def digits_masks() -> CompareConfig:
     from attnlab.masks.vlm import FUTURE_KINDS
     from attnlab.train.presets import digits_vqa
 
-    return CompareConfig(base=digits_vqa(), variants=list(FUTURE_KINDS), baseline="c", seeds=[0, 1, 2])
+    base = digits_vqa()
+    return CompareConfig(base=replace(base, eval_interval=base.steps // 10),  # 10 validation points per curve
+                         variants=list(FUTURE_KINDS), baseline="c", seeds=[0, 1, 2])
 
 
 def digits_masks_quick() -> CompareConfig:
