@@ -80,7 +80,8 @@ class _UnfollowedData:
 
 #: Where each task keeps its loaded data (``None`` until first use); a task not listed here gets no stand-in, so
 #: a checkpoint of it with a stored path is refused at load time (tests check every task is listed).
-_DATA_ATTRIBUTE = {"lm": "_corpus", "translation": "_data", "forecast": "_data"}
+_DATA_ATTRIBUTE = {"lm": "_corpus", "translation": "_data", "forecast": "_data", "digits-vqa": "_images",
+                   "stg": "_examples"}  # (the last two read no path: their data are generated or in scikit-learn)
 
 
 def _resolve_data(config: TrainConfig, cdir: Path, *, data: str | None, stored_data: bool,
