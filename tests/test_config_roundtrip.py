@@ -27,6 +27,8 @@ def test_train_config_reads_back_unchanged(preset: str, tmp_path: Path, capsys: 
     task = want["task"]
     back = json.loads(_print(["train", "--task", task, "--config", str(f), "--print-config", "json"], capsys))
     assert back == want
+    # without --task, the file's own task picks the preset it is merged over
+    assert json.loads(_print(["train", "--config", str(f), "--print-config", "json"], capsys)) == want
     # and printing the read-back config gives the same TOML
     assert _print(["train", "--task", task, "--config", str(f), "--print-config"], capsys) == toml_text
 

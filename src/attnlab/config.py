@@ -230,14 +230,17 @@ def _drop_none(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _drop_none(x) for k, x in v.items() if x is not None}
     if isinstance(v, (list, tuple)):
+        if any(x is None for x in v):
+            raise ConfigError(f"cannot write {list(v)!r} as TOML: a list holds None (TOML has no null)")
         return [_drop_none(x) for x in v]
     return v
 
 
 def dump_toml(d: Mapping[str, Any]) -> str:
     """TOML text of the plain values ``d`` (written with ``tomli_w``). TOML has no null: keys whose value is
-    ``None`` are left out, so reading the text back over the same preset (``--config``) restores them from it;
-    ``attnlab train --print-config`` output is tested to read back unchanged for every preset."""
+    ``None`` are left out and take the value of the preset the file is merged over (the commands pick the preset of
+    the file's ``task``); ``attnlab train --print-config`` output is tested to read back unchanged for every preset.
+    A list holding ``None`` cannot be written (:class:`ConfigError`)."""
     import tomli_w
 
     return tomli_w.dumps(_drop_none(dict(d)))

@@ -102,3 +102,9 @@ def test_export_command_writes_a_directory_auto_loads(tmp_path: Path, capsys: py
     assert (out / "model.safetensors").read_bytes() == before
     assert main(["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_a_layer_rope_base_other_than_the_models_is_refused() -> None:
+    lm = _lm(attention_options={"standard": {"rope_base": 500.0}})
+    with pytest.raises(ValueError, match="its RoPE base 500.0 differs from the model's rope_base=10000.0"):
+        check_llama_compatible(lm)

@@ -73,3 +73,13 @@ def test_refusals() -> None:
         register_hf_attention("x-bigbird", bigbird(4, 1, 2, n_heads=4))
     with pytest.raises(TypeError, match="mask must be a Mask or a mask_mod callable"):
         register_hf_attention("x", 3)  # type: ignore[arg-type]
+
+
+def test_a_mask_with_a_length_limit_refuses_longer_calls() -> None:
+    torch.manual_seed(0)
+    lm = LMConfig(vocab_size=37, n_layers=1, d_model=32, n_heads=4, context_len=48).build().eval()
+    name = register_hf_attention("test-bigbird-short", bigbird(4, 1, 2, max_len=16))
+    hf = lm_to_llama(lm, attn_implementation=name, check=False)
+    hf(input_ids=torch.zeros(1, 16, dtype=torch.long))  # within the limit
+    with pytest.raises(ValueError, match="defined for positions < max_len=16, but this call reaches position 16"):
+        hf(input_ids=torch.zeros(1, 17, dtype=torch.long))

@@ -86,3 +86,9 @@ def test_export_picks_llama_or_attnlab(tmp_path: Path, capsys: pytest.CaptureFix
     lm = load_trained(run, device="cpu").model
     idx = torch.randint(0, lm.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(back(input_ids=idx).logits, lm(idx), atol=1e-5, rtol=0)
+
+
+def test_beam_search_is_refused() -> None:
+    hf = lm_to_hf(_lm("standard"))
+    with pytest.raises(ValueError, match="num_beams=2: beam search is not supported"):
+        hf.generate(input_ids=torch.tensor([[1, 2, 3]]), max_new_tokens=3, num_beams=2, pad_token_id=0)

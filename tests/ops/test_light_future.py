@@ -290,3 +290,25 @@ def test_cuda_fast_forms_equal_the_float64_reference(impl, dtype, tol):
     got.float().sum().backward()
     for a, b in zip(cuda_in, ref_in):
         torch.testing.assert_close(a.grad.double().cpu(), b.grad, atol=10 * tol, rtol=10 * tol)
+
+
+def test_sdpa_gradients_stay_finite_when_a_slot_weight_underflows():
+    """A sink whose score is far below the row's (its causal weight underflows in float32) and huge merges: the rows
+    are computed directly, and autograd through the closed form they replace yields no NaN (log space, clamped)."""
+    q, k, v = _qkv(12)
+    iv = _layout()
+    k = k.clone()
+    k[:, :, 0] = -60.0 * q[:, :1, 3].mean(1, keepdim=True)  # the sink slot: a very low score for visual rows
+    k[:, :, -1] = 40.0 * q[:, :1, 3].mean(1, keepdim=True)  # a future key: a huge merge
+    ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    fast_in = [t.float().clone().requires_grad_() for t in (q, k, v)]
+    want = light_future_attention(*ref_in, is_visual=iv, impl="reference")
+    got = light_future_attention(*fast_in, is_visual=iv, impl="sdpa")
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=2e-5)
+    w = torch.randn(want.shape, generator=torch.Generator().manual_seed(3), dtype=f64)
+    (want * w).sum().backward()
+    (got * w.float()).sum().backward()
+    for a, b in zip(fast_in, ref_in):
+        assert torch.isfinite(a.grad).all()
+        torch.testing.assert_close(a.grad.double(), b.grad, atol=1e-3, rtol=1e-3)

@@ -68,3 +68,8 @@ def test_fsdp_config() -> None:
         TrainConfig(fsdp="yes")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="fsdp=true with compile=true is not supported"):
         TrainConfig(fsdp=True, compile=True)
+
+
+def test_fsdp_is_refused_for_a_task_that_decodes_through_other_methods() -> None:
+    with pytest.raises(ConfigError, match="fsdp=true is not supported by task 'translation'"):
+        TrainConfig(task="translation", fsdp=True)

@@ -53,10 +53,15 @@ def add_config_arguments(p: argparse.ArgumentParser, *, compare: bool) -> None:
 
 
 def preset_name(args: argparse.Namespace, *, compare: bool) -> str:
-    """``--preset``, else the default preset of ``--task`` (or of ``lm``)."""
+    """``--preset``, else the default preset of ``--task``, else of the ``task`` a ``--config`` file names (so a
+    file written by ``--print-config`` is merged over its own task's preset), else of ``lm``."""
     if args.preset:
         return args.preset
-    return DEFAULT_PRESETS[args.task or "lm"][int(compare)]
+    task = args.task
+    if task is None and getattr(args, "config", None):
+        named = load_toml(args.config).get("task")
+        task = named if isinstance(named, str) and named in DEFAULT_PRESETS else None
+    return DEFAULT_PRESETS[task or "lm"][int(compare)]
 
 
 def config_file_tables(args: argparse.Namespace, *, compare: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:

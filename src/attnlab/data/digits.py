@@ -14,8 +14,9 @@ is a triple ``(image a, image b, kind)`` over one split; the sequence a model re
 with ``P = (8 / patch_size)^2`` visual positions per image (row-major patches, pixels scaled to [0, 1]) and one
 answer token after the question token. The kinds and their answers:
 
-* ``same``: "are they the same digit?" -> ``yes`` / ``no``; training draws a same-digit pair half the time, so
-  both answers are equally frequent (evaluation sets are drawn the same way);
+* ``same``: "are they the same digit?" -> ``yes`` / ``no``; training draws a same-digit pair half the time (plus
+  the one random pair in ten that matches), so ``yes`` is about 55% of these answers (evaluation sets are drawn the
+  same way);
 * ``larger``: "which is larger?" -> ``first`` / ``second`` / ``equal``;
 * ``sum``: "their sum" -> ``0`` ... ``18``.
 

@@ -62,6 +62,8 @@ def check_llama_compatible(lm: nn.Module) -> None:
             why = f"its mask is {a.mask} (Llama: plain causal)"
         elif a.in_proj.bias is not None:
             why = "its projections have biases"
+        elif float(a.rope_base) != float(lm.config.rope_base):
+            why = f"its RoPE base {a.rope_base} differs from the model's rope_base={lm.config.rope_base} (Llama has one)"
         elif len(heads) != 1:
             why = "the layers have different head layouts"
         if why is not None:

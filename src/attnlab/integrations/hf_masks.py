@@ -38,7 +38,9 @@ def register_hf_attention(name: str, mask: Mask | MaskFn) -> str:
 
     Raises:
         ValueError: an empty name, or a name transformers already uses for its own kernels (``"sdpa"``,
-            ``"eager"``, ...), or a mask that differs per head.
+            ``"eager"``, ...), or a mask that differs per head. A mask defined only up to a length (``max_len``,
+            e.g. BigBird's random links) is registered, and a model call beyond that length is a ``ValueError``.
+        TypeError: ``mask`` is neither a Mask nor a callable.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -50,6 +52,12 @@ def register_hf_attention(name: str, mask: Mask | MaskFn) -> str:
         raise ValueError(f"mask {m} differs per head; transformers' masks are (B, 1, T, S), shared by the heads")
 
     def mask_interface(*args: Any, **kwargs: Any) -> Any:
+        if m.max_len is not None:
+            end = max(int(kwargs.get("kv_length", 0)) + int(kwargs.get("kv_offset", 0)),
+                      int(kwargs.get("q_length", 0)) + int(kwargs.get("q_offset", 0)))
+            if end > m.max_len:
+                raise ValueError(f"attn_implementation={name!r}: mask {m} is defined for positions < "
+                                 f"max_len={m.max_len}, but this call reaches position {end - 1}")
         kwargs["mask_function"] = m.fn  # attnlab's predicate, (b, h, q_idx, kv_idx) -> bool, absolute positions
         kwargs["allow_is_causal_skip"] = False
         kwargs.pop("allow_is_bidirectional_skip", None)

@@ -114,6 +114,15 @@ class AttnlabForCausalLM(PreTrainedModel, GenerationMixin):
                                                      labels[:, 1:].reshape(-1), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: state})
 
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """transformers' ``generate``; beam search is refused (:class:`AttnlabCache` cannot reorder its caches)."""
+        cfg = kwargs.get("generation_config") or self.generation_config
+        beams = kwargs.get("num_beams", getattr(cfg, "num_beams", 1)) or 1
+        if int(beams) > 1:
+            raise ValueError(f"num_beams={beams}: beam search is not supported by AttnlabForCausalLM (its mechanisms' "
+                             "caches cannot be reordered yet); use greedy or sampled decoding")
+        return super().generate(*args, **kwargs)
+
     def prepare_inputs_for_generation(self, input_ids: Tensor, cache: AttnlabCache | None = None,
                                       past_key_values: AttnlabCache | None = None,
                                       attention_mask: Tensor | None = None, use_cache: bool | None = None,

@@ -60,7 +60,7 @@ class AttnlabEvalLM(LM):
         if self.tokenizer is None:
             raise ValueError(f"checkpoint {checkpoint} holds no tokenizer")
         self.context_len = int(self.model.config.context_len)
-        bs = 8 if batch_size in (None, "auto") else int(batch_size)
+        bs = 8 if batch_size is None or str(batch_size).startswith("auto") else int(batch_size)  # (auto, auto:N)
         if bs < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         self.batch_size = bs
@@ -74,18 +74,23 @@ class AttnlabEvalLM(LM):
             raise ValueError(f"{what}: the checkpoint's tokenizer cannot encode {text[:60]!r}: {e}") from None
 
     @torch.no_grad()
-    def _logprobs(self, rows: list[list[int]]) -> list[torch.Tensor]:
-        """Log-softmax ``(len(row), V)`` of the next token after each position of each input row (each at most
-        ``context_len`` tokens), in batches of ``batch_size`` right-padded rows."""
-        out: list[torch.Tensor] = []
+    def _scores(self, rows: list[list[int]], targets: list[list[int]]) -> list[tuple[float, bool]]:
+        """For each input row (at most ``context_len`` tokens) and its ``targets`` (the tokens its last
+        ``len(targets)`` positions predict): the summed log-probability of the targets and whether greedy decoding
+        gives them. Rows run in batches of ``batch_size``, right-padded; only the targets' log-probabilities are
+        kept, so memory stays one batch's logits whatever the number of requests."""
+        out: list[tuple[float, bool]] = []
         for lo in range(0, len(rows), self.batch_size):
-            chunk = rows[lo : lo + self.batch_size]
+            chunk, tgts = rows[lo : lo + self.batch_size], targets[lo : lo + self.batch_size]
             T = max(len(r) for r in chunk)
             idx = torch.zeros(len(chunk), T, dtype=torch.long)
             for i, r in enumerate(chunk):
                 idx[i, : len(r)] = torch.tensor(r)
-            logp = F.log_softmax(self.model(idx.to(self._device)).double(), dim=-1).cpu()  # (B, T, V)
-            out += [logp[i, : len(r)] for i, r in enumerate(chunk)]
+            logits = self.model(idx.to(self._device))  # (B, T, V)
+            for i, (r, tg) in enumerate(zip(chunk, tgts)):
+                lp = F.log_softmax(logits[i, len(r) - len(tg) : len(r)].double(), dim=-1).cpu()  # (n, V)
+                t = torch.tensor(tg)
+                out.append((float(lp.gather(1, t[:, None]).sum()), bool((lp.argmax(-1) == t).all())))
         return out
 
     # ------------------------------------------------------------------------------------------- requests
@@ -93,27 +98,27 @@ class AttnlabEvalLM(LM):
         rows, conts = [], []
         for k, req in enumerate(requests):
             context, continuation = req.args
+            spaces = len(context) - len(context.rstrip())  # lm-eval's convention: trailing spaces of the context
+            if spaces:                                      # belong to the continuation
+                context, continuation = context[:-spaces], context[-spaces:] + continuation
             ctx = self._encode(context, f"request {k} (context)")
-            cont = self._encode(continuation, f"request {k} (continuation)")
+            whole = self._encode(context + continuation, f"request {k} (continuation)")
+            cont = whole[len(ctx):] if whole[: len(ctx)] == ctx else self._encode(continuation, f"request {k}")
             if not ctx:
                 raise ValueError(f"request {k}: an empty context cannot be scored (attnlab's tokenizers have no "
                                  "beginning-of-text token)")
             if not cont:
                 raise ValueError(f"request {k}: the continuation {continuation!r} encodes to no tokens")
-            if len(cont) >= self.context_len:
+            if len(cont) > self.context_len:
                 raise ValueError(f"request {k}: the continuation has {len(cont)} tokens, the model's context is "
                                  f"{self.context_len}")
             rows.append((ctx + cont)[-(self.context_len + 1):-1])  # the input: at most context_len tokens
             conts.append(cont)
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # similar lengths share a batch
-        logps = self._logprobs([rows[i] for i in order])
+        scored = self._scores([rows[i] for i in order], [conts[i] for i in order])
         results: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
         for j, i in enumerate(order):
-            n = len(conts[i])
-            lp = logps[j][-n:]  # (n, V): the last n input positions predict the continuation
-            target = torch.tensor(conts[i])
-            score = float(lp.gather(1, target[:, None]).sum())
-            results[i] = (score, bool((lp.argmax(-1) == target).all()))
+            results[i] = scored[j]
         return results
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
@@ -125,9 +130,7 @@ class AttnlabEvalLM(LM):
             while a < n:  # score tokens a..b-1 from the input ids[st : b - 1] (at most L tokens)
                 b = min(n, a + L)
                 st = max(0, b - 1 - L)
-                lp = self._logprobs([ids[st : b - 1]])[0]  # (b - 1 - st, V): position i predicts ids[st + i + 1]
-                targets = torch.tensor(ids[a:b])
-                total += float(lp[a - 1 - st :].gather(1, targets[:, None]).sum())
+                total += self._scores([ids[st : b - 1]], [ids[a:b]])[0][0]
                 a = b
             out.append(total)
         return out

@@ -184,8 +184,9 @@ class LightFutureAttention(MultiHeadAttention):
 @contextlib.contextmanager
 def record_sink_mass(model: torch.nn.Module) -> Iterator[dict[str, list[SinkMass]]]:
     """Within the ``with`` block, every ``future-light`` layer of ``model`` logs the diagnostic of spec
-    ``future_mask.md`` 4.7 for each prefill call that merges: the mean attention probability of its visual rows on
-    the sink slot(s), before and after the merge (:class:`attnlab.ops.future.SinkMass`). Yields ``{module name:
+    ``future_mask.md`` 4.7 for each prefill call with visual tokens: the mean attention probability of its merging
+    visual rows on the sink slot(s), before and after the merge (:class:`attnlab.ops.future.SinkMass`; ``rows`` 0
+    and ``nan`` means when no visual row has an admitted future). Yields ``{module name:
     [SinkMass per call]}``, filled as the model runs; the layers stop logging when the block ends.
 
     Raises:

@@ -151,6 +151,9 @@ class Task(ABC):
     loss_is_nll: ClassVar[bool] = True
     #: the keyword of ``__init__`` that takes already loaded data (:meth:`shared_data` of another instance)
     data_argument: ClassVar[str] = "corpus"
+    #: whether the task's model may be sharded with FSDP2 (``fsdp=true``): its loss and evaluation call the model
+    #: only through ``forward`` (FSDP2 gathers a sharded root's parameters only there)
+    supports_fsdp: ClassVar[bool] = True
 
     @classmethod
     def variant_overrides(cls, variant: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -202,20 +202,22 @@ class DigitsVQA(Task):
         correct = torch.zeros(len(FUTURE_KINDS), nk, dtype=torch.float64, device=ctx.device)  # per mask, kind
         count = torch.zeros(nk, dtype=torch.float64, device=ctx.device)
         nll = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        for i, lo in enumerate(range(0, n, ctx.batch_size)):
-            if i % ctx.world_size != ctx.rank:
-                continue
-            t = self.tensors(split, q.take(np.arange(lo, min(lo + ctx.batch_size, n))), ctx.device)
-            count += torch.bincount(t["kind"], minlength=nk).double()
-            for m, mask in enumerate(FUTURE_KINDS):
-                with ctx.autocast():
-                    logits = self.answer_logits(model, t, mask)  # type: ignore[arg-type]
-                hit = (logits.argmax(-1) == t["answer"]).double()
-                correct[m] += torch.zeros(nk, dtype=torch.float64, device=ctx.device).index_add_(0, t["kind"], hit)
-                if mask == self.options.train_mask:
-                    nll += F.cross_entropy(logits.double(), t["answer"], reduction="sum")
+        try:
+            for i, lo in enumerate(range(0, n, ctx.batch_size)):
+                if i % ctx.world_size != ctx.rank:
+                    continue
+                t = self.tensors(split, q.take(np.arange(lo, min(lo + ctx.batch_size, n))), ctx.device)
+                count += torch.bincount(t["kind"], minlength=nk).double()
+                for m, mask in enumerate(FUTURE_KINDS):
+                    with ctx.autocast():
+                        logits = self.answer_logits(model, t, mask)  # type: ignore[arg-type]
+                    hit = (logits.argmax(-1) == t["answer"]).double()
+                    correct[m] += torch.zeros(nk, dtype=torch.float64, device=ctx.device).index_add_(0, t["kind"], hit)
+                    if mask == self.options.train_mask:
+                        nll += F.cross_entropy(logits.double(), t["answer"], reduction="sum")
+        finally:
+            model.train(was_training)
         ctx.all_reduce_sum(correct, count, nll)
-        model.train(was_training)
         train_m = FUTURE_KINDS.index(self.options.train_mask)
         metrics = {f"acc_{mask}": 100.0 * float(correct[m].sum()) / n for m, mask in enumerate(FUTURE_KINDS)}
         metrics = {"acc": metrics[f"acc_{self.options.train_mask}"], **metrics}

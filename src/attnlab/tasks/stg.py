@@ -138,9 +138,10 @@ class SpuriousTokenGame(Task):
 
     @classmethod
     def check_config(cls, model: LMConfig, data: STGDataConfig, options: Any) -> None:
-        """The model's context must hold a whole sequence (44 tokens)."""
-        if model.context_len < 44:
-            raise ValueError(f"model.context_len={model.context_len} is shorter than an STG sequence (44 tokens)")
+        """The model's context must hold a whole sequence (45 tokens: 11 request words, 8 x 3 for the statistics,
+        7 commas, ``Answer:``, 2 answer words)."""
+        if model.context_len < 45:
+            raise ValueError(f"model.context_len={model.context_len} is shorter than an STG sequence (45 tokens)")
 
     # ------------------------------------------------------------------------------------------------- data
     @property

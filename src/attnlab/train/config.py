@@ -192,6 +192,9 @@ class TrainConfig:
             raise ConfigError(f"fsdp must be true or false, got {self.fsdp!r}")
         if self.fsdp and self.compile:
             raise ConfigError("fsdp=true with compile=true is not supported yet: pick one")
+        if self.fsdp and not cls.supports_fsdp:
+            raise ConfigError(f"fsdp=true is not supported by task {self.task!r}: its evaluation calls the model "
+                              "through methods other than forward, which a sharded model cannot run; use DDP")
         if self.threads is not None and self.threads <= 0:
             raise ConfigError(f"threads must be a positive integer or None, got {self.threads}")
         if self.eval_batch_size is not None and self.eval_batch_size <= 0:

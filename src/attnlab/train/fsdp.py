@@ -61,7 +61,11 @@ class Sharding:
     """
 
     def __init__(self, model: nn.Module, *, is_main: bool, make_optimizer: Callable[[nn.Module], Any]) -> None:
-        self.template = copy.deepcopy(model).to("cpu") if is_main else None
+        self.template = None
+        if is_main:  # through the CPU, so that the device never holds two full copies
+            device = next(model.parameters()).device
+            self.template = copy.deepcopy(model.to("cpu"))
+            model.to(device)
         self._make_optimizer = make_optimizer
         self.is_main = is_main
         shard(model)

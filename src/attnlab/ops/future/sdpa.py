@@ -41,7 +41,7 @@ __all__ = ["sdpa_light_future_attention", "merge_terms", "Merge"]
 
 def _visual_rows(is_visual: Tensor) -> tuple[Tensor, Tensor]:
     """The visual positions of each sample in order, padded to the largest count ``m``: ``(B, m)`` indices
-    and ``(B, m)`` flags (False at the padding entries, whose index is 0)."""
+    and ``(B, m)`` flags (False at the padding entries, which index non-visual positions)."""
     m = int(is_visual.sum(dim=1).max())
     order = torch.sort((~is_visual).to(torch.int8), dim=1, stable=True).indices[:, :m]  # (B, m): visual first
     return order, is_visual.gather(1, order)
@@ -80,7 +80,7 @@ def _reduced(pooled: Tensor, admitted: Tensor, p: int, reduce: str) -> Tensor:
 class Merge(NamedTuple):
     """The merge of the visual rows (steps 1-3 of the module docstring)."""
 
-    rows: Tensor  # (B, m): the visual positions of each sample (padding entries: index 0, merges False)
+    rows: Tensor  # (B, m): the visual positions of each sample (padding entries: other positions, merges False)
     delta: Tensor  # (B, H, m, p): what is added to the logits at ``slots`` in row ``rows[b, r]`` (0 where no merge)
     merges: Tensor  # (B, 1, m, 1): whether the row has an admitted future
     scores: Tensor  # (B, H, m, L): ``S_V``, the rows' scaled scores against every key
@@ -155,8 +155,11 @@ def sdpa_light_future_attention(q: Tensor, k: Tensor, v: Tensor, is_visual: Tens
     e = e.masked_fill_(hidden, 0.0) if not e.requires_grad else e.masked_fill(hidden, 0.0)  # in place unless autograd needs e
     z = e.sum(-1, keepdim=True)  # (B, H, m, 1)
     s_slot = s_v.gather(-1, slots[:, None, None, :].expand(B, H, m, p))  # (B, H, m, p)
-    old = torch.exp(s_slot - top) / z  # (B, H, m, p): the slots' weights in the causal output
-    log_new = torch.log(old) + delta  # (B, H, m, p): their merged weights, relative to the causal normaliser
+    # in log space, with z clamped, so that no branch (not even one the rows below replace) has a 0/0 or log(0):
+    # autograd goes through both sides of a torch.where
+    log_old = s_slot - top - torch.log(z.clamp_min(_TINY[s_v.dtype]))  # (B, H, m, p)
+    old = torch.exp(log_old)  # (B, H, m, p): the slots' weights in the causal output
+    log_new = log_old + delta  # (B, H, m, p): their merged weights, relative to the causal normaliser
     shift = log_new.amax(-1, keepdim=True).clamp_min(0.0)  # (B, H, m, 1)
     new = torch.exp(log_new - shift)  # (B, H, m, p)
     v_slot = v.gather(2, slots[:, None, :, None].expand(B, v.shape[1], p, Dv))  # (B, H_kv, p, Dv)
@@ -175,6 +178,6 @@ def sdpa_light_future_attention(q: Tensor, k: Tensor, v: Tensor, is_visual: Tens
     if bool(hard.any()):
         exact = _exact_rows(s_v, v.repeat_interleave(G, dim=1) if G > 1 else v, causal, slots, delta)
         corrected = torch.where(hard, exact, corrected)
-    # add the change (0 for rows without a merge and for padding entries, which all point at row 0)
+    # add the change (0 for rows without a merge and for padding entries, which point at non-visual positions)
     change = torch.where(merges, corrected - o_v, 0.0)  # (B, H, m, Dv)
     return out + torch.zeros_like(out).scatter_add(2, idx, change)  # (B, H, L, Dv)

@@ -120,6 +120,7 @@ class Translation(Task):
     metric_format = ".2f"  # BLEU points
     data_argument = "parallel"
     default_variants = ["additive", "general", "dot", "scaled_dot"]
+    supports_fsdp = False  # beam search and greedy decoding call encode/decode, not forward
 
     def __init__(self, model: EncDecConfig, data: TranslationDataConfig, *, seed: int,
                  options: TranslationOptions | None = None, parallel: ParallelData | None = None,
