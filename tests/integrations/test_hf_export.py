@@ -71,19 +71,11 @@ def test_mechanisms_without_a_llama_form_are_refused(attention: str, why: str) -
 
 
 def test_export_command_writes_a_directory_auto_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from attnlab.data import read_bundled_text
     from attnlab.train.loading import load_trained
 
-    text = tmp_path / "small.txt"
-    text.write_text(read_bundled_text("tinyshakespeare")[:4000])
-    run = tmp_path / "run"
-    with torch.enable_grad():  # (this folder's conftest runs every test under no_grad)
-        rc = main(["train", "--preset", "shakespeare-char-cpu", "--out", str(run), "--set", f"data.source={text}",
-                 "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "model.n_layers=1", "--set",
-                 "model.d_model=16", "--set", "model.n_heads=2", "--set", "model.context_len=16", "--set",
-                 "eval_interval=2", "--set", "tensorboard=false", "--steps", "2", "--batch-size", "2",
-                 "--no-progress"])
-    assert rc == 0
+    from conftest import train_tiny_char_lm
+
+    run = train_tiny_char_lm(tmp_path)
     out = tmp_path / "hf"
     assert main(["export", "--checkpoint", str(run), "--format", "hf", "--out", str(out)]) == 0
     assert "LlamaForCausalLM" in capsys.readouterr().out

@@ -64,18 +64,9 @@ def test_loss_and_refusals() -> None:
 
 
 def test_export_picks_llama_or_attnlab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from attnlab.data import read_bundled_text
+    from conftest import train_tiny_char_lm
 
-    text = tmp_path / "small.txt"
-    text.write_text(read_bundled_text("tinyshakespeare")[:4000])
-    run = tmp_path / "run"
-    with torch.enable_grad():  # (this folder's conftest runs every test under no_grad)
-        rc = main(["train", "--preset", "shakespeare-char-cpu", "--out", str(run), "--set", f"data.source={text}",
-                   "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "model.n_layers=2", "--set",
-                   "model.d_model=16", "--set", "model.n_heads=2", "--set", "model.context_len=16", "--set",
-                   "model.attention=castle", "--set", "eval_interval=2", "--set", "tensorboard=false", "--steps", "2",
-                   "--batch-size", "2", "--no-progress"])
-    assert rc == 0
+    run = train_tiny_char_lm(tmp_path, layers=2, attention="castle")
     assert main(["export", "--checkpoint", str(run), "--as", "llama", "--out", str(tmp_path / "l")]) == 2
     assert "cannot be exported as a Llama" in capsys.readouterr().err and not (tmp_path / "l").exists()
     assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "a")]) == 0

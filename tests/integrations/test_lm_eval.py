@@ -40,20 +40,9 @@ metric_list:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from attnlab.data import read_bundled_text
+    from conftest import train_tiny_char_lm
 
-    tmp = tmp_path_factory.mktemp("lmeval")
-    text = tmp / "small.txt"
-    text.write_text(read_bundled_text("tinyshakespeare")[:4000])
-    out = tmp / "run"
-    with torch.enable_grad():  # (this folder's conftest runs every test under no_grad)
-        rc = main(["train", "--preset", "shakespeare-char-cpu", "--out", str(out), "--set", f"data.source={text}",
-                   "--set", f"data.cache_dir={tmp / 'cache'}", "--set", "model.n_layers=1", "--set",
-                   "model.d_model=16", "--set", "model.n_heads=2", "--set", "model.context_len=16", "--set",
-                   "eval_interval=20", "--set", "tensorboard=false", "--steps", "20", "--batch-size", "8",
-                   "--no-progress"])
-    assert rc == 0
-    return out
+    return train_tiny_char_lm(tmp_path_factory.mktemp("lmeval"), steps=20, batch_size=8)
 
 
 @pytest.fixture(scope="module")
