@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ATTNS, CACHE, NO_TRANSFORMERS, Tiny, _build, cache_of, one_decode_step
+from hf_tiny import ATTNS, CACHE, NO_TRANSFORMERS, Tiny, _build, cache_of, one_decode_step
 
 from attnlab.masks import dense
 from attnlab.masks.vlm import future_mask

@@ -73,7 +73,7 @@ def test_mechanisms_without_a_llama_form_are_refused(attention: str, why: str) -
 def test_export_command_writes_a_directory_auto_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from attnlab.train.loading import load_trained
 
-    from conftest import train_tiny_char_lm
+    from hf_tiny import train_tiny_char_lm
 
     run = train_tiny_char_lm(tmp_path)
     out = tmp_path / "hf"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import NO_TRANSFORMERS, Tiny, cache_of, one_decode_step
+from hf_tiny import NO_TRANSFORMERS, Tiny, cache_of, one_decode_step
 
 pytest.importorskip("transformers", reason=NO_TRANSFORMERS)
 from attnlab.integrations import hf  # noqa: E402

@@ -64,7 +64,7 @@ def test_loss_and_refusals() -> None:
 
 
 def test_export_picks_llama_or_attnlab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from conftest import train_tiny_char_lm
+    from hf_tiny import train_tiny_char_lm
 
     run = train_tiny_char_lm(tmp_path, layers=2, attention="castle")
     assert main(["export", "--checkpoint", str(run), "--as", "llama", "--out", str(tmp_path / "l")]) == 2

@@ -40,7 +40,7 @@ metric_list:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import train_tiny_char_lm
+    from hf_tiny import train_tiny_char_lm
 
     return train_tiny_char_lm(tmp_path_factory.mktemp("lmeval"), steps=20, batch_size=8)
 
