@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -58,21 +60,33 @@ def tiny_corpus(n: int = 4000, vocab: int = 11, seed: int = 0) -> TinyCorpus:
     return TinyCorpus(toks[:a], toks[a:b], toks[b:], vocab, Tok(vocab_size=vocab))
 
 
-def ddp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: str, result_path: str) -> None:
-    """Body of one spawned DDP process: join a gloo group on localhost, train, save its view of the losses."""
-    import json
+@contextlib.contextmanager
+def gloo_group(rank: int, world_size: int, port: int) -> Iterator[None]:
+    """Join a gloo process group on localhost for the block (one intra-op thread); nobody leaves while another rank
+    still talks to it."""
     import os
 
     import torch.distributed as dist
-
-    from attnlab.train.config import TrainConfig
-    from attnlab.train.trainer import Trainer
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
+        yield
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def ddp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: str, result_path: str) -> None:
+    """Body of one spawned DDP process: join a gloo group on localhost, train, save its view of the losses."""
+    import json
+
+    from attnlab.train.config import TrainConfig
+    from attnlab.train.trainer import Trainer
+
+    with gloo_group(rank, world_size, port):
         cfg = TrainConfig.from_dict(cfg_dict)
         torch.manual_seed(0)  # the injected stand-in model is initialised by the caller, as in the test
         model = TinyLM(11)
@@ -82,27 +96,17 @@ def ddp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: s
         weights = {k: v.tolist() for k, v in t.model.state_dict().items()}
         with open(f"{result_path}.{rank}", "w") as f:
             json.dump({"losses": r.train_losses, "val": r.val.loss, "weights": weights, "world": t.dist.world_size}, f)
-    finally:
-        dist.barrier()  # nobody leaves while another rank still talks to it
-        dist.destroy_process_group()
 
 
 def ddp_resume_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: str, result_path: str) -> None:
     """Two ranks with dropout: an uninterrupted run of ``steps`` (dir ``a``), a run stopped at ``steps // 2``
     (dir ``b``, same schedule through ``optim.decay_steps``) and its resumption to ``steps``; saves both views."""
     import json
-    import os
-
-    import torch.distributed as dist
 
     from attnlab.train.config import TrainConfig
     from attnlab.train.trainer import Trainer
 
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
+    with gloo_group(rank, world_size, port):
         cfg = TrainConfig.from_dict(cfg_dict)
         runs = {}
         for name, steps, resume in (("whole", cfg.steps, False), ("first", cfg.steps // 2, False),
@@ -117,9 +121,6 @@ def ddp_resume_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out
                           "weights": {k: v.tolist() for k, v in t.model.state_dict().items()}}
         with open(f"{result_path}.{rank}", "w") as f:
             json.dump(runs, f)
-    finally:
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def fsdp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: str, result_path: str) -> None:
@@ -127,18 +128,11 @@ def fsdp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: 
     to ``steps`` (dir ``fsdp``), FSDP stopped at ``steps // 2`` (dir ``half``) and resumed to ``steps``; saves each
     run's per-step losses."""
     import json
-    import os
-
-    import torch.distributed as dist
 
     from attnlab.train.config import TrainConfig
     from attnlab.train.trainer import Trainer
 
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
+    with gloo_group(rank, world_size, port):
         cfg = TrainConfig.from_dict(cfg_dict)
         runs = {}
         for name, fsdp, steps, resume, out in (("ddp", False, cfg.steps, False, "ddp"),
@@ -152,6 +146,3 @@ def fsdp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: 
                           "sharded": t.sharding is not None}
         with open(f"{result_path}.{rank}", "w") as f:
             json.dump(runs, f)
-    finally:
-        dist.barrier()
-        dist.destroy_process_group()
