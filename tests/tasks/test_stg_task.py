@@ -138,9 +138,11 @@ def test_config_variants_and_a_short_run(tmp_path, capsys) -> None:
     d = json.loads(capsys.readouterr().out)
     assert d["options"]["objective"] == "cat" and d["options"]["cat"]["alpha"] == 3.0
     assert main(["train", "--task", "stg", "--set", "options.objective=leaf", "--print-config"]) == 2
-    assert "objective" in capsys.readouterr().err
+    assert "options.teacher.checkpoint" in capsys.readouterr().err
+    assert main(["train", "--task", "stg", "--set", "options.objective=cot", "--print-config"]) == 2
+    assert "options.objective: expected one of" in capsys.readouterr().err
     assert SpuriousTokenGame.variant_overrides("cat-progress", {}) == VARIANTS["cat-progress"]
-    with pytest.raises(ValueError, match="not an STG objective"):
+    with pytest.raises(ValueError, match="not an objective of task 'stg'"):
         SpuriousTokenGame.variant_overrides("cot", {})
     out = tmp_path / "run"
     assert main(["train", "--preset", "stg-quick", "--set", "options.objective=cat", "--out", str(out),

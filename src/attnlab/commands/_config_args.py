@@ -20,6 +20,7 @@ DEFAULT_PRESETS: dict[str, tuple[str, str]] = {
     "forecast": ("etth1-quick", "forecast-quick"),
     "digits-vqa": ("digits-vqa", "digits-masks"),
     "stg": ("stg", "stg"),
+    "arith-distractors": ("arith-distractors", "arith-distractors"),
 }
 
 

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         t = load_trained(args.checkpoint, device=args.device, data=args.data, stored_data=args.stored_data)
         task = t.task
-        if t.data_source is None:  # the stored source is a path: never followed silently
+        if t.data_source is None and t.stored_source is not None:  # a stored path: never followed silently
             return fail(f"checkpoint {str(t.path)!r} was trained on {t.stored_source!r}, a path stored in the "
                         f"checkpoint, which eval does not follow on its own; pass --data PATH (or a bundled corpus "
                         f"name) to choose the data, or --stored-data to evaluate on {t.stored_source!r}")

@@ -116,10 +116,10 @@ def digits_masks_quick() -> CompareConfig:
 def stg_objectives() -> CompareConfig:
     """The Spurious Token Game (``stg`` preset) under plain training and CAT with each decay (``plain``,
     ``cat-epoch``, ``cat-progress``, ``cat-none``), three seeds, baseline ``plain``."""
-    from attnlab.tasks.stg import VARIANTS
+    from attnlab.tasks.stg import DEFAULT_VARIANTS
     from attnlab.train.presets import stg
 
-    return CompareConfig(base=stg(), variants=list(VARIANTS), baseline="plain", seeds=[0, 1, 2])
+    return CompareConfig(base=stg(), variants=list(DEFAULT_VARIANTS), baseline="plain", seeds=[0, 1, 2])
 
 
 def stg_objectives_quick() -> CompareConfig:

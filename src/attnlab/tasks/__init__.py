@@ -7,8 +7,10 @@ Registered tasks (``--task NAME``; imported lazily, so optional dependencies loa
 * ``forecast``: multi-step time-series forecasting (:class:`~attnlab.tasks.forecast.Forecasting`);
 * ``digits-vqa``: two-image questions about handwritten digits, trained and evaluated under the future-aware
   masks (:class:`~attnlab.tasks.digits_vqa.DigitsVQA`; needs ``attnlab[digits]``);
-* ``stg``: the Spurious Token Game, with CAT's re-attention term as an option
-  (:class:`~attnlab.tasks.stg.SpuriousTokenGame`).
+* ``stg``: the Spurious Token Game, with CAT's re-attention term, KD and LeaF as objectives
+  (:class:`~attnlab.tasks.stg.SpuriousTokenGame`);
+* ``arith-distractors``: arithmetic word problems with planted distractors, the same objectives
+  (:class:`~attnlab.tasks.arith.ArithmeticDistractors`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ TASKS: dict[str, str] = {
     "forecast": "attnlab.tasks.forecast:Forecasting",
     "digits-vqa": "attnlab.tasks.digits_vqa:DigitsVQA",
     "stg": "attnlab.tasks.stg:SpuriousTokenGame",
+    "arith-distractors": "attnlab.tasks.arith:ArithmeticDistractors",
 }
 
 

@@ -199,6 +199,17 @@ class Task(ABC):
         #: schedules inside a loss (e.g. CAT's decay by epoch or by the fraction of training done)
         self.step_progress: tuple[int, int] = (0, 1)
 
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def required_checkpoints(self) -> dict[str, str]:
+        """Other runs this run needs, by role (e.g. ``{"teacher": "runs/t"}``): the trainer loads each
+        (:func:`attnlab.train.loading.load_trained`, on the CPU) and passes them to :meth:`attach_checkpoints`
+        before :meth:`build_model`. Default: none."""
+        return {}
+
+    def attach_checkpoints(self, loaded: dict[str, Any]) -> None:
+        """Take the runs of :meth:`required_checkpoints` (role -> :class:`attnlab.train.loading.Trained`); raise
+        ``ValueError`` naming the role when one does not fit (another task or vocabulary). Default: nothing."""
+
     # ------------------------------------------------------------------------------------------------ model
     @abstractmethod
     def build_model(self) -> nn.Module:

@@ -27,9 +27,9 @@ from torch import nn
 from attnlab.tasks import Task
 from attnlab.train import checkpoint as ckpt
 from attnlab.train.config import ConfigError, TrainConfig, config_from_dict
-from attnlab.train.trainer import resolve_device
+from attnlab.train.distributed import resolve_device
 
-__all__ = ["Trained", "load_trained", "BUNDLED_SOURCES", "MAX_CONFIG_INT"]
+__all__ = ["Trained", "load_trained", "load_required_checkpoints", "BUNDLED_SOURCES", "MAX_CONFIG_INT"]
 
 #: Data sources that are names of corpora shipped with attnlab, not paths (kept when a checkpoint is loaded).
 BUNDLED_SOURCES = ("tinyshakespeare", "wikitext2", "multi30k", "etth1")
@@ -81,7 +81,8 @@ class _UnfollowedData:
 #: Where each task keeps its loaded data (``None`` until first use); a task not listed here gets no stand-in, so
 #: a checkpoint of it with a stored path is refused at load time (tests check every task is listed).
 _DATA_ATTRIBUTE = {"lm": "_corpus", "translation": "_data", "forecast": "_data", "digits-vqa": "_images",
-                   "stg": "_examples"}  # (the last two read no path: their data are generated or in scikit-learn)
+                   "stg": "_examples", "arith-distractors": "_examples"}
+# (the last three read no path: their data are generated or in scikit-learn)
 
 
 def _resolve_data(config: TrainConfig, cdir: Path, *, data: str | None, stored_data: bool,
@@ -208,3 +209,19 @@ def load_trained(path: str | Path, *, device: str = "auto", task: str | None = N
     model.to(resolve_device(device)).eval()
     return Trained(model=model, task=t, config=config, state=state, path=cdir, data_source=source,
                    stored_source=stored)
+
+
+def load_required_checkpoints(task: Task) -> None:
+    """Load the runs ``task`` needs (:meth:`Task.required_checkpoints`, on the CPU) and attach them; a missing,
+    damaged or unfitting run is a :class:`ConfigError` naming its role and path."""
+    loaded: dict[str, Trained] = {}
+    for role, path in task.required_checkpoints().items():
+        try:
+            loaded[role] = load_trained(path, device="cpu")
+        except (ckpt.CheckpointError, OSError) as e:
+            raise ConfigError(f"the {role} checkpoint {path!r} cannot be loaded: {e}") from None
+    if loaded:
+        try:
+            task.attach_checkpoints(loaded)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None

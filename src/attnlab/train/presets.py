@@ -275,6 +275,26 @@ def stg_quick() -> TrainConfig:
                    steps=20, eval_interval=10, log_interval=5, progress=False)
 
 
+def arith_distractors() -> TrainConfig:
+    """Arithmetic with distractors (``task = "arith-distractors"``, spec B.8): 4,000 distractor-heavy IID problems
+    (the year's last digit is the answer's units digit 90 % of the time), 400 per test split, the :func:`stg` model
+    and optimiser, 3,000 steps of 32 (24 epochs), one thread. The LeaF teacher: ``--set data.train_split=clean+ood``;
+    then ``--set options.objective=leaf --set options.teacher.checkpoint=runs/teacher --set
+    options.student.checkpoint=runs/student``."""
+    from attnlab.tasks.arith import ArithDataConfig, ArithOptions
+
+    return replace(stg(), task="arith-distractors", model=LMConfig(n_layers=2, d_model=64, n_heads=4, context_len=40),
+                   data=ArithDataConfig(), options=ArithOptions())
+
+
+def arith_distractors_quick() -> TrainConfig:
+    """:func:`arith_distractors` at smoke size (seconds): 1 layer of width 16, 20 steps, 200 problems, 40 per split."""
+    base = arith_distractors()
+    return replace(base, model=replace(base.model, n_layers=1, d_model=16, n_heads=2),
+                   data=replace(base.data, n_train=200, n_test=40), optim=replace(base.optim, warmup_steps=5),
+                   steps=20, eval_interval=10, log_interval=5, progress=False)
+
+
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "shakespeare-char": shakespeare_char,
     "shakespeare-char-cpu": shakespeare_char_cpu,
@@ -292,6 +312,8 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "digits-vqa-quick": digits_vqa_quick,
     "stg": stg,
     "stg-quick": stg_quick,
+    "arith-distractors": arith_distractors,
+    "arith-distractors-quick": arith_distractors_quick,
 }
 
 

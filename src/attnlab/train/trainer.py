@@ -47,6 +47,7 @@ from attnlab.train import distributed as ddp
 from attnlab.train.config import ConfigError, TrainConfig, config_diff, config_to_dict
 from attnlab.train.distributed import resolve_device
 from attnlab.train.fsdp import Sharding, plain_tensor
+from attnlab.train.loading import load_required_checkpoints
 from attnlab.train.metrics import MetricsWriter, PeakMemory
 from attnlab.train.outdir import refuse_used_out_dir, run_lock
 from attnlab.train.schedule import lr_at, make_optimizer
@@ -166,6 +167,7 @@ class Trainer:
             self.task.check_data(self.micro)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        load_required_checkpoints(self.task)  # e.g. a frozen teacher, before the model is built
 
         # Precision.
         self.param_dtype = torch.float64 if config.precision == "float64" else torch.float32
