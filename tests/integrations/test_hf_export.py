@@ -81,6 +81,12 @@ def test_export_command_writes_a_directory_auto_loads(tmp_path: Path, capsys: py
     assert "LlamaForCausalLM" in capsys.readouterr().out
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert (out / "attnlab_export.json").is_file()
+    # the char tokenizer in its Hugging Face form: AutoTokenizer encodes and decodes as attnlab does
+    trained = load_trained(run, device="cpu")
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert ids == trained.tokenizer.encode(text) and tok.decode(ids) == text
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(hf).__name__ == "LlamaForCausalLM"
     lm = load_trained(run, device="cpu").model
@@ -100,3 +106,31 @@ def test_a_layer_rope_base_other_than_the_models_is_refused() -> None:
     lm = _lm(attention_options={"standard": {"rope_base": 500.0}})
     with pytest.raises(ValueError, match="its RoPE base 500.0 differs from the model's rope_base=10000.0"):
         check_llama_compatible(lm)
+
+
+def test_gpt2_tokenizer_hf_form_equals_tiktoken(tmp_path: Path) -> None:
+    """The byte-level BPE rebuilt from the bundled ranks (vocabulary + merges) encodes real text exactly as attnlab's
+    tiktoken encoder does, and decodes it back."""
+    from attnlab.data.bundled import read_bundled_text
+    from attnlab.data.tokenizers import GPT2Tokenizer
+    from attnlab.integrations.hf_tokenizer import hf_tokenizer
+
+    ours = GPT2Tokenizer()
+    hf = hf_tokenizer(ours)
+    text = read_bundled_text("tinyshakespeare")[:20000]
+    odd = "naïve café — 日本語 🙂 it's  two  spaces\t tab\n\n\n  trailing   \r\n<|endoftext|> 3.14159 x=y+1"
+    for t in (text, odd, " leading space", ""):
+        ids = hf.encode(t, add_special_tokens=False)
+        assert ids == ours.encode(t)
+        assert hf.decode(ids) == t
+    assert hf.eos_token_id == ours.eot_id and len(hf) == ours.vocab_size
+    hf.save_pretrained(tmp_path)  # what an export writes, read back the way users will
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert again(odd, add_special_tokens=False)["input_ids"] == ours.encode(odd)
+
+
+def test_word_tokenizer_has_no_hf_form() -> None:
+    from attnlab.data.tokenizers import WordTokenizer
+    from attnlab.integrations.hf_tokenizer import hf_tokenizer
+
+    assert hf_tokenizer(WordTokenizer.from_text("a b\nc")) is None

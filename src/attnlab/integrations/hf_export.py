@@ -139,9 +139,10 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, arch: str = "auto", fo
     ``"llama"`` (refused, naming the layer, when one has none) or ``"attnlab"``.
 
     ``out`` must not exist (or be empty), unless ``force`` moves it aside to ``out.old-<time>`` (nothing written is
-    ever deleted). Besides the transformers files, ``attnlab_export.json`` records the source checkpoint, its run
-    config and the attnlab tokenizer (to encode prompts the way the model was trained; the tokenizer has no Hugging
-    Face form here).
+    ever deleted). The tokenizer is written in its Hugging Face form where it has one (``char`` and ``gpt2``:
+    :mod:`attnlab.integrations.hf_tokenizer`), so that ``AutoTokenizer.from_pretrained(out)`` encodes as attnlab
+    does. Besides the transformers files, ``attnlab_export.json`` records the source checkpoint, its run config,
+    the attnlab tokenizer and whether the Hugging Face tokenizer files were written.
     """
     from attnlab.train.loading import load_trained
     from attnlab.train.outdir import prepare_out_dir
@@ -165,7 +166,13 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, arch: str = "auto", fo
     prepare_out_dir(out, resume=False, force=force)
     model.save_pretrained(out)
     kind = type(model).__name__
+    from attnlab.integrations.hf_tokenizer import hf_tokenizer
+
+    hf_tok = hf_tokenizer(trained.tokenizer)
+    if hf_tok is not None:
+        hf_tok.save_pretrained(out)
     meta = {"source_checkpoint": str(trained.path), "format": kind, "run_config": trained.config.to_dict(),
-            "tokenizer": trained.state.get("task_state", {}).get("tokenizer")}  # as stored: no data is read
+            "tokenizer": trained.state.get("task_state", {}).get("tokenizer"),  # as stored: no data is read
+            "hf_tokenizer": hf_tok is not None}
     (out / "attnlab_export.json").write_text(json.dumps(meta, indent=1))
     return out, kind
