@@ -159,3 +159,5 @@ def test_far_off_and_markdown_inline() -> None:
     assert _far_off([1.0, 2.0]) == [False, False]  # nothing to compare with
     assert markdown_inline("use `x < y` and **bold**, [docs](https://a.b/c)") == (
         'use <code>x &lt; y</code> and <strong>bold</strong>, <a href="https://a.b/c">docs</a>')
+    # a URL's & is escaped once (it was escaped twice: &amp;amp;), its quotes too
+    assert markdown_inline('[q](https://a.b/?x=1&y="2")') == '<a href="https://a.b/?x=1&amp;y=&quot;2&quot;">q</a>'

@@ -90,3 +90,12 @@ def test_forecast_variants_are_checked_against_the_data_before_any_training(
     ok = CompareConfig(base=forecast_quick().base.replace(**{"data.horizon": 48}),
                        variants=["dlinear", "transformer", "autohformer"])
     assert ok.run_config("autohformer", 0).data.horizon == 48
+
+
+def test_the_report_intro_names_a_data_source_only_where_there_is_one() -> None:
+    from attnlab.compare.presets import get_compare_preset
+
+    stg = get_compare_preset("stg-objectives-quick").describe(1000)
+    assert "1,000 target tokens per run, seeds 0, 1" in stg and "?" not in stg
+    lm = get_compare_preset("tiny").describe(1000)
+    assert "target tokens per run on `" in lm

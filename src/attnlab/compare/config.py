@@ -103,8 +103,9 @@ class CompareConfig:
         metric = self.primary_metric[0]
         return (
             f"Task `{b.task}`. Each {self.variant_label} (`{self.key}`) trained {b.steps} steps x {b.batch_size} rows "
-            f"= {targets_per_run:,} target tokens per run on `{getattr(b.data, 'source', '?')}`, seeds "
-            f"{', '.join(map(str, self.seeds))}" + (f"; {arch}" if arch else "")
+            f"= {targets_per_run:,} target tokens per run"
+            + (f" on `{b.data.source}`" if getattr(b.data, "source", None) else "") + ", seeds "
+            + f"{', '.join(map(str, self.seeds))}" + (f"; {arch}" if arch else "")
             + ("" if parity is None else f" (parity {'on' if parity else 'off'})")
             + f". Validation loss is the mean {self.task_class.loss_label} over the whole validation split"
             + ("" if metric == "loss" else f"; the verdict compares {metric} over the whole split")
