@@ -10,7 +10,7 @@ out=${1:?usage: leaf_runs.sh OUT [stg|arith ...]}
 shift
 tasks=${*:-stg arith}
 attnlab=${ATTNLAB:-attnlab}
-teacher_size=(--set model.n_layers=4 --set model.d_model=96)
+teacher_size=(--set model.n_layers=4 --set model.d_model=96 --set optim.lr=1e-3)
 for task in $tasks; do
   case $task in
     stg) preset=stg; teacher_data=ood ;;
