@@ -88,7 +88,7 @@ class PromptAnswerOptions:
         cat: CAT's options (``objective = "cat"``), e.g. ``--set options.cat.alpha=2``.
         teacher: the frozen teacher checkpoint (``kd``, ``leaf``): ``--set options.teacher.checkpoint=runs/t``.
         student: LeaF's detection student and whether stage 2 starts from it (``leaf``; optional for ``kd``).
-        leaf: LeaF's threshold, λ, mixing and sample filter.
+        leaf: LeaF's threshold, λ, mixing and sample filter; its ``temperature`` is also plain KD's.
     """
 
     objective: Literal["plain", "cat", "kd", "leaf"] = "plain"
@@ -297,6 +297,7 @@ class PromptAnswerTask(Task):
                 raise ValueError(f"options.student.checkpoint holds another model than this run's model config "
                                  f"({str(e).splitlines()[0]}); give the same model settings or "
                                  "options.student.init=false") from None
+        self._student = None  # stage 1 is done and the weights are copied: the detection student is not kept
         return model
 
     def loss(self, model: nn.Module, batch: Batch) -> Loss:
