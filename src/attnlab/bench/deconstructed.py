@@ -23,7 +23,7 @@ from torch import Tensor
 
 from attnlab.bench.core import BenchOptions, Suite, SuiteResult, Table, register_suite
 from attnlab.bench.measure import fit_exponent
-from attnlab.bench.steps import MiB, layer_step, measure_step, progress, pyplot, save_figure, short_error
+from attnlab.bench.steps import layer_step, log_log_panels, measure_step, progress, save_figure, short_error
 from attnlab.layers import registry
 
 __all__ = ["run_deconstructed", "DECON_MECHANISMS", "PAPER_COST", "cache_bytes"]
@@ -147,19 +147,9 @@ def run_deconstructed(options: BenchOptions) -> SuiteResult:
 
 
 def plot_deconstructed(result: SuiteResult, stem: Path) -> list[Path]:
-    plt = pyplot()
-    rows = result.data["rows"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in dict.fromkeys(r["mechanism"] for r in rows):
-        ok = [r for r in rows if r["mechanism"] == name and r["status"] == "ok" and r.get("fwd+bwd ms")]
-        if ok:
-            a1.plot([r["T"] for r in ok], [r["fwd+bwd ms"] for r in ok], marker="o", label=name)
-            if all(r.get("fwd+bwd MiB") for r in ok):
-                a2.plot([r["T"] for r in ok], [r["fwd+bwd MiB"] for r in ok], marker="o", label=name)
-    for ax, t, y in ((a1, "forward+backward time", "ms"), (a2, "forward+backward peak memory", "MiB")):
-        ax.set(xscale="log", yscale="log", title=t, xlabel="T", ylabel=y)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    fig = log_log_panels(result.data["rows"], series="mechanism", x="T", xlabel="T", legend_fontsize=7,
+                         panels=[("fwd+bwd ms", "forward+backward time", "ms"),
+                                 ("fwd+bwd MiB", "forward+backward peak memory", "MiB")])
     return [save_figure(fig, stem)]
 
 

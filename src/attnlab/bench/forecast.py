@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from attnlab.bench.core import BenchOptions, Suite, SuiteResult, Table, register_suite
 from attnlab.bench.measure import fit_exponent, peak_memory, time_fns
-from attnlab.bench.steps import MiB, check_tolerance, correctness_status, progress, pyplot, relative_error, save_figure, short_error
+from attnlab.bench.steps import (MiB, check_tolerance, correctness_status, log_log_panels, progress, relative_error,
+                                 save_figure, short_error)
 
 __all__ = ["run_forecast_cost", "FORECAST_MODELS", "N_CHANNELS"]
 
@@ -131,18 +132,9 @@ def run_forecast_cost(options: BenchOptions) -> SuiteResult:
 
 
 def plot_forecast_cost(result: SuiteResult, stem: Path) -> list[Path]:
-    plt = pyplot()
-    rows = result.data["rows"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for m in FORECAST_MODELS:
-        ok = [r for r in rows if r["model"] == m and r["status"] == "ok"]
-        for ax, key in zip(axes, ("train ms", "train MiB", "infer ms")):
-            ax.plot([r["L"] for r in ok], [r[key] for r in ok], marker="o", label=m)
-    for ax, title, unit in zip(axes, ("training step", "training peak memory", "full-horizon inference"),
-                               ("ms", "MiB", "ms")):
-        ax.set(xscale="log", yscale="log", title=title, xlabel="look-back L", ylabel=unit)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
+    fig = log_log_panels(result.data["rows"], series="model", x="L", xlabel="look-back L",
+                         panels=[("train ms", "training step", "ms"), ("train MiB", "training peak memory", "MiB"),
+                                 ("infer ms", "full-horizon inference", "ms")])
     return [save_figure(fig, stem)]
 
 

@@ -29,7 +29,8 @@ from torch import Tensor
 
 from attnlab.bench.core import BenchOptions, Suite, SuiteResult, Table, register_suite
 from attnlab.bench.measure import fit_exponent, peak_memory, time_fns
-from attnlab.bench.steps import MiB, check_tolerance, correctness_status, progress, pyplot, relative_error, save_figure, short_error
+from attnlab.bench.steps import (MiB, check_tolerance, correctness_status, log_log_panels, progress, relative_error,
+                                 save_figure, short_error)
 
 __all__ = ["run_objectives", "OBJECTIVE_CASES"]
 
@@ -161,18 +162,8 @@ def run_objectives(options: BenchOptions) -> SuiteResult:
 
 
 def plot_objectives(result: SuiteResult, stem: Path) -> list[Path]:
-    plt = pyplot()
-    rows = result.data["rows"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for c in OBJECTIVE_CASES:
-        ok = [r for r in rows if r["case"] == c and r.get("step ms")]
-        if ok:
-            a1.plot([r["T"] for r in ok], [r["step ms"] for r in ok], marker="o", label=c)
-            a2.plot([r["T"] for r in ok], [r["peak MiB"] for r in ok], marker="o", label=c)
-    for ax, t, y in ((a1, "time per step", "ms"), (a2, "peak memory per step", "MiB")):
-        ax.set(xscale="log", yscale="log", title=t, xlabel="T", ylabel=y)
-        ax.grid(alpha=0.3)
-    a1.legend(fontsize=8)
+    fig = log_log_panels(result.data["rows"], series="case", x="T", xlabel="T",
+                         panels=[("step ms", "time per step", "ms"), ("peak MiB", "peak memory per step", "MiB")])
     return [save_figure(fig, stem)]
 
 

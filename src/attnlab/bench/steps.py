@@ -29,7 +29,7 @@ from attnlab.bench.measure import peak_memory, time_fns
 
 __all__ = ["MiB", "GiB", "BASELINE", "Step", "check_tolerance", "relative_error", "correctness_status", "number", "short_error", "progress",
            "no_grad", "step", "layer_step", "qkv", "sdpa_step", "measure_step", "time_steps", "measure_steps_interleaved",
-           "sdpa_baseline", "with_ratios", "half_device_memory", "pyplot", "save_figure"]
+           "sdpa_baseline", "with_ratios", "half_device_memory", "pyplot", "save_figure", "log_log_panels"]
 
 MiB = 2.0**20
 GiB = 2.0**30
@@ -227,3 +227,20 @@ def save_figure(fig, stem: Path, suffix: str = "", *, rect: tuple[float, float, 
     fig.savefig(p)
     pyplot().close(fig)
     return p
+
+
+def log_log_panels(rows: list[dict[str, Any]], *, series: str, x: str, panels: list[tuple[str, str, str]],
+                   xlabel: str, legend_fontsize: int = 8):
+    """A figure of log-log panels, one per ``(y key, title, unit)`` of ``panels``, one line per value of
+    ``rows[series]`` through the rows whose status is ok and that hold the y key."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (key, title, unit) in zip(axes[0], panels):
+        for name in dict.fromkeys(r[series] for r in rows):
+            pts = [(r[x], r[key]) for r in rows if r[series] == name and r.get("status", "ok") == "ok" and r.get(key)]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.set(xscale="log", yscale="log", title=title, xlabel=xlabel, ylabel=unit)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_fontsize)
+    return fig
