@@ -102,6 +102,29 @@ def test_evaluate_covers_every_window_and_reports_drop_last(tmp_path: Path) -> N
     assert r2.metrics["mse"] == pytest.approx(m["mse"], rel=1e-12)
 
 
+def test_validation_on_a_subset_of_windows(tmp_path: Path) -> None:
+    """options.val_windows: the validation split on k evenly spaced windows (first and last included), the test
+    split always on every window."""
+    from attnlab.tasks.forecast import ForecastOptions
+
+    t = Forecasting(ForecastModelConfig(), _data(tmp_path), seed=0, options=ForecastOptions(val_windows=5))
+    torch.manual_seed(0)
+    model = t.build_model().double()
+    s = t.data.splits["val"]
+    pick = np.array([0, round((s.n_windows - 1) / 4), round((s.n_windows - 1) / 2), round(3 * (s.n_windows - 1) / 4),
+                     s.n_windows - 1])
+    win = s.windows(pick)
+    with torch.no_grad():
+        err = model(torch.from_numpy(win["x"])).numpy() - win["y"]
+    r = t.evaluate(model, "val", EvalContext(device=torch.device("cpu"), batch_size=2))
+    assert r.metrics["windows"] == 5 and r.metrics["windows_of"] == s.n_windows and "mse_drop_last" not in r.metrics
+    assert r.metrics["mse"] == pytest.approx(float(np.mean(err**2)), rel=1e-12)
+    full = t.evaluate(model, "test", EvalContext(device=torch.device("cpu"), batch_size=64))
+    assert full.metrics["windows"] == t.data.splits["test"].n_windows and "windows_of" not in full.metrics
+    with pytest.raises(ValueError, match="val_windows must be an int >= 2"):
+        ForecastOptions(val_windows=1)
+
+
 def test_resume_is_exact(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     assert cfg.model.transformer.dropout == 0.1  # dropout on: the resumed run must continue every RNG stream

@@ -10,6 +10,8 @@
   decay schedule (spec causal_training.md A.9).
 * ``forecast-quick``: DLinear, the causal Transformer and AutoHFormer on ETTh1 (the ``etth1-quick`` run: look-back
   96, horizon 24, 60 steps), two seeds; other horizons with ``--set data.horizon=N`` (one comparison per horizon).
+* ``etth1-models``: the same three at look-back 336 and the horizon of ``--set data.horizon=N``, each with its own
+  preset's optimiser, three seeds (the ETTh1 table).
 
 Every comparison preset evaluates at least 10 times per run (10 validation points per curve), except the smoke
 presets. A training preset given to ``attnlab compare`` becomes a comparison of its task's default variants.
@@ -95,6 +97,31 @@ def forecast_quick() -> CompareConfig:
     return CompareConfig(base=base, variants=list(ARCHS), seeds=[0, 1])
 
 
+def etth1_models() -> CompareConfig:
+    """The ETTh1 table of issue 13 at one horizon (``--set data.horizon=192`` etc.; one comparison per horizon):
+    DLinear, the causal Transformer and AutoHFormer at look-back 336, three seeds, each model with its own preset's
+    optimiser settings (``etth1-dlinear``, ``-transformer``, ``-autohformer``). Budget: DLinear its preset's 2,600
+    steps; the two attention models 1,000 steps of 32 windows (about 3.9 epochs of the 8,209 training windows) so
+    that a horizon takes about 2 core-hours on a CPU; validation curves on 256 evenly spaced windows
+    (``options.val_windows``), the test split on every window. Baseline ``dlinear``."""
+    from attnlab.models.timeseries import ARCHS
+    from attnlab.tasks.forecast import ForecastOptions
+    from attnlab.train.presets import etth1_autohformer, etth1_dlinear, etth1_transformer
+
+    base = etth1_dlinear()
+    tr, ah = etth1_transformer(), etth1_autohformer()
+    base = replace(base, model=replace(base.model, transformer=tr.model.transformer, autohformer=ah.model.autohformer),
+                   options=ForecastOptions(val_windows=256))  # validation curves on 256 windows; test on all
+
+    def optim(cfg) -> dict[str, object]:
+        return {"optim.lr": cfg.optim.lr, "optim.weight_decay": cfg.optim.weight_decay,
+                "optim.warmup_steps": cfg.optim.warmup_steps, "steps": 1000, "eval_interval": 100,
+                "eval_batch_size": cfg.eval_batch_size}
+
+    return CompareConfig(base=base, variants=list(ARCHS), seeds=[0, 1, 2], baseline="dlinear",
+                         options={"transformer": optim(tr), "autohformer": optim(ah)})
+
+
 def digits_masks() -> CompareConfig:
     """The ``digits-vqa`` run trained under each future-aware mask (``options.train_mask``: c, f, v2v, v2t), three
     seeds, baseline the causal mask (``attnlab vlm digits`` adds the train x evaluation mask report)."""
@@ -132,6 +159,7 @@ def stg_objectives_quick() -> CompareConfig:
 COMPARE_PRESETS: dict[str, Callable[[], CompareConfig]] = {"quick": quick, "tiny": tiny, "multi30k-scores": multi30k_scores,
                                                            "multi30k-scores-tiny": multi30k_scores_tiny,
                                                            "forecast-quick": forecast_quick,
+                                                           "etth1-models": etth1_models,
                                                            "digits-masks": digits_masks,
                                                            "digits-masks-quick": digits_masks_quick,
                                                            "stg-objectives": stg_objectives,

@@ -81,7 +81,19 @@ class ForecastDataConfig:
 
 @dataclass(kw_only=True)
 class ForecastOptions:
-    """Options of the forecasting task (none yet: the loss is the mean squared error)."""
+    """Options of the forecasting task (the loss is the mean squared error).
+
+    Attributes:
+        val_windows: evaluate the validation split on this many evenly spaced windows (first and last included)
+            instead of all of them, for cheap validation curves of slow decoders; ``None``: every window. The
+            test split is always evaluated on every window.
+    """
+
+    val_windows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.val_windows is not None:
+            check_int("val_windows", self.val_windows, 2)
 
 
 @dataclass(kw_only=True)
@@ -247,6 +259,12 @@ class Forecasting(Task):
         s = self.data.splits[split]
         n, T, V = s.n_windows, self.data_cfg.horizon, len(self.columns)
         n_drop = s.n_windows_drop_last(self.data_cfg.drop_last_batch)
+        chosen = np.arange(n)  # the windows evaluated: all, or an evenly spaced subset of the validation split
+        k = self.options.val_windows
+        if split == "val" and k is not None and k < n:
+            chosen = np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
+            n_drop = 0  # (a subset has no drop_last figure)
+        n_all, n = n, len(chosen)
         was_training = model.training
         model.eval()
         sq = torch.zeros(T, dtype=torch.float64, device=ctx.device)  # squared errors per horizon step
@@ -256,7 +274,7 @@ class Forecasting(Task):
         for i, lo in enumerate(range(0, n, ctx.batch_size)):
             if i % ctx.world_size != ctx.rank:
                 continue
-            idx = np.arange(lo, min(lo + ctx.batch_size, n))
+            idx = chosen[lo : lo + ctx.batch_size]
             t = self._tensors(split, idx, ctx.device)
             with ctx.autocast():
                 pred = self._predict(model, t)
@@ -273,6 +291,8 @@ class Forecasting(Task):
         mse = float(sq.sum()) / (n * T * V)
         metrics = {"mse": mse, "mae": float(ab.sum()) / (n * T * V), "windows": float(n),
                    "windows_drop_last": float(n_drop)}
+        if n < n_all:
+            metrics["windows_of"] = float(n_all)
         if n_drop:  # (a split shorter than one batch has no drop_last figure: the released loader would see nothing)
             metrics["mse_drop_last"] = float(sq_drop) / (n_drop * T * V)
             metrics["mae_drop_last"] = float(ab_drop) / (n_drop * T * V)
