@@ -143,7 +143,11 @@ def main() -> None:
             se = math.sqrt(np.var(x, ddof=1) / len(x) + np.var(y, ddof=1) / len(y))
             p = stats.ttest_ind(x, y, equal_var=False).pvalue
             good = (d > 0) == (k in better_high)
-            verdict = (f"yes: {'better' if good else 'worse'}" if abs(d) > 2 * se else "no")
+            beyond = abs(d) > 2 * se
+            if k == "gap":  # a gap below zero is not better than none: say only whether it moved
+                verdict = "yes" if beyond else "no"
+            else:
+                verdict = f"yes: {'better' if good else 'worse'}" if beyond else "no"
             print(f"| `{v}` | {label} | {d:+{f}} | {verdict} | {p:.3g} |")
 
 

@@ -5,9 +5,9 @@ weights), checkpoint loading through the trainer and its errors, and the command
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,13 +39,20 @@ def runs(tmp_path_factory):
     with torch.enable_grad():
         return {"teacher": _train(d / "teacher", "--set", "data.train_split=ood", "--set", "steps=40"),
                 "student": _train(d / "student"),
-                "arith": _train(d / "arith", preset="arith-distractors-quick")}
+                "arith": _train(d / "arith", preset="arith-distractors-quick"),
+                "arith-teacher": _train(d / "arith-teacher", "--set", "data.train_split=clean+ood",
+                                        preset="arith-distractors-quick")}
 
 
-def _leaf_task(runs, **leaf) -> SpuriousTokenGame:
-    opts = PromptAnswerOptions(objective="leaf", teacher=TeacherOptions(checkpoint=runs["teacher"]),
-                               student=StudentOptions(checkpoint=runs["student"]), leaf=LeafOptions(**leaf))
-    task = SpuriousTokenGame(MODEL, STGDataConfig(n_train=200, n_test=40), seed=0, options=opts)
+def _leaf_task(runs, arith: bool = False, **leaf) -> SpuriousTokenGame | ArithmeticDistractors:
+    teacher, student = (runs["arith-teacher"], runs["arith"]) if arith else (runs["teacher"], runs["student"])
+    opts = PromptAnswerOptions(objective="leaf", teacher=TeacherOptions(checkpoint=teacher),
+                               student=StudentOptions(checkpoint=student), leaf=LeafOptions(**leaf))
+    if arith:
+        task = ArithmeticDistractors(replace(MODEL, context_len=40), ArithDataConfig(n_train=200, n_test=40), seed=0,
+                                     options=opts)
+    else:
+        task = SpuriousTokenGame(MODEL, STGDataConfig(n_train=200, n_test=40), seed=0, options=opts)
     load_required_checkpoints(task)
     return task
 
@@ -54,8 +61,10 @@ def _marked_tokens(spans) -> set[int]:
     return {i for a, e in spans for i in range(a, e)}
 
 
-def test_stage1_marks_spans_and_counterfactuals_over_the_training_set(runs) -> None:
-    task = _leaf_task(runs, p=0.3)
+@pytest.mark.parametrize("arith", [False, True], ids=["stg", "arith"])
+def test_stage1_marks_spans_and_counterfactuals_over_the_training_set(runs, arith: bool) -> None:
+    """(arith's sequences differ in length: each counterfactual is cut to its own row, without the batch padding)"""
+    task = _leaf_task(runs, arith, p=0.3)
     data = task.leaf_data
     train = task.examples["train"]
     assert data is not None and len(data.counterfactuals) == len(data.spans) == len(train)
@@ -125,16 +134,94 @@ def test_teacher_and_student_read_the_same_pruned_rows(runs) -> None:
         float(leaf_kd_loss(orig, cf, mix="mixed_rows", ignore_index=IGNORE_INDEX)), rel=1e-5)
 
 
-def test_sample_filter_keeps_only_the_chosen_samples(runs) -> None:
-    everything = _leaf_task(runs, p=0.3)
-    assert any(everything.leaf_data.counterfactuals)
-    # the tiny teacher and student answer no training sample right: no sample passes either filter
-    for how in ("teacher_right_student_wrong", "pruning_fixes_student"):
-        task = _leaf_task(runs, p=0.3, sample_filter=how)
-        assert task.leaf_data.spans == everything.leaf_data.spans
-        assert not any(task.leaf_data.counterfactuals)
-        assert task.leaf_data.stats["leaf_samples_with_cf"] == 0.0
+class _Rigged(torch.nn.Module):
+    """An LM whose greedy answer is right exactly on the rows ``right(row ids)`` says (a huge logit on the next
+    token), so that the sample filters can be checked against a known truth; saliency goes through the LM."""
 
+    def __init__(self, lm: torch.nn.Module, right) -> None:
+        super().__init__()
+        self.lm, self.right, self.config = lm, right, lm.config
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.lm.embed(idx)
+
+    def forward(self, idx=None, inputs_embeds=None):
+        if idx is None:
+            return self.lm(inputs_embeds=inputs_embeds)
+        logits = self.lm(idx)
+        boost = torch.zeros_like(logits)
+        for b in range(idx.shape[0]):
+            if self.right(idx[b].tolist()):
+                boost[b, :-1].scatter_(-1, idx[b, 1:, None], 1e4)
+        return logits + boost
+
+
+def test_sample_filters_keep_exactly_the_chosen_samples() -> None:
+    from attnlab.tasks.distill import detect_training_confounders
+
+    task = SpuriousTokenGame(MODEL, STGDataConfig(n_train=48, n_test=8), seed=0)
+    torch.manual_seed(0)
+    lm_t, lm_s = task.build_model().eval(), task.build_model().eval()
+    first = 11  # the first statistic's name (after the request sentence)
+    names = {task.ids[n] for n in ("Smoking", "Weight", "Exercise", "Hormones")}
+    teacher = _Rigged(lm_t, lambda ids: True)
+    pad = task.ids["<pad>"]
+    # right iff the first name is one of these, or two or more tokens were pruned (the rows are 45 tokens)
+    student = _Rigged(lm_s, lambda ids: ids[first] in names or sum(i != pad for i in ids) <= 43)
+
+    def tensors(exs):
+        x = task.tensors(exs, CPU)
+        score = torch.zeros_like(x["idx"], dtype=torch.bool)
+        for b, ex in enumerate(exs):
+            a, e = task.scored_span(ex)
+            score[b, a:e] = True
+        return x["idx"], x["targets"], score
+
+    train = task.examples["train"]
+    out = {f: detect_training_confounders(teacher, student, train, tensors, LeafOptions(p=0.3, sample_filter=f),
+                                          pad_id=task.ids["<pad>"], ignore_index=IGNORE_INDEX)
+           for f in ("all", "teacher_right_student_wrong", "pruning_fixes_student")}
+    assert out["all"].spans == out["teacher_right_student_wrong"].spans == out["pruning_fixes_student"].spans
+    wrong = [task.ids[ex.tokens[first]] not in names for ex in train]
+    assert 0 < sum(wrong) < len(train)
+    for b, cfs in enumerate(out["teacher_right_student_wrong"].counterfactuals):
+        assert cfs == (out["all"].counterfactuals[b] if wrong[b] else [])
+    for b, cfs in enumerate(out["pruning_fixes_student"].counterfactuals):
+        fixed = [cf for cf in out["all"].counterfactuals[b] if cf[0][first] in names or len(cf[0]) <= 43]
+        assert cfs == (fixed if wrong[b] else [])
+    kept = sum(map(len, out["pruning_fixes_student"].counterfactuals))
+    assert 0 < kept < sum(len(c) for c, w in zip(out["all"].counterfactuals, wrong) if w)  # some cfs fix, some not
+
+
+def test_stage1_keeps_the_teachers_device_dtype_and_the_random_state(runs) -> None:
+    task = _leaf_task(runs, p=0.3)
+    marks = task.leaf_data.spans
+    task.teacher.double()
+    task.leaf_data = None
+    task._student = load_trained(runs["student"], device="cpu").model
+    before = torch.get_rng_state()
+    task._leaf()
+    assert next(task.teacher.parameters()).dtype == torch.float64
+    assert torch.equal(torch.get_rng_state(), before)
+    assert task.leaf_data.spans == marks  # the same marks again (what a resume recomputes)
+
+
+def test_resume_refuses_other_teacher_weights_behind_the_same_path(runs, tmp_path, capsys) -> None:
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(runs["teacher"], teacher)
+    out = tmp_path / "leaf"
+    args = ["--set", "options.objective=leaf", "--set", f"options.teacher.checkpoint={teacher}",
+            "--set", f"options.student.checkpoint={runs['student']}", "--set", "options.leaf.p=0.3"]
+    with torch.enable_grad():
+        _train(out, *args, "--set", "steps=10")
+        ckpt = next(teacher.glob("ckpt-*"))
+        other = next(Path(runs["student"]).glob("ckpt-*")) / "model.safetensors"
+        shutil.copyfile(other, ckpt / "model.safetensors")  # the teacher run was replaced
+        assert main(["train", "--preset", "stg-quick", "--out", str(out), "--set", "tensorboard=false", *args,
+                     "--set", "steps=20", "--resume"]) == 2
+    assert "options.teacher.checkpoint: checkpoint" in capsys.readouterr().err
 
 def test_kd_objective_and_student_initialisation(runs) -> None:
     opts = PromptAnswerOptions(objective="kd", teacher=TeacherOptions(checkpoint=runs["teacher"]),
@@ -166,9 +253,10 @@ def test_bad_teachers_and_options_are_refused(runs, tmp_path) -> None:
         return SpuriousTokenGame(kw.pop("model", MODEL), STGDataConfig(n_train=50, n_test=10), seed=0,
                                  options=PromptAnswerOptions(**kw))
 
-    with pytest.raises(ConfigError, match="teacher checkpoint .*missing"):
+    with pytest.raises(ConfigError,
+                       match="the teacher checkpoint '.*' cannot be loaded: checkpoint path .* does not exist"):
         load_required_checkpoints(task(objective="kd", teacher=TeacherOptions(checkpoint=str(tmp_path / "missing"))))
-    with pytest.raises(ConfigError, match="options.teacher.checkpoint=.*arith-distractors.*another vocabulary"):
+    with pytest.raises(ConfigError, match="options.teacher.checkpoint=.*arith-distractors.*its own vocabulary"):
         load_required_checkpoints(task(objective="kd", teacher=TeacherOptions(checkpoint=runs["arith"])))
     wide = task(objective="kd", teacher=TeacherOptions(checkpoint=runs["teacher"]),
                 student=StudentOptions(checkpoint=runs["student"]), model=replace(MODEL, d_model=32))

@@ -13,8 +13,9 @@ Per look-back ``L`` (``--lengths``; default 336, 672, 1344, 2688 on a CPU) and t
   multi-step head), timed interleaved.
 
 Growth exponents in ``L`` are fitted per model and figure. Before timing, each ``L`` is checked: AutoHFormer's
-banded attention (the form it trains with on a CPU) equals the dense reference in float64 (teacher-forced output
-on one window), so a speed is never reported for a wrong form.
+attention form equals the dense reference in float64 (teacher-forced output
+on one window; the form ``"auto"`` resolves to on the device: banded on a CPU, FlexAttention on CUDA), so a speed is
+never reported for a wrong form.
 """
 
 from __future__ import annotations
@@ -53,13 +54,19 @@ def _build(cfg: Any, L: int, T: int, options: BenchOptions, dtype: torch.dtype |
     return model.to(device=options.device, dtype=dtype or options.dtype)
 
 
+def _timed_impl(cfg: Any, options: BenchOptions) -> str:
+    """The attention form the timed AutoHFormer runs (``"auto"`` resolved as the op resolves it)."""
+    impl = cfg.autohformer.impl
+    return impl if impl != "auto" else ("flex" if options.is_cuda else "banded")
+
+
 def _check(cfg: Any, L: int, T: int, options: BenchOptions) -> float:
-    """Relative error of AutoHFormer's banded form against the dense reference (float64, one window)."""
+    """Relative error of the form the timed AutoHFormer runs against the dense reference (float64, one window)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, L, N_CHANNELS, generator=g, dtype=torch.float64).to(options.device)
     y = torch.randn(1, T, N_CHANNELS, generator=g, dtype=torch.float64).to(options.device)
     outs = []
-    for impl in ("banded", "reference"):
+    for impl in (_timed_impl(cfg, options), "reference"):
         m = _build(cfg, L, T, options, torch.float64, impl=impl, dropout=0.0).train()
         with torch.no_grad():
             outs.append(m(x, None, target=y))

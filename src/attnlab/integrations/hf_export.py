@@ -162,13 +162,13 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, arch: str = "auto", fo
         from attnlab.integrations.hf_model import lm_to_hf
 
         model = lm_to_hf(trained.model)
+    from attnlab.integrations.hf_tokenizer import hf_tokenizer
+
+    hf_tok = hf_tokenizer(trained.tokenizer)  # (built before anything is written: a failure leaves no half export)
     out = Path(out)
     prepare_out_dir(out, resume=False, force=force)
     model.save_pretrained(out)
     kind = type(model).__name__
-    from attnlab.integrations.hf_tokenizer import hf_tokenizer
-
-    hf_tok = hf_tokenizer(trained.tokenizer)
     if hf_tok is not None:
         hf_tok.save_pretrained(out)
     meta = {"source_checkpoint": str(trained.path), "format": kind, "run_config": trained.config.to_dict(),

@@ -206,6 +206,11 @@ class Task(ABC):
         before :meth:`build_model`. Default: none."""
         return {}
 
+    def resume_diffs(self, saved: dict[str, Any]) -> list[str]:
+        """What differs between the task state of the checkpoint being resumed (``saved``) and this task, as
+        ``"key: checkpoint A vs now B"`` lines; any line refuses the resume. Default: nothing."""
+        return []
+
     def attach_checkpoints(self, loaded: dict[str, Any]) -> None:
         """Take the runs of :meth:`required_checkpoints` (role -> :class:`attnlab.train.loading.Trained`); raise
         ``ValueError`` naming the role when one does not fit (another task or vocabulary). Default: nothing."""

@@ -176,7 +176,8 @@ def detect_training_confounders(
 
     Args:
         teacher, student: the frozen models, on the CPU in float32 (moved nowhere).
-        tensors: ``examples -> (idx (B, T), targets (B, T), score_mask (B, T))``, right-padded with ``pad_id``.
+        tensors: ``examples -> (idx (B, T), targets (B, T), score_mask (B, T))``, right-padded with ``pad_id``
+            (which no sequence holds otherwise; each counterfactual is cut to its own row's length).
         options: the LeaF options (threshold, saliency, sample filter).
 
     Returns:
@@ -196,8 +197,10 @@ def detect_training_confounders(
             keep = _answers_right(teacher, idx, targets, ignore_index) & ~_answers_right(student, idx, targets,
                                                                                            ignore_index)
         by_sample: list[list[tuple[list[int], list[int]]]] = [[] for _ in exs]
+        lengths = (idx != pad_id).sum(dim=1).tolist()  # each row's own length (the batch is right-padded)
         for cf in det.counterfactuals:
-            by_sample[cf.sample].append((cf.idx.tolist(), cf.targets.tolist()))
+            n = lengths[cf.sample] - (cf.end - cf.start)  # the pruned row without the batch's padding
+            by_sample[cf.sample].append((cf.idx[:n].tolist(), cf.targets[:n].tolist()))
         if options.sample_filter == "pruning_fixes_student":
             for b, cfs in enumerate(by_sample):
                 if keep[b] and cfs:

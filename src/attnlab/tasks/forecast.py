@@ -252,8 +252,9 @@ class Forecasting(Task):
     # ------------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, ctx: EvalContext) -> ForecastEvalResult:
-        """MSE and MAE over every window of ``split`` (batches dealt round-robin to the ranks), the drop_last
-        figure and the MSE per horizon step, all on the normalised scale."""
+        """MSE and MAE over every window of ``split`` (the validation split: ``options.val_windows`` evenly spaced
+        ones when set; batches dealt round-robin to the ranks), the drop_last figure and the MSE per horizon step,
+        all on the normalised scale."""
         if split not in self.data.splits:
             raise ValueError(f"split={split!r}: the series has no such split; it has {', '.join(self.data.splits)}")
         s = self.data.splits[split]

@@ -27,8 +27,10 @@ spans, averaged over layers and heads, IID split) and, with LeaF, the stage-1 de
 from __future__ import annotations
 
 import collections
+import hashlib
 from abc import abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, Sequence
 
 import numpy as np
@@ -122,6 +124,15 @@ def answer_adjacency(examples: Sequence[PromptExample], T: int) -> Tensor:
     return M
 
 
+def _weights_sha256(ckpt_dir: Any) -> str:
+    """SHA-256 of a checkpoint's ``model.safetensors`` (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(Path(ckpt_dir) / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class PromptAnswerTask(Task):
     """The shared task (module docstring). Subclasses set ``name``, ``data_config``, :attr:`min_context` and
     implement :meth:`vocabulary`, :meth:`generate_examples` and :meth:`scored_span`."""
@@ -148,6 +159,8 @@ class PromptAnswerTask(Task):
         self._global_batch = 0
         self._student: nn.Module | None = None
         self.leaf_data: LeafData | None = None
+        #: the teacher/student checkpoints loaded (path and weights hash), kept in the task state for resumes
+        self._sources: dict[str, dict[str, str]] = {}
 
     # ------------------------------------------------------------------------------------- subclass hooks
     @classmethod
@@ -256,8 +269,9 @@ class PromptAnswerTask(Task):
             other = trained.task
             if getattr(other, "name", None) != self.name or list(getattr(other, "vocab", ())) != list(self.vocab):
                 raise ValueError(f"options.{role}.checkpoint={trained.path} is a run of task "
-                                 f"{getattr(other, 'name', '?')!r} with another vocabulary; the {role} must be a "
+                                 f"{getattr(other, 'name', '?')!r} with its own vocabulary; the {role} must be a "
                                  f"{self.name!r} run (same tokens)")
+            self._sources[role] = {"checkpoint": str(trained.path), "weights_sha256": _weights_sha256(trained.path)}
         if "teacher" in loaded:
             self.teacher = loaded["teacher"].model.eval().requires_grad_(False)
         if "student" in loaded:
@@ -266,7 +280,8 @@ class PromptAnswerTask(Task):
             self._leaf()  # stage 1 before training, with the models as loaded
 
     def _leaf(self) -> LeafData:
-        """Stage 1 over the training examples (once; on the CPU in float32, before the trainer moves models)."""
+        """Stage 1 over the training examples (once; on the CPU in float32, with a fixed random seed and the global
+        random state restored afterwards; the teacher is put back on its device and dtype)."""
         if self.leaf_data is None:
             if self.teacher is None or self._student is None:
                 raise ValueError("objective='leaf' needs the teacher and the detection student loaded "
@@ -279,12 +294,15 @@ class PromptAnswerTask(Task):
                     score[b, a:e] = True
                 return x["idx"], x["targets"], score
             ref = next(self.teacher.parameters())
+            device, dtype = ref.device, ref.dtype  # (``ref`` itself moves with the module)
             teacher = self.teacher.to(device="cpu", dtype=torch.float32)
             student = self._student.to(device="cpu", dtype=torch.float32)
-            self.leaf_data = detect_training_confounders(teacher, student, self.examples["train"], tensors,
-                                                         self.options.leaf, pad_id=self.ids[PAD],
-                                                         ignore_index=IGNORE_INDEX)
-            self.teacher.to(device=ref.device, dtype=ref.dtype)
+            with torch.random.fork_rng(devices=[]):  # the same marks on every resume, even in train mode
+                torch.manual_seed(0)
+                self.leaf_data = detect_training_confounders(teacher, student, self.examples["train"], tensors,
+                                                             self.options.leaf, pad_id=self.ids[PAD],
+                                                             ignore_index=IGNORE_INDEX)
+            self.teacher.to(device=device, dtype=dtype)
         return self.leaf_data
 
     # ------------------------------------------------------------------------------------------------ model
@@ -398,7 +416,13 @@ class PromptAnswerTask(Task):
 
     # ------------------------------------------------------------------------------------------- checkpoint
     def state(self) -> dict[str, Any]:
-        return {"vocab": list(self.vocab)}
+        return {"vocab": list(self.vocab), **({"sources": self._sources} if self._sources else {})}
+
+    def resume_diffs(self, saved: dict[str, Any]) -> list[str]:
+        """A resumed run must distil from the same teacher and student weights as before."""
+        before, now = saved.get("sources", {}), self._sources
+        return [f"options.{role}.checkpoint: checkpoint {before.get(role)} vs now {now.get(role)}"
+                for role in sorted(set(before) | set(now)) if before.get(role) != now.get(role)]
 
     @classmethod
     def from_state(cls, model: LMConfig, data: Any, state: dict[str, Any], *, seed: int = 0,

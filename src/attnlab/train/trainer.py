@@ -268,6 +268,7 @@ class Trainer:
         diffs = []
         for k in ("task", "model", "data", "seed", "batch_size"):
             diffs += config_diff(saved.get(k), now[k], f"{k}.")
+        diffs += self.task.resume_diffs(state.get("task_state", {}))  # e.g. another teacher behind the same path
         if diffs:
             raise ckpt.CheckpointError(f"cannot resume from {str(path)!r}: the configuration differs: " + "; ".join(diffs))
         if self.sharding is not None:
