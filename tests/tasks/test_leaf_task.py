@@ -88,6 +88,25 @@ def test_stage1_marks_spans_and_counterfactuals_over_the_training_set(runs, arit
     assert data.stats["leaf_cf_per_sample"] == pytest.approx(sum(map(len, data.spans)) / len(train))
 
 
+def test_random_span_control_prunes_as_much_blindly(runs) -> None:
+    """leaf.spans="random": per sample, spans of the marked spans' lengths at seeded random scored places."""
+    marked = _leaf_task(runs, p=0.3)
+    rand = _leaf_task(runs, p=0.3, spans="random")
+    again = _leaf_task(runs, p=0.3, spans="random")
+    assert rand.leaf_data.spans == again.leaf_data.spans  # seeded
+    assert rand.leaf_data.spans != marked.leaf_data.spans
+    for ex, sm, sr, cfs in zip(marked.examples["train"], marked.leaf_data.spans, rand.leaf_data.spans,
+                               rand.leaf_data.counterfactuals):
+        assert [e - a for a, e in sm] == [e - a for a, e in sr]
+        lo, hi = rand.scored_span(ex)
+        assert all(lo <= a < e <= hi for a, e in sr)
+        ids, _ = rand.sequence(ex)
+        assert [c[0] for c in cfs] == [ids[:a] + ids[e:] for a, e in sr]
+    assert rand.leaf_data.stats["leaf_cf_per_sample"] == marked.leaf_data.stats["leaf_cf_per_sample"]
+    with pytest.raises(ValueError, match="leaf.spans must be one of"):
+        LeafOptions(spans="all")
+
+
 def test_teacher_equal_to_student_marks_nothing_and_kd_is_zero(runs) -> None:
     task = _leaf_task({**runs, "teacher": runs["student"]})
     assert task.leaf_data.stats["leaf_marked_share"] == 0.0  # B5: constant difference, no marks

@@ -22,11 +22,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence, get_args
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from attnlab._validation import check_bool, check_float
-from attnlab.methods.leaf import LeafDetectConfig, detect_confounders
+from attnlab.methods.leaf import LeafDetectConfig, detect_confounders, prune_span
 from attnlab.methods.saliency import SaliencyMode, SaliencyReduce
 
 __all__ = ["TeacherOptions", "StudentOptions", "LeafOptions", "SampleFilter", "LeafData",
@@ -86,6 +87,10 @@ class LeafOptions:
         sample_filter: which training samples get counterfactuals: ``"all"``, ``"teacher_right_student_wrong"``
             (the released file name suggests it), or ``"pruning_fixes_student"`` (also require the student to
             answer the counterfactual correctly).
+        spans: ``"marked"`` (LeaF) or ``"random"``, a control: each marked span is replaced by a span of the same
+            length at a random place among the same sample's scored tokens (seeded by the sample's index), so that
+            stage 2 sees as many pruned rows of the same lengths, pruned blindly. The detection figures then
+            describe the random spans.
     """
 
     p: float = 0.10
@@ -96,12 +101,14 @@ class LeafOptions:
     reduce: SaliencyReduce = "l2"
     mode: SaliencyMode = "eval"
     sample_filter: SampleFilter = "all"
+    spans: Literal["marked", "random"] = "marked"
 
     def __post_init__(self) -> None:
         check_float("leaf.lam", self.lam, low=0.0, high=float("inf"))
         check_float("leaf.temperature", self.temperature, low=0.0, low_inclusive=False, high=float("inf"))
         for name, value, choices in (("leaf.mix", self.mix, ("weighted", "mixed_rows")),
-                                     ("leaf.sample_filter", self.sample_filter, get_args(SampleFilter))):
+                                     ("leaf.sample_filter", self.sample_filter, get_args(SampleFilter)),
+                                     ("leaf.spans", self.spans, ("marked", "random"))):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
         try:
@@ -151,6 +158,21 @@ def _answers_right(model: nn.Module, idx: Tensor, targets: Tensor, ignore_index:
     return hit.all(dim=1)
 
 
+def _random_spans(spans: list[tuple[int, int]], scored: Tensor, sample: int) -> list[tuple[int, int]]:
+    """Spans of the lengths of ``spans`` at random starts among the scored positions ``scored (T,)`` where the whole
+    span stays scored (the control of ``LeafOptions.spans = "random"``; seeded by ``sample``)."""
+    rng = np.random.default_rng([sample, 0x5EED])
+    pos = scored.nonzero().squeeze(1).tolist()
+    allowed = set(pos)
+    out = []
+    for start, end in spans:
+        n = end - start
+        starts = [p for p in pos if all(q in allowed for q in range(p, p + n))]
+        s = int(starts[rng.integers(len(starts))])
+        out.append((s, s + n))
+    return out
+
+
 def _pad(rows: list[tuple[list[int], list[int]]], pad_id: int, ignore_index: int) -> tuple[Tensor, Tensor]:
     T = max(len(i) for i, _ in rows)
     idx = torch.full((len(rows), T), pad_id, dtype=torch.long)
@@ -198,9 +220,14 @@ def detect_training_confounders(
                                                                                            ignore_index)
         by_sample: list[list[tuple[list[int], list[int]]]] = [[] for _ in exs]
         lengths = (idx != pad_id).sum(dim=1).tolist()  # each row's own length (the batch is right-padded)
-        for cf in det.counterfactuals:
-            n = lengths[cf.sample] - (cf.end - cf.start)  # the pruned row without the batch's padding
-            by_sample[cf.sample].append((cf.idx[:n].tolist(), cf.targets[:n].tolist()))
+        used = det.spans if options.spans == "marked" else [
+            _random_spans(sp, score[b], lo + b) for b, sp in enumerate(det.spans)]
+        marks = torch.stack([_span_mask(idx.shape[1], sp) for sp in used])  # (B, T)
+        for b, sp in enumerate(used):
+            for start, end in sp:
+                cf_idx, cf_targets = prune_span(idx[b], targets[b], start, end)
+                n = lengths[b] - (end - start)  # the pruned row without the batch's padding
+                by_sample[b].append((cf_idx[:n].tolist(), cf_targets[:n].tolist()))
         if options.sample_filter == "pruning_fixes_student":
             for b, cfs in enumerate(by_sample):
                 if keep[b] and cfs:
@@ -209,7 +236,7 @@ def detect_training_confounders(
                     by_sample[b] = [c for c, ok in zip(cfs, fixed) if ok]
         for b, ex in enumerate(exs):
             T = idx.shape[1]
-            scored, marked = score[b], det.marked[b]
+            scored, marked = score[b], marks[b]
             spur = _span_mask(T, ex.spurious) & scored
             cause = _span_mask(T, ex.causes) & scored
             n_scored += int(scored.sum())
@@ -221,7 +248,7 @@ def detect_training_confounders(
             kept = by_sample[b] if keep[b] else []
             n_kept += bool(kept)
             out.append(kept)
-            spans.append(det.spans[b])
+            spans.append(used[b])
     n_cf = sum(len(c) for c in out)
     stats = {
         "leaf_precision": n_marked_spur / n_marked if n_marked else float("nan"),
