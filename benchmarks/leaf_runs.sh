@@ -2,7 +2,8 @@
 # LeaF on the Spurious Token Game and on arithmetic with distractors (spec causal_training.md B.8, issue 12):
 # a larger teacher trained by attnlab on decorrelated data, then plain training (the IID student), KD without
 # pruning and LeaF, three seeds each, through `attnlab compare`. Each LeaF seed uses the plain run of the same seed
-# as its detection student and starts stage 2 from it (KD too). Steps whose output exists are skipped.
+# as its detection student and starts stage 2 from it (KD too); then the random-span control of LeaF. Steps whose
+# output exists are skipped.
 #
 #   bash benchmarks/leaf_runs.sh OUT [stg|arith ...]      (about 1 hour on one core)
 set -euo pipefail
@@ -26,5 +27,11 @@ for task in $tasks; do
     $attnlab compare --preset $preset --variants plain,kd,leaf --seeds 0,1,2 --baseline plain \
       --set options.teacher.checkpoint="$teacher" --set "options.student.checkpoint=$out/$task/runs/plain/seed{seed}" \
       --set tensorboard=false --out "$out/$task"
+  fi
+  # the control: as many pruned rows of the same lengths, at random places (leaf.spans=random)
+  if [ ! -f "$out/$task-leaf-random/report.html" ]; then
+    $attnlab compare --preset $preset --variants leaf --seeds 0,1,2 --set options.leaf.spans=random \
+      --set options.teacher.checkpoint="$teacher" --set "options.student.checkpoint=$out/$task/runs/plain/seed{seed}" \
+      --set tensorboard=false --out "$out/$task-leaf-random"
   fi
 done
