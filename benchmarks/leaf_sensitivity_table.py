@@ -1,6 +1,9 @@
 """The control and sensitivity tables of benchmarks/results/leaf/arith.md from the runs of leaf_runs.sh and
 leaf_sensitivity.sh:  python benchmarks/leaf_sensitivity_table.py runs/leaf"""
-import json, glob, numpy as np, os
+import glob
+import json
+
+import numpy as np
 from scipy import stats
 import sys
 base = sys.argv[1] if len(sys.argv) > 1 else "runs/leaf"
