@@ -69,7 +69,7 @@ def test_the_three_registries_of_attnlab_are_registries() -> None:
 
     for reg, name in ((MECHANISMS, "standard"), (SUITES, "mechanisms"), (CHECKS, "causality-gradient")):
         assert isinstance(reg, Registry) and name in reg.names()
-    with pytest.raises(ValueError, match=r"^unknown benchmark suite 'nope'; registered: castle, deconstructed, future, mechanisms"):
+    with pytest.raises(ValueError, match=r"^unknown benchmark suite 'nope'; registered: castle, deconstructed, forecast, future, mechanisms, objectives"):
         SUITES.get("nope")
 
 
