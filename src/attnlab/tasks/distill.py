@@ -31,7 +31,7 @@ from attnlab.methods.leaf import LeafDetectConfig, detect_confounders, prune_spa
 from attnlab.methods.saliency import SaliencyMode, SaliencyReduce
 
 __all__ = ["TeacherOptions", "StudentOptions", "LeafOptions", "SampleFilter", "LeafData",
-           "detect_training_confounders", "resolve_checkpoint_path"]
+           "detect_training_confounders", "resolve_checkpoint_path", "pad_rows"]
 
 SampleFilter = Literal["all", "teacher_right_student_wrong", "pruning_fixes_student"]
 
@@ -173,7 +173,9 @@ def _random_spans(spans: list[tuple[int, int]], scored: Tensor, sample: int) -> 
     return out
 
 
-def _pad(rows: list[tuple[list[int], list[int]]], pad_id: int, ignore_index: int) -> tuple[Tensor, Tensor]:
+def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """Right-pad ``(ids, targets)`` rows into ``idx`` ``(B, T)`` (``pad_id``) and ``targets`` ``(B, T)``
+    (``ignore_index``), ``T`` the longest row."""
     T = max(len(i) for i, _ in rows)
     idx = torch.full((len(rows), T), pad_id, dtype=torch.long)
     tg = torch.full((len(rows), T), ignore_index, dtype=torch.long)
@@ -231,7 +233,7 @@ def detect_training_confounders(
         if options.sample_filter == "pruning_fixes_student":
             for b, cfs in enumerate(by_sample):
                 if keep[b] and cfs:
-                    ci, ct = _pad(cfs, pad_id, ignore_index)
+                    ci, ct = pad_rows(cfs, pad_id, ignore_index)
                     fixed = _answers_right(student, ci, ct, ignore_index).tolist()
                     by_sample[b] = [c for c, ok in zip(cfs, fixed) if ok]
         for b, ex in enumerate(exs):

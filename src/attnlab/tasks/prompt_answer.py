@@ -49,6 +49,7 @@ from attnlab.tasks.distill import (
     StudentOptions,
     TeacherOptions,
     detect_training_confounders,
+    pad_rows,
     resolve_checkpoint_path,
 )
 from attnlab.tasks.forecast import epoch_order_rows
@@ -228,12 +229,7 @@ class PromptAnswerTask(Task):
         return ids, targets
 
     def _pad(self, rows: list[tuple[list[int], list[int]]], device: torch.device) -> tuple[Tensor, Tensor]:
-        T = max(len(i) for i, _ in rows)
-        idx = torch.full((len(rows), T), self.ids[PAD], dtype=torch.long)
-        targets = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
-        for b, (i, t) in enumerate(rows):
-            idx[b, : len(i)] = torch.tensor(i)
-            targets[b, : len(t)] = torch.tensor(t)
+        idx, targets = pad_rows(rows, self.ids[PAD], IGNORE_INDEX)
         return idx.to(device), targets.to(device)
 
     def tensors(self, examples: Sequence[Any], device: torch.device) -> dict[str, Tensor]:
