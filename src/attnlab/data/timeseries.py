@@ -64,10 +64,11 @@ _ETT_HOUR = (12 * 30 * 24, 16 * 30 * 24, 20 * 30 * 24)
 
 @dataclass(frozen=True)
 class TimeSeries:
-    """A parsed series: ``dates (N,)`` as ``datetime64[s]``, ``values (N, V)`` float64, the channel names."""
+    """A parsed series: ``dates (N,)`` as ``datetime64[s]`` (``None`` for a file read without a date column),
+    ``values (N, V)`` float64, the channel names."""
 
     name: str
-    dates: np.ndarray
+    dates: np.ndarray | None
     values: np.ndarray
     columns: tuple[str, ...]
 
@@ -78,36 +79,50 @@ class TimeSeries:
 # ------------------------------------------------------------------------------------------------------ reading
 
 
-def parse_timeseries_csv(text: str, *, name: str) -> TimeSeries:
+def parse_timeseries_csv(text: str, *, name: str, dates: Literal["required", "optional"] = "required") -> TimeSeries:
     """Parse CSV ``text`` (a ``date`` column, then numeric columns; header on the first line). ``name`` is what
-    error messages call the file. See the module docstring for what is refused."""
+    error messages call the file. See the module docstring for what is refused. With ``dates="optional"`` a header
+    that does not start with ``date`` is read as numeric columns only (rows in time order; the result's ``dates``
+    is ``None``)."""
+    if dates not in ("required", "optional"):
+        raise ValueError(f"dates must be 'required' or 'optional', got {dates!r}")
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
     try:
         header = next(reader)
     except StopIteration:
         raise ValueError(f"{name}: the file is empty; expected a header 'date,<column>,...' and rows") from None
     header = [h.strip() for h in header]
-    if not header or header[0] != "date":
+    has_dates = bool(header) and header[0] == "date"
+    if not has_dates and dates == "optional":
+        header = ["", *header]  # (a placeholder for the absent date field)
+    elif not header or header[0] != "date":
         raise ValueError(f"{name}: the first column must be 'date' (then numeric columns), got the header "
                          f"{','.join(header)!r}")
     columns = header[1:]
-    if not columns:
-        raise ValueError(f"{name}: the header has only a 'date' column; expected numeric columns after it")
+    if not columns or columns == [""]:
+        raise ValueError(f"{name}: the header has only a 'date' column; expected numeric columns after it"
+                         if has_dates else f"{name}: the header names no numeric column")
     for i, c in enumerate(columns):
         if not c:
             raise ValueError(f"{name}: column {i + 2} of the header has no name")
         if columns.index(c) != i:
             raise ValueError(f"{name}: the header names column {c!r} twice")
-    dates: list[datetime] = []
+    stamps: list[datetime] = []
     rows: list[list[float]] = []
     for fields in reader:
+        if not has_dates:
+            fields = ["", *fields]
         line = reader.line_num
         if not fields or (len(fields) == 1 and not fields[0].strip()):
             continue  # blank line
         r = len(rows)
         where = f"{name}, row {r} (line {line})"
         if len(fields) != len(header):
-            raise ValueError(f"{where}: expected {len(header)} fields ({','.join(header)}), got {len(fields)}")
+            raise ValueError(f"{where}: expected {len(header) - (not has_dates)} fields "
+                             f"({','.join(header[not has_dates:])}), got {len(fields) - (not has_dates)}")
+        if not has_dates:
+            rows.append(_numbers(fields[1:], columns, where))
+            continue
         raw_date = fields[0].strip()
         try:
             d = datetime.fromisoformat(raw_date)
@@ -116,39 +131,45 @@ def parse_timeseries_csv(text: str, *, name: str) -> TimeSeries:
                              "'2016-07-01 00:00:00'") from None
         if d.tzinfo is not None:
             raise ValueError(f"{where}: date {raw_date!r} has a time zone; give local times without an offset")
-        if dates and d <= dates[-1]:
+        if stamps and d <= stamps[-1]:
             raise ValueError(f"{where}: date {raw_date!r} is not after the previous row's "
-                             f"{dates[-1].isoformat(sep=' ')!r}; dates must strictly increase")
-        vals = []
-        for c, s in zip(columns, fields[1:]):
-            s = s.strip()
-            if not s:
-                raise ValueError(f"{where}, column {c!r}: the value is missing; missing values are refused (fill or "
-                                 "drop them first)")
-            try:
-                v = float(s)
-            except ValueError:
-                raise ValueError(f"{where}, column {c!r}: {s!r} is not a number") from None
-            if not math.isfinite(v):
-                raise ValueError(f"{where}, column {c!r}: {s!r} is not a finite number; NaN and infinite values are "
-                                 "refused (fill or drop them first)")
-            vals.append(v)
-        dates.append(d)
-        rows.append(vals)
+                             f"{stamps[-1].isoformat(sep=' ')!r}; dates must strictly increase")
+        rows.append(_numbers(fields[1:], columns, where))
+        stamps.append(d)
     if not rows:
         raise ValueError(f"{name}: the file has a header but no rows")
-    return TimeSeries(name=name, dates=np.array(dates, dtype="datetime64[s]"),
+    return TimeSeries(name=name, dates=np.array(stamps, dtype="datetime64[s]") if has_dates else None,
                       values=np.asarray(rows, dtype=np.float64).reshape(len(rows), len(columns)),
                       columns=tuple(columns))
 
 
-def load_timeseries(source: str | Path) -> TimeSeries:
+def _numbers(fields: list[str], columns: list[str], where: str) -> list[float]:
+    """The numeric fields of one row; missing, non-numeric and non-finite values refused naming the column."""
+    vals = []
+    for c, s in zip(columns, fields):
+        s = s.strip()
+        if not s:
+            raise ValueError(f"{where}, column {c!r}: the value is missing; missing values are refused (fill or "
+                             "drop them first)")
+        try:
+            v = float(s)
+        except ValueError:
+            raise ValueError(f"{where}, column {c!r}: {s!r} is not a number") from None
+        if not math.isfinite(v):
+            raise ValueError(f"{where}, column {c!r}: {s!r} is not a finite number; NaN and infinite values are "
+                             "refused (fill or drop them first)")
+        vals.append(v)
+    return vals
+
+
+def load_timeseries(source: str | Path, *, dates: Literal["required", "optional"] = "required") -> TimeSeries:
     """The series ``source``: a bundled name (``"etth1"``) or the path of a CSV file."""
     key = str(source)
     if key in BUNDLED_TIMESERIES_SOURCES:
         from attnlab.data.bundled import read_bundled
 
-        return parse_timeseries_csv(read_bundled(BUNDLED_TIMESERIES_SOURCES[key]).decode("utf-8"), name=key)
+        return parse_timeseries_csv(read_bundled(BUNDLED_TIMESERIES_SOURCES[key]).decode("utf-8"), name=key,
+                                    dates=dates)
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"time series {key!r} is neither a bundled series ({', '.join(BUNDLED_TIMESERIES_SOURCES)}) "
@@ -157,7 +178,7 @@ def load_timeseries(source: str | Path) -> TimeSeries:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e})") from None
-    return parse_timeseries_csv(text, name=str(path))
+    return parse_timeseries_csv(text, name=str(path), dates=dates)
 
 
 # ------------------------------------------------------------------------------------------------------ splits

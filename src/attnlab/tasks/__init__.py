@@ -10,7 +10,9 @@ Registered tasks (``--task NAME``; imported lazily, so optional dependencies loa
 * ``stg``: the Spurious Token Game, with CAT's re-attention term, KD and LeaF as objectives
   (:class:`~attnlab.tasks.stg.SpuriousTokenGame`);
 * ``arith-distractors``: arithmetic word problems with planted distractors, the same objectives
-  (:class:`~attnlab.tasks.arith.ArithmeticDistractors`).
+  (:class:`~attnlab.tasks.arith.ArithmeticDistractors`);
+* ``discovery``: one-step forecasting of every variable under prior-knowledge masks, the forecaster of causal
+  discovery (:class:`~attnlab.tasks.causal_discovery.DiscoveryForecasting`; driven by :mod:`attnlab.discovery`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ TASKS: dict[str, str] = {
     "digits-vqa": "attnlab.tasks.digits_vqa:DigitsVQA",
     "stg": "attnlab.tasks.stg:SpuriousTokenGame",
     "arith-distractors": "attnlab.tasks.arith:ArithmeticDistractors",
+    "discovery": "attnlab.tasks.causal_discovery:DiscoveryForecasting",
 }
 
 

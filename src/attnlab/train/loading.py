@@ -81,7 +81,7 @@ class _UnfollowedData:
 #: Where each task keeps its loaded data (``None`` until first use); a task not listed here gets no stand-in, so
 #: a checkpoint of it with a stored path is refused at load time (tests check every task is listed).
 _DATA_ATTRIBUTE = {"lm": "_corpus", "translation": "_data", "forecast": "_data", "digits-vqa": "_images",
-                   "stg": "_examples", "arith-distractors": "_examples"}
+                   "stg": "_examples", "arith-distractors": "_examples", "discovery": "_data"}
 # (the last three read no path: their data are generated or in scikit-learn)
 
 

@@ -1,0 +1,222 @@
+"""Read a causal graph with lags out of a trained forecaster's input gradients (spec ``time_series.md`` D.4).
+
+Shape legend: n windows, N variables, P lags.
+
+* :func:`lagged_scores`: ``s[i, j, tau - 1] = mean_n |d x̂_i / d x_{j, t - tau}|`` over held-out windows
+  (``statistic="sq"``: the mean squared gradient, the "gradient energy" alternative). **Row = effect, column =
+  cause.** The Jacobian ``(n, N, N, P)`` is taken with ``N`` backward passes over the whole batch of windows (one per
+  output variable): windows do not interact in the forecaster, so each window's rows are its own Jacobian. It is
+  the spec's "N backward passes" option; ``torch.func.jacrev`` would need every module (the RMSNorm's custom
+  autograd function included) to support ``vmap``, and gains nothing at these sizes.
+* :func:`estimate_graph`: edge score ``S[i, j] = max_tau s``, lag ``argmax_tau s``, each row normalised by its largest
+  off-diagonal entry, binarised by a :data:`Threshold`.
+* :func:`combine_seeds`: the graphs of several seeds as one, each edge with its mean normalised score, its most
+  frequent lag and how many seeds found it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from attnlab._validation import check_float, check_int
+
+__all__ = ["Threshold", "GraphEstimate", "lagged_scores", "normalise_rows", "binarise", "estimate_graph",
+           "combine_seeds"]
+
+ThresholdMethod = Literal["fixed", "kmeans", "topk"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Threshold:
+    """How normalised scores become edges.
+
+    Attributes:
+        method: ``"fixed"`` (score >= ``delta``, default), ``"kmeans"`` (3 clusters of the off-diagonal scores, the
+            top 2 kept, as in the CausalFormer release) or ``"topk"`` (the ``k`` largest off-diagonal scores; with
+            ``k`` = the true edge count it is an **oracle** setting and must be labelled so).
+        delta: the fixed threshold on row-normalised scores (in (0, 1]).
+        k: the number of edges of ``"topk"``.
+        seed: seeds the k-means initialisation.
+    """
+
+    method: ThresholdMethod = "fixed"
+    delta: float = 0.5
+    k: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in ("fixed", "kmeans", "topk"):
+            raise ValueError(f"method must be 'fixed', 'kmeans' or 'topk', got {self.method!r}")
+        check_float("delta", self.delta, low=0.0, high=1.0, low_inclusive=False, high_inclusive=True)
+        if self.method == "topk":
+            if self.k is None:
+                raise ValueError("method='topk' needs k (the number of edges to keep)")
+            check_int("k", self.k, 0)
+        elif self.k is not None:
+            raise ValueError(f"k={self.k} is only used by method='topk'")
+
+    @property
+    def label(self) -> str:
+        if self.method == "fixed":
+            return f"fixed δ={self.delta:g}"
+        return "k-means (3 clusters, top 2)" if self.method == "kmeans" else f"top-{self.k} (oracle k)"
+
+
+@dataclass(kw_only=True)
+class GraphEstimate:
+    """One extracted graph. Every ``(N, N)`` array is row = effect, column = cause.
+
+    Attributes:
+        columns: the variable names.
+        lagged: ``(N, N, P)`` gradient scores, ``lagged[i, j, tau - 1]``.
+        scores: ``(N, N)`` edge scores ``max_tau lagged``.
+        lags: ``(N, N)`` int, ``argmax_tau lagged`` (1-based).
+        normalised: ``(N, N)`` scores divided by their row's largest off-diagonal score.
+        pred: ``(N, N)`` bool edges (diagonal: self-edges, by the same threshold).
+        threshold: how ``pred`` was made.
+        seeds: for a combination of seeds (:func:`combine_seeds`), ``(N, N)`` int, the seeds that found each edge.
+        n_seeds: how many seeds were combined (1 for one model).
+    """
+
+    columns: list[str]
+    lagged: np.ndarray
+    scores: np.ndarray
+    lags: np.ndarray
+    normalised: np.ndarray
+    pred: np.ndarray
+    threshold: Threshold
+    seeds: np.ndarray | None = None
+    n_seeds: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def edges(self, *, include_self: bool = False) -> list[dict[str, Any]]:
+        """The predicted edges, strongest first: ``cause``, ``effect``, ``lag``, ``score`` (normalised), ``seeds``."""
+        N = len(self.columns)
+        out = []
+        for i in range(N):
+            for j in range(N):
+                if self.pred[i, j] and (include_self or i != j):
+                    out.append({"cause": self.columns[j], "effect": self.columns[i], "lag": int(self.lags[i, j]),
+                                "score": float(self.normalised[i, j]),
+                                "seeds": int(self.seeds[i, j]) if self.seeds is not None else 1})
+        return sorted(out, key=lambda e: -e["score"])
+
+
+def lagged_scores(model: nn.Module, windows: Tensor, *, statistic: Literal["abs", "sq"] = "abs",
+                  batch_size: int = 512) -> np.ndarray:
+    """``(N, N, P)`` gradient scores of ``model`` (``(B, N, P) -> (B, N)``) over ``windows (n, N, P)``.
+
+    ``s[i, j, tau - 1]`` is the mean over windows of ``|d x̂_i / d x[:, j, P - tau]|`` (``statistic="sq"``: of its
+    square). The model is evaluated in eval mode (restored afterwards); parameters' ``.grad`` are not touched.
+    """
+    if statistic not in ("abs", "sq"):
+        raise ValueError(f"statistic must be 'abs' or 'sq', got {statistic!r}")
+    if not isinstance(windows, Tensor) or windows.ndim != 3 or windows.shape[0] < 1:
+        raise ValueError("windows must be a non-empty (n, N, P) tensor")
+    check_int("batch_size", batch_size, 1)
+    n, N, P = windows.shape
+    param = next(model.parameters())
+    total = torch.zeros(N, N, P, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            for lo in range(0, n, batch_size):
+                x = windows[lo : lo + batch_size].to(param.device, param.dtype).requires_grad_(True)  # (b, N, P)
+                y = model(x)  # (b, N)
+                if tuple(y.shape) != (x.shape[0], N):
+                    raise ValueError(f"the model must map (B, N, P) to (B, N), got {tuple(y.shape)}")
+                for i in range(N):
+                    (g,) = torch.autograd.grad(y[:, i].sum(), x, retain_graph=i < N - 1)  # (b, N, P)
+                    g = g.double().abs() if statistic == "abs" else g.double().square()
+                    total[i] += g.sum(dim=0).cpu()  # (N, P), window position p = P - tau
+    finally:
+        model.train(was_training)
+    return (total / n).flip(-1).numpy()  # (N, N, P): [..., tau - 1]
+
+
+def normalise_rows(scores: np.ndarray) -> np.ndarray:
+    """``scores (N, N)`` divided row by row by the row's largest off-diagonal entry (a row whose off-diagonal scores
+    are all 0 stays 0)."""
+    s = np.asarray(scores, dtype=np.float64)
+    off = s.copy()
+    np.fill_diagonal(off, -np.inf)
+    top = off.max(axis=1, keepdims=True) if s.shape[0] > 1 else np.zeros((s.shape[0], 1))
+    top = np.where(top > 0, top, 1.0)
+    return s / top
+
+
+def binarise(normalised: np.ndarray, threshold: Threshold) -> np.ndarray:
+    """``(N, N)`` bool edges from row-normalised scores. The diagonal is decided by the same rule (self-edges are
+    scored separately by the metrics, which exclude them by default)."""
+    s = np.asarray(normalised, dtype=np.float64)
+    N = s.shape[0]
+    off = ~np.eye(N, dtype=bool)
+    if threshold.method == "fixed":
+        return s >= threshold.delta
+    if threshold.method == "topk":
+        pred = np.zeros_like(s, dtype=bool)
+        flat = np.where(off, s, -np.inf).ravel()
+        k = min(threshold.k or 0, int(off.sum()))
+        if k:
+            pred.ravel()[np.argsort(-flat, kind="stable")[:k]] = True
+        return pred | (np.eye(N, dtype=bool) & (s >= threshold.delta))
+    from scipy.cluster.vq import kmeans2
+
+    vals = s[off]
+    if np.unique(vals).size < 3:  # (too few distinct values for three clusters: keep the strictly larger ones)
+        return s >= vals.max() if vals.size and vals.max() > vals.min() else np.zeros_like(s, dtype=bool)
+    centroids, labels = kmeans2(vals[:, None], 3, seed=threshold.seed, minit="++")
+    lowest = int(np.argmin(centroids[:, 0]))
+    cut = vals[labels != lowest].min() if (labels != lowest).any() else np.inf
+    return s >= cut
+
+
+def estimate_graph(lagged: np.ndarray, columns: Sequence[str], threshold: Threshold = Threshold()) -> GraphEstimate:
+    """Edge scores, lags, row normalisation and edges of ``lagged (N, N, P)`` scores."""
+    lagged = np.asarray(lagged, dtype=np.float64)
+    if lagged.ndim != 3 or lagged.shape[0] != lagged.shape[1] or lagged.shape[0] != len(columns):
+        raise ValueError(f"lagged must be (N, N, P) with N = {len(columns)} columns, got {lagged.shape}")
+    scores = lagged.max(axis=-1)  # (N, N)
+    lags = lagged.argmax(axis=-1) + 1  # (N, N), 1-based
+    normalised = normalise_rows(scores)
+    return GraphEstimate(columns=list(columns), lagged=lagged, scores=scores, lags=lags, normalised=normalised,
+                         pred=binarise(normalised, threshold), threshold=threshold)
+
+
+def combine_seeds(graphs: Sequence[GraphEstimate], *, min_seeds: int | None = None) -> GraphEstimate:
+    """One graph from several seeds' graphs: the mean normalised score and the mean lagged scores (each seed's
+    normalised by its rows first), the most frequent lag among the seeds that found an edge (ties: the smaller lag;
+    none found it: the lag of the mean scores), ``seeds[i, j]`` = how many seeds found the edge, and the edge kept
+    when at least ``min_seeds`` did (default: a strict majority)."""
+    if not graphs:
+        raise ValueError("graphs must hold at least one GraphEstimate")
+    cols = graphs[0].columns
+    if any(g.columns != cols for g in graphs):
+        raise ValueError("every graph must have the same columns in the same order")
+    n = len(graphs)
+    need = min_seeds if min_seeds is not None else n // 2 + 1
+    check_int("min_seeds", need, 1)
+    if need > n:
+        raise ValueError(f"min_seeds={need} is more than the {n} graphs given")
+    preds = np.stack([g.pred for g in graphs])  # (n, N, N)
+    seeds = preds.sum(axis=0)
+    normalised = np.mean([g.normalised for g in graphs], axis=0)
+    lagged = np.mean([g.lagged / np.where(g.scores.max(axis=1, keepdims=True) > 0,
+                                          g.scores.max(axis=1, keepdims=True), 1.0)[..., None] for g in graphs], axis=0)
+    N, P = normalised.shape[0], graphs[0].lagged.shape[-1]
+    lags = lagged.argmax(axis=-1) + 1
+    for i in range(N):
+        for j in range(N):
+            found = [int(g.lags[i, j]) for g in graphs if g.pred[i, j]]
+            if found:
+                counts = np.bincount(found, minlength=P + 1)
+                lags[i, j] = int(np.argmax(counts))  # the first (smallest) of the most frequent
+    return GraphEstimate(columns=list(cols), lagged=lagged, scores=np.mean([g.scores for g in graphs], axis=0),
+                         lags=lags, normalised=normalised, pred=seeds >= need, threshold=graphs[0].threshold,
+                         seeds=seeds, n_seeds=n)
