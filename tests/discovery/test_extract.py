@@ -114,6 +114,11 @@ def test_row_normalisation_and_thresholds():
     km = binarise(km_in, Threshold(method="kmeans"))
     off = ~np.eye(5, dtype=bool)
     np.testing.assert_array_equal(km[off], km_in[off] > 0.3)
+    glob = estimate_graph(np.stack([s, s * 0], axis=-1), ["a", "b", "c"], Threshold(scale="global", delta=0.2))
+    np.testing.assert_allclose(glob.normalised, s / 2.0)  # the largest off-diagonal score overall is 2
+    assert glob.pred[0, 1] and not glob.pred[1, 2] and not glob.pred[2, 0]
+    with pytest.raises(ValueError, match="scale"):
+        Threshold(scale="column")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs k"):
         Threshold(method="topk")
     with pytest.raises(ValueError, match="delta"):

@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--threshold", choices=("fixed", "kmeans"), default="fixed",
                    help="edges: row-normalised score >= --delta (default) or k-means (3 clusters, top 2 kept)")
     m.add_argument("--delta", type=float, default=0.5, help="the fixed threshold (default 0.5)")
+    m.add_argument("--scale", choices=("row", "global"), default="row",
+                   help="scores are divided by each row's largest off-diagonal score (row, default; gives every "
+                        "variable at least one candidate cause at score 1) or by the graph's largest (global)")
     m.add_argument("--statistic", choices=("abs", "sq"), default="abs", help="mean |gradient| (default) or mean "
                                                                               "squared gradient")
     m.add_argument("--score-windows", type=int, default=1000, help="held-out windows the gradients are averaged over")
@@ -66,7 +69,7 @@ def _config(args: argparse.Namespace) -> object:
                                      d_model=args.d_model, n_heads=n_heads),
         look_back=args.look_back, seeds=seeds, steps=args.steps, fine_tune_steps=args.fine_tune_steps,
         score_windows=args.score_windows, statistic=args.statistic, device=args.device,
-        threshold=Threshold(method=args.threshold, delta=args.delta))
+        threshold=Threshold(method=args.threshold, delta=args.delta, scale=args.scale))
 
 
 def run(args: argparse.Namespace) -> int:

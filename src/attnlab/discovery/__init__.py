@@ -26,6 +26,7 @@ from attnlab.discovery.extract import (
     combine_seeds,
     estimate_graph,
     lagged_scores,
+    normalise_global,
     normalise_rows,
 )
 from attnlab.discovery.generators import KINDS, SyntheticSystem, generate
@@ -44,6 +45,7 @@ from attnlab.discovery.users import NoisyOracleUser, OracleUser, simulate_rounds
 
 __all__ = [
     "GraphEstimate", "Threshold", "binarise", "combine_seeds", "estimate_graph", "lagged_scores", "normalise_rows",
+    "normalise_global",
     "KINDS", "SyntheticSystem", "generate", "GraphMetrics", "graph_metrics", "read_exclusions", "write_exclusions",
     "DiscoveryConfig", "DiscoveryResult", "KnownGraph", "discover", "load_result", "refine", "score_against",
     "NoisyOracleUser", "OracleUser", "simulate_rounds",

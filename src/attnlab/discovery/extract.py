@@ -9,7 +9,8 @@ Shape legend: n windows, N variables, P lags.
   the spec's "N backward passes" option; ``torch.func.jacrev`` would need every module (the RMSNorm's custom
   autograd function included) to support ``vmap``, and gains nothing at these sizes.
 * :func:`estimate_graph`: edge score ``S[i, j] = max_tau s``, lag ``argmax_tau s``, each row normalised by its largest
-  off-diagonal entry, binarised by a :data:`Threshold`.
+  off-diagonal entry (or the whole graph by its largest, ``Threshold(scale="global")``), binarised by a
+  :class:`Threshold`.
 * :func:`combine_seeds`: the graphs of several seeds as one, each edge with its mean normalised score, its most
   frequent lag and how many seeds found it.
 """
@@ -25,8 +26,8 @@ from torch import Tensor, nn
 
 from attnlab._validation import check_float, check_int
 
-__all__ = ["Threshold", "GraphEstimate", "lagged_scores", "normalise_rows", "binarise", "estimate_graph",
-           "combine_seeds"]
+__all__ = ["Threshold", "GraphEstimate", "lagged_scores", "normalise_rows", "normalise_global", "binarise",
+           "estimate_graph", "combine_seeds"]
 
 ThresholdMethod = Literal["fixed", "kmeans", "topk"]
 
@@ -42,12 +43,18 @@ class Threshold:
         delta: the fixed threshold on row-normalised scores (in (0, 1]).
         k: the number of edges of ``"topk"``.
         seed: seeds the k-means initialisation.
+        scale: what the scores are divided by before the threshold: ``"row"`` (the spec's default: each row's
+            largest off-diagonal score) or ``"global"`` (the largest off-diagonal score of the whole graph). Row
+            scaling makes the strongest candidate cause of **every** variable score 1, so a variable without a true
+            cause always receives one at ``delta <= 1`` (measured in ``benchmarks/results/discovery``); global scaling
+            compares every pair on one scale (the variables are z-scored, so raw gradients are comparable).
     """
 
     method: ThresholdMethod = "fixed"
     delta: float = 0.5
     k: int | None = None
     seed: int = 0
+    scale: Literal["row", "global"] = "row"
 
     def __post_init__(self) -> None:
         if self.method not in ("fixed", "kmeans", "topk"):
@@ -59,12 +66,16 @@ class Threshold:
             check_int("k", self.k, 0)
         elif self.k is not None:
             raise ValueError(f"k={self.k} is only used by method='topk'")
+        if self.scale not in ("row", "global"):
+            raise ValueError(f"scale must be 'row' or 'global', got {self.scale!r}")
 
     @property
     def label(self) -> str:
+        scale = "row-scaled" if self.scale == "row" else "globally scaled"
         if self.method == "fixed":
-            return f"fixed δ={self.delta:g}"
-        return "k-means (3 clusters, top 2)" if self.method == "kmeans" else f"top-{self.k} (oracle k)"
+            return f"fixed δ={self.delta:g}, {scale}"
+        return (f"k-means (3 clusters, top 2), {scale}" if self.method == "kmeans"
+                else f"top-{self.k} (oracle k), {scale}")
 
 
 @dataclass(kw_only=True)
@@ -76,7 +87,8 @@ class GraphEstimate:
         lagged: ``(N, N, P)`` gradient scores, ``lagged[i, j, tau - 1]``.
         scores: ``(N, N)`` edge scores ``max_tau lagged``.
         lags: ``(N, N)`` int, ``argmax_tau lagged`` (1-based).
-        normalised: ``(N, N)`` scores divided by their row's largest off-diagonal score.
+        normalised: ``(N, N)`` scores on the threshold's scale: divided by their row's largest off-diagonal score
+            (``threshold.scale="row"``) or by the graph's (``"global"``).
         pred: ``(N, N)`` bool edges (diagonal: self-edges, by the same threshold).
         threshold: how ``pred`` was made.
         seeds: for a combination of seeds (:func:`combine_seeds`), ``(N, N)`` int, the seeds that found each edge.
@@ -140,6 +152,14 @@ def lagged_scores(model: nn.Module, windows: Tensor, *, statistic: Literal["abs"
     return (total / n).flip(-1).numpy()  # (N, N, P): [..., tau - 1]
 
 
+def normalise_global(scores: np.ndarray) -> np.ndarray:
+    """``scores (N, N)`` divided by the largest off-diagonal entry of the whole matrix (all 0 stays 0)."""
+    s = np.asarray(scores, dtype=np.float64)
+    off = ~np.eye(s.shape[0], dtype=bool)
+    top = s[off].max() if off.any() else 0.0
+    return s / (top if top > 0 else 1.0)
+
+
 def normalise_rows(scores: np.ndarray) -> np.ndarray:
     """``scores (N, N)`` divided row by row by the row's largest off-diagonal entry (a row whose off-diagonal scores
     are all 0 stays 0)."""
@@ -184,7 +204,7 @@ def estimate_graph(lagged: np.ndarray, columns: Sequence[str], threshold: Thresh
         raise ValueError(f"lagged must be (N, N, P) with N = {len(columns)} columns, got {lagged.shape}")
     scores = lagged.max(axis=-1)  # (N, N)
     lags = lagged.argmax(axis=-1) + 1  # (N, N), 1-based
-    normalised = normalise_rows(scores)
+    normalised = normalise_rows(scores) if threshold.scale == "row" else normalise_global(scores)
     return GraphEstimate(columns=list(columns), lagged=lagged, scores=scores, lags=lags, normalised=normalised,
                          pred=binarise(normalised, threshold), threshold=threshold)
 
@@ -207,8 +227,8 @@ def combine_seeds(graphs: Sequence[GraphEstimate], *, min_seeds: int | None = No
     preds = np.stack([g.pred for g in graphs])  # (n, N, N)
     seeds = preds.sum(axis=0)
     normalised = np.mean([g.normalised for g in graphs], axis=0)
-    lagged = np.mean([g.lagged / np.where(g.scores.max(axis=1, keepdims=True) > 0,
-                                          g.scores.max(axis=1, keepdims=True), 1.0)[..., None] for g in graphs], axis=0)
+    lagged = np.mean([g.lagged * (g.normalised / np.where(g.scores > 0, g.scores, 1.0))[..., None] for g in graphs],
+                     axis=0)  # (each seed's lagged scores on its threshold's scale)
     N, P = normalised.shape[0], graphs[0].lagged.shape[-1]
     lags = lagged.argmax(axis=-1) + 1
     for i in range(N):
