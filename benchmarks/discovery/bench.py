@@ -197,8 +197,8 @@ def write_tables(out: Path, settings: list[Setting], graphs: int, preset: str) -
                          f"{_ms([r['wall_s'] for r in rs])} |")
             checks += [(s.name, m, r["max_excluded_gradient"]) for r in rs if "max_excluded_gradient" in r]
     lines += ["", "## Exact exclusion", "",
-              "The largest mean |∂x̂_i/∂x_{j,t−τ}| over every excluded pair, lag, seed and graph (a mean of absolute "
-              "values is 0.0 exactly when every one of them is 0.0):", ""]
+              "The largest mean |∂x̂_i/∂x_{j,t−τ}| over every excluded pair, lag, seed and graph "
+              "(a mean of absolute values is 0.0 exactly when every one of them is 0.0):", ""]
     by: dict[tuple[str, str], float] = {}
     for name, m, v in checks:
         by[(name, m)] = max(by.get((name, m), 0.0), v)
@@ -246,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "records").mkdir(parents=True, exist_ok=True)
     work = out / "work"
     try:
-        import tigramite  # noqa: F401
+        import importlib
 
+        importlib.import_module("tigramite")
         have_pcmci = True
     except ImportError:
         have_pcmci = False

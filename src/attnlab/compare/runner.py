@@ -82,7 +82,7 @@ def _run_compare(cfg: CompareConfig, out: Path, *, resume: bool, force: bool, da
     t0 = time.perf_counter()
     result = CompareResult(out_dir=out)
     total = len(cfg.variants) * len(cfg.seeds)
-    walls: list[float] = []  # wall time of each run trained here, for the estimate of what is left
+    walls: dict[str, list[float]] = {}  # variant -> wall times of its runs trained here (for the estimate)
     i = 0
     for mech in cfg.variants:
         for seed in cfg.seeds:
@@ -92,16 +92,11 @@ def _run_compare(cfg: CompareConfig, out: Path, *, resume: bool, force: bool, da
             if done.is_file():
                 log(f"[{i}/{total}] {mech} seed {seed}: finished earlier, kept")
             else:
-                trained = [w for w in walls if w > 0]
-                eta = ""
-                if trained:  # from the runs this comparison trained itself (finished earlier ones took unknown time)
-                    left = (total - i + 1) * statistics.fmean(trained)
-                    eta = f" (about {left / 60:.0f} min left for this and the {total - i} runs after it)"
-                log(f"[{i}/{total}] {mech} seed {seed}{eta}")
+                log(f"[{i}/{total}] {mech} seed {seed}{_eta(cfg, out, walls, mech, seed)}")
                 t_run = time.perf_counter()
                 trainer = Trainer(cfg.run_config(mech, seed), out_dir=rdir, data=data, resume=True, log=log)
                 trainer.fit()
-                walls.append(time.perf_counter() - t_run)
+                walls.setdefault(mech, []).append(time.perf_counter() - t_run)
                 del trainer
                 gc.collect()
                 if torch.cuda.is_available():
@@ -114,3 +109,20 @@ def _run_compare(cfg: CompareConfig, out: Path, *, resume: bool, force: bool, da
     result.files = write_report(out, cfg, result.runs)
     log("wrote " + ", ".join(str(p) for p in result.files.values()))
     return result
+
+
+def _eta(cfg: Any, out: Path, walls: dict[str, list[float]], mech: str, seed: int) -> str:
+    """`` (about M min left ...)``: each run still to train (this one included) costs the mean wall time of the runs
+    of its own variant trained here; variants not timed yet are named instead of guessed (variants may differ in
+    cost by orders of magnitude, e.g. DLinear and an autoregressive decoder)."""
+    runs = [(m, s) for m in cfg.variants for s in cfg.seeds]
+    todo = runs[runs.index((mech, seed)):]
+    todo = [(m, s) for m, s in todo if (m, s) == (mech, seed) or not (cfg.run_dir(out, m, s) / "result.json").is_file()]
+    timed = [m for m, _ in todo if walls.get(m)]
+    if not timed:
+        return ""
+    left = sum(statistics.fmean(walls[m]) for m in timed)
+    untimed = sorted({m for m, _ in todo if not walls.get(m)}, key=list(cfg.variants).index)
+    n_untimed = sum(1 for m, _ in todo if not walls.get(m))
+    more = f", plus {n_untimed} of {', '.join(untimed)} (not timed yet)" if untimed else ""
+    return f" (about {left / 60:.0f} min left for {len(timed)} runs of variants timed so far{more})"

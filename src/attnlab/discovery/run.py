@@ -370,7 +370,8 @@ class KnownGraph:
 
     def truth_dict(self) -> dict[str, Any]:
         return {"columns": list(self.columns), "lags_defined": self.lags_defined,
-                "edges": [{"cause": self.columns[c], "effect": self.columns[e], "lag": lag} for c, e, lag in self.edges]}
+                "edges": [{"cause": self.columns[c], "effect": self.columns[e], "lag": lag}
+                          for c, e, lag in self.edges]}
 
     def lag_matrix(self) -> np.ndarray:
         N = len(self.columns)

@@ -101,7 +101,8 @@ def simulate_rounds(system: Any, user: OracleUser, *, out: str | Path, rounds: i
     records = [{"round": 0, "exclude": [], "proposed": [], "metrics": res.metrics, "test_mse": res.test_mse}]
     for k in range(1, rounds + 1):
         proposed = user.propose(res)
-        res = refine(res, exclude=proposed, out=out / f"round{k}", mode=mode, truth=system, force=force, log=log)  # type: ignore[arg-type]
+        res = refine(res, exclude=proposed, out=out / f"round{k}", mode=mode,  # type: ignore[arg-type]
+                     truth=system, force=force, log=log)
         records.append({"round": k, "exclude": res.exclude, "proposed": proposed, "metrics": res.metrics,
                         "test_mse": res.test_mse})
     return records

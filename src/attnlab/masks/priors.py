@@ -8,7 +8,8 @@ The exclusion matrix ``excl (N, N)`` is boolean with **row = effect, column = ca
 each token carries. Two exact constructions (both reconstructions, not stated in the paper):
 
 * :func:`propagated_masks`, construction **(a), source-set propagation.** ``S⁰[k] = {token_var[k]}``. At layer ``l``
-  query ``q`` may read key ``k`` iff ``S^l[k] ∩ excl[token_var[q]] = ∅``; then ``S^{l+1}[q] = S^l[q] ∪ ⋃ S^l[k]``
+  query ``q`` may read key ``k`` iff ``S^l[k] ∩ excl[token_var[q]] = ∅``; then
+  ``S^{l+1}[q] = S^l[q] ∪ ⋃ S^l[k]``
   over the keys it may read. The masks depend on ``excl`` only, so they are computed once. Because a token's
   sources grow layer by layer, deeper layers also block tokens that absorbed an excluded source, true parents'
   tokens included: the construction is exact but conservative.
@@ -87,7 +88,7 @@ def propagated_masks(excl: Tensor, n_layers: int, token_var: Tensor | None = Non
     for _ in range(n_layers):
         # query q may read key k iff sources[k] ∩ forbidden[q] = ∅
         a = ~(forbidden.float() @ src.float().T).bool()  # (K, K)
-        a |= torch.eye(K, dtype=torch.bool, device="cpu")  # (already true: a token's sources never meet its own exclusions)
+        a |= torch.eye(K, dtype=torch.bool, device="cpu")  # (already true: sources never meet their own exclusions)
         src = src | (a.float() @ src.float()).bool()  # (K, N): S^{l+1}[q] = S^l[q] ∪ ⋃_{allowed k} S^l[k]
         allowed.append(a)
         sources.append(src)
