@@ -207,3 +207,17 @@ def test_cli_round_and_correction(tmp_path, capsys):
 def test_cli_bad_arguments(tmp_path, capsys, args, match):
     assert main(["discover", "--out", str(tmp_path / "o"), *args]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_the_task_trains_and_evaluates_through_the_generic_cli(tmp_path, capsys):
+    """The forecaster is an ordinary task: attnlab train / eval run it from the ``discovery`` preset."""
+    csv = _good_csv(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "--task", "discovery", "--set", f"data.source={csv}", "--set", "data.look_back=2",
+                 "--set", "options.exclude=[['a', 'b']]", "--steps", "6", "--set", "eval_interval=3",
+                 "--set", "progress=false", "--out", str(out)]) == 0
+    assert "test mse" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(out), "--data", str(csv)]) == 0
+    assert "test mse" in capsys.readouterr().out
+    assert main(["train", "--task", "discovery", "--steps", "2", "--out", str(tmp_path / "none")]) == 2
+    assert "data.source is empty" in capsys.readouterr().err

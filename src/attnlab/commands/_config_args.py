@@ -21,6 +21,7 @@ DEFAULT_PRESETS: dict[str, tuple[str, str]] = {
     "digits-vqa": ("digits-vqa", "digits-masks"),
     "stg": ("stg", "stg"),
     "arith-distractors": ("arith-distractors", "arith-distractors"),
+    "discovery": ("discovery", "discovery"),
 }
 
 

@@ -35,8 +35,8 @@ from attnlab.models.timeseries.causal import CausalForecasterConfig
 from attnlab.tasks.base import Batch, EvalContext, EvalResult, Loss, Task
 from attnlab.tasks.forecast import epoch_order_rows
 
-__all__ = ["DiscoveryDataConfig", "DiscoveryOptions", "DiscoveryForecasting", "DiscoveryData", "exclusion_matrix",
-           "prepare_discovery_data"]
+__all__ = ["DiscoveryDataConfig", "DiscoveryOptions", "DiscoveryForecasting", "DiscoveryData", "DiscoveryEvalResult",
+           "exclusion_matrix", "prepare_discovery_data"]
 
 
 @dataclass(kw_only=True)
@@ -165,6 +165,15 @@ def prepare_discovery_data(series: Any, *, look_back: int, train_fraction: float
                          ranges=ranges, look_back=P, name=series.name)
 
 
+@dataclass(kw_only=True)
+class DiscoveryEvalResult(EvalResult):
+    """An :class:`EvalResult` whose ``loss`` is the one-step MSE on the normalised scale (``tokens``: forecast
+    values)."""
+
+    def summary(self) -> str:
+        return f"{self.split} mse {self.metrics['mse']:.4f} over {int(self.metrics['windows']):,} windows"
+
+
 class DiscoveryForecasting(Task):
     """See the module docstring."""
 
@@ -279,7 +288,7 @@ class DiscoveryForecasting(Task):
 
     # ------------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str, ctx: EvalContext) -> EvalResult:
+    def evaluate(self, model: nn.Module, split: str, ctx: EvalContext) -> DiscoveryEvalResult:
         """The MSE over every window of ``split`` (normalised scale)."""
         if split not in self.data.ranges:
             raise ValueError(f"split={split!r}: the series has no such split; it has {', '.join(self.data.ranges)}")
@@ -298,7 +307,7 @@ class DiscoveryForecasting(Task):
         ctx.all_reduce_sum(sq)
         model.train(was_training)
         mse = float(sq) / (n * N)
-        return EvalResult(split=split, loss=mse, tokens=n * N, metrics={"mse": mse, "windows": float(n)})
+        return DiscoveryEvalResult(split=split, loss=mse, tokens=n * N, metrics={"mse": mse, "windows": float(n)})
 
     def heldout_windows(self, split: str = "test", max_windows: int | None = None) -> Tensor:
         """``(n, N, P)`` float64 windows of ``split`` (``max_windows`` evenly spaced ones when fewer are asked)."""

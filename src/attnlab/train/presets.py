@@ -303,6 +303,21 @@ def arith_distractors_quick() -> TrainConfig:
                    steps=20, eval_interval=10, log_interval=5, progress=False)
 
 
+def discovery() -> TrainConfig:
+    """The causal-discovery forecaster (``task = "discovery"``) at the sizes of ``attnlab discover``: variable tokens,
+    2 layers of width 32, look-back 5, 1,500 steps of 64 windows, AdamW lr 3e-3 without weight decay, one thread.
+    Name the series with ``--set data.source=my.csv`` (``attnlab discover`` runs it over seeds and reads the graph
+    out)."""
+    from attnlab.models.timeseries.causal import CausalForecasterConfig
+    from attnlab.tasks.causal_discovery import DiscoveryDataConfig, DiscoveryOptions
+
+    return TrainConfig(
+        task="discovery", model=CausalForecasterConfig(), data=DiscoveryDataConfig(), options=DiscoveryOptions(),
+        optim=OptimConfig(lr=3e-3, warmup_steps=100, weight_decay=0.0), steps=1500, batch_size=64,
+        eval_interval=500, log_interval=50, device="cpu", threads=1, tensorboard=False,
+    )
+
+
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "shakespeare-char": shakespeare_char,
     "shakespeare-char-cpu": shakespeare_char_cpu,
@@ -322,6 +337,7 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "stg-quick": stg_quick,
     "arith-distractors": arith_distractors,
     "arith-distractors-quick": arith_distractors_quick,
+    "discovery": discovery,
 }
 
 
