@@ -111,9 +111,17 @@ def test_row_normalisation_and_thresholds():
     # k-means: three groups of off-diagonal scores (strong ~1, medium ~0.6, noise ~0.05); the top two are kept
     km_in = np.array([[1, 1.0, .62, .05, .04], [.98, 1, .6, .06, .05], [.03, .58, 1, 1.0, .04],
                       [.05, .04, .61, 1, .97], [.99, .02, .05, .6, 1]], dtype=float)
-    km = binarise(km_in, Threshold(method="kmeans"))
+    km = binarise(km_in, Threshold(method="kmeans_global"))
     off = ~np.eye(5, dtype=bool)
     np.testing.assert_array_equal(km[off], km_in[off] > 0.3)
+    # CausalFormer's rule clusters each row on its own: a row of weak scores still gets its strongest causes
+    rows = np.array([[1.0, 0.9, 0.5, 0.1, 0.12], [0.02, 0.03, 0.01, 0.025, 0.011], [0.3, 0.31, 1.0, 0.0, 0.01],
+                     [0.0, 0.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5, 0.5]])
+    km_row = binarise(rows, Threshold(method="kmeans"))
+    assert km_row[0].tolist() == [True, True, True, False, False]
+    assert km_row[1].tolist() == [True, True, False, True, False]  # {0.01, 0.011} is the lowest cluster
+    assert km_row[2].tolist() == [True, True, True, False, False]
+    assert not km_row[3].any() and not km_row[4].any()  # nothing stands out in an all-zero or a flat row
     glob = estimate_graph(np.stack([s, s * 0], axis=-1), ["a", "b", "c"], Threshold(scale="global", delta=0.2))
     np.testing.assert_allclose(glob.normalised, s / 2.0)  # the largest off-diagonal score overall is 2
     assert glob.pred[0, 1] and not glob.pred[1, 2] and not glob.pred[2, 0]

@@ -221,3 +221,87 @@ def test_the_task_trains_and_evaluates_through_the_generic_cli(tmp_path, capsys)
     assert "test mse" in capsys.readouterr().out
     assert main(["train", "--task", "discovery", "--steps", "2", "--out", str(tmp_path / "none")]) == 2
     assert "data.source is empty" in capsys.readouterr().err
+
+
+def test_fine_tuning_starts_from_the_previous_weights_and_refuses_another_model(tmp_path):
+    import torch
+
+    from attnlab.config import ConfigError
+    from attnlab.data.timeseries import TimeSeries
+    from attnlab.tasks.causal_discovery import DiscoveryDataConfig, DiscoveryForecasting, DiscoveryOptions
+    from attnlab.train.loading import load_required_checkpoints, load_trained
+
+    system = generate("var", n_vars=4, length=600, seed=5, max_lag=2)
+    discover(system, out=tmp_path / "r0", config=TINY, log=None)
+    prev = tmp_path / "r0" / "seeds" / "seed0"
+    series = TimeSeries(name="s", dates=None, values=system.data, columns=system.columns)
+
+    def task(model, look_back=3, cols=None):
+        s = series if cols is None else TimeSeries(name="s", dates=None, values=system.data, columns=cols)
+        return DiscoveryForecasting(model, DiscoveryDataConfig(look_back=look_back), seed=0, series=s,
+                                    options=DiscoveryOptions(init_from=str(prev), exclude=[["x1", "x0"]]))
+
+    t = task(TINY.model.__class__(**{**vars(TINY.model), "masking": "propagate"}))  # masking may differ
+    load_required_checkpoints(t)
+    before = t.build_model().state_dict()
+    after = load_trained(prev, device="cpu").model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    for bad, match in ((task(TINY.model, look_back=4), "another architecture or look_back"),
+                       (task(TINY.model.__class__(**{**vars(TINY.model), "d_model": 8})), "another architecture"),
+                       (task(TINY.model, cols=("a", "b", "c", "d")), "trained on the columns")):
+        with pytest.raises(ConfigError, match=match):
+            load_required_checkpoints(bad)
+
+
+def test_refine_refuses_another_series_before_writing(tmp_path):
+    system = generate("var", n_vars=4, length=600, seed=6, max_lag=2)
+    first = discover(system, out=tmp_path / "r0", config=TINY, log=None)
+    other = _good_csv(tmp_path)
+    with pytest.raises(ValueError, match="previous round's graph is over x0, x1, x2, x3"):
+        refine(first, exclude=[], series=other, out=tmp_path / "r1", log=None)
+    assert not (tmp_path / "r1").exists()
+    with pytest.raises(ValueError, match="use mode='retrain'"):
+        refine(first, exclude=[], out=tmp_path / "r1", config=TINY.__class__(**{**vars(TINY), "look_back": 4}),
+               log=None)
+    assert not (tmp_path / "r1").exists()
+
+
+def test_a_seed_without_its_result_resumes_from_its_checkpoint(tmp_path):
+    """A round stopped after seed 1's last checkpoint but before its result: the trainer resumes that seed from the
+    checkpoint (it is not trained again) and the round completes."""
+    system = generate("var", n_vars=4, length=600, seed=7, max_lag=2)
+    out = tmp_path / "d"
+    cfg = TINY.__class__(**{**vars(TINY), "steps": 40})
+    discover(system, out=out, config=cfg, log=None)
+    run = out / "seeds" / "seed1"
+    (run / "result.json").unlink()
+    (out / "graph.json").unlink()
+    r = discover(system, out=out, config=cfg, log=None)
+    res = json.loads((run / "result.json").read_text())
+    assert res["steps"] == 40 and res["resumed_from"] == 40 and len(r.test_mse) == 2
+
+
+def test_cli_correction_keeps_the_previous_settings_unless_given(tmp_path, capsys):
+    out = tmp_path / "d"
+    common = ["--seeds", "0", "--fine-tune-steps", "10", "--layers", "1", "--d-model", "16", "--score-windows", "16"]
+    assert main(["discover", "--generate", "var", "--n-vars", "4", "--length", "400", "--look-back", "3", "--steps",
+                 "30", "--out", str(out), *common]) == 0
+    excl = _csv(tmp_path, "cause,effect\nx1,x0\n", "excluded.csv")
+    assert main(["discover", "--exclude", str(excl), "--resume-from", str(out), "--out", str(tmp_path / "d2"),
+                 "--masking", "propagate", "--delta", "0.9"]) == 0
+    cfg = json.loads((tmp_path / "d2" / "graph.json").read_text())["config"]
+    assert cfg["model"]["masking"] == "propagate" and cfg["threshold"]["delta"] == 0.9
+    assert cfg["look_back"] == 3 and cfg["steps"] == 30 and cfg["seeds"] == [0] and cfg["model"]["d_model"] == 16
+    assert main(["discover", "--exclude", str(excl), "--resume-from", str(out), "--out", str(tmp_path / "d3"),
+                 "--look-back", "4"]) == 2
+    assert "--retrain" in capsys.readouterr().err
+
+
+def test_exclusion_errors_name_the_line_and_names_with_commas_round_trip(tmp_path):
+    from attnlab.discovery import exclusions_csv
+
+    cols = ["a,1", "b", "c"]
+    with pytest.raises(ValueError, match=r"e.csv, line 4: the cause 'z' is not a variable"):
+        read_exclusions(_csv(tmp_path, "cause,effect\nb,c\n\nz,b\n", "e.csv"), cols)
+    p = _csv(tmp_path, exclusions_csv([["a,1", "b"], ["c", "a,1"]]), "q.csv")
+    assert read_exclusions(p, cols) == [["a,1", "b"], ["c", "a,1"]]

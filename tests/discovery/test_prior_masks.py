@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -93,11 +94,13 @@ def test_propagation_closure(N, n_layers, data):
     final = sources[-1]  # (K, N)
     assert not (final & excl).any()  # S[i] ∩ Excl[i] = ∅
     assert allowed.diagonal(dim1=1, dim2=2).all()  # every token sees itself
-    # sources really are the reachable variables: recompute them by walking the layers' graphs
-    reach = torch.eye(N, dtype=torch.bool)
-    for a in allowed:
-        reach = reach | (a.float() @ reach.float()).bool()
-    assert torch.equal(reach, final)
+    # sources are exactly the variables with a path into the token: enumerate paths k_0 -> k_1 -> ... -> k_L = q
+    # explicitly (k_{l+1} reads k_l at layer l, or stays itself), backwards from each token
+    for q in range(N):
+        frontier = {q}
+        for layer in reversed(range(n_layers)):
+            frontier = {k for t in frontier for k in range(N) if k == t or bool(allowed[layer, t, k])}
+        assert {v for v in range(N) if final[q, v]} == frontier
 
 
 @pytest.mark.parametrize("tokens", ["variable", "lag"])
@@ -116,10 +119,15 @@ def test_every_variable_with_a_gradient_lies_in_the_source_set(tokens):
 # ------------------------------------------------------------------------------------------- oracle 3
 
 
-def test_no_future_leakage():
-    """Windows cut from one series: the forecast of time t has zero gradient w.r.t. every value at time >= t."""
+@pytest.mark.parametrize("masking,excl", [("streams", None), ("streams", [(1, 0), (2, 1)]),
+                                          ("propagate", [(1, 0), (2, 1)])])
+@pytest.mark.parametrize("tokens", ["variable", "lag"])
+def test_no_future_leakage(masking, excl, tokens):
+    """Windows cut from one series: the forecast of time t has zero gradient w.r.t. every value at time >= t (also
+    through the streams' reshuffled batch)."""
     N, P, R = 3, 4, 12
-    m = _model(N, P, None, tokens="variable", masking="streams", n_layers=2, dtype=torch.float64)
+    m = _model(N, P, _excl(N, excl) if excl else None, tokens=tokens, masking=masking, n_layers=2,
+               dtype=torch.float64)
     series = torch.randn(R, N, dtype=torch.float64, requires_grad=True)
     ts = torch.arange(P, R)  # forecast times
     x = torch.stack([series[t - P : t].T for t in ts])  # (B, N, P)
@@ -128,6 +136,28 @@ def test_no_future_leakage():
         (g,) = torch.autograd.grad(y[b].sum(), series, retain_graph=True)  # (R, N)
         assert g[t:].abs().max().item() == 0.0
         assert g[t - P : t].abs().max().item() > 0.0
+
+
+def test_windows_and_splits_of_the_task_data():
+    """A series whose value is its row number: every window's inputs are the P rows before its target, the splits
+    follow each other in time, and the statistics come from the training rows only."""
+    from attnlab.data.timeseries import TimeSeries
+    from attnlab.tasks.causal_discovery import prepare_discovery_data
+
+    R, P = 50, 3
+    values = np.stack([np.arange(R, dtype=float), 2 * np.arange(R, dtype=float)], axis=1)
+    d = prepare_discovery_data(TimeSeries(name="rows", dates=None, values=values, columns=("a", "b")), look_back=P,
+                               train_fraction=0.7, test_fraction=0.2)
+    np.testing.assert_allclose(d.mean, values[:35].mean(axis=0))
+    targets = {}
+    for split in ("train", "val", "test"):
+        x, y = d.windows(split)
+        row = np.rint(y[:, 0] * d.std[0] + d.mean[0]).astype(int)  # the target's row number
+        xr = np.rint(x[:, 0] * d.std[0] + d.mean[0]).astype(int)  # (B, P) input rows of variable a
+        np.testing.assert_array_equal(xr, row[:, None] + np.arange(-P, 0)[None, :])
+        targets[split] = row
+    assert targets["train"].tolist() == list(range(P, 35))
+    assert targets["val"].tolist() == list(range(35, 40)) and targets["test"].tolist() == list(range(40, 50))
 
 
 # ------------------------------------------------------------------------------------------- oracle 5

@@ -12,8 +12,9 @@ HELP = ("temporal causal discovery: train a transformer forecaster over seeds, r
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     data = p.add_mutually_exclusive_group()
-    data.add_argument("--csv", metavar="FILE", help="the series: numeric columns in time order (an optional leading "
-                                                    "'date' column is ignored); one variable per column")
+    data.add_argument("--csv", metavar="FILE", help="the series: one numeric column per variable, rows in time order "
+                                                    "(an optional leading 'date' column must hold strictly "
+                                                    "increasing ISO dates; it is not a variable)")
     data.add_argument("--generate", metavar="KIND", help="generate a system with a known graph instead: var (G1, "
                                                          "linear VAR), svar (G2), lorenz96 (G3), confounder (G4)")
     p.add_argument("--out", required=True, metavar="DIR", help="the round's directory (refused if it exists, unless "
@@ -29,52 +30,64 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--length", type=int, default=5000, help="time steps (default 5000)")
     g.add_argument("--data-seed", type=int, default=0, help="seed of the generated system (default 0)")
     g.add_argument("--max-lag", type=int, default=3, help="largest true lag of var/svar/confounder (default 3)")
-    m = p.add_argument_group("the forecaster and the extraction")
-    m.add_argument("--look-back", type=int, default=5, help="lags P the forecaster sees (default 5; must cover the "
-                                                            "largest lag to be found)")
-    m.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
-    m.add_argument("--steps", type=int, default=1500, help="optimizer steps of a fresh run (default 1500)")
-    m.add_argument("--fine-tune-steps", type=int, default=500, help="steps of a fine-tuning round (default 500)")
-    m.add_argument("--masking", choices=("streams", "propagate"), default="streams",
+    m = p.add_argument_group("the forecaster and the extraction (a correction round keeps the previous round's "
+                             "values of the flags it is not given)")
+    m.add_argument("--look-back", type=int, help="lags P the forecaster sees (default 5; must cover the largest lag "
+                                                 "to be found)")
+    m.add_argument("--seeds", help="comma-separated training seeds (default 0,1,2)")
+    m.add_argument("--steps", type=int, help="optimizer steps of a fresh run (default 1500)")
+    m.add_argument("--fine-tune-steps", type=int, help="steps of a fine-tuning round (default 500)")
+    m.add_argument("--masking", choices=("streams", "propagate"),
                    help="how exclusions hold across layers: streams (exact, N-fold batch; default) or propagate "
                         "(source-set propagation: one pass, conservative with depth)")
-    m.add_argument("--tokens", choices=("variable", "lag"), default="variable", help="one token per variable "
-                                                                                     "(default) or per (variable, lag)")
-    m.add_argument("--layers", type=int, default=2, help="encoder layers (default 2)")
-    m.add_argument("--d-model", type=int, default=32, help="model width (default 32)")
-    m.add_argument("--threshold", choices=("fixed", "kmeans"), default="fixed",
-                   help="edges: row-normalised score >= --delta (default) or k-means (3 clusters, top 2 kept)")
-    m.add_argument("--delta", type=float, default=0.5, help="the fixed threshold (default 0.5)")
-    m.add_argument("--scale", choices=("row", "global"), default="row",
+    m.add_argument("--tokens", choices=("variable", "lag"), help="one token per variable (default) or per "
+                                                                 "(variable, lag)")
+    m.add_argument("--layers", type=int, help="encoder layers (default 2)")
+    m.add_argument("--d-model", type=int, help="model width (default 32)")
+    m.add_argument("--threshold", choices=("fixed", "kmeans", "kmeans_global"),
+                   help="edges: scaled score >= --delta (fixed, default); kmeans: 3 clusters per effect's row, the top "
+                        "2 kept (CausalFormer's rule); kmeans_global: one clustering of every score")
+    m.add_argument("--delta", type=float, help="the fixed threshold (default 0.5)")
+    m.add_argument("--scale", choices=("row", "global"),
                    help="scores are divided by each row's largest off-diagonal score (row, default; gives every "
                         "variable at least one candidate cause at score 1) or by the graph's largest (global)")
-    m.add_argument("--statistic", choices=("abs", "sq"), default="abs", help="mean |gradient| (default) or mean "
-                                                                              "squared gradient")
-    m.add_argument("--score-windows", type=int, default=1000, help="held-out windows the gradients are averaged over")
-    m.add_argument("--device", default="cpu")
+    m.add_argument("--statistic", choices=("abs", "sq"), help="mean |gradient| (default) or mean squared gradient")
+    m.add_argument("--score-windows", type=int, help="held-out windows the gradients are averaged over (default 1000)")
+    m.add_argument("--device", help="cpu (default), cuda, ...")
 
 
-def _config(args: argparse.Namespace) -> object:
+def _config(args: argparse.Namespace, base: object | None = None) -> object:
+    """The round's config: ``base`` (the previous round's, or the defaults) with the flags that were given."""
+    import dataclasses
+
     from attnlab.commands._config_args import csv_list
-    from attnlab.discovery import DiscoveryConfig, Threshold
-    from attnlab.models.timeseries.causal import CausalForecasterConfig
+    from attnlab.discovery import DiscoveryConfig
 
-    try:
-        seeds = tuple(int(s) for s in csv_list(args.seeds, "--seeds"))
-    except ValueError as e:
-        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from e
-    n_heads = 4 if args.d_model % 4 == 0 else 1
-    return DiscoveryConfig(
-        model=CausalForecasterConfig(tokens=args.tokens, masking=args.masking, n_layers=args.layers,
-                                     d_model=args.d_model, n_heads=n_heads),
-        look_back=args.look_back, seeds=seeds, steps=args.steps, fine_tune_steps=args.fine_tune_steps,
-        score_windows=args.score_windows, statistic=args.statistic, device=args.device,
-        threshold=Threshold(method=args.threshold, delta=args.delta, scale=args.scale))
+    cfg = base if base is not None else DiscoveryConfig()
+    top: dict[str, object] = {}
+    if args.seeds is not None:
+        try:
+            top["seeds"] = tuple(int(s) for s in csv_list(args.seeds, "--seeds"))
+        except ValueError as e:
+            raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from e
+    for flag, key in (("look_back", "look_back"), ("steps", "steps"), ("fine_tune_steps", "fine_tune_steps"),
+                      ("score_windows", "score_windows"), ("statistic", "statistic"), ("device", "device")):
+        if getattr(args, flag) is not None:
+            top[key] = getattr(args, flag)
+    model = {k: getattr(args, f) for f, k in (("tokens", "tokens"), ("masking", "masking"), ("layers", "n_layers"),
+                                               ("d_model", "d_model")) if getattr(args, f) is not None}
+    if "d_model" in model:
+        model["n_heads"] = 4 if int(model["d_model"]) % 4 == 0 else 1  # type: ignore[call-overload]
+    th = {k: getattr(args, f) for f, k in (("threshold", "method"), ("delta", "delta"), ("scale", "scale"))
+          if getattr(args, f) is not None}
+    if model:
+        top["model"] = dataclasses.replace(cfg.model, **model)  # type: ignore[attr-defined]
+    if th:
+        top["threshold"] = dataclasses.replace(cfg.threshold, **th)  # type: ignore[attr-defined]
+    return dataclasses.replace(cfg, **top)  # type: ignore[type-var]
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from attnlab.commands._config_args import fail
     from attnlab.discovery import discover, generate, load_result, read_exclusions, refine
     from attnlab.discovery.run import DiscoveryResult
@@ -86,10 +99,9 @@ def run(args: argparse.Namespace) -> int:
                     "(give --resume-from DIR, and --csv only to name the series again)")
     if not args.resume_from and not args.csv and not args.generate:
         return fail("name the data: --csv FILE or --generate KIND (or --resume-from DIR for a correction round)")
-    if args.look_back < 1:
+    if args.look_back is not None and args.look_back < 1:
         return fail(f"--look-back must be >= 1 (the lags the forecaster sees), got {args.look_back}")
     try:
-        cfg = _config(args)
         truth = None
         if args.generate:
             truth = generate(args.generate, n_vars=args.n_vars, length=args.length, seed=args.data_seed,
@@ -100,11 +112,9 @@ def run(args: argparse.Namespace) -> int:
             excluded = read_exclusions(args.exclude, columns) if args.exclude else []
             if args.csv is None and not args.exclude:
                 print("note: no --exclude given: the round runs again with the previous exclusions only")
-            new_cfg = dataclasses.replace(prev.config, steps=cfg.steps, fine_tune_steps=cfg.fine_tune_steps,
-                                          device=cfg.device)
             result: DiscoveryResult = refine(prev, exclude=excluded, out=args.out, series=args.csv,
                                              mode="retrain" if args.retrain else "finetune", force=args.force,
-                                             config=new_cfg)
+                                             config=_config(args, prev.config))
         else:
             series = truth if truth is not None else args.csv
             excluded = []
@@ -113,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
                 cols = truth.columns if truth is not None else load_timeseries(args.csv, dates="optional").columns
                 excluded = read_exclusions(args.exclude, list(cols))
-            result = discover(series, out=args.out, config=cfg, exclude=excluded, force=args.force)
+            result = discover(series, out=args.out, config=_config(args), exclude=excluded, force=args.force)
     except (ValueError, FileExistsError) as e:
         return fail(str(e))
     _report(result)

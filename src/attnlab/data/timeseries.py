@@ -104,7 +104,7 @@ def parse_timeseries_csv(text: str, *, name: str, dates: Literal["required", "op
                          if has_dates else f"{name}: the header names no numeric column")
     for i, c in enumerate(columns):
         if not c:
-            raise ValueError(f"{name}: column {i + 2} of the header has no name")
+            raise ValueError(f"{name}: column {i + 1 + has_dates} of the header has no name")
         if columns.index(c) != i:
             raise ValueError(f"{name}: the header names column {c!r} twice")
     stamps: list[datetime] = []

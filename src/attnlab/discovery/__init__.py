@@ -31,7 +31,7 @@ from attnlab.discovery.extract import (
 )
 from attnlab.discovery.generators import KINDS, SyntheticSystem, generate
 from attnlab.discovery.metrics import GraphMetrics, graph_metrics
-from attnlab.discovery.priors import read_exclusions, write_exclusions
+from attnlab.discovery.priors import exclusions_csv, read_exclusions
 from attnlab.discovery.run import (
     DiscoveryConfig,
     DiscoveryResult,
@@ -46,7 +46,7 @@ from attnlab.discovery.users import NoisyOracleUser, OracleUser, simulate_rounds
 __all__ = [
     "GraphEstimate", "Threshold", "binarise", "combine_seeds", "estimate_graph", "lagged_scores", "normalise_rows",
     "normalise_global",
-    "KINDS", "SyntheticSystem", "generate", "GraphMetrics", "graph_metrics", "read_exclusions", "write_exclusions",
+    "KINDS", "SyntheticSystem", "generate", "GraphMetrics", "graph_metrics", "read_exclusions", "exclusions_csv",
     "DiscoveryConfig", "DiscoveryResult", "KnownGraph", "discover", "load_result", "refine", "score_against",
     "NoisyOracleUser", "OracleUser", "simulate_rounds",
 ]

@@ -7,7 +7,10 @@ Shape legend: n windows, N variables, P lags.
   cause.** The Jacobian ``(n, N, N, P)`` is taken with ``N`` backward passes over the whole batch of windows (one per
   output variable): windows do not interact in the forecaster, so each window's rows are its own Jacobian. It is
   the spec's "N backward passes" option; ``torch.func.jacrev`` would need every module (the RMSNorm's custom
-  autograd function included) to support ``vmap``, and gains nothing at these sizes.
+  autograd function included) to support ``vmap``, and gains nothing at these sizes. (The spec's shared
+  :func:`attnlab.methods.input_gradient_saliency` is not used: it reduces the gradient of a token model's
+  cross-entropy over embedding dimensions, one number per token; here the inputs are real values and every output
+  needs its own gradient, so the quantity is a Jacobian, not a saliency.)
 * :func:`estimate_graph`: edge score ``S[i, j] = max_tau s``, lag ``argmax_tau s``, each row normalised by its largest
   off-diagonal entry (or the whole graph by its largest, ``Threshold(scale="global")``), binarised by a
   :class:`Threshold`.
@@ -29,7 +32,7 @@ from attnlab._validation import check_float, check_int
 __all__ = ["Threshold", "GraphEstimate", "lagged_scores", "normalise_rows", "normalise_global", "binarise",
            "estimate_graph", "combine_seeds"]
 
-ThresholdMethod = Literal["fixed", "kmeans", "topk"]
+ThresholdMethod = Literal["fixed", "kmeans", "kmeans_global", "topk"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,9 +40,12 @@ class Threshold:
     """How normalised scores become edges.
 
     Attributes:
-        method: ``"fixed"`` (score >= ``delta``, default), ``"kmeans"`` (3 clusters of the off-diagonal scores, the
-            top 2 kept, as in the CausalFormer release) or ``"topk"`` (the ``k`` largest off-diagonal scores; with
-            ``k`` = the true edge count it is an **oracle** setting and must be labelled so).
+        method: ``"fixed"`` (score >= ``delta``, default); ``"kmeans"``: as in the CausalFormer release
+            (``interpret.py``, ``analyze``), each effect's row of scores (its own past included) in 3 k-means clusters,
+            the causes in the top 2 kept, so every variable gets at least one cause; ``"kmeans_global"`` (attnlab's
+            variant): one clustering of every off-diagonal score, the top 2 clusters kept; ``"topk"`` (the ``k``
+            largest off-diagonal scores; with ``k`` = the true edge count it is an **oracle** setting and must be
+            labelled so).
         delta: the fixed threshold on row-normalised scores (in (0, 1]).
         k: the number of edges of ``"topk"``.
         seed: seeds the k-means initialisation.
@@ -57,8 +63,8 @@ class Threshold:
     scale: Literal["row", "global"] = "row"
 
     def __post_init__(self) -> None:
-        if self.method not in ("fixed", "kmeans", "topk"):
-            raise ValueError(f"method must be 'fixed', 'kmeans' or 'topk', got {self.method!r}")
+        if self.method not in ("fixed", "kmeans", "kmeans_global", "topk"):
+            raise ValueError(f"method must be 'fixed', 'kmeans', 'kmeans_global' or 'topk', got {self.method!r}")
         check_float("delta", self.delta, low=0.0, high=1.0, low_inclusive=False, high_inclusive=True)
         if self.method == "topk":
             if self.k is None:
@@ -74,8 +80,11 @@ class Threshold:
         scale = "row-scaled" if self.scale == "row" else "globally scaled"
         if self.method == "fixed":
             return f"fixed δ={self.delta:g}, {scale}"
-        return (f"k-means (3 clusters, top 2), {scale}" if self.method == "kmeans"
-                else f"top-{self.k} (oracle k), {scale}")
+        if self.method == "kmeans":
+            return "k-means per row (3 clusters, top 2)"
+        if self.method == "kmeans_global":
+            return "k-means over the graph (3 clusters, top 2)"
+        return f"top-{self.k} (oracle k), {scale}"
 
 
 @dataclass(kw_only=True)
@@ -93,6 +102,10 @@ class GraphEstimate:
         threshold: how ``pred`` was made.
         seeds: for a combination of seeds (:func:`combine_seeds`), ``(N, N)`` int, the seeds that found each edge.
         n_seeds: how many seeds were combined (1 for one model).
+
+    For a combination of seeds, ``lagged``, ``scores`` and ``normalised`` are the means of the seeds' (so ``scores`` is
+    not ``lagged.max(-1)``: a maximum and a mean do not commute), ``pred`` is the vote and ``lags`` the most frequent
+    lag among the seeds that found the edge.
     """
 
     columns: list[str]
@@ -186,15 +199,28 @@ def binarise(normalised: np.ndarray, threshold: Threshold) -> np.ndarray:
         if k:
             pred.ravel()[np.argsort(-flat, kind="stable")[:k]] = True
         return pred | (np.eye(N, dtype=bool) & (s >= threshold.delta))
+    if threshold.method == "kmeans_global":
+        return s >= _top_clusters_cut(s[off], threshold.seed)
+    pred = np.zeros_like(s, dtype=bool)
+    for i in range(N):  # CausalFormer's rule: one clustering per effect, over its whole row (own past included)
+        if s[i].any():
+            pred[i] = s[i] >= _top_clusters_cut(s[i], threshold.seed)
+    return pred
+
+
+def _top_clusters_cut(vals: np.ndarray, seed: int) -> float:
+    """The smallest value in the top 2 of 3 one-dimensional k-means clusters of ``vals`` (fewer than 3 distinct
+    values: the largest value, unless all are equal, then ``inf``: nothing stands out)."""
     from scipy.cluster.vq import kmeans2
 
-    vals = s[off]
-    if np.unique(vals).size < 3:  # (too few distinct values for three clusters: keep the strictly larger ones)
-        return s >= vals.max() if vals.size and vals.max() > vals.min() else np.zeros_like(s, dtype=bool)
-    centroids, labels = kmeans2(vals[:, None], 3, seed=threshold.seed, minit="++")
+    if vals.size == 0 or vals.max() == vals.min():
+        return np.inf
+    if np.unique(vals).size < 3:
+        return float(vals.max())
+    centroids, labels = kmeans2(vals[:, None], 3, seed=seed, minit="++")
     lowest = int(np.argmin(centroids[:, 0]))
-    cut = vals[labels != lowest].min() if (labels != lowest).any() else np.inf
-    return s >= cut
+    kept = vals[labels != lowest]
+    return float(kept.min()) if kept.size else np.inf
 
 
 def estimate_graph(lagged: np.ndarray, columns: Sequence[str], threshold: Threshold = Threshold()) -> GraphEstimate:
@@ -210,8 +236,8 @@ def estimate_graph(lagged: np.ndarray, columns: Sequence[str], threshold: Thresh
 
 
 def combine_seeds(graphs: Sequence[GraphEstimate], *, min_seeds: int | None = None) -> GraphEstimate:
-    """One graph from several seeds' graphs: the mean normalised score and the mean lagged scores (each seed's
-    normalised by its rows first), the most frequent lag among the seeds that found an edge (ties: the smaller lag;
+    """One graph from several seeds' graphs: the mean raw and scaled scores and the mean lagged scores, the most
+    frequent lag among the seeds that found an edge (ties: the smaller lag;
     none found it: the lag of the mean scores), ``seeds[i, j]`` = how many seeds found the edge, and the edge kept
     when at least ``min_seeds`` did (default: a strict majority)."""
     if not graphs:
@@ -227,8 +253,7 @@ def combine_seeds(graphs: Sequence[GraphEstimate], *, min_seeds: int | None = No
     preds = np.stack([g.pred for g in graphs])  # (n, N, N)
     seeds = preds.sum(axis=0)
     normalised = np.mean([g.normalised for g in graphs], axis=0)
-    lagged = np.mean([g.lagged * (g.normalised / np.where(g.scores > 0, g.scores, 1.0))[..., None] for g in graphs],
-                     axis=0)  # (each seed's lagged scores on its threshold's scale)
+    lagged = np.mean([g.lagged for g in graphs], axis=0)  # (N, N, P) raw, like scores
     N, P = normalised.shape[0], graphs[0].lagged.shape[-1]
     lags = lagged.argmax(axis=-1) + 1
     for i in range(N):

@@ -19,26 +19,16 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["read_exclusions", "write_exclusions", "check_pairs"]
+__all__ = ["read_exclusions", "check_pairs", "exclusions_csv"]
 
 
-def check_pairs(pairs: Sequence[Sequence[str]], columns: Sequence[str], *, where: str = "exclude") -> list[list[str]]:
-    """``pairs`` as sorted, distinct ``[cause, effect]`` lists, each name a column and no self-link."""
-    cols = list(columns)
-    out = set()
-    for k, p in enumerate(pairs):
-        if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(s, str) for s in p)):
-            raise ValueError(f"{where}[{k}] must be a [cause, effect] pair of names, got {p!r}")
-        cause, effect = (s.strip() for s in p)
-        for role, name in (("cause", cause), ("effect", effect)):
-            if name not in cols:
-                raise ValueError(f"{where}[{k}]: the {role} {name!r} is not a variable of the series "
-                                 f"({', '.join(cols)})")
-        if cause == effect:
-            raise ValueError(f"{where}[{k}] excludes {cause!r} -> {effect!r}, the variable's own past; self-links "
-                             "cannot be excluded")
-        out.add((cause, effect))
-    return [list(p) for p in sorted(out)]
+def check_pairs(pairs: Sequence[Sequence[str]], columns: Sequence[str], *, where: str = "exclude",
+                labels: Sequence[str] | None = None) -> list[list[str]]:
+    """``pairs`` as sorted, distinct ``[cause, effect]`` lists, each name a column and no self-link (the task's own
+    check, :func:`attnlab.tasks.causal_discovery.check_exclusion_pairs`)."""
+    from attnlab.tasks.causal_discovery import check_exclusion_pairs
+
+    return check_exclusion_pairs(pairs, columns, where=where, labels=labels)
 
 
 def read_exclusions(path: str | Path, columns: Sequence[str]) -> list[list[str]]:
@@ -74,22 +64,21 @@ def read_exclusions(path: str | Path, columns: Sequence[str]) -> list[list[str]]
     if "cause" not in header or "effect" not in header:
         raise ValueError(f"{p}: the header must name the columns 'cause' and 'effect', got {','.join(header)!r}")
     ci, ei = header.index("cause"), header.index("effect")
-    pairs = []
+    pairs, lines = [], []
     for fields in reader:
         if not fields or all(not f.strip() for f in fields):
             continue
         if len(fields) <= max(ci, ei):
             raise ValueError(f"{p}, line {reader.line_num}: expected {len(header)} fields, got {len(fields)}")
         pairs.append([fields[ci], fields[ei]])
-    return check_pairs(pairs, columns, where=f"{p}")
+        lines.append(f"{p}, line {reader.line_num}")
+    return check_pairs(pairs, columns, where=str(p), labels=lines)
 
 
-def write_exclusions(path: str | Path, pairs: Sequence[Sequence[str]]) -> Path:
-    """Write ``pairs`` as an exclusion CSV (``cause,effect``); an existing file is not overwritten."""
-    from attnlab._io import atomic_write_text
-
-    p = Path(path)
-    if p.exists():
-        raise FileExistsError(f"{str(p)!r} already exists; not overwritten")
-    atomic_write_text(p, "cause,effect\n" + "".join(f"{c},{e}\n" for c, e in pairs))
-    return p
+def exclusions_csv(pairs: Sequence[Sequence[str]]) -> str:
+    """``pairs`` as the text of an exclusion CSV (``cause,effect``; names quoted where CSV needs it)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["cause", "effect"])
+    w.writerows([c, e] for c, e in pairs)
+    return buf.getvalue()

@@ -18,7 +18,9 @@ previous round's weights (``mode="finetune"``, default) or trained afresh (``"re
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import shutil
 import time
@@ -30,6 +32,7 @@ import numpy as np
 
 from attnlab._validation import check_float, check_int
 from attnlab.discovery.extract import GraphEstimate, Threshold, combine_seeds, estimate_graph, lagged_scores
+from attnlab.discovery.priors import exclusions_csv
 from attnlab.models.timeseries.causal import CausalForecasterConfig
 
 __all__ = ["DiscoveryConfig", "DiscoveryResult", "KnownGraph", "discover", "refine", "load_result", "score_against",
@@ -134,13 +137,16 @@ class DiscoveryResult:
             "threshold": g.threshold.label,
             "edges": g.edges(),
             "scores": g.normalised.tolist(),
+            "raw_scores": g.scores.tolist(),
             "lags": g.lags.tolist(),
             "seeds_agreeing": g.seeds.tolist() if g.seeds is not None else None,
             "lagged_scores": g.lagged.tolist(),
             "per_seed_scores": [s.normalised.tolist() for s in self.per_seed],
             "changes": self.changes,
             "metrics": self.metrics,
-            "layout": "row = effect, column = cause; lagged_scores[effect][cause][lag - 1]",
+            "layout": ("row = effect, column = cause; lagged_scores[effect][cause][lag - 1]; scores: on the "
+                       "threshold's scale (mean over seeds); raw_scores: mean over seeds of max-over-lag mean "
+                       "|gradient|"),
         }
 
 
@@ -243,7 +249,7 @@ def discover(series: Any, *, out: str | Path, config: DiscoveryConfig | None = N
     out = Path(out)
     source = ""
     if isinstance(series, (str, Path)):
-        source = str(series)
+        source = str(Path(series).resolve())  # (later rounds read it from any working directory)
         series = load_timeseries(series, dates="optional")
     elif hasattr(series, "edges") and hasattr(series, "data"):  # a SyntheticSystem
         truth = truth if truth is not None else series
@@ -251,10 +257,10 @@ def discover(series: Any, *, out: str | Path, config: DiscoveryConfig | None = N
                             columns=tuple(series.columns))
     if not isinstance(series, TimeSeries):
         raise ValueError(f"series must be a TimeSeries, a SyntheticSystem or a CSV path, got {type(series).__name__}")
-    pairs = sorted({(str(c), str(e)) for c, e in exclude})
-    from attnlab.tasks.causal_discovery import exclusion_matrix, prepare_discovery_data
+    from attnlab.tasks.causal_discovery import check_exclusion_pairs, prepare_discovery_data
 
-    exclusion_matrix([list(p) for p in pairs], list(series.columns))  # unknown names and self-links refused early
+    # unknown names and self-links refused before anything is written
+    pairs = [tuple(p) for p in check_exclusion_pairs(list(exclude), list(series.columns))]
     prepare_discovery_data(series, look_back=cfg.look_back, train_fraction=cfg.train_fraction,
                            test_fraction=cfg.test_fraction)  # too few rows, constant columns refused early
     excl = [list(p) for p in pairs]
@@ -267,8 +273,10 @@ def discover(series: Any, *, out: str | Path, config: DiscoveryConfig | None = N
         from attnlab._io import atomic_write_text
 
         body = "\n".join(",".join(repr(float(v)) for v in row) for row in series.values)
-        atomic_write_text(out / "data.csv", ",".join(series.columns) + "\n" + body + "\n")
-    source = source or str(out / "data.csv")
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(series.columns)
+        atomic_write_text(out / "data.csv", buf.getvalue() + body + "\n")
+    source = source or str((out / "data.csv").resolve())
     t0 = time.perf_counter()
     say(f"discovery on {series.name}: {len(series.columns)} variables, {len(series)} rows, look_back "
         f"{cfg.look_back}, {len(excl)} exclusions, seeds {', '.join(map(str, cfg.seeds))}")
@@ -320,16 +328,20 @@ def refine(previous: str | Path | DiscoveryResult, *, exclude: Sequence[Sequence
     if Path(out).resolve() == prev.out_dir.resolve():
         raise ValueError(f"out={str(out)!r} is the previous round's directory; write the new round elsewhere")
     cfg = config if config is not None else prev.config
-    if cfg.model != prev.config.model and mode == "finetune":
-        if {k: v for k, v in vars(cfg.model).items() if k != "masking"} != \
-                {k: v for k, v in vars(prev.config.model).items() if k != "masking"}:
-            raise ValueError("fine-tuning needs the previous round's architecture; use mode='retrain' to change it")
+    if mode == "finetune" and (not cfg.model.same_weights_as(prev.config.model)
+                               or cfg.look_back != prev.config.look_back):
+        raise ValueError("fine-tuning needs the previous round's architecture and look_back (the masking may "
+                         "change); use mode='retrain' (--retrain) to change them")
     if series is None:
         saved = Path(prev.source) if prev.source else None
         if saved is None or not saved.is_file():
             raise ValueError(f"the series of {str(prev.out_dir)!r} ({prev.source!r}) cannot be found; pass it again "
                              "(--csv)")
         series = str(saved)
+    cols = _columns(series)
+    if cols != prev.graph.columns:
+        raise ValueError(f"the series has the variables {', '.join(cols)}, but the previous round's graph is over "
+                         f"{', '.join(prev.graph.columns)}; give the same series")
     if truth is None and (prev.out_dir / "truth.json").is_file():
         truth = KnownGraph.from_dict(json.loads((prev.out_dir / "truth.json").read_text()))
     pairs = {tuple(p) for p in prev.exclude} | {(str(c), str(e)) for c, e in exclude}
@@ -381,6 +393,15 @@ class KnownGraph:
         return m
 
 
+def _columns(series: Any) -> list[str]:
+    """The variable names of a series given as a path, a ``TimeSeries`` or a ``SyntheticSystem``."""
+    if isinstance(series, (str, Path)):
+        from attnlab.data.timeseries import load_timeseries
+
+        return list(load_timeseries(series, dates="optional").columns)
+    return list(series.columns)
+
+
 def load_result(path: str | Path) -> DiscoveryResult:
     """The result of a round from its directory (graph, seeds, exclusions, config)."""
     p = Path(path)
@@ -407,10 +428,12 @@ def _write(result: DiscoveryResult, series: Any, truth: Any, source: str) -> Non
     d["per_seed_lagged"] = [s.lagged.tolist() for s in result.per_seed]
     d["series"] = {"name": series.name, "rows": len(series), "source": source}
     atomic_write_text(out / RESULT_FILE, json.dumps(d, indent=1) + "\n")
-    lines = ["cause,effect,lag,score,seeds"] + [f"{e['cause']},{e['effect']},{e['lag']},{e['score']:.6g},{e['seeds']}"
-                                                for e in result.graph.edges()]
-    atomic_write_text(out / "edges.csv", "\n".join(lines) + "\n")
-    atomic_write_text(out / "exclusions.csv", "cause,effect\n" + "".join(f"{c},{e}\n" for c, e in result.exclude))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["cause", "effect", "lag", "score", "seeds"])
+    w.writerows([e["cause"], e["effect"], e["lag"], f"{e['score']:.6g}", e["seeds"]] for e in result.graph.edges())
+    atomic_write_text(out / "edges.csv", buf.getvalue())
+    atomic_write_text(out / "exclusions.csv", exclusions_csv(result.exclude))
     if truth is not None and not (out / "truth.json").exists():
         atomic_write_text(out / "truth.json", json.dumps(truth.truth_dict(), indent=1) + "\n")
     title = f"round {result.round}: {len(result.graph.edges())} edges, {len(result.exclude)} exclusions"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from attnlab.tasks.base import Batch, EvalContext, EvalResult, Loss, Task
 from attnlab.tasks.forecast import epoch_order_rows
 
 __all__ = ["DiscoveryDataConfig", "DiscoveryOptions", "DiscoveryForecasting", "DiscoveryData", "DiscoveryEvalResult",
-           "exclusion_matrix", "prepare_discovery_data"]
+           "check_exclusion_pairs", "exclusion_matrix", "prepare_discovery_data"]
 
 
 @dataclass(kw_only=True)
@@ -92,18 +92,35 @@ class DiscoveryOptions:
             raise ValueError(f"init_from must be the path of a run or checkpoint, got {self.init_from!r}")
 
 
-def exclusion_matrix(pairs: list[list[str]], columns: list[str]) -> Tensor:
-    """``(N, N)`` bool, ``[i, j]`` = column ``j`` does not cause column ``i``, from ``[cause, effect]`` name pairs."""
-    index = {c: k for k, c in enumerate(columns)}
-    m = torch.zeros(len(columns), len(columns), dtype=torch.bool, device="cpu")
-    for cause, effect in pairs:
-        for name in (cause, effect):
-            if name not in index:
-                raise ValueError(f"the exclusion {cause} -> {effect} names {name!r}, which is not a variable of the "
-                                 f"series ({', '.join(columns)})")
+def check_exclusion_pairs(pairs: Sequence[Sequence[str]], columns: Sequence[str], *, where: str = "exclude",
+                          labels: Sequence[str] | None = None) -> list[list[str]]:
+    """``pairs`` as sorted, distinct ``[cause, effect]`` lists, checked: each a pair of names, each name a column,
+    no variable excluded from its own past (``ValueError`` naming ``where[k]`` or ``labels[k]`` (e.g. a file's line),
+    the role and the columns)."""
+    cols = list(columns)
+    out = set()
+    for k, p in enumerate(pairs):
+        at = labels[k] if labels is not None else f"{where}[{k}]"
+        if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(s, str) for s in p)):
+            raise ValueError(f"{at} must be a [cause, effect] pair of names, got {p!r}")
+        cause, effect = (s.strip() for s in p)
+        for role, name in (("cause", cause), ("effect", effect)):
+            if name not in cols:
+                raise ValueError(f"{at}: the {role} {name!r} is not a variable of the series "
+                                 f"({', '.join(cols)})")
         if cause == effect:
-            raise ValueError(f"the exclusion {cause} -> {effect} excludes {cause!r}'s own past; self-links cannot be "
-                             "excluded")
+            raise ValueError(f"{at} excludes {cause!r} -> {effect!r}, the variable's own past; self-links "
+                             "cannot be excluded")
+        out.add((cause, effect))
+    return [list(p) for p in sorted(out)]
+
+
+def exclusion_matrix(pairs: Sequence[Sequence[str]], columns: Sequence[str]) -> Tensor:
+    """``(N, N)`` bool, ``[i, j]`` = column ``j`` does not cause column ``i``, from ``[cause, effect]`` name pairs
+    (checked by :func:`check_exclusion_pairs`)."""
+    index = {c: k for k, c in enumerate(columns)}
+    m = torch.zeros(len(index), len(index), dtype=torch.bool, device="cpu")
+    for cause, effect in check_exclusion_pairs(pairs, columns, where="options.exclude"):
         m[index[effect], index[cause]] = True
     return m
 
@@ -264,9 +281,8 @@ class DiscoveryForecasting(Task):
         if cols != self.columns:
             raise ValueError(f"init_from {str(init.path)!r} was trained on the columns {', '.join(cols)}, not "
                              f"{', '.join(self.columns)}")
-        mine = {k: v for k, v in vars(self.model_cfg).items() if k != "masking"}
-        theirs = {k: v for k, v in vars(init.config.model).items() if k != "masking"}
-        if mine != theirs or init.config.data.look_back != self.data_cfg.look_back:
+        same_lags = init.config.data.look_back == self.data_cfg.look_back
+        if not self.model_cfg.same_weights_as(init.config.model) or not same_lags:
             raise ValueError(f"init_from {str(init.path)!r} has another architecture or look_back; fine-tuning needs "
                              "the same model config (masking may differ) and look_back")
         self._init = {k: v.detach().clone() for k, v in init.model.state_dict().items()}

@@ -78,6 +78,13 @@ class CausalForecasterConfig(PlainConfig):
         check_float("dropout", self.dropout, low=0.0, high=1.0)
         check_float("norm_eps", self.norm_eps, low=0.0, low_inclusive=False, high=1.0)
 
+    def same_weights_as(self, other: "CausalForecasterConfig") -> bool:
+        """Whether a model of ``other`` has this model's parameters (every field but ``masking``, which only decides
+        how the masks are built): the condition for fine-tuning one from the other."""
+        mine = {k: v for k, v in vars(self).items() if k != "masking"}
+        return isinstance(other, CausalForecasterConfig) and mine == {k: v for k, v in vars(other).items()
+                                                                      if k != "masking"}
+
     def build(self, *, n_vars: int, look_back: int, exclude: Tensor | None = None) -> "CausalForecaster":
         return CausalForecaster(self, n_vars=n_vars, look_back=look_back, exclude=exclude)
 
