@@ -3,7 +3,8 @@ discovery (no prior, prior masks by construction a and b) next to PCMCI-ParCorr 
 without the same exclusions; the exact-exclusion check; the human-in-the-loop simulation; wall times.
 
 Resumable: each run's record is a JSON file under ``OUT/records/`` and is kept; a second call only fills what is
-missing and rewrites the tables. PCMCI needs the GPL extra ``tigramite`` (``pip install tigramite``); without it the
+missing and rewrites the tables. ``OUT/work/`` holds every round's directory (checkpoints, scores, pictures; tens of
+MB, not committed). PCMCI needs the GPL extra ``tigramite`` (``pip install tigramite``); without it the
 PCMCI rows say so and everything else runs.
 
     python benchmarks/discovery/bench.py --preset full --out benchmarks/results/discovery

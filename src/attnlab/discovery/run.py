@@ -436,7 +436,8 @@ def _write(result: DiscoveryResult, series: Any, truth: Any, source: str) -> Non
     atomic_write_text(out / "exclusions.csv", exclusions_csv(result.exclude))
     if truth is not None and not (out / "truth.json").exists():
         atomic_write_text(out / "truth.json", json.dumps(truth.truth_dict(), indent=1) + "\n")
-    title = f"round {result.round}: {len(result.graph.edges())} edges, {len(result.exclude)} exclusions"
+    title = (f"round {result.round}: {len(result.graph.edges())} edges, {len(result.exclude)} exclusions; "
+             f"forecaster test MSE {np.mean(result.test_mse):.3g}")
     plot_graph(result.graph, out / "graph.png", title=title, excluded=result.exclude,
                truth=truth.adjacency() if truth is not None else None)
     plot_scores(result.graph, out / "scores.png", title=f"row-normalised gradient scores ({title})")
