@@ -172,12 +172,18 @@ def run_pcmci_record(system: Any, graph: int, with_prior: bool, tau_max: int) ->
             "metrics": _metrics(out["scores"], out["pred"], out["lags"], system)}
 
 
-def run_hitl(preset: str, work: Path, user_kind: str) -> dict[str, Any]:
-    from attnlab.discovery import NoisyOracleUser, OracleUser, generate, refine
-    from attnlab.discovery.run import load_result
+def _hitl_system(preset: str) -> Any:
+    from attnlab.discovery import generate
 
     n_vars, length = (4, 600) if preset == "quick" else (10, 5000)
-    system = generate("var", n_vars=n_vars, length=length, seed=0, max_lag=2 if preset == "quick" else 3)
+    return generate("var", n_vars=n_vars, length=length, seed=0, max_lag=2 if preset == "quick" else 3)
+
+
+def run_hitl(preset: str, work: Path, user_kind: str) -> dict[str, Any]:
+    from attnlab.discovery import NoisyOracleUser, OracleUser, refine
+    from attnlab.discovery.run import load_result
+
+    system = _hitl_system(preset)
     truth = system.adjacency()
     user = OracleUser(truth, per_round=2) if user_kind == "exact" else NoisyOracleUser(truth, per_round=2,
                                                                                         error_rate=0.25, seed=0)
@@ -273,14 +279,24 @@ def write_tables(out: Path, settings: list[Setting], graphs: int, preset: str) -
                   "Round 0 has no exclusion; in each later round the user excludes 2 links (the exact oracle: the 2 "
                   "strongest false positives; the noisy oracle: each exclusion is, with probability 0.25, the "
                   "strongest true edge instead), and each seed is fine-tuned from the previous round with "
-                  "construction a.", "", "| user | F1 round 0 | round 1 | round 2 | round 3 | excluded (true edges "
-                                          "among them) |", "|---|---|---|---|---|---|"]
+                  "construction a. The user reads the graph at the default threshold; the k-means rows score the "
+                  "same rounds (same exclusions, same models) at the other thresholds.", "",
+                  "| user, threshold | F1 round 0 | round 1 | round 2 | round 3 | excluded (true edges among them) |",
+                  "|---|---|---|---|---|---|"]
         for k, r in sorted(hitl.items()):
-            f1 = [f"{x['f1']:.3f}" for x in r["rounds"]]
+            kind = r["method"].removeprefix("hitl-")
             excl = [p for x in r["rounds"] for p in x["proposed"]]
             wrong = r.get("true_edges_excluded", "?")
-            lines.append(f"| {r['method'].removeprefix('hitl-')} | " + " | ".join(f1) +
-                         f" | {len(excl)} ({wrong}) |")
+            f1 = [f"{x['f1']:.3f}" for x in r["rounds"]]
+            lines.append(f"| {kind}, default threshold | " + " | ".join(f1) + f" | {len(excl)} ({wrong}) |")
+            dirs = [out / "work" / "hitl-round0"] + [out / "work" / f"hitl-{kind}-round{n}"
+                                                    for n in range(1, len(r["rounds"]))]
+            if all((d / "graph.json").is_file() for d in dirs):
+                system = _hitl_system(preset)
+                per = [threshold_metrics(d, system) for d in dirs]
+                for m, label in (("kmeans", "k-means per row"), ("kmeans_global", "k-means, graph")):
+                    lines.append(f"| {kind}, {label} (same rounds) | "
+                                 + " | ".join(f"{x[f'metrics_{m}']['f1']:.3f}" for x in per) + " | |")
     text = "\n".join(lines) + "\n"
     (out / "README.md").write_text(text)
     return text
@@ -345,9 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             path = out / "records" / f"hitl-{kind}.json"
             if not path.is_file():
                 rec = run_hitl(args.preset, work, kind)
-                truth_sys = generate("var", n_vars=4 if args.preset == "quick" else 10,
-                                     length=600 if args.preset == "quick" else 5000, seed=0,
-                                     max_lag=2 if args.preset == "quick" else 3)
+                truth_sys = _hitl_system(args.preset)
                 adj, cols = truth_sys.adjacency(), list(truth_sys.columns)
                 rec["true_edges_excluded"] = sum(bool(adj[cols.index(e), cols.index(c)])
                                                  for x in rec["rounds"] for c, e in x["proposed"])

@@ -28,11 +28,6 @@ TINY = DiscoveryConfig(model=CausalForecasterConfig(n_layers=1, d_model=16, n_he
                        steps=150, fine_tune_steps=40, batch_size=32, score_windows=64, threads=1)
 
 
-def _f1s(result, system) -> list[float]:
-    return [graph_metrics(g.scores, g.pred, g.lags, system.adjacency(), system.lag_matrix()).f1
-            for g in result.per_seed]
-
-
 def test_round_writes_every_output_and_reads_back(tmp_path):
     system = generate("var", n_vars=4, length=600, seed=0, max_lag=2)
     r = discover(system, out=tmp_path / "d", config=TINY, log=None)
@@ -51,9 +46,14 @@ def test_round_writes_every_output_and_reads_back(tmp_path):
 
 
 def test_true_prior_removes_the_confounded_link_and_helps(tmp_path):
-    """Oracle 7 (G4): with x -/-> y excluded the spurious x -> y is gone exactly (zero score), and mean F1 over seeds is
-    no lower than without the exclusion."""
-    system = generate("confounder", n_vars=3, length=1500, seed=0, max_lag=2)
+    """Oracle 7 (G4): with x -/-> y excluded the spurious x -> y is gone exactly (zero score), and over seeds the
+    ranking (AUPRC) and F1 at a graph-wide threshold are no worse than without the exclusion. (At the row-scaled
+    default threshold F1 can drop: the next-strongest candidate cause of y is scaled up to 1; the benchmark in
+    benchmarks/results/discovery measures it.)"""
+    from attnlab.discovery import Threshold, estimate_graph
+
+    system = generate("confounder", n_vars=5, length=2000, seed=0, max_lag=2)  # x, y and a 3-variable VAR
+    assert system.adjacency().sum() > 0  # true cross edges exist, so F1 can move
     cfg = DiscoveryConfig(model=CausalForecasterConfig(n_layers=1, d_model=16, n_heads=2), look_back=4, seeds=(0, 1),
                           steps=300, batch_size=32, score_windows=128, threads=1)
     free = discover(system, out=tmp_path / "free", config=cfg, log=None)
@@ -61,7 +61,17 @@ def test_true_prior_removes_the_confounded_link_and_helps(tmp_path):
     x, y = 0, 1
     assert free.graph.pred[y, x]  # the confounder makes x -> y look causal without the prior
     assert all(g.scores[y, x] == 0.0 for g in prior.per_seed) and not prior.graph.pred[y, x]
-    assert np.mean(_f1s(prior, system)) >= np.mean(_f1s(free, system))
+
+    def mean(result, what: str) -> float:
+        out = []
+        for g in result.per_seed:
+            g = estimate_graph(g.lagged, g.columns, Threshold(scale="global"))
+            out.append(getattr(graph_metrics(g.scores, g.pred, g.lags, system.adjacency(), system.lag_matrix()),
+                               what))
+        return float(np.mean(out))
+
+    assert mean(prior, "auprc") >= mean(free, "auprc")
+    assert mean(prior, "f1") >= mean(free, "f1")
 
 
 def test_refine_finetunes_keeps_exclusions_and_reports_changes(tmp_path):
