@@ -26,3 +26,12 @@ def test_eta_uses_each_variants_own_time_and_names_untimed_ones(tmp_path):
     # 60 + 900 + 900 + 3000 s
     assert _eta(cfg, tmp_path, walls, "dlinear", 1) == " (about 81 min left for 4 runs of variants timed so far)"
     assert _eta(cfg, tmp_path, {}, "dlinear", 0) == ""  # nothing timed: no guess
+
+
+def test_the_leaderboard_names_each_variants_own_budget():
+    from attnlab.compare.presets import etth1_models, stg_objectives_quick
+
+    text = etth1_models().describe(1)
+    assert "`dlinear` 2,600 steps x 32 rows, `transformer` 1,000 steps x 32 rows" in text
+    assert "target tokens per run" not in text  # (one figure would be wrong for two of the three)
+    assert "1 target tokens per run" in stg_objectives_quick().describe(1)

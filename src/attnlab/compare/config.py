@@ -101,9 +101,15 @@ class CompareConfig:
                          "n_decoder_layers", "d_model", "n_heads") if hasattr(m, k))
         parity = getattr(m, "parity", None)
         metric = self.primary_metric[0]
+        budgets = {v: (self._runs[v].steps, self._runs[v].batch_size) for v in self.variants}
+        if len(set(budgets.values())) == 1:
+            budget = (f"Each {self.variant_label} (`{self.key}`) trained {b.steps} steps x {b.batch_size} rows "
+                      f"= {targets_per_run:,} target tokens per run")
+        else:  # (variants with their own budgets, e.g. a linear baseline and attention models)
+            budget = (f"Each {self.variant_label} (`{self.key}`) trained its own budget: "
+                      + ", ".join(f"`{v}` {s:,} steps x {n} rows" for v, (s, n) in budgets.items()))
         return (
-            f"Task `{b.task}`. Each {self.variant_label} (`{self.key}`) trained {b.steps} steps x {b.batch_size} rows "
-            f"= {targets_per_run:,} target tokens per run"
+            f"Task `{b.task}`. {budget}"
             + (f" on `{b.data.source}`" if getattr(b.data, "source", None) else "") + ", seeds "
             + f"{', '.join(map(str, self.seeds))}" + (f"; {arch}" if arch else "")
             + ("" if parity is None else f" (parity {'on' if parity else 'off'})")
