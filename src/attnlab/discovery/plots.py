@@ -82,16 +82,18 @@ def _circle(xy: np.ndarray, r: float) -> Any:
 
 
 def plot_scores(graph: Any, path: str | Path, *, title: str = "") -> Path:
-    """Heat map of the row-normalised scores (row = effect, column = cause), predicted edges outlined, each cell
-    labelled with its lag when the edge is predicted."""
+    """Heat map of the scaled scores (row = effect, column = cause; the colour scale stops at 1), predicted edges
+    outlined, each cell labelled with its lag when the edge is predicted."""
     cols = graph.columns
     N = len(cols)
     side = min(3.0 + 0.45 * N, 14.0)
     fig = _figure((side + 1.2, side))
     ax = fig.add_subplot(111)
     s = np.array(graph.normalised, dtype=np.float64)
-    im = ax.imshow(s, cmap="viridis", vmin=0.0, vmax=max(1.0, float(np.nanmax(s))) if s.size else 1.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="score / row's largest off-diagonal score")
+    # the colour scale stops at 1 (the strongest candidate cause): a variable's own past often scores several times
+    # higher and would otherwise wash out every other cell
+    im = ax.imshow(np.minimum(s, 1.0), cmap="viridis", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="scaled score (1 and above: brightest)")
     ax.set_xticks(range(N), cols, rotation=90 if N > 8 else 0, fontsize=8)
     ax.set_yticks(range(N), cols, fontsize=8)
     ax.set_xlabel("cause")
@@ -101,7 +103,8 @@ def plot_scores(graph: Any, path: str | Path, *, title: str = "") -> Path:
             for j in range(N):
                 if graph.pred[i, j] and i != j:
                     ax.add_patch(_rect(j, i))
-                    ax.text(j, i, str(int(graph.lags[i, j])), ha="center", va="center", fontsize=7, color="white")
+                    ax.text(j, i, str(int(graph.lags[i, j])), ha="center", va="center", fontsize=7,
+                            color="black" if s[i, j] > 0.6 else "white")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, format="png")
