@@ -54,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--statistic", choices=("abs", "sq"), help="mean |gradient| (default) or mean squared gradient")
     m.add_argument("--score-windows", type=int, help="held-out windows the gradients are averaged over (default 1000)")
     m.add_argument("--device", help="cpu (default), cuda, ...")
+    m.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars while training (default: when stderr is a terminal)")
 
 
 def _config(args: argparse.Namespace, base: object | None = None) -> object:
@@ -80,6 +82,9 @@ def _config(args: argparse.Namespace, base: object | None = None) -> object:
         model["n_heads"] = 4 if int(model["d_model"]) % 4 == 0 else 1  # type: ignore[call-overload]
     th = {k: getattr(args, f) for f, k in (("threshold", "method"), ("delta", "delta"), ("scale", "scale"))
           if getattr(args, f) is not None}
+    import sys
+
+    top["progress"] = sys.stderr.isatty() if args.progress is None else args.progress
     if model:
         top["model"] = dataclasses.replace(cfg.model, **model)  # type: ignore[attr-defined]
     if th:

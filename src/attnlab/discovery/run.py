@@ -57,6 +57,7 @@ class DiscoveryConfig:
         statistic: ``"abs"`` mean |gradient| (default) or ``"sq"`` mean squared gradient.
         threshold: how normalised scores become edges.
         device, threads: where the forecasters train (``threads``: torch threads; ``None`` leaves torch's default).
+        progress: a progress bar per training run (tqdm, on stderr).
     """
 
     model: CausalForecasterConfig = field(default_factory=CausalForecasterConfig)
@@ -74,6 +75,7 @@ class DiscoveryConfig:
     threshold: Threshold = field(default_factory=Threshold)
     device: str = "cpu"
     threads: int | None = None
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, CausalForecasterConfig):
@@ -164,8 +166,9 @@ def _train_seed(series: Any, source: str, cfg: DiscoveryConfig, seed: int, exclu
         options=DiscoveryOptions(exclude=exclude, init_from=init_from),
         optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=min(100, steps // 10)),
         steps=steps, batch_size=cfg.batch_size, eval_interval=steps, log_interval=max(1, steps // 10),
-        seed=seed, device=cfg.device, tensorboard=False, progress=False, threads=cfg.threads)
-    task = DiscoveryForecasting(tc.model, tc.data, seed=seed, options=tc.options, series=series)
+        seed=seed, device=cfg.device, tensorboard=False, progress=cfg.progress, threads=cfg.threads)
+    task = DiscoveryForecasting(tc.model, tc.data, seed=seed, options=tc.options, series=series,
+                                progress=cfg.progress)
     done = run_dir / "result.json"
     kept = False
     if done.is_file():  # a seed an interrupted round finished: kept as it is, not trained again
@@ -264,7 +267,8 @@ def discover(series: Any, *, out: str | Path, config: DiscoveryConfig | None = N
     prepare_discovery_data(series, look_back=cfg.look_back, train_fraction=cfg.train_fraction,
                            test_fraction=cfg.test_fraction)  # too few rows, constant columns refused early
     excl = [list(p) for p in pairs]
-    started = {"config": cfg.to_dict(), "exclude": excl, "source": source or "data.csv", "rows": len(series),
+    settings = {k: v for k, v in cfg.to_dict().items() if k != "progress"}  # (a progress bar changes no result)
+    started = {"config": settings, "exclude": excl, "source": source or "data.csv", "rows": len(series),
                "columns": list(series.columns), "init": {str(k): v for k, v in (_init or {}).items()}}
     continued = _prepare_out(out, force, started)
     if continued:
