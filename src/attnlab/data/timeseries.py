@@ -7,7 +7,8 @@ Shape legend: N rows (time steps), V channels, L look-back, T horizon, F time fe
   row (0-based data row, as the borders count them, and the 1-based line of the file) and the column: a header
   without a leading ``date`` column, a row with the wrong number of fields, an unparsable date, dates that do not
   strictly increase, a value that is not a number, and missing or non-finite values (NaN, inf: refused, never
-  filled in silently).
+  filled in silently). With ``dates="optional"`` (causal discovery), a file whose header does not start with
+  ``date`` is read as numeric columns in time order, with the same checks.
 * :func:`split_borders` gives the standard borders of the long-horizon protocol (Zhou et al., "Informer", AAAI
   2021, arXiv 2012.07436, followed by later work; spec ``time_series.md`` C.9): ``"ett_hour"`` trains on rows
   [0, 8640) (12 months of hours), validates on [8640 - L, 11520) and tests on [11520 - L, 14400), so that the first
