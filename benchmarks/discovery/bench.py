@@ -232,8 +232,11 @@ def _refresh_thresholds(out: Path, settings: list[Setting], recs: dict[str, dict
 def write_tables(out: Path, settings: list[Setting], graphs: int, preset: str) -> str:
     recs = {p.stem: json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))}
     _refresh_thresholds(out, settings, recs)
+    ran = (out / "commands.txt").read_text().strip().splitlines() if (out / "commands.txt").is_file() else []
+    command = (["How it ran: " + ran[0], ""] + [f"    {c}" for c in ran[1:]] + [""] if ran else
+               ["Command: `python benchmarks/discovery/bench.py --preset " + preset + f" --out {out}`  "])
     lines = [f"# Causal discovery: attnlab (transformer, gradient graph) vs PCMCI-ParCorr ({preset} preset)", "",
-             "Command: `python benchmarks/discovery/bench.py --preset " + preset + f" --out {out}`  ",
+             *command,
              f"Machine: {platform.machine()}, {platform.processor() or 'CPU'}, torch threads 1, 2 cores shared with "
              "other jobs (wall times are indicative).  ",
              f"Each cell: mean ± std over {graphs} graphs (data seeds); attnlab combines "
