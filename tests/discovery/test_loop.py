@@ -43,6 +43,16 @@ def test_round_writes_every_output_and_reads_back(tmp_path):
     np.testing.assert_array_equal(back.graph.pred, r.graph.pred)
     np.testing.assert_allclose(back.graph.normalised, r.graph.normalised)
     assert back.exclude == [] and back.config == TINY
+    # the two baselines a forecaster must beat, on the same test windows
+    from attnlab.data.timeseries import TimeSeries
+    from attnlab.tasks.causal_discovery import prepare_discovery_data
+
+    data = prepare_discovery_data(TimeSeries(name="s", dates=None, values=system.data, columns=system.columns),
+                                  look_back=3, train_fraction=0.7, test_fraction=0.2)
+    x, y = data.windows("test")
+    assert d["baseline_test_mse"]["persistence"] == pytest.approx(float(((x[:, :, -1] - y) ** 2).mean()))
+    assert 0 < d["baseline_test_mse"]["linear"] < d["baseline_test_mse"]["persistence"]  # (a VAR: linear helps)
+    assert back.baselines == d["baseline_test_mse"]
 
 
 def test_true_prior_removes_the_confounded_link_and_helps(tmp_path):

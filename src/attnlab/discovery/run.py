@@ -36,7 +36,7 @@ from attnlab.discovery.priors import exclusions_csv
 from attnlab.models.timeseries.causal import CausalForecasterConfig
 
 __all__ = ["DiscoveryConfig", "DiscoveryResult", "KnownGraph", "discover", "refine", "load_result", "score_against",
-           "RESULT_FILE"]
+           "baseline_mse", "RESULT_FILE"]
 
 RESULT_FILE = "graph.json"
 Mode = Literal["finetune", "retrain"]
@@ -126,6 +126,7 @@ class DiscoveryResult:
     metrics: dict[str, Any] | None = None
     round: int = 0
     source: str = ""
+    baselines: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         g = self.graph
@@ -135,6 +136,7 @@ class DiscoveryResult:
             "config": self.config.to_dict(),
             "exclude": self.exclude,
             "test_mse": self.test_mse,
+            "baseline_test_mse": self.baselines,
             "wall_s": self.wall_s,
             "threshold": g.threshold.label,
             "edges": g.edges(),
@@ -293,15 +295,47 @@ def discover(series: Any, *, out: str | Path, config: DiscoveryConfig | None = N
     graph = combine_seeds(per_seed)
     result = DiscoveryResult(graph=graph, per_seed=per_seed, test_mse=mses, exclude=excl, config=cfg,
                              wall_s=time.perf_counter() - t0, out_dir=out, source=source,
-                             round=_previous.round + 1 if _previous is not None else 0)
+                             round=_previous.round + 1 if _previous is not None else 0,
+                             baselines=baseline_mse(series, cfg))
     if _previous is not None:
         result.changes = _changes(_previous.graph, graph)
     if truth is not None:
         result.metrics = score_against(graph, truth)
     _write(result, series, truth, source)
+    b = result.baselines
+    lin = "n/a (too few windows)" if b["linear"] is None else f"{b['linear']:.4g}"
     say(f"{len(graph.edges())} edges ({graph.threshold.label}, kept by a majority of {graph.n_seeds} seeds); "
-        f"mean test mse {np.mean(mses):.4f}; wrote {out}")
+        f"forecaster test mse {np.mean(mses):.4g} (a least-squares linear autoregression on the same lags: "
+        f"{lin}; repeating the last value: {b['persistence']:.4g}); wrote {out}")
+    if b["linear"] is not None and np.mean(mses) > 0.8 * b["linear"]:
+        say("note: the forecaster does little better than a linear autoregression on the same lags, so its gradients "
+            "can only show what a linear model sees; for a nonlinear system, train longer or wider (--steps, "
+            "--d-model) until its test MSE falls clearly below the linear one")
     return result
+
+
+def baseline_mse(series: Any, cfg: DiscoveryConfig) -> dict[str, float | None]:
+    """The test MSE (normalised scale, the forecaster's windows) of two baselines a forecaster must beat before its
+    gradients mean anything: ``"linear"``, a least-squares linear autoregression on the same ``look_back`` lags
+    (:func:`~attnlab.discovery.linear.fit_linear_var`, fitted on the training windows), and ``"persistence"``,
+    each variable's last value."""
+    import torch
+
+    from attnlab.discovery.linear import fit_linear_var
+    from attnlab.tasks.causal_discovery import prepare_discovery_data
+
+    d = prepare_discovery_data(series, look_back=cfg.look_back, train_fraction=cfg.train_fraction,
+                               test_fraction=cfg.test_fraction)
+    x, y = d.windows("test")
+    out = {"persistence": float(((x[:, :, -1] - y) ** 2).mean())}
+    xt, yt = d.windows("train")
+    if xt.shape[0] > xt.shape[1] * xt.shape[2]:  # (enough windows to fit every coefficient)
+        with torch.no_grad():
+            pred = fit_linear_var(xt, yt)(torch.from_numpy(x)).numpy()
+        out["linear"] = float(((pred - y) ** 2).mean())
+    else:
+        out["linear"] = None  # type: ignore[assignment]
+    return out
 
 
 def score_against(graph: GraphEstimate, truth: Any) -> dict[str, Any]:
@@ -418,6 +452,7 @@ def load_result(path: str | Path) -> DiscoveryResult:
     per_seed = [estimate_graph(np.asarray(ls), cols, cfg.threshold) for ls in d["per_seed_lagged"]]
     graph = combine_seeds(per_seed)
     return DiscoveryResult(graph=graph, per_seed=per_seed, test_mse=d["test_mse"], exclude=d["exclude"], config=cfg,
+                           baselines=d.get("baseline_test_mse", {}),
                            wall_s=d["wall_s"], out_dir=p, changes=d.get("changes"), metrics=d.get("metrics"),
                            round=d.get("round", 0), source=d.get("series", {}).get("source", ""))
 
