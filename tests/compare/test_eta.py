@@ -17,7 +17,7 @@ def test_eta_uses_each_variants_own_time_and_names_untimed_ones(tmp_path):
     walls = {"dlinear": [60.0], "transformer": [600.0, 1200.0]}
     # at transformer seed 1: itself (900 s) left of the timed variants; autohformer x2 not timed yet
     assert _eta(cfg, tmp_path, walls, "transformer", 1) == (
-        " (about 15 min left for 1 runs of variants timed so far, plus 2 of autohformer (not timed yet))")
+        " (about 15 min left for 1 run of variants timed so far, plus 2 of autohformer (not timed yet))")
     # runs finished earlier (result.json present) are not counted
     d = tmp_path / "autohformer" / "seed0"
     d.mkdir(parents=True)
