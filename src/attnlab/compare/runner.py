@@ -125,5 +125,5 @@ def _eta(cfg: Any, out: Path, walls: dict[str, list[float]], mech: str, seed: in
     untimed = sorted({m for m, _ in todo if not walls.get(m)}, key=list(cfg.variants).index)
     n_untimed = sum(1 for m, _ in todo if not walls.get(m))
     more = f", plus {n_untimed} of {', '.join(untimed)} (not timed yet)" if untimed else ""
-    runs = "run" if len(timed) == 1 else "runs"
-    return f" (about {left / 60:.0f} min left for {len(timed)} {runs} of variants timed so far{more})"
+    noun = "run" if len(timed) == 1 else "runs"
+    return f" (about {left / 60:.0f} min left for {len(timed)} {noun} of variants timed so far{more})"
