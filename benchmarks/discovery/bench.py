@@ -59,6 +59,8 @@ FULL = [
     Setting("G3 N=10 long", "lorenz96", 10, 5000, constructions=("a",), prior_graphs=1, look_back=2, steps=5000,
             d_model=64),
     Setting("G3 N=20", "lorenz96", 20, 5000, constructions=("a",)),
+    Setting("G3 N=20 long", "lorenz96", 20, 5000, constructions=("a",), prior_graphs=0, look_back=2, steps=5000,
+            d_model=64),
     Setting("G4 N=5", "confounder", 5, 5000),
 ]
 QUICK = [Setting("G1 N=4", "var", 4, 600, max_lag=2), Setting("G4 N=4", "confounder", 4, 600, max_lag=2)]
