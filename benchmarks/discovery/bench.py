@@ -50,7 +50,7 @@ class Setting:
 
 FULL = [
     Setting("G1 N=5", "var", 5, 5000),
-    Setting("G1 N=10", "var", 10, 5000, b_graphs=1),
+    Setting("G1 N=10", "var", 10, 5000),
     Setting("G1 N=20", "var", 20, 5000, constructions=("a",)),
     Setting("G2 N=10", "svar", 10, 5000, constructions=("a",)),
     Setting("G3 N=10", "lorenz96", 10, 5000, constructions=("a",)),
