@@ -27,8 +27,13 @@ if len(rnd) > 1:
         print(f"\nmarked - random, {l}: {np.mean(a)-np.mean(b):+.2f} (Welch p {stats.ttest_ind(a, b, equal_var=False).pvalue:.3g}; 2 SE = {2*np.sqrt(np.var(a,ddof=1)/len(a)+np.var(b,ddof=1)/len(b)):.2f})")
 print("\n| LeaF setting | seeds | " + " | ".join(l for _, l in ks) + " | precision | counterfactuals per sample |")
 print("|---|---:|" + "---:|" * (len(ks) + 2))
-for name, d in [("p 0.10, λ 1 (seed 0 of the 3-seed run)", None), ("p 0.05, λ 1", "arith-leaf-p0.05-lam1"), ("p 0.10, λ 0.5", "arith-leaf-p0.10-lam0.5"), ("p 0.10, λ 2", "arith-leaf-p0.10-lam2")]:
-    r = [ref[0]] if d is None else load(d, "leaf")
+# each setting from its 3-seed sweep (leaf_sensitivity_seeds.sh) where that has runs, else from the one-seed sweep
+settings = [("p 0.05, λ 1", "arith-leaf-p0.05-lam1"), ("p 0.10, λ 0.5", "arith-leaf-p0.10-lam0.5"),
+            ("p 0.10, λ 2", "arith-leaf-p0.10-lam2")]
+picked = [(n, f"{d}-3seeds" if load(f"{d}-3seeds", "leaf") else d) for n, d in settings]
+seeded = any(d.endswith("-3seeds") for _, d in picked)
+for name, d in [("p 0.10, λ 1 (the 3-seed run)" if seeded else "p 0.10, λ 1 (seed 0 of the 3-seed run)", None)] + picked:
+    r = (ref if seeded else [ref[0]]) if d is None else load(d, "leaf")
     if r:
         print(f"| {name} | {len(r)} | " + " | ".join(ms([m[k] for m in r]) for k, _ in ks) + f" | {ms([m['leaf_precision'] for m in r])} | {ms([m['leaf_cf_per_sample'] for m in r])} |")
 print("\n| CAT (progress decay) | seeds | " + " | ".join(l for _, l in ks) + " | attention on causes |")
