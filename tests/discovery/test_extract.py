@@ -125,6 +125,9 @@ def test_row_normalisation_and_thresholds():
     glob = estimate_graph(np.stack([s, s * 0], axis=-1), ["a", "b", "c"], Threshold(scale="global", delta=0.2))
     np.testing.assert_allclose(glob.normalised, s / 2.0)  # the largest off-diagonal score overall is 2
     assert glob.pred[0, 1] and not glob.pred[1, 2] and not glob.pred[2, 0]
+    own = estimate_graph(np.stack([s, s * 0], axis=-1), ["a", "b", "c"], Threshold(scale="row_self"))
+    np.testing.assert_allclose(own.normalised, s / np.array([[5.0], [9.0], [3.0]]))  # the row's largest, own included
+    assert own.pred[0, 0] and not own.pred[0, 1] and own.pred[1, 1] and not own.pred[1, 0]
     with pytest.raises(ValueError, match="scale"):
         Threshold(scale="column")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs k"):

@@ -48,9 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="edges: scaled score >= --delta (fixed, default); kmeans: 3 clusters per effect's row, the top "
                         "2 kept (CausalFormer's rule); kmeans_global: one clustering of every score")
     m.add_argument("--delta", type=float, help="the fixed threshold (default 0.5)")
-    m.add_argument("--scale", choices=("row", "global"),
+    m.add_argument("--scale", choices=("row", "row_self", "global"),
                    help="scores are divided by each row's largest off-diagonal score (row, default; gives every "
-                        "variable at least one candidate cause at score 1) or by the graph's largest (global)")
+                        "variable at least one candidate cause at score 1), by the row's largest score with the "
+                        "variable's own past included (row_self) or by the graph's largest (global)")
     m.add_argument("--statistic", choices=("abs", "sq"), help="mean |gradient| (default) or mean squared gradient")
     m.add_argument("--score-windows", type=int, help="held-out windows the gradients are averaged over (default 1000)")
     m.add_argument("--device", help="cpu (default), cuda, ...")

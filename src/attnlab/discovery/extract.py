@@ -50,17 +50,20 @@ class Threshold:
         k: the number of edges of ``"topk"``.
         seed: seeds the k-means initialisation.
         scale: what the scores are divided by before the threshold: ``"row"`` (the spec's default: each row's
-            largest off-diagonal score) or ``"global"`` (the largest off-diagonal score of the whole graph). Row
-            scaling makes the strongest candidate cause of **every** variable score 1, so a variable without a true
-            cause always receives one at ``delta <= 1`` (measured in ``benchmarks/results/discovery``); global scaling
-            compares every pair on one scale (the variables are z-scored, so raw gradients are comparable).
+            largest off-diagonal score), ``"row_self"`` (each row's largest score, the variable's own past
+            included) or ``"global"`` (the largest off-diagonal score of the whole graph). Row scaling makes the
+            strongest candidate cause of **every** variable score 1, so a variable without a true cause always
+            receives one at ``delta <= 1`` (measured in ``benchmarks/results/discovery``); ``"row_self"`` measures
+            each cause against the variable's own past instead (every variable in G1-G4 depends on its own past);
+            global scaling compares every pair on one scale (the variables are z-scored, so raw gradients are
+            comparable).
     """
 
     method: ThresholdMethod = "fixed"
     delta: float = 0.5
     k: int | None = None
     seed: int = 0
-    scale: Literal["row", "global"] = "row"
+    scale: Literal["row", "row_self", "global"] = "row"
 
     def __post_init__(self) -> None:
         if self.method not in ("fixed", "kmeans", "kmeans_global", "topk"):
@@ -72,12 +75,13 @@ class Threshold:
             check_int("k", self.k, 0)
         elif self.k is not None:
             raise ValueError(f"k={self.k} is only used by method='topk'")
-        if self.scale not in ("row", "global"):
-            raise ValueError(f"scale must be 'row' or 'global', got {self.scale!r}")
+        if self.scale not in ("row", "row_self", "global"):
+            raise ValueError(f"scale must be 'row', 'row_self' or 'global', got {self.scale!r}")
 
     @property
     def label(self) -> str:
-        scale = "row-scaled" if self.scale == "row" else "globally scaled"
+        scale = {"row": "row-scaled", "row_self": "scaled by the row's largest score, own past included",
+                 "global": "globally scaled"}[self.scale]
         if self.method == "fixed":
             return f"fixed δ={self.delta:g}, {scale}"
         if self.method == "kmeans":
@@ -230,7 +234,13 @@ def estimate_graph(lagged: np.ndarray, columns: Sequence[str], threshold: Thresh
         raise ValueError(f"lagged must be (N, N, P) with N = {len(columns)} columns, got {lagged.shape}")
     scores = lagged.max(axis=-1)  # (N, N)
     lags = lagged.argmax(axis=-1) + 1  # (N, N), 1-based
-    normalised = normalise_rows(scores) if threshold.scale == "row" else normalise_global(scores)
+    if threshold.scale == "row":
+        normalised = normalise_rows(scores)
+    elif threshold.scale == "row_self":
+        top = scores.max(axis=1, keepdims=True)
+        normalised = scores / np.where(top > 0, top, 1.0)
+    else:
+        normalised = normalise_global(scores)
     return GraphEstimate(columns=list(columns), lagged=lagged, scores=scores, lags=lags, normalised=normalised,
                          pred=binarise(normalised, threshold), threshold=threshold)
 
