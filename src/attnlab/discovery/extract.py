@@ -20,7 +20,7 @@ Shape legend: n windows, N variables, P lags.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -121,7 +121,6 @@ class GraphEstimate:
     threshold: Threshold
     seeds: np.ndarray | None = None
     n_seeds: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def edges(self, *, include_self: bool = False) -> list[dict[str, Any]]:
         """The predicted edges, strongest first: ``cause``, ``effect``, ``lag``, ``score`` (normalised), ``seeds``."""

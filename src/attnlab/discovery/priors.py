@@ -19,16 +19,9 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["read_exclusions", "check_pairs", "exclusions_csv"]
+from attnlab.tasks.causal_discovery import check_exclusion_pairs
 
-
-def check_pairs(pairs: Sequence[Sequence[str]], columns: Sequence[str], *, where: str = "exclude",
-                labels: Sequence[str] | None = None) -> list[list[str]]:
-    """``pairs`` as sorted, distinct ``[cause, effect]`` lists, each name a column and no self-link (the task's own
-    check, :func:`attnlab.tasks.causal_discovery.check_exclusion_pairs`)."""
-    from attnlab.tasks.causal_discovery import check_exclusion_pairs
-
-    return check_exclusion_pairs(pairs, columns, where=where, labels=labels)
+__all__ = ["read_exclusions", "exclusions_csv"]
 
 
 def read_exclusions(path: str | Path, columns: Sequence[str]) -> list[list[str]]:
@@ -56,7 +49,7 @@ def read_exclusions(path: str | Path, columns: Sequence[str]) -> list[list[str]]
                 pairs.append([e["cause"], e["effect"]])
             else:
                 pairs.append(e)
-        return check_pairs(pairs, columns, where=str(p))
+        return check_exclusion_pairs(pairs, columns, where=str(p))
     if p.suffix.lower() != ".csv":
         raise ValueError(f"exclusion file {str(p)!r}: the name must end in .csv or .json")
     reader = csv.reader(io.StringIO(text))
@@ -72,7 +65,7 @@ def read_exclusions(path: str | Path, columns: Sequence[str]) -> list[list[str]]
             raise ValueError(f"{p}, line {reader.line_num}: expected {len(header)} fields, got {len(fields)}")
         pairs.append([fields[ci], fields[ei]])
         lines.append(f"{p}, line {reader.line_num}")
-    return check_pairs(pairs, columns, where=str(p), labels=lines)
+    return check_exclusion_pairs(pairs, columns, where=str(p), labels=lines)
 
 
 def exclusions_csv(pairs: Sequence[Sequence[str]]) -> str:

@@ -266,8 +266,9 @@ def discover(series: Any, *, out: str | Path, config: DiscoveryConfig | None = N
 
     # unknown names and self-links refused before anything is written
     pairs = [tuple(p) for p in check_exclusion_pairs(list(exclude), list(series.columns))]
-    prepare_discovery_data(series, look_back=cfg.look_back, train_fraction=cfg.train_fraction,
-                           test_fraction=cfg.test_fraction)  # too few rows, constant columns refused early
+    # too few rows, constant columns refused early; the baselines are scored on the same windows
+    prepared = prepare_discovery_data(series, look_back=cfg.look_back, train_fraction=cfg.train_fraction,
+                                      test_fraction=cfg.test_fraction)
     excl = [list(p) for p in pairs]
     settings = {k: v for k, v in cfg.to_dict().items() if k != "progress"}  # (a progress bar changes no result)
     started = {"config": settings, "exclude": excl, "source": source or "data.csv", "rows": len(series),
@@ -296,7 +297,7 @@ def discover(series: Any, *, out: str | Path, config: DiscoveryConfig | None = N
     result = DiscoveryResult(graph=graph, per_seed=per_seed, test_mse=mses, exclude=excl, config=cfg,
                              wall_s=time.perf_counter() - t0, out_dir=out, source=source,
                              round=_previous.round + 1 if _previous is not None else 0,
-                             baselines=baseline_mse(series, cfg))
+                             baselines=baseline_mse(prepared))
     if _previous is not None:
         result.changes = _changes(_previous.graph, graph)
     if truth is not None:
@@ -314,18 +315,16 @@ def discover(series: Any, *, out: str | Path, config: DiscoveryConfig | None = N
     return result
 
 
-def baseline_mse(series: Any, cfg: DiscoveryConfig) -> dict[str, float | None]:
+def baseline_mse(d: Any) -> dict[str, float | None]:
     """The test MSE (normalised scale, the forecaster's windows) of two baselines a forecaster must beat before its
-    gradients mean anything: ``"linear"``, a least-squares linear autoregression on the same ``look_back`` lags
+    gradients mean anything, for prepared data ``d`` (:func:`~attnlab.tasks.causal_discovery.prepare_discovery_data`):
+    ``"linear"``, a least-squares linear autoregression on the same ``look_back`` lags
     (:func:`~attnlab.discovery.linear.fit_linear_var`, fitted on the training windows), and ``"persistence"``,
     each variable's last value."""
     import torch
 
     from attnlab.discovery.linear import fit_linear_var
-    from attnlab.tasks.causal_discovery import prepare_discovery_data
 
-    d = prepare_discovery_data(series, look_back=cfg.look_back, train_fraction=cfg.train_fraction,
-                               test_fraction=cfg.test_fraction)
     x, y = d.windows("test")
     out = {"persistence": float(((x[:, :, -1] - y) ** 2).mean())}
     xt, yt = d.windows("train")
