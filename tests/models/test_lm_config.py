@@ -120,3 +120,21 @@ def test_a_huge_layer_count_is_refused_at_once(n: int) -> None:
         EncDecConfig(vocab_size=8, n_encoder_layers=n)
     with pytest.raises(ValueError, match=rf"n_layers={n} is more layers"):
         TransformerForecasterConfig(n_layers=n)
+
+
+def test_pickles_and_resolves_its_stack_again() -> None:
+    """A config crosses process boundaries (a study's worker processes): its resolved stack holds mask closures,
+    so it is left out of the pickle and resolved again, giving an equal config that builds the same model."""
+    import pickle
+
+    import torch
+
+    cfg = LMConfig(**BASE, attention=["standard", "decon_mlp", "standard", "decon_nonapprox", "standard"])
+    back = pickle.loads(pickle.dumps(cfg))
+    assert back == cfg and back.layer_mechanisms() == cfg.layer_mechanisms()
+    assert back.stack.configs.keys() == cfg.stack.configs.keys()
+    torch.manual_seed(0)
+    a = cfg.build()
+    torch.manual_seed(0)
+    b = back.build()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

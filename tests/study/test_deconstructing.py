@@ -70,6 +70,31 @@ def test_tiny_study_runs_resumes_and_refuses_another(tmp_path: Path, text: Path,
     assert "holds a different study" in capsys.readouterr().err
 
 
+def test_parallel_jobs_train_the_same_runs(tmp_path: Path, text: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``jobs=2`` trains the grid in two processes of one thread each: the same runs, the same results as one
+    process of two threads up to float rounding, and a study started in one mode resumes in the other."""
+    tiny = get_study_preset("tiny", str(text))
+    cfg = dataclasses.replace(tiny, variants=["decon_mlp"], seeds=[0], base=dataclasses.replace(tiny.base, threads=2))
+    seq = run_study(cfg, tmp_path / "seq", log=lambda m: None)
+    logs: list[str] = []
+    par = run_study(cfg, tmp_path / "par", jobs=2, log=logs.append)
+    assert "3 runs, 2 at a time, 1 thread(s) each" in logs
+    assert set(par.runs) == set(seq.runs) and len(par.runs) == 3  # standard + MLP x {uniform, hybrid}
+    for key, rec in seq.runs.items():
+        a, b = rec["result"]["val"]["loss"], par.runs[key]["result"]["val"]["loss"]
+        assert math.isfinite(a) and b == pytest.approx(a, rel=1e-6, abs=1e-6), key
+        assert par.runs[key]["eval"]["context_loss"] == pytest.approx(rec["eval"]["context_loss"], rel=1e-6)
+    # sequential resume of the parallel study: everything kept
+    logs.clear()
+    run_study(cfg, tmp_path / "par", log=logs.append)
+    assert sum("finished earlier, kept" in line for line in logs) == 3
+    # the CLI flag, and a bad value
+    assert main(["study", "deconstructing", "--preset", "tiny", "--corpus", str(text), "--variants", "decon_mlp",
+                 "--jobs", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "jobs must be a positive integer, got 0" in capsys.readouterr().err
+
+
 def test_study_cli_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["study", "deconstructing", "--preset", "huge", "--print-config"]) == 2
     assert "unknown study preset 'huge'" in capsys.readouterr().err

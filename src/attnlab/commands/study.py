@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output directory (default: runs/study-deconstructing-<preset>); running the same "
                                  "study again resumes it")
     p.add_argument("--force", action="store_true", help="move an existing directory aside and start again")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each in its own process with the preset's threads divided among them "
+                        "(default 1; on 2 cores, --jobs 2 runs two one-thread runs side by side)")
     p.add_argument("--print-config", action="store_true", help="print the study as JSON and exit")
 
 
@@ -45,4 +48,4 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as e:
         return fail(str(e))
     out = args.out or f"runs/study-deconstructing-{args.preset}"
-    return print_or_run(args, cfg, lambda: run_study(cfg, out, force=args.force), t0)
+    return print_or_run(args, cfg, lambda: run_study(cfg, out, force=args.force, jobs=args.jobs), t0)

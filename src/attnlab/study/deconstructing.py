@@ -324,21 +324,79 @@ class StudyResult:
 
 
 def run_study(cfg: StudyConfig, out_dir: str | Path, *, force: bool = False, data: Any = None,
-              log: Callable[[str], None] = print) -> StudyResult:
+              log: Callable[[str], None] = print, jobs: int = 1) -> StudyResult:
     """Run (or resume) the study ``cfg`` in ``out_dir`` and write its leaderboard and report.
 
     The same study on the same directory resumes; a different one is refused (:class:`OutputDirError`);
-    ``force`` moves an existing directory aside first. Holds the directory's run lock throughout."""
+    ``force`` moves an existing directory aside first. Holds the directory's run lock throughout.
+
+    ``jobs`` > 1 trains that many runs at once, each in its own process with ``max(1, threads // jobs)`` torch
+    threads (``threads`` of the study's base config), for small models whose matrix products are too small to split
+    well across threads. Every run's configuration, seed and data are the same as with
+    ``jobs=1``; only the thread count of its matrix products differs, so losses agree to float rounding, not bit for
+    bit. Each run is trained and evaluated exactly as in the sequential order, and a study interrupted in either
+    mode resumes in either mode."""
+    from attnlab.config import ConfigError
     from attnlab.train.outdir import run_lock
 
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ConfigError(f"jobs must be a positive integer, got {jobs!r}")
     with run_lock(out_dir):
-        return _run_study(cfg, Path(out_dir), force=force, data=data, log=log)
+        return _run_study(cfg, Path(out_dir), force=force, data=data, log=log, jobs=jobs)
 
 
-def _run_study(cfg: StudyConfig, out: Path, *, force: bool, data: Any, log: Callable[[str], None]) -> StudyResult:
+def _train_and_evaluate(cfg: StudyConfig, out: Path, variant: str, layout: str, seed: int, data: Any,
+                        log: Callable[[str], None], threads: int | None = None) -> None:
+    """Train one run of the grid (resuming its checkpoint) and write its ``study_eval.json``, or ``diverged.json``
+    if training produced a non-finite loss. A run with either file is left as it is."""
     from attnlab.train.loading import load_trained
-    from attnlab.train.outdir import OutputDirError, atomic_write_text, prepare_out_dir
+    from attnlab.train.outdir import atomic_write_text
     from attnlab.train.trainer import NonFiniteError, Trainer
+
+    rdir = cfg.run_dir(out, variant, layout, seed)
+    done, diverged = rdir / "study_eval.json", rdir / "diverged.json"
+    if done.is_file() or diverged.is_file():
+        return
+    if not (rdir / "result.json").is_file():
+        run_cfg = cfg.run_config(variant, layout, seed)
+        if threads is not None:
+            run_cfg = dataclasses.replace(run_cfg, threads=threads)
+        trainer = Trainer(run_cfg, out_dir=rdir, data=data, resume=True, log=log)
+        try:
+            trainer.fit()
+        except NonFiniteError as e:
+            atomic_write_text(diverged, json.dumps({"diverged": True, "error": str(e),
+                                                    "n_params": trainer.n_params}, indent=1))
+        del trainer
+        gc.collect()
+    if not diverged.is_file():
+        t = load_trained(rdir, device="cpu")
+        ev = _evaluate_run(t.model, cfg, data, variant, layout)
+        ev["parameter_counts"] = t.model.parameter_counts()
+        ev["mechanisms"] = list(t.model.mechanisms)
+        del t
+        atomic_write_text(done, json.dumps(ev, indent=1))
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(cfg: StudyConfig, out: Path, data: Any, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(cfg=cfg, out=out, data=data, threads=threads)
+
+
+def _worker_run(variant: str, layout: str, seed: int) -> tuple[str, str, int]:
+    w = _WORKER
+    prefix = f"[{variant} {layout} seed {seed}] "
+    _train_and_evaluate(w["cfg"], w["out"], variant, layout, seed, w["data"], lambda m: print(prefix + m, flush=True),
+                        threads=w["threads"])
+    return variant, layout, seed
+
+
+def _run_study(cfg: StudyConfig, out: Path, *, force: bool, data: Any, log: Callable[[str], None],
+               jobs: int = 1) -> StudyResult:
+    from attnlab.train.outdir import OutputDirError, atomic_write_text, prepare_out_dir
 
     desc = cfg.to_dict()
     meta = out / "study.json"
@@ -375,30 +433,36 @@ def _run_study(cfg: StudyConfig, out: Path, *, force: bool, data: Any, log: Call
     result.bigram = json.loads(bfile.read_text())
     t0 = time.perf_counter()
     grid = [(v, lay, s) for v, lay in cfg.models() for s in cfg.seeds]
-    for n, (variant, layout, seed) in enumerate(grid, 1):
+
+    def finished(variant: str, layout: str, seed: int) -> bool:
         rdir = cfg.run_dir(out, variant, layout, seed)
-        tag = f"[{n}/{len(grid)}] {variant} {layout} seed {seed}"
-        done, diverged = rdir / "study_eval.json", rdir / "diverged.json"
-        if done.is_file() or diverged.is_file():
-            log(f"{tag}: finished earlier, kept")
+        return (rdir / "study_eval.json").is_file() or (rdir / "diverged.json").is_file()
+
+    todo = []
+    for n, key in enumerate(grid, 1):
+        if finished(*key):
+            log(f"[{n}/{len(grid)}] {' '.join(map(str, key[:2]))} seed {key[2]}: finished earlier, kept")
         else:
-            log(tag)
-            if not (rdir / "result.json").is_file():
-                trainer = Trainer(cfg.run_config(variant, layout, seed), out_dir=rdir, data=data, resume=True, log=log)
-                try:
-                    trainer.fit()
-                except NonFiniteError as e:
-                    atomic_write_text(diverged, json.dumps({"diverged": True, "error": str(e),
-                                                            "n_params": trainer.n_params}, indent=1))
-                del trainer
-                gc.collect()
-            if not diverged.is_file():
-                t = load_trained(rdir, device="cpu")
-                ev = _evaluate_run(t.model, cfg, corpus, variant, layout)
-                ev["parameter_counts"] = t.model.parameter_counts()
-                ev["mechanisms"] = list(t.model.mechanisms)
-                del t
-                atomic_write_text(done, json.dumps(ev, indent=1))
+            todo.append(key)
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (cfg.base.threads or torch.get_num_threads()) // jobs)
+        log(f"{len(todo)} runs, {min(jobs, len(todo))} at a time, {threads} thread(s) each")
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init, initargs=(cfg, out, data, threads)) as pool:
+            futures = [pool.submit(_worker_run, *key) for key in todo]
+            for n, future in enumerate(as_completed(futures), len(grid) - len(todo) + 1):
+                variant, layout, seed = future.result()
+                log(f"[{n}/{len(grid)}] {variant} {layout} seed {seed}: finished")
+    else:
+        for variant, layout, seed in todo:
+            log(f"[{grid.index((variant, layout, seed)) + 1}/{len(grid)}] {variant} {layout} seed {seed}")
+            _train_and_evaluate(cfg, out, variant, layout, seed, data, log)
+    for variant, layout, seed in grid:
+        rdir = cfg.run_dir(out, variant, layout, seed)
+        done, diverged = rdir / "study_eval.json", rdir / "diverged.json"
         rec: dict[str, Any] = {"variant": variant, "layout": layout, "seed": seed}
         if diverged.is_file():
             rec.update(json.loads(diverged.read_text()))

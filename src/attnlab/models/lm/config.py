@@ -92,6 +92,15 @@ class LMConfig(Widths, PlainConfig):
             owner="a decoder-only LM",
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the resolved stack (its masks hold closures), e.g. for a study's worker processes;
+        unpickling validates and resolves it again."""
+        return {k: v for k, v in self.__dict__.items() if k != "_stack"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
     # ---------------------------------------------------------------------------------------------- derived
     @property
     def stack(self) -> ResolvedStack:
