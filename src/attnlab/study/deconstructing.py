@@ -453,9 +453,15 @@ def _run_study(cfg: StudyConfig, out: Path, *, force: bool, data: Any, log: Call
         with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_init, initargs=(cfg, out, data, threads)) as pool:
             futures = [pool.submit(_worker_run, *key) for key in todo]
-            for n, future in enumerate(as_completed(futures), len(grid) - len(todo) + 1):
-                variant, layout, seed = future.result()
-                log(f"[{n}/{len(grid)}] {variant} {layout} seed {seed}: finished")
+            try:
+                for n, future in enumerate(as_completed(futures), len(grid) - len(todo) + 1):
+                    variant, layout, seed = future.result()
+                    log(f"[{n}/{len(grid)}] {variant} {layout} seed {seed}: finished")
+            except BaseException:
+                # a failed run stops the study as it would sequentially: runs not started are dropped, the ones
+                # in flight finish (their results are kept for the next resume)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     else:
         for variant, layout, seed in todo:
             log(f"[{grid.index((variant, layout, seed)) + 1}/{len(grid)}] {variant} {layout} seed {seed}")
