@@ -9,7 +9,7 @@
 # outlive a session; the records do, once committed), and `python benchmarks/etth1_table.py` makes the tables.
 #
 # A comparison whose 3 seeds per model are all in the records is skipped. HORIZONS and ABLATIONS (space-separated
-# names) choose a part, e.g. HORIZONS="192 336" ABLATIONS="no-decay free-running" bash benchmarks/etth1_runs.sh runs
+# names; empty: none) choose a part, e.g. HORIZONS= ABLATIONS="no-decay free-running" bash benchmarks/etth1_runs.sh runs
 #
 #   bash benchmarks/etth1_runs.sh OUT          (e.g. runs; results are then summarised in benchmarks/results/etth1)
 set -euo pipefail
@@ -23,7 +23,7 @@ kept() {  # records of comparison $1 for the models $2..
   for m in "$@"; do n=$((n + $(ls "$records/$c-$m"-seed*.json 2>/dev/null | wc -l))); done
   echo $n
 }
-for T in ${HORIZONS:-96 192 336 720}; do
+for T in ${HORIZONS-96 192 336 720}; do
   [ "$(kept "etth1-h$T" dlinear transformer autohformer)" -ge 9 ] && continue
   $attnlab compare --preset etth1-models --set data.horizon=$T --set progress=false --out "$out/etth1-h$T" --resume
   $python "$here/etth1_table.py" --collect "$out"
@@ -32,7 +32,7 @@ for ablation in "no-decay:model.autohformer.decay=none" "additive-decay:model.au
                 "no-window:model.autohformer.window=864" "segment1:model.autohformer.segment_len=1" \
                 "segment96:model.autohformer.segment_len=96" "free-running:model.autohformer.train_mode=free_running"; do
   IFS=: read -r name setting <<< "$ablation"
-  case " ${ABLATIONS:-no-decay additive-decay no-window segment1 segment96 free-running} " in
+  case " ${ABLATIONS-no-decay additive-decay no-window segment1 segment96 free-running} " in
     *" $name "*) ;;
     *) continue ;;
   esac
