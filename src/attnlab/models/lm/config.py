@@ -101,6 +101,19 @@ class LMConfig(Widths, PlainConfig):
         self.__dict__.update(state)
         self.__post_init__()
 
+    def __copy__(self) -> LMConfig:  # copies keep the resolved stack (only pickling drops it)
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LMConfig:
+        import copy
+
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return new
+
     # ---------------------------------------------------------------------------------------------- derived
     @property
     def stack(self) -> ResolvedStack:
