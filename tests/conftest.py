@@ -33,3 +33,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Load a script of ``benchmarks/`` (not a package) as a module: ``benchmark_script("etth1_table.py")``."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    def load(relative: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / relative
+        name = "bench_" + path.stem
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # (dataclasses look their module up there)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -2,25 +2,18 @@
 overwritten, and the tables are computed from them (horizon rows, the ablations' difference and Welch test)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 from scipy import stats
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "etth1_table.py"
 
 
 @pytest.fixture(scope="module")
-def table():
-    spec = importlib.util.spec_from_file_location("etth1_table", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["etth1_table"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+def table(benchmark_script):
+    return benchmark_script("etth1_table.py")
 
 
 def _fake_run(runs: Path, comparison: str, variant: str, seed: int, mse: float) -> None:

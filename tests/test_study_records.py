@@ -3,8 +3,6 @@ directory where the study resumes without retraining them, and nothing that exis
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,16 +10,11 @@ import pytest
 from attnlab.study.deconstructing import run_study
 from attnlab.study.presets import get_study_preset
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "study_records.py"
 
 
 @pytest.fixture(scope="module")
-def records():
-    spec = importlib.util.spec_from_file_location("study_records", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["study_records"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+def records(benchmark_script):
+    return benchmark_script("study_records.py")
 
 
 def test_save_restore_resume(records, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
