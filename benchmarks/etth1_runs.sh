@@ -3,7 +3,8 @@
 # the table at horizons 96, 192, 336 and 720 (DLinear, causal Transformer, AutoHFormer x 3 seeds; about 2 core-hours
 # per horizon), then AutoHFormer's ablations at horizon 96 (3 seeds each, about 50 core-minutes each):
 # no decay (gamma = 0), additive decay, no window (window >= 2 (L + T) = 864), segments of 1 and 96 steps (the
-# preset's is 24), and free-running training instead of teacher forcing.
+# preset's is 24), free-running training and scheduled sampling instead of teacher forcing, and the
+# block-transformer segment initialiser instead of the linear one.
 #
 # After each comparison the finished runs are copied into benchmarks/results/etth1/records (run directories do not
 # outlive a session; the records do, once committed), and `python benchmarks/etth1_table.py` makes the tables.
@@ -30,9 +31,11 @@ for T in ${HORIZONS-96 192 336 720}; do
 done
 for ablation in "no-decay:model.autohformer.decay=none" "additive-decay:model.autohformer.decay=additive" \
                 "no-window:model.autohformer.window=864" "segment1:model.autohformer.segment_len=1" \
-                "segment96:model.autohformer.segment_len=96" "free-running:model.autohformer.train_mode=free_running"; do
+                "segment96:model.autohformer.segment_len=96" "free-running:model.autohformer.train_mode=free_running" \
+                "scheduled:model.autohformer.train_mode=scheduled" \
+                "block-init:model.autohformer.segment_init=block_transformer"; do
   IFS=: read -r name setting <<< "$ablation"
-  case " ${ABLATIONS-no-decay additive-decay no-window segment1 segment96 free-running} " in
+  case " ${ABLATIONS-no-decay additive-decay no-window segment1 segment96 free-running scheduled block-init} " in
     *" $name "*) ;;
     *) continue ;;
   esac

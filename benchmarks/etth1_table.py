@@ -30,7 +30,9 @@ PUBLISHED = {
 }
 ABLATIONS = (("no-decay", "decay off (γ = 0)"), ("additive-decay", "additive decay"),
              ("no-window", "no window (W = 864 ≥ 2 (L + T))"), ("segment1", "segments of 1 step"),
-             ("segment96", "segments of 96 steps"), ("free-running", "free-running training"))
+             ("segment96", "segments of 96 steps"), ("free-running", "free-running training"),
+             ("scheduled", "scheduled sampling (p 0 → 0.5 over 500 steps)"),
+             ("block-init", "block-transformer segment initialiser"))
 
 
 RECORDS = Path(__file__).resolve().parent / "results" / "etth1" / "records"

@@ -60,12 +60,41 @@ def test_keys_beyond_the_window_have_no_influence() -> None:
     assert not torch.equal(m.hidden(z2)[:, 12], f[:, 12])  # step 12 sees step 9
 
 
+@pytest.mark.parametrize("segment_init", ["linear", "block_transformer"])
 @pytest.mark.parametrize("segment_len", [1, 2, 3, 6])
-def test_teacher_forced_equals_the_loop_fed_the_truth(segment_len: int) -> None:
+def test_teacher_forced_equals_the_loop_fed_the_truth(segment_len: int, segment_init: str) -> None:
     """Oracle 7: the parallel pass equals the sequential loop (sliding caches) fed the ground truth (1e-10)."""
-    m = _model(segment_len=segment_len)
+    m = _model(segment_len=segment_len, segment_init=segment_init)
     x, y = _xy(m)
     torch.testing.assert_close(m.teacher_forced(x, y), m.decode(x, feed=y), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("L", [1, 2, 3, 11])
+def test_block_transformer_guess_is_cross_attention_over_the_last_visible_states(L: int) -> None:
+    """The block-transformer F_θ written out: per segment, the S queries attend (softmax over heads' scaled dot
+    products) to the last min(R, visible) top-layer states before the segment, nothing padded or later; with a
+    look-back shorter than R (L = 1, 2, 3 < R = 4) the parallel pass and the loop still agree."""
+    m = _model(L=L, T=6, segment_len=3, segment_init="block_transformer", window=6)
+    x, y = _xy(m)
+    R, S, V = m.context_len, 3, 3
+    assert R == 4
+    head = m.segment_head
+    f = m.hidden(torch.cat([x, y[:, :-1]], 1))  # (B, L + T - 1, C)
+    out = m.teacher_forced(x, y)
+    H, D = head.n_heads, head.head_dim
+    for h in range(2):
+        end = L - 1 + h * S
+        ctx = f[:, max(0, end - R + 1) : end + 1]  # (B, r, C): the visible states only
+        q = head.q(head.queries).view(S, H, D).transpose(0, 1)  # (H, S, D)
+        k, v = head.kv(ctx).chunk(2, dim=-1)  # (B, r, H D) each
+        k = k.reshape(2, -1, H, D).transpose(1, 2)  # (B, H, r, D)
+        v = v.reshape(2, -1, H, D).transpose(1, 2)
+        w = torch.softmax(q @ k.transpose(-1, -2) / D**0.5, dim=-1)  # (B, H, S, r)
+        guess = head.out((w @ v).transpose(1, 2).reshape(2, S, H * D))  # (B, S, V)
+        want = guess + m.step_head(f[:, end : end + S])
+        torch.testing.assert_close(out[:, h * S : (h + 1) * S], want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out, m.decode(x, feed=y), rtol=0, atol=1e-10)
+    assert out.shape == (2, 6, V)
 
 
 @pytest.mark.parametrize("segment_len", [1, 3])
@@ -95,10 +124,11 @@ def test_cached_decoding_equals_recomputing_the_sequence(segment_len: int) -> No
         torch.testing.assert_close(m(x), torch.stack(steps, 1), rtol=0, atol=1e-10)
 
 
-def test_segment_guess_sees_nothing_of_its_segment() -> None:
+@pytest.mark.parametrize("segment_init", ["linear", "block_transformer"])
+def test_segment_guess_sees_nothing_of_its_segment(segment_init: str) -> None:
     """Oracle 6: c_h is unchanged when any step of segment h or later changes; output length K * H = T; K = 1 is
     one coarse guess plus corrections."""
-    m = _model(T=6, segment_len=2)
+    m = _model(T=6, segment_len=2, segment_init=segment_init)
     x, y = _xy(m)
     seen: list[torch.Tensor] = []
     hook = m.segment_head.register_forward_hook(lambda mod, inp, out: seen.append(out.detach()))
@@ -110,7 +140,11 @@ def test_segment_guess_sees_nothing_of_its_segment() -> None:
         m.teacher_forced(x, y2)
         a, b = seen[0].view(2, 3, -1), seen[-1].view(2, 3, -1)
         assert torch.equal(a[:, h], b[:, h]) and torch.equal(a[:, :h], b[:, :h])
+        if h + 1 < 3:  # the next segment's guess does see the change
+            assert not torch.equal(a[:, h + 1], b[:, h + 1])
     hook.remove()
+    if segment_init != "linear":
+        return
     one = _model(T=6, segment_len=6)
     x, y = _xy(one)
     f = one.hidden(torch.cat([x, y[:, :-1]], 1))[:, one.look_back - 1 :]  # (B, T, C)
@@ -136,6 +170,49 @@ def test_forward_modes_and_gamma() -> None:
     assert free.blocks[0].attn.gamma_raw.grad is not None
 
 
+def test_scheduled_sampling_feeds_first_pass_predictions_or_the_truth() -> None:
+    """train_mode="scheduled": probability 1 feeds every step the first (teacher-forced, gradient-free) pass's
+    prediction; 0.5 feeds, step by step, one or the other as drawn; no gradient reaches the first pass."""
+    x, y = _xy(_model())
+    always = _model(train_mode="scheduled", scheduled_prob=1.0, scheduled_ramp=0)
+    first = always.teacher_forced(x, y).detach()
+    torch.testing.assert_close(always.scheduled(x, y), always.teacher_forced(x, first), rtol=0, atol=0)
+    half = _model(train_mode="scheduled", scheduled_prob=0.5, scheduled_ramp=0, T=12)
+    x, y = _xy(half, B=3)
+    torch.manual_seed(7)
+    pick = torch.rand(3, 12, 1) < 0.5
+    assert bool(pick.any()) and not bool(pick.all())
+    torch.manual_seed(7)
+    out = half.scheduled(x, y)
+    want = half.teacher_forced(x, torch.where(pick, half.teacher_forced(x, y), y))
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    yg = y.clone().requires_grad_(True)
+    torch.manual_seed(7)
+    (g,) = torch.autograd.grad(half.scheduled(x, yg).sum(), yg)  # (B, T, V)
+    fed_truth = ~pick[:, :-1, 0]  # (B, T - 1): the true steps the second pass was fed (the last is never fed)
+    assert bool((g[:, :-1][~fed_truth] == 0).all()) and bool((g[:, -1] == 0).all())  # nothing via the first pass
+    assert bool((g[:, :-1][fed_truth].abs().sum(-1) > 0).all())
+    assert int(half.scheduled_calls) == 2
+
+
+def test_scheduled_probability_ramps_with_training_calls_and_is_saved() -> None:
+    m = _model(train_mode="scheduled", scheduled_prob=0.4, scheduled_ramp=4).train()
+    x, y = _xy(m)
+    assert m.uses_target and m.scheduled_prob() == 0.0
+    torch.testing.assert_close(m(x, target=y), m.teacher_forced(x, y), rtol=0, atol=0)  # call 0: probability 0
+    probs = [m.scheduled_prob()]
+    for _ in range(5):
+        m(x, target=y)
+        probs.append(m.scheduled_prob())
+    assert probs == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
+    m.eval()
+    torch.testing.assert_close(m(x, target=y), m.decode(x), rtol=0, atol=0)  # evaluation decodes, no clock tick
+    assert int(m.scheduled_calls) == 6
+    fresh = _model(train_mode="scheduled", scheduled_prob=0.4, scheduled_ramp=4)
+    fresh.load_state_dict(m.state_dict())
+    assert int(fresh.scheduled_calls) == 6 and "scheduled_calls" not in _model().state_dict()
+
+
 def test_config_errors_and_round_trip() -> None:
     for kw, msg in [
         (dict(window=7), "window=7 must be even"),
@@ -145,7 +222,10 @@ def test_config_errors_and_round_trip() -> None:
         (dict(gamma_init=0.0), "gamma_init must be a finite float > 0.0"),
         (dict(n_heads=3), "n_heads=3 must divide d_model=128"),
         (dict(impl="sdpa"), "impl='sdpa' needs decay='additive' or 'none'"),
-        (dict(train_mode="scheduled"), "train_mode must be one of"),
+        (dict(train_mode="sampled"), "train_mode must be one of 'teacher_forcing', 'free_running', 'scheduled'"),
+        (dict(segment_init="mlp"), "segment_init must be one of 'linear', 'block_transformer'"),
+        (dict(scheduled_prob=1.5), r"scheduled_prob must be a float in \[0.0, 1.0\], got 1.5"),
+        (dict(scheduled_ramp=-1), "scheduled_ramp must be an int >= 0"),
         (dict(relative=1), "relative must be a bool"),
     ]:
         with pytest.raises(ValueError, match=msg):
@@ -171,9 +251,14 @@ def _csv(path: Path, n: int = 300) -> Path:
     return path
 
 
-def test_trains_through_the_forecast_task_and_resumes_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("train_mode", "segment_init"), [("teacher_forcing", "linear"),
+                                                           ("scheduled", "block_transformer")])
+def test_trains_through_the_forecast_task_and_resumes_exactly(tmp_path: Path, train_mode: str,
+                                                              segment_init: str) -> None:
+    """Exact resume, also mid-way through the scheduled-sampling ramp (its clock is saved with the weights)."""
     model = ForecastModelConfig(arch="autohformer", autohformer=AutoHFormerConfig(
-        n_layers=1, d_model=16, n_heads=2, ffn_hidden=16, window=4, segment_len=2, dropout=0.1))
+        n_layers=1, d_model=16, n_heads=2, ffn_hidden=16, window=4, segment_len=2, dropout=0.1,
+        train_mode=train_mode, segment_init=segment_init, scheduled_ramp=3))  # type: ignore[arg-type]
     data = ForecastDataConfig(source=str(_csv(tmp_path / "s.csv")), look_back=12, horizon=4, borders="ratio")
     cfg = replace(etth1_quick(), model=model, data=data, steps=4, batch_size=8, eval_interval=2, log_interval=1,
                   progress=False, tensorboard=False, device="cpu", precision="float64", threads=1, eval_batch_size=16)
@@ -189,6 +274,8 @@ def test_trains_through_the_forecast_task_and_resumes_exactly(tmp_path: Path) ->
     resumed.fit()
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+    if train_mode == "scheduled":
+        assert int(resumed.model.scheduled_calls) == 4  # one call per step, none in evaluation
     a = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in a if r["kind"] == "train"] == [r["loss"] for r in b if r["kind"] == "train"]

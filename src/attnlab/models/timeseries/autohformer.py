@@ -8,19 +8,26 @@ S segment length (``segment_len``), K segments (``T / S``), R window keys (``win
         Attn: windowed causal attention (step p sees p - window/2 .. p), exponential decay as a score
         modification and relative sinusoidal keys (:func:`attnlab.ops.decayed.decayed_window_attention`)
     horizon step s (0-based) of segment h = s // S, t = s % S, previous state f_{L-1+s}:
-        c_h = F_θ(f_{L-1+hS})  (S, V)   coarse guess from the last state segment h may see
-        ŷ_s = c_h[t] + W_o f_{L-1+s}    step-wise correction
+        c_h = F_θ(f_{L-R+hS .. L-1+hS})  (S, V)   coarse guess from the states segment h may see
+        ŷ_s = c_h[t] + W_o f_{L-1+s}              step-wise correction
+    F_θ, ``segment_init="linear"``: a linear map of the last visible state f_{L-1+hS} alone;
+         ``"block_transformer"``: S learned queries cross-attend (multi-head) to the last R visible states, then
+         a linear map to the V channels (spec C.6 item 3's second reading)
 
 Training (``train_mode="teacher_forcing"``): one parallel pass over ``[x; y_{0..T-2}]`` gives every ``f`` at once
-(:meth:`AutoHFormer.teacher_forced`). Inference: :meth:`AutoHFormer.decode`, a prefill over the look-back, then
-one step at a time, feeding each prediction back, with a :class:`~attnlab.cache.SlidingKVCache` of ``R`` keys per
-layer; ``c_h`` is computed once per segment. Both give the same numbers when the loop is fed the truth
-(tested in float64).
+(:meth:`AutoHFormer.teacher_forced`). ``"scheduled"``: scheduled sampling (Bengio et al., NeurIPS 2015) in the
+two-pass parallel form of Mihaylova and Martins (ACL SRW 2019): a gradient-free teacher-forced pass predicts every
+step, then a second teacher-forced pass is fed, step by step at random, those predictions or the truth
+(:meth:`AutoHFormer.scheduled`). ``"free_running"``: the decoding loop below, differentiated. Inference:
+:meth:`AutoHFormer.decode`, a prefill over the look-back, then one step at a time, feeding each prediction back,
+with a :class:`~attnlab.cache.SlidingKVCache` of ``R`` keys per layer; ``c_h`` is computed once per segment. The
+parallel pass and the loop give the same numbers when the loop is fed the truth (tested in float64).
 
 Choices of this reading (reconstruction, not stated in the paper; see spec C.5/C.6): the blocks are attnlab's shared
 pre-norm :class:`~attnlab.models.common.ResidualBlock` (RMSNorm, SwiGLU of width ``ffn_hidden``) rather than the
-post-norm LayerNorm blocks of C.6 item 2; ``F_θ`` is linear (``segment_init="linear"``); time features are not
-used (the forecasting task's ``forecast()`` has none for the horizon).
+post-norm LayerNorm blocks of C.6 item 2; ``F_θ`` is linear by default; the block-transformer ``F_θ`` sees the last
+``R = window / 2 + 1`` states (the span of one attention layer), so that decoding keeps ``O(window)`` states; time
+features are not used (the forecasting task's ``forecast()`` has none for the horizon).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from attnlab.models.timeseries._checks import check_window
 from attnlab.models.timeseries.config import AutoHFormerConfig
 from attnlab.ops.decayed import decayed_window_attention, relative_table, sinusoidal_offsets
 
-__all__ = ["AutoHFormer", "DecayedWindowAttention"]
+__all__ = ["AutoHFormer", "DecayedWindowAttention", "SegmentQueries"]
 
 
 class DecayedWindowAttention(nn.Module):
@@ -86,6 +93,33 @@ class DecayedWindowAttention(nn.Module):
         return self.out_proj(o.transpose(1, 2).reshape(B, P, H * D))  # (B, P, C)
 
 
+class SegmentQueries(nn.Module):
+    """The block-transformer segment initialiser: ``forward(context (N, R, C), valid (N, R) bool) -> (N, S V)``.
+
+    ``S`` learned queries (one per step of the segment) attend, with ``n_heads`` heads, to the visible top-layer
+    states ``context`` (``valid`` marks real states; the left padding of a context shorter than ``R`` is masked
+    out), then a linear map turns each query's output into the step's ``V`` channels. The last state is always
+    valid, so no query row is empty.
+    """
+
+    def __init__(self, config: AutoHFormerConfig, n_channels: int) -> None:
+        super().__init__()
+        H, D, C, S = config.n_heads, config.resolved_head_dim, config.d_model, config.segment_len
+        self.n_heads, self.head_dim, self.segment_len = H, D, S
+        self.queries = nn.Parameter(torch.empty(S, C))  # (S, C), N(0, 0.02) with the rest of the model
+        self.q = nn.Linear(C, H * D, bias=False)
+        self.kv = nn.Linear(C, 2 * H * D, bias=False)
+        self.out = nn.Linear(H * D, n_channels)
+
+    def forward(self, context: Tensor, valid: Tensor) -> Tensor:
+        N, R, _ = context.shape
+        H, D, S = self.n_heads, self.head_dim, self.segment_len
+        q = self.q(self.queries).view(1, S, H, D).transpose(1, 2).expand(N, H, S, D)  # (N, H, S, D)
+        k, v = self.kv(context).view(N, R, 2, H, D).permute(2, 0, 3, 1, 4)  # (N, H, R, D) each
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])  # (N, H, S, D)
+        return self.out(o.transpose(1, 2).reshape(N, S, H * D)).reshape(N, -1)  # (N, S V)
+
+
 class AutoHFormer(nn.Module):
     """See the module docstring. ``forward(x (B, L, V), x_marks=None, target=None) -> (B, T, V)``: teacher-forced
     when training with ``train_mode="teacher_forcing"`` and a ``target (B, T, V)``; the decoding loop otherwise."""
@@ -107,14 +141,27 @@ class AutoHFormer(nn.Module):
             for _ in range(config.n_layers)
         )
         self.norm_f = RMSNorm(C, eps=config.norm_eps)
-        self.segment_head = nn.Linear(C, S * n_channels)  # F_θ: last visible state -> coarse guess (S, V)
+        self.segment_head: nn.Module  # F_θ: visible states -> coarse guess (S V,)
+        if config.segment_init == "linear":
+            self.segment_head = nn.Linear(C, S * n_channels)  # the last visible state only
+        else:
+            self.segment_head = SegmentQueries(config, n_channels)
         self.step_head = nn.Linear(C, n_channels)  # W_o: previous state -> correction (V,)
         gpt2_init_(self, list(self.blocks), d_model=C, embeddings=[])
+        if isinstance(self.segment_head, SegmentQueries):
+            nn.init.normal_(self.segment_head.queries, mean=0.0, std=0.02)
+        if config.train_mode == "scheduled":  # training forward calls so far: the schedule's clock, saved and resumed
+            self.register_buffer("scheduled_calls", torch.zeros((), dtype=torch.int64))
 
     @property
     def uses_target(self) -> bool:
-        """``True`` when training needs the target in the call (teacher forcing)."""
-        return self.config.train_mode == "teacher_forcing"
+        """``True`` when training needs the target in the call (teacher forcing, scheduled sampling)."""
+        return self.config.train_mode in ("teacher_forcing", "scheduled")
+
+    @property
+    def context_len(self) -> int:
+        """States a segment's coarse guess sees: ``window / 2 + 1`` (block transformer) or 1 (linear)."""
+        return self.config.lookback + 1 if self.config.segment_init == "block_transformer" else 1
 
     def hidden(self, z: Tensor, caches: list[SlidingKVCache] | None = None) -> Tensor:
         """The top-layer states ``f (B, P, C)`` of the steps ``z (B, P, V)`` (after the cached ones, if any);
@@ -124,18 +171,57 @@ class AutoHFormer(nn.Module):
             u = block(u, None if caches is None else caches[i])  # (B, P, C)
         return self.norm_f(u)
 
-    def _segment_guess(self, f: Tensor) -> Tensor:
-        """``c_h (B, S, V)`` from the last visible state ``f (B, C)``."""
-        return self.segment_head(f).view(f.shape[0], self.config.segment_len, self.n_channels)
+    def _segment_guess(self, context: Tensor) -> Tensor:
+        """``c_h (N, S, V)`` from the visible states ``context (N, R', C)``, oldest first, the last one the state
+        before the segment (``R' <= context_len``; a shorter context is left-padded and the padding masked out).
+        A 2-d ``(N, C)`` is the last state alone."""
+        if context.ndim == 2:
+            context = context[:, None]
+        N, S = context.shape[0], self.config.segment_len
+        if isinstance(self.segment_head, nn.Linear):
+            return self.segment_head(context[:, -1]).view(N, S, self.n_channels)
+        R, have = self.context_len, min(context.shape[1], self.context_len)
+        valid = torch.arange(R, device=context.device) >= R - have  # (R,)
+        padded = F.pad(context[:, -have:], (0, 0, R - have, 0))  # (N, R, C)
+        return self.segment_head(padded, valid.expand(N, R)).view(N, S, self.n_channels)
 
     def teacher_forced(self, x: Tensor, y: Tensor) -> Tensor:
         """The forecast ``(B, T, V)`` of one parallel pass over ``[x; y_{0..T-2}]`` (step ``s`` is predicted from
-        the truth before it)."""
+        the values fed before it, here the truth)."""
         B, L, T, S = x.shape[0], x.shape[1], self.horizon, self.config.segment_len
         f = self.hidden(torch.cat([x, y[:, :-1]], dim=1))  # (B, L + T - 1, C)
         prev = f[:, L - 1:]  # (B, T, C): the state before each horizon step
-        guess = self._segment_guess(prev[:, ::S].reshape(-1, prev.shape[-1]))  # (B K, S, V)
+        C, R = f.shape[-1], self.context_len
+        if R == 1:
+            context = prev[:, ::S].reshape(-1, 1, C)  # (B K, 1, C)
+            guess = self._segment_guess(context)
+        else:  # the R states ending at each segment's last visible step L - 1 + hS, left-padded before step 0
+            windows = F.pad(f, (0, 0, R - 1, 0)).unfold(1, R, 1)  # (B, L + T - 1, C, R): window ending at p
+            context = windows[:, L - 1::S].transpose(-1, -2).reshape(-1, R, C)  # (B K, R, C)
+            ends = torch.arange(L - 1, L - 1 + T, S, device=f.device)  # (K,)
+            valid = torch.arange(R, device=f.device) >= (R - 1 - ends)[:, None]  # (K, R): not padding
+            guess = self.segment_head(context, valid.repeat(B, 1)).view(-1, S, self.n_channels)  # (B K, S, V)
         return guess.view(B, T, self.n_channels) + self.step_head(prev)  # (B, T, V)
+
+    def scheduled_prob(self) -> float:
+        """The probability of feeding a prediction at the current training call (``train_mode="scheduled"``)."""
+        c = self.config
+        if c.scheduled_ramp == 0:
+            return c.scheduled_prob
+        return c.scheduled_prob * min(1.0, int(self.scheduled_calls) / c.scheduled_ramp)
+
+    def scheduled(self, x: Tensor, y: Tensor) -> Tensor:
+        """Scheduled sampling in two parallel passes: the forecast ``(B, T, V)`` of :meth:`teacher_forced` fed, at
+        each horizon step independently, the first pass's prediction (probability :meth:`scheduled_prob`, no
+        gradient through it) or the truth. Advances the schedule's clock by one call."""
+        p = self.scheduled_prob()
+        self.scheduled_calls += 1
+        if p == 0.0:
+            return self.teacher_forced(x, y)
+        with torch.no_grad():
+            guess = self.teacher_forced(x, y)  # (B, T, V): each step predicted from the truth before it
+        pick = torch.rand(y.shape[0], y.shape[1], 1, device=y.device) < p  # (B, T, 1): whole steps
+        return self.teacher_forced(x, torch.where(pick, guess, y))
 
     def new_caches(self, batch_size: int, *, device: torch.device, dtype: torch.dtype) -> list[SlidingKVCache]:
         """One sliding key/value cache of ``window / 2 + 1`` steps per layer."""
@@ -147,17 +233,19 @@ class AutoHFormer(nn.Module):
         """The forecast ``(B, T, V)`` step by step: prefill over ``x``, then each step fed back (``feed (B, T, V)``:
         feed those values instead, e.g. the truth, to compare with :meth:`teacher_forced`)."""
         caches = self.new_caches(x.shape[0], device=x.device, dtype=x.dtype)
-        f = self.hidden(x, caches)[:, -1]  # (B, C)
+        R = self.context_len
+        states = self.hidden(x, caches)[:, -R:]  # (B, <= R, C): the last visible states, oldest first
         S, out = self.config.segment_len, []
         guess = x.new_empty(0)
         for s in range(self.horizon):
+            f = states[:, -1]  # (B, C)
             if s % S == 0:
-                guess = self._segment_guess(f)  # (B, S, V): sees nothing of segment s // S
+                guess = self._segment_guess(states)  # (B, S, V): sees nothing of segment s // S
             y_s = guess[:, s % S] + self.step_head(f)  # (B, V)
             out.append(y_s)
             if s + 1 < self.horizon:
                 z = feed[:, s] if feed is not None else y_s
-                f = self.hidden(z[:, None], caches)[:, -1]  # (B, C)
+                states = torch.cat([states, self.hidden(z[:, None], caches)], dim=1)[:, -R:]  # (B, <= R, C)
         return torch.stack(out, dim=1)  # (B, T, V)
 
     def forward(self, x: Tensor, x_marks: Tensor | None = None, target: Tensor | None = None) -> Tensor:
@@ -167,6 +255,8 @@ class AutoHFormer(nn.Module):
             if not isinstance(target, Tensor) or tuple(target.shape) != want:
                 got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
                 raise ValueError(f"target must have shape (B, T, V) = {want}, got {got}")
+            if self.config.train_mode == "scheduled":
+                return self.scheduled(x, target.to(x.dtype))
             return self.teacher_forced(x, target.to(x.dtype))
         return self.decode(x)
 

@@ -107,9 +107,18 @@ class AutoHFormerConfig(HeadGeometry, PlainConfig):
         relative: add the fixed sinusoidal relative encoding ``r_d`` to the keys (``q . (k + r_d)``).
         segment_len: steps ``H`` per segment; must divide the horizon (``1``: fully autoregressive; the horizon:
             one coarse guess plus corrections).
-        segment_init: how a segment's coarse guess is made: ``"linear"`` (a linear map of the last visible state).
-        train_mode: ``"teacher_forcing"`` (one parallel pass over the look-back and the true horizon) or
-            ``"free_running"`` (the inference loop, differentiated).
+        segment_init: how a segment's coarse guess is made: ``"linear"`` (a linear map of the last visible state)
+            or ``"block_transformer"`` (``segment_len`` learned queries attending to the last ``window / 2 + 1``
+            visible top-layer states, one multi-head cross-attention, then a linear map to the channels).
+        train_mode: ``"teacher_forcing"`` (one parallel pass over the look-back and the true horizon),
+            ``"free_running"`` (the inference loop, differentiated) or ``"scheduled"`` (scheduled sampling in two
+            parallel passes: a gradient-free teacher-forced pass predicts every horizon step, then each fed horizon
+            value is that prediction with probability ``scheduled_prob`` and the truth otherwise).
+        scheduled_prob: with ``train_mode="scheduled"``, the final probability of feeding a prediction, in
+            ``[0, 1]``.
+        scheduled_ramp: with ``train_mode="scheduled"``, training forward calls over which the probability rises
+            linearly from 0 to ``scheduled_prob`` (``0``: constant from the start). The model counts its calls in a
+            buffer saved with its weights, so a resumed run continues the schedule.
         impl: the attention form (:func:`attnlab.ops.decayed.decayed_window_attention`); ``"sdpa"`` needs a
             decay other than ``"multiplicative"``, ``"flex"`` cannot train on CPU.
     """
@@ -126,9 +135,11 @@ class AutoHFormerConfig(HeadGeometry, PlainConfig):
     window: int = 32
     gamma_init: float = 0.5
     relative: bool = True
-    segment_init: Literal["linear"] = "linear"
+    segment_init: Literal["linear", "block_transformer"] = "linear"
     segment_len: int = 24
-    train_mode: Literal["teacher_forcing", "free_running"] = "teacher_forcing"
+    train_mode: Literal["teacher_forcing", "free_running", "scheduled"] = "teacher_forcing"
+    scheduled_prob: float = 0.5
+    scheduled_ramp: int = 500
     impl: Literal["auto", "reference", "banded", "sdpa", "flex"] = "auto"
 
     def __post_init__(self) -> None:
@@ -141,8 +152,8 @@ class AutoHFormerConfig(HeadGeometry, PlainConfig):
         if self.window % 2:
             raise ValueError(f"window={self.window} must be even (the paper's W: each step sees the W / 2 steps "
                              "before it)")
-        choices = {"decay": ("multiplicative", "additive", "none"), "segment_init": ("linear",),
-                   "train_mode": ("teacher_forcing", "free_running"),
+        choices = {"decay": ("multiplicative", "additive", "none"), "segment_init": ("linear", "block_transformer"),
+                   "train_mode": ("teacher_forcing", "free_running", "scheduled"),
                    "impl": ("auto", "reference", "banded", "sdpa", "flex")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
@@ -150,6 +161,8 @@ class AutoHFormerConfig(HeadGeometry, PlainConfig):
         check_float("gamma_init", self.gamma_init, low=0.0, low_inclusive=False, high=math.inf)
         check_bool("relative", self.relative)
         check_int("segment_len", self.segment_len, 1)
+        check_float("scheduled_prob", self.scheduled_prob, low=0.0, high=1.0, high_inclusive=True)
+        check_int("scheduled_ramp", self.scheduled_ramp, 0)
         if self.impl == "sdpa" and self.decay == "multiplicative":
             raise ValueError("impl='sdpa' needs decay='additive' or 'none' (SDPA takes an additive float mask; the "
                              "multiplicative decay scales the scores); use impl='banded', 'reference' or 'auto'")
