@@ -9,8 +9,11 @@
 # After each comparison the finished runs are copied into benchmarks/results/etth1/records (run directories do not
 # outlive a session; the records do, once committed), and `python benchmarks/etth1_table.py` makes the tables.
 #
-# A comparison whose 3 seeds per model are all in the records is skipped. HORIZONS and ABLATIONS (space-separated
-# names; empty: none) choose a part, e.g. HORIZONS= ABLATIONS="no-decay free-running" bash benchmarks/etth1_runs.sh runs
+# The same table with every model wrapped in instance normalisation of the look-back (instance_norm=true) follows.
+#
+# A comparison whose 3 seeds per model are all in the records is skipped. HORIZONS, NORM_HORIZONS and ABLATIONS
+# (space-separated; empty: none) choose a part, e.g.
+#   HORIZONS= NORM_HORIZONS=96 ABLATIONS="no-decay free-running" bash benchmarks/etth1_runs.sh runs
 #
 #   bash benchmarks/etth1_runs.sh OUT          (e.g. runs; results are then summarised in benchmarks/results/etth1)
 set -euo pipefail
@@ -27,6 +30,13 @@ kept() {  # records of comparison $1 for the models $2..
 for T in ${HORIZONS-96 192 336 720}; do
   [ "$(kept "etth1-h$T" dlinear transformer autohformer)" -ge 9 ] && continue
   $attnlab compare --preset etth1-models --set data.horizon=$T --set progress=false --out "$out/etth1-h$T" --resume
+  $python "$here/etth1_table.py" --collect "$out"
+done
+for T in ${NORM_HORIZONS-96 192 336 720}; do  # every model with instance normalisation of the look-back
+  [ "$(kept "etth1-h$T-instance-norm" dlinear transformer autohformer)" -ge 9 ] && continue
+  $attnlab compare --preset etth1-models --set data.horizon=$T --set model.dlinear.instance_norm=true \
+    --set model.transformer.instance_norm=true --set model.autohformer.instance_norm=true --set progress=false \
+    --out "$out/etth1-h$T-instance-norm" --resume
   $python "$here/etth1_table.py" --collect "$out"
 done
 for ablation in "no-decay:model.autohformer.decay=none" "additive-decay:model.autohformer.decay=additive" \

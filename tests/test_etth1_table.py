@@ -51,6 +51,15 @@ def test_tables_from_records(table, tmp_path):
     assert "| 192 | AutoHFormer, C.6 reading (attnlab) | 3 | 0.410 ± 0.010 | 0.205 ± 0.005 |" in horizons
     assert "| 96 | DLinear (attnlab, summary) |" in horizons  # T = 96 from the committed summary
     assert "| avg |" not in horizons  # only when every horizon has runs
+    assert "instance norm" not in horizons  # no such runs yet
+    for t in table.HORIZONS:
+        for seed, mse in enumerate((0.30, 0.32)):
+            _fake_run(runs, f"etth1-h{t}-instance-norm", "autohformer", seed, mse + t / 1000)
+    table.collect(runs, records)
+    horizons = table.horizon_table(records)
+    assert "| 96 | AutoHFormer, C.6 reading + instance norm (attnlab) | 2 | 0.406 ± 0.014 |" in horizons
+    avg = statistics.mean(0.31 + t / 1000 for t in table.HORIZONS)
+    assert f"| avg | AutoHFormer, C.6 reading + instance norm (attnlab, seed means) | | {avg:.3f} |" in horizons
     ablations = table.ablation_table(records)
     ref_mean, ref_std = table.H96_SUMMARY["autohformer"][0]
     p = stats.ttest_ind_from_stats(statistics.mean(ablation), statistics.stdev(ablation), 3, ref_mean, ref_std, 3,

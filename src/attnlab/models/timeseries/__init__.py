@@ -5,6 +5,9 @@
 * :class:`AutoHFormer`: windowed decayed attention over time steps, a coarse guess per segment plus step-wise
   corrections, teacher forcing in training and windowed autoregressive decoding (spec ``time_series.md`` C.6).
 * :class:`ForecastModelConfig`: the forecasting task's ``[model]`` table (``arch`` picks the model).
+
+Every model takes ``instance_norm=True``: each window standardised by its own look-back's statistics, the forecast
+mapped back (:mod:`attnlab.models.timeseries.instance_norm`).
 """
 
 from attnlab.models.timeseries.autohformer import AutoHFormer, DecayedWindowAttention

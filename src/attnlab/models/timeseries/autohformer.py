@@ -42,6 +42,7 @@ from attnlab.cache import SlidingKVCache
 from attnlab.models.common import RMSNorm, ResidualBlock, gpt2_init_
 from attnlab.models.timeseries._checks import check_window
 from attnlab.models.timeseries.config import AutoHFormerConfig
+from attnlab.models.timeseries.instance_norm import WindowScale
 from attnlab.ops.decayed import decayed_window_attention, relative_table, sinusoidal_offsets
 
 __all__ = ["AutoHFormer", "DecayedWindowAttention", "SegmentQueries"]
@@ -250,15 +251,19 @@ class AutoHFormer(nn.Module):
 
     def forward(self, x: Tensor, x_marks: Tensor | None = None, target: Tensor | None = None) -> Tensor:
         check_window(x, look_back=self.look_back, n_channels=self.n_channels)
+        scale = WindowScale.of(x) if self.config.instance_norm else None
+        z = scale.normalise(x) if scale is not None else x  # (B, L, V): the model's own scale
         if target is not None and self.training and self.uses_target:
             want = (x.shape[0], self.horizon, self.n_channels)
             if not isinstance(target, Tensor) or tuple(target.shape) != want:
                 got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
                 raise ValueError(f"target must have shape (B, T, V) = {want}, got {got}")
-            if self.config.train_mode == "scheduled":
-                return self.scheduled(x, target.to(x.dtype))
-            return self.teacher_forced(x, target.to(x.dtype))
-        return self.decode(x)
+            y = target.to(x.dtype)
+            y = scale.normalise(y) if scale is not None else y
+            out = self.scheduled(z, y) if self.config.train_mode == "scheduled" else self.teacher_forced(z, y)
+        else:
+            out = self.decode(z)
+        return scale.restore(out) if scale is not None else out
 
 
 AutoHFormerConfig.model_class = AutoHFormer

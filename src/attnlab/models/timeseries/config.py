@@ -35,17 +35,21 @@ class DLinearConfig(PlainConfig):
         kernel_size: the moving average's width in steps (odd: the average is centred; the ends are padded by
             repeating the first and last value). 25 is the default of the DLinear release.
         individual: one pair of linear maps per channel instead of one pair shared by every channel.
+        instance_norm: standardise each window per channel by its own look-back's mean and std, and map the
+            forecast back (:mod:`attnlab.models.timeseries.instance_norm`; off by default).
     """
 
     model_class: ClassVar[type[nn.Module]]  # set by attnlab.models.timeseries.dlinear
     kernel_size: int = 25
     individual: bool = False
+    instance_norm: bool = False
 
     def __post_init__(self) -> None:
         check_int("kernel_size", self.kernel_size, 1)
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={self.kernel_size} must be odd (a centred moving average)")
         check_bool("individual", self.individual)
+        check_bool("instance_norm", self.instance_norm)
 
 
 @dataclass(kw_only=True)
@@ -59,6 +63,8 @@ class TransformerForecasterConfig(Widths, PlainConfig):
             :class:`attnlab.models.lm.LMConfig`.
         attention: a registry name for every layer (must be causal).
         attention_options: per mechanism name, options for its layer config.
+        instance_norm: standardise each window per channel by its own look-back's mean and std, and map the
+            forecast back (:mod:`attnlab.models.timeseries.instance_norm`; off by default).
     """
 
     model_class: ClassVar[type[nn.Module]]  # set by attnlab.models.timeseries.transformer
@@ -72,9 +78,11 @@ class TransformerForecasterConfig(Widths, PlainConfig):
     dropout: float = 0.1
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
+    instance_norm: bool = False
 
     def __post_init__(self) -> None:
         check_positive_ints(self, "n_layers", "d_model", "n_heads")
+        check_bool("instance_norm", self.instance_norm)
         self.check_widths()
         self._stack: ResolvedStack = resolve_stack(
             attention=self.attention, schedule="uniform", n_layers=self.n_layers, options=self.attention_options,
@@ -119,6 +127,8 @@ class AutoHFormerConfig(HeadGeometry, PlainConfig):
         scheduled_ramp: with ``train_mode="scheduled"``, training forward calls over which the probability rises
             linearly from 0 to ``scheduled_prob`` (``0``: constant from the start). The model counts its calls in a
             buffer saved with its weights, so a resumed run continues the schedule.
+        instance_norm: standardise each window per channel by its own look-back's mean and std, and map the
+            forecast back (:mod:`attnlab.models.timeseries.instance_norm`; off by default).
         impl: the attention form (:func:`attnlab.ops.decayed.decayed_window_attention`); ``"sdpa"`` needs a
             decay other than ``"multiplicative"``, ``"flex"`` cannot train on CPU.
     """
@@ -140,6 +150,7 @@ class AutoHFormerConfig(HeadGeometry, PlainConfig):
     train_mode: Literal["teacher_forcing", "free_running", "scheduled"] = "teacher_forcing"
     scheduled_prob: float = 0.5
     scheduled_ramp: int = 500
+    instance_norm: bool = False
     impl: Literal["auto", "reference", "banded", "sdpa", "flex"] = "auto"
 
     def __post_init__(self) -> None:
@@ -160,6 +171,7 @@ class AutoHFormerConfig(HeadGeometry, PlainConfig):
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, valid))}, got {getattr(self, name)!r}")
         check_float("gamma_init", self.gamma_init, low=0.0, low_inclusive=False, high=math.inf)
         check_bool("relative", self.relative)
+        check_bool("instance_norm", self.instance_norm)
         check_int("segment_len", self.segment_len, 1)
         check_float("scheduled_prob", self.scheduled_prob, low=0.0, high=1.0, high_inclusive=True)
         check_int("scheduled_ramp", self.scheduled_ramp, 0)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from attnlab.models.timeseries._checks import check_window
 from attnlab.models.timeseries.config import DLinearConfig
+from attnlab.models.timeseries.instance_norm import WindowScale
 
 __all__ = ["DLinear", "moving_average"]
 
@@ -72,8 +73,10 @@ class DLinear(nn.Module):
 
     def forward(self, x: Tensor, x_marks: Tensor | None = None) -> Tensor:
         check_window(x, look_back=self.look_back, n_channels=self.n_channels)
-        seasonal, trend = self.decompose(x)
-        return self.seasonal(seasonal) + self.trend(trend)  # (B, T, V)
+        scale = WindowScale.of(x) if self.config.instance_norm else None
+        seasonal, trend = self.decompose(scale.normalise(x) if scale is not None else x)
+        y = self.seasonal(seasonal) + self.trend(trend)  # (B, T, V)
+        return scale.restore(y) if scale is not None else y
 
 
 DLinearConfig.model_class = DLinear

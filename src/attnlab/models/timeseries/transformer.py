@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from attnlab.models.common import RMSNorm, ResidualBlock, gpt2_init_
 from attnlab.models.timeseries._checks import check_window
 from attnlab.models.timeseries.config import TransformerForecasterConfig
+from attnlab.models.timeseries.instance_norm import WindowScale
 
 __all__ = ["TransformerForecaster"]
 
@@ -66,8 +67,10 @@ class TransformerForecaster(nn.Module):
 
     def forward(self, x: Tensor, x_marks: Tensor | None = None) -> Tensor:
         check_window(x, look_back=self.look_back, n_channels=self.n_channels)
-        h = self.hidden(x, x_marks)[:, -1]  # (B, C)
-        return self.head(h).view(x.shape[0], self.horizon, self.n_channels)  # (B, T, V)
+        scale = WindowScale.of(x) if self.config.instance_norm else None
+        h = self.hidden(scale.normalise(x) if scale is not None else x, x_marks)[:, -1]  # (B, C)
+        y = self.head(h).view(x.shape[0], self.horizon, self.n_channels)  # (B, T, V)
+        return scale.restore(y) if scale is not None else y
 
 
 TransformerForecasterConfig.model_class = TransformerForecaster
