@@ -123,7 +123,9 @@ class SegmentQueries(nn.Module):
 
 class AutoHFormer(nn.Module):
     """See the module docstring. ``forward(x (B, L, V), x_marks=None, target=None) -> (B, T, V)``: teacher-forced
-    when training with ``train_mode="teacher_forcing"`` and a ``target (B, T, V)``; the decoding loop otherwise."""
+    (or scheduled sampling) when training with ``train_mode="teacher_forcing"`` (``"scheduled"``) and a ``target
+    (B, T, V)``; the decoding loop otherwise. With ``instance_norm`` the window (and the target) are standardised by
+    the look-back's statistics first and the forecast is mapped back."""
 
     def __init__(self, config: AutoHFormerConfig, *, look_back: int, horizon: int, n_channels: int,
                  n_time_features: int = 0) -> None:
