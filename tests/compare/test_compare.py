@@ -81,6 +81,10 @@ def test_compare_writes_leaderboard_plots_and_html(tmp_path: Path, small_cfg: Co
     run_compare(small_cfg, out, resume=True, log=logs.append)  # finished runs are kept, not retrained
     assert (small_cfg.run_dir(out, "castle", 1) / "result.json").stat().st_mtime_ns == stamp
     assert sum("finished earlier, kept" in l for l in logs) == 10
+    meta = json.loads((out / "compare.json").read_text())  # as an earlier attnlab wrote it, before rope_base existed
+    assert meta["base"]["model"].pop("rope_base") == small_cfg.base.model.rope_base
+    (out / "compare.json").write_text(json.dumps(meta))
+    run_compare(small_cfg, out, resume=True, log=lambda s: None)  # the same comparison: accepted
     other = replace(small_cfg, seeds=[0])
     with pytest.raises(OutputDirError, match=r"holds a different comparison \(differs in: seeds\)"):
         run_compare(other, out, resume=True, log=lambda s: None)

@@ -153,6 +153,23 @@ def test_resume_with_a_different_model_config_is_refused(tmp_path: Path) -> None
         _trainer(other, tmp_path, resume=True)
 
 
+def test_resume_from_a_checkpoint_of_an_earlier_version(tmp_path: Path) -> None:
+    """A checkpoint written before an option existed (its saved config lacks the key) resumes when today's value is
+    the option's default; a saved key today's config no longer has is still refused, by name."""
+    cfg = _cfg(steps=5)
+    _trainer(cfg, tmp_path).fit()
+    (state_path,) = tmp_path.glob("ckpt-*/state.json")
+    state = json.loads(state_path.read_text())
+    assert state["config"]["model"].pop("rope_base") == cfg.model.rope_base  # as if saved before rope_base existed
+    state_path.write_text(json.dumps(state))
+    resumed = _trainer(_cfg(steps=10), tmp_path, resume=True)
+    assert resumed.step == 5
+    state["config"]["model"]["retired_option"] = 3  # an option removed since
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(ckpt.CheckpointError, match=r"model.retired_option: checkpoint 3 vs now None"):
+        _trainer(_cfg(steps=10), tmp_path, resume=True)
+
+
 def test_block_longer_than_the_data_is_refused() -> None:
     from attnlab.train.config import ConfigError
 

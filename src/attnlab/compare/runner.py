@@ -27,6 +27,7 @@ from typing import Any, Callable
 import torch
 
 from attnlab.compare.config import CompareConfig
+from attnlab.train.config import upgrade_config_dict
 from attnlab.train.outdir import OutputDirError, atomic_write_text, prepare_out_dir, run_lock
 from attnlab.train.trainer import Trainer, make_task
 
@@ -68,6 +69,8 @@ def _run_compare(cfg: CompareConfig, out: Path, *, resume: bool, force: bool, da
     meta = out / "compare.json"
     if meta.exists():
         old = json.loads(meta.read_text())
+        if isinstance(old, dict) and "base" in old:  # written by an earlier attnlab: options added since, defaults
+            old = {**old, "base": upgrade_config_dict(old["base"])}
         if old != desc:
             diff = sorted(k for k in set(old) | set(desc) if old.get(k) != desc.get(k))
             raise OutputDirError(

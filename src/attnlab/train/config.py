@@ -41,6 +41,7 @@ __all__ = [
     "ConfigError",
     "config_from_dict",
     "config_to_dict",
+    "upgrade_config_dict",
     "load_config",
 ]
 
@@ -238,6 +239,19 @@ def config_diff(a: Any, b: Any, prefix: str) -> list[str]:
             out += config_diff(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
     return [] if a == b else [f"{prefix.rstrip('.')}: checkpoint {a!r} vs now {b!r}"]
+
+
+def upgrade_config_dict(d: Any) -> Any:
+    """A run config's plain values as an earlier attnlab saved them (a checkpoint's ``state.json``, a comparison's
+    ``compare.json``), read back through today's config classes: keys added since take their defaults, so a saved
+    config equal to today's compares equal and a resume is not refused over an option it never set. Values that no
+    longer parse (a key removed or renamed since) are returned unchanged, and the comparison names the key."""
+    if not isinstance(d, Mapping):
+        return d
+    try:
+        return config_to_dict(config_from_dict(d))
+    except (ConfigError, ValueError, TypeError):
+        return d
 
 
 def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:

@@ -44,7 +44,7 @@ from attnlab.tasks import EvalContext, EvalResult, Task
 from attnlab.tasks.base import autocast
 from attnlab.train import checkpoint as ckpt
 from attnlab.train import distributed as ddp
-from attnlab.train.config import ConfigError, TrainConfig, config_diff, config_to_dict
+from attnlab.train.config import ConfigError, TrainConfig, config_diff, config_to_dict, upgrade_config_dict
 from attnlab.train.distributed import resolve_device
 from attnlab.train.fsdp import Sharding, plain_tensor
 from attnlab.train.loading import load_required_checkpoints
@@ -263,7 +263,7 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         state = ckpt.read_state(path)
         ckpt.check_resume_state(path, state)  # every key resuming needs, before anything is loaded
-        saved = state.get("config", {})
+        saved = upgrade_config_dict(state.get("config", {}))  # options added since the checkpoint: their defaults
         now = config_to_dict(self.config)
         diffs = []
         for k in ("task", "model", "data", "seed", "batch_size"):
