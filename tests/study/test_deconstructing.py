@@ -60,6 +60,13 @@ def test_tiny_study_runs_resumes_and_refuses_another(tmp_path: Path, text: Path,
     run_study(cfg, out, log=logs.append)
     assert sum("finished earlier, kept" in line for line in logs) == 9
     assert (out / "runs/decon_nonapprox/uniform/seed1/study_eval.json").is_file()
+    # a study.json written before an option existed (here: model.rope_base) still resumes
+    meta = json.loads((out / "study.json").read_text())
+    assert meta["base"]["model"].pop("rope_base") == cfg.base.model.rope_base
+    (out / "study.json").write_text(json.dumps(meta))
+    logs.clear()
+    run_study(cfg, out, log=logs.append)
+    assert sum("finished earlier, kept" in line for line in logs) == 10
     # a different study in the same directory is refused
     from attnlab.train.outdir import OutputDirError
 

@@ -396,12 +396,15 @@ def _worker_run(variant: str, layout: str, seed: int) -> tuple[str, str, int]:
 
 def _run_study(cfg: StudyConfig, out: Path, *, force: bool, data: Any, log: Callable[[str], None],
                jobs: int = 1) -> StudyResult:
+    from attnlab.train.config import upgrade_config_dict
     from attnlab.train.outdir import OutputDirError, atomic_write_text, prepare_out_dir
 
     desc = cfg.to_dict()
     meta = out / "study.json"
     if meta.is_file() and not force:
         old = json.loads(meta.read_text())
+        if isinstance(old, dict) and "base" in old:  # written by an earlier attnlab: options added since, defaults
+            old = {**old, "base": upgrade_config_dict(old["base"])}
         if old != desc and desc["layouts"] == "all" and {**desc, "layouts": "main"} == old:
             log(f"extending the study in {out} with the nine-layout ablation (its finished runs are kept)")
             atomic_write_text(meta, json.dumps(desc, indent=1))
