@@ -62,6 +62,17 @@ def test_forms_agree_outputs_and_gradients(T: int, lookback: int, decay: str, wi
     torch.testing.assert_close(flex, outs["reference"].detach(), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize(("T", "lookback", "want"), [(40, 3, "banded"), (40, 18, "banded"), (40, 19, "reference"),
+                                                     (40, 100, "reference")])
+def test_auto_picks_dense_when_the_window_covers_half_the_keys(T: int, lookback: int, want: str) -> None:
+    """On CPU ``impl="auto"`` is the banded form for narrow windows and the dense one for wide windows (bitwise)."""
+    q, k, v = _qkv(1, 2, T, 8)
+    rel = _rel(q, lookback)
+    kw = dict(lookback=lookback, decay="multiplicative", gamma=0.5, rel=rel)
+    auto = decayed_window_attention(q, k, v, impl="auto", **kw)
+    assert torch.equal(auto, decayed_window_attention(q, k, v, impl=want, **kw))
+
+
 def test_the_decay_and_the_relative_term_change_the_output() -> None:
     """The agreement above would hold for forms that all ignore the score modification: they do not."""
     q, k, v = _qkv(1, 2, 20, 8)
