@@ -97,5 +97,8 @@ def test_bad_arguments() -> None:
     for bad in (0.0, 1.5, -0.1, True):
         with pytest.raises(ValueError, match="top_p must be a number in \\(0, 1\\]"):
             generate(model, [1], 3, top_p=bad)
+    for bad in (-1, 2**63, -(2**63) - 1, 1.5, True):  # (found by the CLI fuzz: torch's overflow named no argument)
+        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*63\) or None"):
+            generate(model, [1], 3, seed=bad)
     with pytest.raises(ValueError, match=r"prompt_ids must be \(T,\) or \(B, T\)"):
         generate(model, [], 3)

@@ -112,6 +112,8 @@ def generate_with_logits(
         raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be a number in (0, 1] (1 = no nucleus cut), got {top_p!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise ValueError(f"seed must be an int in [0, 2**63) or None, got {seed!r}")
     block = _model_context_len(model, context_len)
     keep = max(1, (3 * block) // 4)
     param = next(model.parameters())
