@@ -261,6 +261,7 @@ def _plots(out: Path, cfg: Any, res: Any, rows: list[dict[str, Any]]) -> dict[st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     files: dict[str, Path] = {}
     names = ["standard", *cfg.variants]
@@ -303,7 +304,7 @@ def _plots(out: Path, cfg: Any, res: Any, rows: list[dict[str, Any]]) -> dict[st
                 yerr=[2 * r["welch_se"] if r["welch_se"] is not None else 0 for r in trained], fmt="o", capsize=3)
     ax.axhline(0, color="k", lw=1)
     ax.set_xticks(range(len(trained)), labels, rotation=40, ha="right", fontsize=8)
-    ax.set(title="Δ validation loss vs Standard (bars: 2 x Welch SE = the seed-noise threshold)", ylabel="nats/token")
+    ax.set(title="Δ validation loss vs Standard\n(bars: 2 x Welch SE, the seed-noise threshold)", ylabel="nats/token")
     ax.set_yscale("symlog", linthresh=0.05)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -312,7 +313,7 @@ def _plots(out: Path, cfg: Any, res: Any, rows: list[dict[str, Any]]) -> dict[st
     plt.close(fig)
 
     ctxs = cfg.eval_contexts()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     for i, (v, lay) in enumerate((v, lay) for v, lay in cfg.models() if lay in ("uniform", "hybrid")):
         ys = [_ms(_losses(res, v, lay, f"ctx:{c}"))[0] for c in ctxs]
         if all(y is not None for y in ys):
@@ -322,7 +323,9 @@ def _plots(out: Path, cfg: Any, res: Any, rows: list[dict[str, Any]]) -> dict[st
     ax.set_yscale("log")
     ax.set(title="validation PPL against evaluation context (Tbl. 4 analogue)", xlabel="context (tokens)",
            ylabel="PPL")
-    ax.legend(fontsize=7, ncol=2)
+    ax.yaxis.set_major_formatter(ticker.ScalarFormatter())  # plain PPL numbers, not 1.6 x 10^2
+    ax.yaxis.set_minor_formatter(ticker.ScalarFormatter())
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, never over the curves
     ax.grid(alpha=0.3)
     fig.tight_layout()
     files["context"] = out / "ppl_vs_context.png"
