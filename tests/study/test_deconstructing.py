@@ -255,3 +255,33 @@ def test_max_logits_per_layer_matches_the_map() -> None:
     with torch.no_grad():  # scaling W_Q scales the logits
         m.blocks[0].attn.q_proj.weight.mul_(3.0)
     assert max_logits_per_layer(m, x)[0] == pytest.approx(3 * got[0], rel=1e-9)
+
+
+def test_layout_table_places_the_standard_layers_and_tests_the_deltas() -> None:
+    """The nine-layout section: each layout's Standard layers for n = 8 (spec 4.2), and Δ against uniform Standard and
+    against the variant's hybrid with the Welch 2-SE verdict, from synthetic per-seed losses."""
+    from types import SimpleNamespace
+
+    from attnlab.study.report import layout_table
+
+    cfg = dataclasses.replace(get_study_preset("full"), layouts="all", variants=["decon_rndembqk"])
+    assert cfg.base.model.n_layers == 8
+    runs = {}
+    noise = [-0.01, 0.0, 0.01]
+    for s, e in enumerate(noise):
+        runs[("standard", "uniform", s)] = {"result": {"val": {"loss": 5.0 + e}}}
+        runs[("decon_rndembqk", "hybrid", s)] = {"result": {"val": {"loss": 5.0 + e}}}
+        runs[("decon_rndembqk", "first", s)] = {"result": {"val": {"loss": 5.5 + e}}}
+    runs[("decon_rndembqk", "last", 0)] = {"diverged": True}
+    res = SimpleNamespace(runs=runs)
+    lines = layout_table(cfg, res)
+    rows = {ln.split(" | ")[0].strip("| "): [c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]}
+    assert list(rows) == ["uniform", "hybrid (even)", "odd", "top", "middle", "bottom", "quarter", "first", "last",
+                          "bilateral"]
+    assert rows["middle"][1:3] == ["1, 2, 7, 8", "4"] and rows["quarter"][1:3] == ["4, 8", "2"]
+    assert rows["bottom"][1] == "5, 6, 7, 8" and rows["bilateral"][1:3] == ["1, 8", "2"]
+    assert rows["uniform"][1:3] == ["none", "0"] and rows["hybrid (even)"][1] == "2, 4, 6, 8"
+    assert rows["first"][3:] == ["5.5000 ± 0.010", "+0.500 (beyond noise)", "+0.500 (beyond noise)"]
+    assert rows["hybrid (even)"][3:] == ["5.0000 ± 0.010", "+0.000 (noise)", "—"]
+    assert rows["last"][3:] == ["—", "—", "—"]  # the only seed diverged: no mean, never a made-up number
+    assert layout_table(dataclasses.replace(cfg, layouts="main"), res) == []

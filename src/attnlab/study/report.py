@@ -22,7 +22,7 @@ from attnlab.compare.report import SIGNIFICANCE_RULE, _provenance, significance
 from attnlab.layers.deconstructed.principles import principles_of
 from attnlab.study.grid import ABLATION_LAYOUTS, ABLATION_VARIANTS
 
-__all__ = ["write_study_report", "model_rows", "direction_table"]
+__all__ = ["write_study_report", "model_rows", "direction_table", "layout_table"]
 
 SHORT = {"standard": "Standard", "decon_mlp": "MLP", "decon_approx": "Approx.", "decon_nonapprox": "Non-apx.",
          "decon_rndembqk": "RndEmbQK", "decon_fixedseqqk": "FixedSeqQK", "decon_staticembqk": "StaticEmbQK"}
@@ -216,6 +216,47 @@ def direction_table(cfg: Any, res: Any) -> list[tuple[str, str, str, str]]:
 
 
 # ------------------------------------------------------------------------------------------------------ writing
+def layout_table(cfg: Any, res: Any) -> list[str]:
+    """Markdown lines of the nine-layout ablation (``layouts="all"``): per layout its Standard layers, then for each
+    ablation variant Δ loss against uniform Standard and against the variant's main hybrid (layout ``even``), each
+    with the seed-noise verdict; empty when the study has no ablation. The paper's figures for these layouts exist
+    only as plots (Fig. 3), so the table gives no paper column."""
+    if cfg.layouts != "all":
+        return []
+    from attnlab.models.stack import standard_layers
+
+    n = cfg.base.model.n_layers
+    variants = [v for v in ABLATION_VARIANTS if v in cfg.variants]
+    std = _losses(res, "standard", "uniform")
+
+    def cell(a: list[float], b: list[float]) -> str:
+        if not a or not b:
+            return "—"
+        d = statistics.fmean(a) - statistics.fmean(b)
+        v, se = significance(a, b)
+        tag = "noise" if v == "no" else ("beyond noise" if not v.startswith("unknown") else "1 seed")
+        return f"{d:+.3f} ({tag})"
+
+    head = ["layout", f"Standard layers (n = {n})", "#Std"]
+    for v in variants:
+        head += [f"{SHORT[v]} loss", f"{SHORT[v]} Δ vs Standard", f"{SHORT[v]} Δ vs its hybrid"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for lay in ["uniform", "hybrid", *ABLATION_LAYOUTS]:
+        if lay == "uniform":
+            std_layers = "none"
+        else:
+            std_layers = ", ".join(map(str, standard_layers("even" if lay == "hybrid" else lay, n)))
+        count = 0 if lay == "uniform" else len(std_layers.split(", "))
+        cells = ["hybrid (even)" if lay == "hybrid" else lay, std_layers, str(count)]
+        for v in variants:
+            ls = _losses(res, v, lay)
+            m, s = _ms(ls)
+            cells += [_f(m) + (f" ± {s:.3f}" if s is not None else ""), cell(ls, std),
+                      "—" if lay == "hybrid" else cell(ls, _losses(res, v, "hybrid"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _markdown(cfg: Any, res: Any, rows: list[dict[str, Any]], table: list[tuple[str, str, str, str]]) -> str:
     b = cfg.base
     m = b.model
@@ -249,6 +290,14 @@ def _markdown(cfg: Any, res: Any, rows: list[dict[str, Any]], table: list[tuple[
             _f(r["tps_ratio_vs_standard"], ".2f"), _f(r["wall_s"], ".1f")]) + " |")
     t = ["| direction in the paper | paper figure | here | numbers |", "|---|---|---|---|"]
     t += [f"| {a} | {b_} | {c} | {d} |" for a, b_, c, d in table]
+    lay = layout_table(cfg, res)
+    if lay:
+        t += ["", "## Nine-layout ablation (spec 4.2)", "",
+              "Where the Standard layers go, for RndEmbQK and Non-approximate; the other layers hold the variant. Δ in "
+              "nats/token, against uniform Standard and against the variant's main hybrid (Standard in the even "
+              "layers). The paper (section 6, Fig. 3, values only as plots) finds the 50% and 25% layouts close to "
+              "each other and the extreme ones (first, last, bilateral) failing on LAMBADA or in perplexity.", "",
+              *lay]
     return ("# Deconstructing attention: study leaderboard\n\n" + "\n".join(_provenance()) + "\n\n" + intro + "\n\n"
             + "\n".join(lines) + "\n\n" + SIGNIFICANCE_RULE + " A diverged seed is counted in its row and left out "
             "of the mean.\n\n## Paper directions (spec 12.3)\n\nPaper figures: 500M parameters, WikiText PPL, Tbl. 1 "
@@ -356,17 +405,29 @@ def _plots(out: Path, cfg: Any, res: Any, rows: list[dict[str, Any]]) -> dict[st
     plt.close(fig)
 
     if cfg.layouts == "all":
+        from attnlab.models.stack import standard_layers
+
         lays = ["uniform", "hybrid", *ABLATION_LAYOUTS]
-        fig, ax = plt.subplots(figsize=(10, 4))
+        n = cfg.base.model.n_layers
+        std = _losses(res, "standard", "uniform")
+        ref = statistics.fmean(std) if std else None
+        fig, ax = plt.subplots(figsize=(10, 4.5))
+        if ref is not None:
+            sd = _ms(std)[1] or 0.0
+            ax.axhspan(-sd, sd, color="0.85", label="uniform Standard ± std")
+            ax.axhline(0.0, color="k", lw=0.8)
         for k, v in enumerate(v for v in ABLATION_VARIANTS if v in cfg.variants):
             ms = [_ms(_losses(res, v, lay)) for lay in lays]
-            ax.errorbar([i + 0.1 * k for i in range(len(lays))], [math.exp(m) if m is not None else float("nan")
-                        for m, _ in ms], fmt="o", capsize=3, label=SHORT[v],
-                        yerr=[math.exp(m) * (s or 0) if m is not None else 0 for m, s in ms])
-        ax.set_xticks(range(len(lays)), ["uniform", "hybrid (even)", *ABLATION_LAYOUTS], rotation=20)
-        ax.set_yscale("log")
-        ax.set(title="nine-layout ablation (spec 4.2): validation PPL", ylabel="PPL")
-        ax.legend()
+            base = ref if ref is not None else 0.0
+            ax.errorbar([i + 0.12 * (k - 0.5) for i in range(len(lays))],
+                        [m - base if m is not None else float("nan") for m, _ in ms], fmt="o", capsize=3,
+                        label=SHORT[v], yerr=[(s or 0.0) if m is not None else 0.0 for m, s in ms])
+        ticks = ["uniform\n(0 Std)", f"hybrid (even)\n({len(standard_layers('even', n))} Std)"]
+        ticks += [f"{lay}\n({len(standard_layers(lay, n))} Std)" for lay in ABLATION_LAYOUTS]
+        ax.set_xticks(range(len(lays)), ticks, fontsize=8)
+        ax.set(title=f"nine-layout ablation (spec 4.2), {n} layers\nvalidation loss minus uniform Standard's "
+               "(mean ± std over seeds)", ylabel="Δ loss (nats/token)" if ref is not None else "loss (nats/token)")
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         files["layouts"] = out / "layouts.png"
