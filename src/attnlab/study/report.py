@@ -242,12 +242,8 @@ def layout_table(cfg: Any, res: Any) -> list[str]:
         head += [f"{SHORT[v]} loss", f"{SHORT[v]} Δ vs Standard", f"{SHORT[v]} Δ vs its hybrid"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for lay in ["uniform", "hybrid", *ABLATION_LAYOUTS]:
-        if lay == "uniform":
-            std_layers = "none"
-        else:
-            std_layers = ", ".join(map(str, standard_layers("even" if lay == "hybrid" else lay, n)))
-        count = 0 if lay == "uniform" else len(std_layers.split(", "))
-        cells = ["hybrid (even)" if lay == "hybrid" else lay, std_layers, str(count)]
+        layers = [] if lay == "uniform" else standard_layers("even" if lay == "hybrid" else lay, n)
+        cells = ["hybrid (even)" if lay == "hybrid" else lay, ", ".join(map(str, layers)) or "none", str(len(layers))]
         for v in variants:
             ls = _losses(res, v, lay)
             m, s = _ms(ls)
@@ -416,9 +412,9 @@ def _plots(out: Path, cfg: Any, res: Any, rows: list[dict[str, Any]]) -> dict[st
             sd = _ms(std)[1] or 0.0
             ax.axhspan(-sd, sd, color="0.85", label="uniform Standard ± std")
             ax.axhline(0.0, color="k", lw=0.8)
+        base = ref if ref is not None else 0.0
         for k, v in enumerate(v for v in ABLATION_VARIANTS if v in cfg.variants):
             ms = [_ms(_losses(res, v, lay)) for lay in lays]
-            base = ref if ref is not None else 0.0
             ax.errorbar([i + 0.12 * (k - 0.5) for i in range(len(lays))],
                         [m - base if m is not None else float("nan") for m, _ in ms], fmt="o", capsize=3,
                         label=SHORT[v], yerr=[(s or 0.0) if m is not None else 0.0 for m, s in ms])
