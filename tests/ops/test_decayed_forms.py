@@ -1,5 +1,5 @@
-"""Windowed decayed attention (AutoHFormer; spec time_series.md C.12 oracles 2-5, 8): the reference, banded, SDPA
-and FlexAttention forms agree in float64 (outputs and gradients; FlexAttention's gradients only on CUDA: torch 2.13
+"""Windowed decayed attention (AutoHFormer; spec time_series.md C.12 oracles 2-5, 8): the reference, dense, banded,
+SDPA and FlexAttention forms agree in float64 (outputs and gradients; FlexAttention's gradients only on CUDA: torch 2.13
 has no CPU backward for it), the window's index convention, the decay, the limit case and the relative term."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ CASES = [(1, 0), (7, 3), (13, 16), (63, 16), (100, 5)]  # (T, lookback)
 def test_forms_agree_outputs_and_gradients(T: int, lookback: int, decay: str, with_rel: bool) -> None:
     q, k, v = _qkv(2, 3, T, 12, grad=True)
     gamma = torch.tensor(0.7, dtype=F64, requires_grad=True)
-    impls = ["reference", "banded"] + (["sdpa"] if decay != "multiplicative" else [])
+    impls = ["reference", "dense", "banded"] + (["sdpa"] if decay != "multiplicative" else [])
     outs, grads = {}, {}
     for impl in impls:
         rel = _rel(q, lookback) if with_rel else None
@@ -62,8 +62,8 @@ def test_forms_agree_outputs_and_gradients(T: int, lookback: int, decay: str, wi
     torch.testing.assert_close(flex, outs["reference"].detach(), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize(("T", "lookback", "want"), [(40, 3, "banded"), (40, 18, "banded"), (40, 19, "reference"),
-                                                     (40, 100, "reference")])
+@pytest.mark.parametrize(("T", "lookback", "want"), [(40, 3, "banded"), (40, 18, "banded"), (40, 19, "dense"),
+                                                     (40, 100, "dense")])
 def test_auto_picks_dense_when_the_window_covers_half_the_keys(T: int, lookback: int, want: str) -> None:
     """On CPU ``impl="auto"`` is the banded form for narrow windows and the dense one for wide windows (bitwise)."""
     q, k, v = _qkv(1, 2, T, 8)
@@ -73,18 +73,27 @@ def test_auto_picks_dense_when_the_window_covers_half_the_keys(T: int, lookback:
     assert torch.equal(auto, decayed_window_attention(q, k, v, impl=want, **kw))
 
 
+def test_resolve_impl_names_the_form_auto_runs() -> None:
+    from attnlab.ops.decayed import resolve_impl
+
+    assert resolve_impl("auto", device_type="cpu", lookback=16, kv_len=431) == "banded"
+    assert resolve_impl("auto", device_type="cpu", lookback=432, kv_len=431) == "dense"
+    assert resolve_impl("auto", device_type="cuda", lookback=432, kv_len=431) == "flex"
+    assert resolve_impl("reference", device_type="cpu", lookback=16, kv_len=431) == "reference"
+
+
 def test_the_decay_and_the_relative_term_change_the_output() -> None:
     """The agreement above would hold for forms that all ignore the score modification: they do not."""
     q, k, v = _qkv(1, 2, 20, 8)
     base = decayed_window_attention(q, k, v, lookback=6, decay="none", gamma=0.0, impl="reference")
-    for impl in ("reference", "banded", "flex"):
+    for impl in ("reference", "dense", "banded", "flex"):
         with torch.no_grad():
             mult = decayed_window_attention(q, k, v, lookback=6, decay="multiplicative", gamma=0.5, impl=impl)
             rel = decayed_window_attention(q, k, v, lookback=6, decay="none", gamma=0.0, rel=_rel(q, 6), impl=impl)
         assert float((mult - base).abs().max()) > 1e-3 and float((rel - base).abs().max()) > 1e-3
 
 
-@pytest.mark.parametrize("impl", ["reference", "banded", "flex"])
+@pytest.mark.parametrize("impl", ["reference", "dense", "banded", "flex"])
 def test_cached_keys_with_kv_start_equal_the_whole_sequence(impl: str) -> None:
     q, k, v = _qkv(2, 2, 30, 6)
     rel = _rel(q, 4)
@@ -178,6 +187,36 @@ def test_relative_term_equals_q_dot_k_plus_r_and_is_shift_invariant() -> None:
     for i in range(lb, T):  # full windows: the same keys at the same offsets
         torch.testing.assert_close(p2[:, :, i + 3, i + 3 - lb : i + 4], p[:, :, i, i - lb : i + 1], rtol=0,
                                    atol=1e-14)
+
+
+@pytest.mark.parametrize(("T", "S", "R", "q_offset", "kv_start"),
+                         [(1, 1, 1, 0, 0), (7, 7, 3, 0, 0), (5, 12, 4, 7, 0), (1, 9, 20, 40, 32), (6, 6, 20, 0, 0),
+                          (4, 10, 5, 3, 0), (3, 5, 2, 0, 4)])
+def test_shifted_relative_term_equals_the_gather(T: int, S: int, R: int, q_offset: int, kv_start: int) -> None:
+    """The dense form's gathered relative term puts ``rel[b, h, i, d]`` at ``(i, j)`` with
+    ``d = (q_offset + i) - (kv_start + j)`` and 0 outside ``0 .. R - 1``, as the reference's gather does, forward
+    and backward; the cases cover a table wider and narrower than the keys, decoding offsets and future keys."""
+    from attnlab.ops.decayed.dense import relative_term
+
+    rel = torch.randn(2, 3, T, R, dtype=F64, requires_grad=True)
+    got = relative_term(rel, S, q_offset=q_offset, kv_start=kv_start)
+    want = torch.zeros(2, 3, T, S, dtype=F64)
+    for i in range(T):
+        for j in range(S):
+            d = (q_offset + i) - (kv_start + j)
+            if 0 <= d < R:
+                want[:, :, i, j] = rel[:, :, i, d].detach()
+    assert got.shape == (2, 3, T, S)
+    assert torch.equal(got.detach(), want)
+    w = torch.randn(2, 3, T, S, dtype=F64)
+    (grad,) = torch.autograd.grad((got * w).sum(), [rel])
+    want_grad = torch.zeros_like(grad)
+    for i in range(T):
+        for j in range(S):
+            d = (q_offset + i) - (kv_start + j)
+            if 0 <= d < R:
+                want_grad[:, :, i, d] += w[:, :, i, j]
+    assert torch.equal(grad, want_grad)
 
 
 def test_banded_memory_is_linear_in_length() -> None:

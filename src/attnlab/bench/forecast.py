@@ -13,8 +13,8 @@ Per look-back ``L`` (``--lengths``; default 336, 672, 1344, 2688 on a CPU) and t
   multi-step head), timed interleaved.
 
 Growth exponents in ``L`` are fitted per model and figure. Before timing, each ``L`` is checked: AutoHFormer's
-attention form equals the dense reference in float64 (teacher-forced output
-on one window; the form ``"auto"`` resolves to on the device: banded on a CPU, FlexAttention on CUDA), so a speed is
+attention form equals the dense reference in float64 (teacher-forced output on one window; the form ``"auto"``
+resolves to on the device: banded on a CPU for the preset's window of 32, FlexAttention on CUDA), so a speed is
 never reported for a wrong form.
 """
 
@@ -54,10 +54,13 @@ def _build(cfg: Any, L: int, T: int, options: BenchOptions, dtype: torch.dtype |
     return model.to(device=options.device, dtype=dtype or options.dtype)
 
 
-def _timed_impl(cfg: Any, options: BenchOptions) -> str:
-    """The attention form the timed AutoHFormer runs (``"auto"`` resolved as the op resolves it)."""
-    impl = cfg.autohformer.impl
-    return impl if impl != "auto" else ("flex" if options.is_cuda else "banded")
+def _timed_impl(cfg: Any, L: int, T: int, options: BenchOptions) -> str:
+    """The attention form the timed AutoHFormer runs over its ``L + T - 1`` teacher-forced steps (``"auto"`` resolved
+    as the op resolves it)."""
+    from attnlab.ops.decayed import resolve_impl
+
+    return resolve_impl(cfg.autohformer.impl, device_type="cuda" if options.is_cuda else "cpu",
+                        lookback=cfg.autohformer.lookback, kv_len=L + T - 1)
 
 
 def _check(cfg: Any, L: int, T: int, options: BenchOptions) -> float:
@@ -66,7 +69,7 @@ def _check(cfg: Any, L: int, T: int, options: BenchOptions) -> float:
     x = torch.randn(1, L, N_CHANNELS, generator=g, dtype=torch.float64).to(options.device)
     y = torch.randn(1, T, N_CHANNELS, generator=g, dtype=torch.float64).to(options.device)
     outs = []
-    for impl in (_timed_impl(cfg, options), "reference"):
+    for impl in (_timed_impl(cfg, L, T, options), "reference"):
         m = _build(cfg, L, T, options, torch.float64, impl=impl, dropout=0.0).train()
         with torch.no_grad():
             outs.append(m(x, None, target=y))
@@ -82,7 +85,8 @@ def run_forecast_cost(options: BenchOptions) -> SuiteResult:
     B, dev = options.batch_size, options.device
     for L in progress(list(lengths), options, "forecast"):
         try:
-            status = correctness_status(_check(cfgs["autohformer"], L, T, options), tol, what="banded vs reference ")
+            what = f"{_timed_impl(cfgs['autohformer'], L, T, options)} vs reference "
+            status = correctness_status(_check(cfgs["autohformer"], L, T, options), tol, what=what)
         except Exception as exc:
             status = short_error(exc)
         if status != "ok":

@@ -4,7 +4,7 @@
 * :func:`linear_attention` (:mod:`attnlab.ops.linear`): parallel, chunked, recurrent;
 * :func:`castle_attention` (:mod:`attnlab.ops.castle`): reference, parallel, chunked, Triton;
 * :func:`decayed_window_attention` (:mod:`attnlab.ops.decayed`): windowed causal attention with exponential decay
-  (AutoHFormer): reference, banded, SDPA, FlexAttention.
+  (AutoHFormer): reference, dense, banded, SDPA, FlexAttention.
 
 Shapes: queries ``(B, H, T, D)``, keys and values ``(B, H_kv, S, D)``.
 """

@@ -151,7 +151,7 @@ class AutoHFormerConfig(HeadGeometry, PlainConfig):
     scheduled_prob: float = 0.5
     scheduled_ramp: int = 500
     instance_norm: bool = False
-    impl: Literal["auto", "reference", "banded", "sdpa", "flex"] = "auto"
+    impl: Literal["auto", "reference", "dense", "banded", "sdpa", "flex"] = "auto"
 
     def __post_init__(self) -> None:
         check_positive_ints(self, "n_layers")
@@ -165,7 +165,7 @@ class AutoHFormerConfig(HeadGeometry, PlainConfig):
                              "before it)")
         choices = {"decay": ("multiplicative", "additive", "none"), "segment_init": ("linear", "block_transformer"),
                    "train_mode": ("teacher_forcing", "free_running", "scheduled"),
-                   "impl": ("auto", "reference", "banded", "sdpa", "flex")}
+                   "impl": ("auto", "reference", "dense", "banded", "sdpa", "flex")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, valid))}, got {getattr(self, name)!r}")
@@ -177,7 +177,7 @@ class AutoHFormerConfig(HeadGeometry, PlainConfig):
         check_int("scheduled_ramp", self.scheduled_ramp, 0)
         if self.impl == "sdpa" and self.decay == "multiplicative":
             raise ValueError("impl='sdpa' needs decay='additive' or 'none' (SDPA takes an additive float mask; the "
-                             "multiplicative decay scales the scores); use impl='banded', 'reference' or 'auto'")
+                             "multiplicative decay scales the scores); use impl='banded', 'dense', 'reference' or 'auto'")
 
     @property
     def lookback(self) -> int:

@@ -26,7 +26,7 @@ def sdpa_decayed_attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask, mod: 
     """``softmax(scale q k^T + bias + mask) v`` via SDPA; see the module docstring. ``(B, H, T, Dv)``."""
     if not mod.is_bias:
         raise ValueError(f"impl='sdpa' supports decay='additive' or 'none' (an additive float mask), got "
-                         f"decay={mod.decay!r}; use impl='reference', 'banded' or 'flex'")
+                         f"decay={mod.decay!r}; use impl='reference', 'dense', 'banded' or 'flex'")
     B, H, T, _ = q.shape
     S = k.shape[2]
     allowed = dense(mask, T, S, q_offset=mod.q_offset, device=q.device)  # (T, S)
