@@ -192,7 +192,7 @@ def test_relative_term_equals_q_dot_k_plus_r_and_is_shift_invariant() -> None:
 @pytest.mark.parametrize(("T", "S", "R", "q_offset", "kv_start"),
                          [(1, 1, 1, 0, 0), (7, 7, 3, 0, 0), (5, 12, 4, 7, 0), (1, 9, 20, 40, 32), (6, 6, 20, 0, 0),
                           (4, 10, 5, 3, 0), (3, 5, 2, 0, 4)])
-def test_shifted_relative_term_equals_the_gather(T: int, S: int, R: int, q_offset: int, kv_start: int) -> None:
+def test_dense_relative_term_equals_the_reference_gather(T: int, S: int, R: int, q_offset: int, kv_start: int) -> None:
     """The dense form's gathered relative term puts ``rel[b, h, i, d]`` at ``(i, j)`` with
     ``d = (q_offset + i) - (kv_start + j)`` and 0 outside ``0 .. R - 1``, as the reference's gather does, forward
     and backward; the cases cover a table wider and narrower than the keys, decoding offsets and future keys."""
@@ -217,6 +217,37 @@ def test_shifted_relative_term_equals_the_gather(T: int, S: int, R: int, q_offse
             if 0 <= d < R:
                 want_grad[:, :, i, d] += w[:, :, i, j]
     assert torch.equal(grad, want_grad)
+
+
+@pytest.mark.parametrize("decay", ["multiplicative", "additive", "none"])
+def test_dense_form_with_offsets_and_rows_without_keys(decay: str) -> None:
+    """Called directly (the public function only passes keys that end at the last query), the dense form equals the
+    reference, outputs and gradients, with decoding offsets, future keys and query rows that see no key at all
+    (those give 0, not NaN)."""
+    from attnlab.ops.decayed.dense import dense_decayed_attention
+    from attnlab.ops.decayed.reference import reference_decayed_attention
+
+    for T, S, q_offset, kv_start, lookback in [(1, 17, 100, 84, 16), (5, 9, 3, 6, 2), (4, 6, 0, 0, 2)]:
+        q = torch.randn(2, 3, T, 8, dtype=F64, requires_grad=True)
+        k, v = (torch.randn(2, 3, S, 8, dtype=F64, requires_grad=True) for _ in range(2))
+        rel = torch.randn(2, 3, T, lookback + 1, dtype=F64, requires_grad=True)
+        gamma = torch.tensor(0.3, dtype=F64, requires_grad=True)
+        mask = window_mask(lookback, kv_start=kv_start)
+        res = {}
+        for name, form in (("reference", reference_decayed_attention), ("dense", dense_decayed_attention)):
+            mod = DecayScoreMod(decay=decay, gamma=gamma, rel=rel, q_offset=q_offset, kv_start=kv_start)
+            o = form(q, k, v, mask=mask, mod=mod, scale=0.3)
+            w = torch.randn(o.shape, dtype=F64, generator=torch.Generator().manual_seed(3))
+            res[name] = (o, *torch.autograd.grad((o * w).sum(), [q, k, v, rel, gamma], allow_unused=True))
+        assert bool(torch.isfinite(res["dense"][0]).all())
+        for got, want in zip(res["dense"], res["reference"]):
+            if want is None:
+                assert got is None or float(got.abs().max()) == 0.0
+            else:
+                torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        if (T, S, q_offset, kv_start) == (5, 9, 3, 6):  # queries at 3..7, keys at 6..14: those at 3, 4, 5 see none
+            out = res["dense"][0]
+            assert bool((out[:, :, :3] == 0).all()) and bool((out[:, :, 3:].abs().sum(-1) > 0).all())
 
 
 def test_banded_memory_is_linear_in_length() -> None:

@@ -177,7 +177,8 @@ class AutoHFormerConfig(HeadGeometry, PlainConfig):
         check_int("scheduled_ramp", self.scheduled_ramp, 0)
         if self.impl == "sdpa" and self.decay == "multiplicative":
             raise ValueError("impl='sdpa' needs decay='additive' or 'none' (SDPA takes an additive float mask; the "
-                             "multiplicative decay scales the scores); use impl='banded', 'dense', 'reference' or 'auto'")
+                             "multiplicative decay scales the scores); use impl='banded', 'dense', 'reference' or "
+                             "'auto'")
 
     @property
     def lookback(self) -> int:

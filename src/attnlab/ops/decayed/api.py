@@ -113,11 +113,12 @@ def decayed_window_attention(q: Tensor, k: Tensor, v: Tensor, *, lookback: int, 
         scale: multiplies ``q . k``; ``None`` means ``1 / sqrt(D)``.
         q_offset, kv_start: absolute positions of query row 0 and key column 0.
         impl: ``"reference"`` (dense, the specification), ``"dense"`` (the reference's math with the score
-            modification built from shifted views: several times faster on CPU, same memory), ``"banded"``
-            (linear in length), ``"sdpa"`` (float mask; not with ``decay="multiplicative"``), ``"flex"``
-            (score_mod + BlockMask; forward only on CPU) or ``"auto"`` (``"flex"`` on CUDA; elsewhere
-            ``"banded"``, or ``"dense"`` when the window covers half the keys or more, where the band saves
-            nothing: a window of 864 over 431 steps trained at 60 s a step banded, 6 s reference).
+            modification built from ``(T, S)`` matrices and one gather: about 1.7x faster on CPU, same memory),
+            ``"banded"`` (linear in length), ``"sdpa"`` (float mask; not with ``decay="multiplicative"``),
+            ``"flex"`` (score_mod + BlockMask; forward only on CPU) or ``"auto"`` (:func:`resolve_impl`:
+            ``"flex"`` on CUDA; elsewhere ``"banded"``, or ``"dense"`` when the window covers half the keys or
+            more, where the band saves nothing: a window of 864 over 431 steps trained at 60 s a step banded,
+            6 s reference).
 
     Returns:
         ``(B, H, T, Dv)``.

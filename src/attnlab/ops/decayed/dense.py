@@ -20,9 +20,8 @@ products are a small part. The form agrees with the reference in float64 to roun
 (``tests/ops/test_decayed_forms.py``). ``benchmarks/decayed_forms.py`` measured a training call (forward and
 backward) at 0.56-0.61x the reference's time on one CPU thread at the ETTh1 AutoHFormer shapes
 (``benchmarks/results/decayed-forms/results.md``); the two matrix products and the softmax are now most of what
-is left. Memory is that of the
-reference: a few ``(B, H, T, S)`` tensors, so the banded form remains the one for narrow windows over long
-sequences.
+is left. Memory is that of the reference: a few ``(B, H, T, S)`` tensors, so the banded form remains the one for
+narrow windows over long sequences.
 """
 
 from __future__ import annotations
