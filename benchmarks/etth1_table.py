@@ -5,10 +5,11 @@
 
 The run directories are git-ignored and do not outlive a session, so each finished run's result is kept as a small
 JSON record (``<comparison>-<model>-seed<k>.json``: the test metrics, the per-step MSE, steps and wall time) under
-``benchmarks/results/etth1/records``; a record is never overwritten. Prints, in Markdown: the horizon table (test MSE / MAE over every test window and at drop_last, mean ± std over the
-seeds that finished, beside the published rows of AutoHFormer's Table III, spec time_series.md C.10; each model
-also with instance normalisation of the look-back where those runs exist) and the
-ablation table (each AutoHFormer ablation at T = 96 against the preset's AutoHFormer of the same horizon, with the
+``benchmarks/results/etth1/records``; a record is never overwritten. Prints, in Markdown: the horizon table (test MSE /
+MAE over every test window and at drop_last, mean ± std over the seeds that finished, beside the published rows of
+AutoHFormer's Table III, spec time_series.md C.10; each model also with instance normalisation of the look-back where
+those runs exist; an average row per model once it has every horizon, with the seeds behind each horizon's mean) and
+the ablation table (each AutoHFormer ablation at T = 96 against the preset's AutoHFormer of the same horizon, with the
 difference, Welch's p and whether it exceeds two standard errors). Horizons or ablations with no finished run are
 left out, so the script can be run while the study is still going.
 """
