@@ -88,8 +88,7 @@ def _metric(rs: list[dict], key: str) -> list[float]:
 def horizon_table(records: Path = RECORDS) -> str:
     lines = ["| T | model | seeds | test MSE | test MAE | drop_last MSE | drop_last MAE | wall per run |",
              "|---|---|---:|---|---|---|---|---:|"]
-    means: dict[str, dict[int, float]] = {}
-    seeds: dict[str, dict[int, int]] = {}  # runs behind each mean, shown in the average row
+    means: dict[str, dict[int, tuple[float, int]]] = {}  # label -> horizon -> (mean test MSE, seeds behind it)
     for t in HORIZONS:
         rows = [(f"etth1-h{t}", variant, label) for variant, label in MODELS]
         rows += [(f"etth1-h{t}-{NORMED}", variant, f"{label} + instance norm") for variant, label in MODELS]
@@ -97,16 +96,14 @@ def horizon_table(records: Path = RECORDS) -> str:
             rs = _results(comparison, variant, records)
             if not rs and comparison == "etth1-h96" and variant in H96_SUMMARY:
                 *cols, wall = H96_SUMMARY[variant]
-                means.setdefault(label, {})[t] = cols[0][0]
-                seeds.setdefault(label, {})[t] = 3
+                means.setdefault(label, {})[t] = (cols[0][0], 3)
                 lines.append(f"| {t} | {label} (attnlab, summary) | 3 | " +
                              " | ".join(f"{m:.3f} ± {sd:.3f}" for m, sd in cols) + f" | {wall:,} s |")
                 continue
             if not rs:
                 continue
             mse = _metric(rs, "mse")
-            means.setdefault(label, {})[t] = statistics.mean(mse)
-            seeds.setdefault(label, {})[t] = len(mse)
+            means.setdefault(label, {})[t] = (statistics.mean(mse), len(mse))
             wall = statistics.median(r["run_wall_s"] for r in rs)
             lines.append(f"| {t} | {label} (attnlab) | {len(rs)} | {_ms(mse)} | {_ms(_metric(rs, 'mae'))} | "
                          f"{_ms(_metric(rs, 'mse_drop_last'))} | {_ms(_metric(rs, 'mae_drop_last'))} | {wall:,.0f} s |")
@@ -116,8 +113,9 @@ def horizon_table(records: Path = RECORDS) -> str:
                 lines.append(f"| {t} | {name}, published (Table III) | | {mse:.3f} | {mae:.3f} | | | |")
     complete = {label: m for label, m in means.items() if len(m) == len(HORIZONS)}
     for label, m in complete.items():
-        n = "/".join(str(seeds[label][t]) for t in HORIZONS)  # seeds per horizon, e.g. 3/1/1/1
-        lines.append(f"| avg | {label} (attnlab, seed means) | {n} | {statistics.mean(m.values()):.3f} | | | | |")
+        n = "/".join(str(m[t][1]) for t in HORIZONS)  # seeds per horizon, e.g. 3/1/1/1
+        avg = statistics.mean(mean for mean, _ in m.values())
+        lines.append(f"| avg | {label} (attnlab, seed means) | {n} | {avg:.3f} | | | | |")
     if complete:
         for name, table in PUBLISHED.items():
             lines.append(f"| avg | {name}, published (Table III) | | "
