@@ -72,9 +72,11 @@ def test_masks_writes_every_png_and_a_gallery(tmp_path, capsys):
 
 def test_bench_writes_reports_refuses_to_overwrite_and_fails_on_a_wrong_layer(toys, tmp_path, capsys):
     argv = ["bench", "mechanisms", "--mechanisms", "toy-ok", "--lengths", "8,16", "--quick", "--d-model", "16",
-            "--n-heads", "2", "--device", "cpu", "--out", str(tmp_path), "--no-progress", "--budget", "1"]
+            "--n-heads", "2", "--device", "cpu", "--out", str(tmp_path), "--no-progress", "--budget", "1",
+            "--min-time", "0.2"]
     assert main(argv) == 0
     md = (tmp_path / "mechanisms-cpu.md").read_text()
+    assert "--budget 1 --min-time 0.2" in md  # the command line that reproduces the run
     assert "attnlab bench mechanisms --device cpu" in md and "torch:" in md and "cpu:" in md
     assert "| toy-ok | reference | 16 | ok |" in md and "sdpa-causal (baseline)" in md
     assert (tmp_path / "mechanisms-cpu.csv").read_text().startswith("mechanism,impl,T,status")

@@ -89,6 +89,10 @@ def test_bench_options_validation():
     assert o.timing()["warmup"] == 1 and o.timing()["repeats"] == 3
     t = BenchOptions(warmup=4, repeats=9).timing()
     assert (t["warmup"], t["repeats"], t["min_time_s"], t["max_repeats"]) == (4, 9, 1.0, 200)
+    assert BenchOptions(min_time_s=0.1).timing()["min_time_s"] == 0.1  # --min-time (a GPU run of many cases)
+    assert BenchOptions(min_time_s=0.1, quick=True).timing()["min_time_s"] == 0.05  # --quick still replaces it
+    with pytest.raises(ValueError, match="min_time_s"):
+        BenchOptions(min_time_s=-1.0)
     assert BenchOptions(lengths=(5,)).lengths_or(cpu=(1,), cuda=(2,), quick=(3,)) == (5,)
 
 

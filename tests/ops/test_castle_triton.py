@@ -164,6 +164,20 @@ def test_chunk_size_32_and_batch():
 
 
 @needs_interp
+def test_launch_settings_reach_both_kernels():
+    # num_warps / num_stages are launch settings only (the interpreter ignores them): the result is unchanged and
+    # both the forward and the backward launch accept them; float64, tolerance F64
+    xs = inputs(1, 2, 40, 16, seed=6)
+    out = castle_triton(*xs, None, 0.25, chunk_size=16, num_warps=8, num_stages=2)
+    ref = castle_triton(*xs, None, 0.25, chunk_size=16)
+    torch.testing.assert_close(out, ref, **F64)
+    g = torch.autograd.grad(out.sum(), xs)
+    g_ref = torch.autograd.grad(ref.sum(), xs)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, **F64)
+
+
+@needs_interp
 def test_large_logits_stable():
     # inputs x3 -> scores and S^U of order 10-100: online softmax must not overflow; float64, tolerance F64 (relative)
     out, _ = compare(inputs(1, 1, 33, 16, seed=11, spread=3.0), None, 0.25, dict(atol=1e-10, rtol=1e-10))
@@ -350,14 +364,18 @@ def test_rejects_mismatched_inputs(mutate, match):
         (dict(scale=float("nan")), "scale must be a finite float"),
         (dict(chunk_size=24), "chunk_size must be None or a power of two >= 16"),
         (dict(chunk_size=8), "chunk_size must be None or a power of two >= 16"),
+        (dict(num_warps=3), "num_warps must be a power of two, got num_warps=3"),
+        (dict(num_warps=0), "num_warps must be None or an int >= 1"),
+        (dict(num_stages=True), "num_stages must be None or an int >= 1"),
+        (dict(num_stages=1.5), "num_stages must be None or an int >= 1"),
     ],
 )
 def test_rejects_bad_arguments(kwargs, match):
     xs = [x.detach() for x in inputs(1, 1, 4, 16)]
     args = dict(lookahead=None, scale=0.25) | kwargs
-    block = args.pop("chunk_size", None)
+    launch = {k: args.pop(k) for k in ("chunk_size", "num_warps", "num_stages") if k in args}
     with pytest.raises(ValueError, match=match):
-        castle_triton(*xs, args["lookahead"], args["scale"], chunk_size=block)
+        castle_triton(*xs, args["lookahead"], args["scale"], **launch)
 
 
 def test_rejects_head_dim_and_dtype():

@@ -43,6 +43,8 @@ class BenchOptions:
         warmup, repeats: calls before timing, and the least number of timed calls (the median is reported;
             fast cases take more, see :meth:`timing`).
         budget_s: stop repeating a case after this many seconds (at least 3 timed calls always run).
+        min_time_s: keep repeating a case (up to 200 calls) until this many seconds of timing have passed, so that
+            fast cases take many samples (default 1 s; a GPU run of many cases may lower it).
         mechanisms: restrict the suites to these registry names (``None``: all registered); unknown names are
             refused.
         d_model, n_heads, batch_size: layer and batch sizes.
@@ -56,6 +58,7 @@ class BenchOptions:
     warmup: int = 2
     repeats: int = 7
     budget_s: float = 15.0
+    min_time_s: float = 1.0
     mechanisms: tuple[str, ...] | None = None
     d_model: int = 256
     n_heads: int = 4
@@ -74,6 +77,7 @@ class BenchOptions:
         if torch.device(self.device).type not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         check_float("budget_s", self.budget_s, low=0.0, low_inclusive=False, high=math.inf)
+        check_float("min_time_s", self.min_time_s, low=0.0, high=math.inf)
         if self.warmup < 0 or self.repeats < 1:
             raise ValueError(f"need warmup >= 0, repeats >= 1 and budget_s > 0; got warmup={self.warmup}, "
                              f"repeats={self.repeats}, budget_s={self.budget_s}")
@@ -84,11 +88,11 @@ class BenchOptions:
         """The keyword arguments of :func:`attnlab.bench.measure.time_fns` that the suites time with.
 
         A case is warmed up ``warmup`` times, then timed at least ``repeats`` times and until ``min_time_s`` of
-        timing have passed (so fast cases take many samples), at most ``max_repeats`` times; once ``budget_s`` is
+        timing (``min_time_s``) have passed (so fast cases take many samples), at most ``max_repeats`` times; once ``budget_s`` is
         spent it stops after ``min_repeats``. ``quick`` uses 1 warm-up call, 3 repeats and 0.05 s instead.
         """
         kw: dict[str, Any] = dict(device=self.device, warmup=self.warmup, repeats=self.repeats, min_repeats=3,
-                                  min_time_s=1.0, max_repeats=200, budget_s=self.budget_s)
+                                  min_time_s=self.min_time_s, max_repeats=200, budget_s=self.budget_s)
         if self.quick:
             kw.update(warmup=1, repeats=3, min_time_s=0.05)
         return kw

@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "200), stopping early (after at least 3) once a case has used its --budget (default 7)")
     parser.add_argument("--budget", type=float, default=15.0,
                         help="seconds of timing per case after which repeats stop early (default 15)")
+    parser.add_argument("--min-time", type=float, default=1.0,
+                        help="seconds of timing per case before repeats may stop (default 1; --quick uses 0.05)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--list", action="store_true", help="list the registered suites and exit")
     parser.add_argument("--no-progress", action="store_true")
@@ -71,7 +73,8 @@ def command_line(suites: list[str], options: BenchOptions, out: str | Path, *, f
     o = options
     parts = ["attnlab", "bench", *suites, "--device", o.device, "--dtype", str(o.dtype).removeprefix("torch."),
              "--d-model", str(o.d_model), "--n-heads", str(o.n_heads), "--batch-size", str(o.batch_size),
-             "--warmup", str(o.warmup), "--repeats", str(o.repeats), "--budget", f"{o.budget_s:g}"]
+             "--warmup", str(o.warmup), "--repeats", str(o.repeats), "--budget", f"{o.budget_s:g}",
+             "--min-time", f"{o.min_time_s:g}"]
     if o.lengths:
         parts += ["--lengths", ",".join(map(str, o.lengths))]
     if o.quick:
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = BenchOptions(device=args.device or default_device(), dtype=_DTYPES[args.dtype],
                                lengths=args.lengths, quick=args.quick, warmup=args.warmup, repeats=args.repeats,
-                               budget_s=args.budget, mechanisms=name_list(args.mechanisms), d_model=args.d_model,
+                               budget_s=args.budget, min_time_s=args.min_time, mechanisms=name_list(args.mechanisms), d_model=args.d_model,
                                n_heads=args.n_heads, batch_size=args.batch_size, progress=not args.no_progress)
         cmd = command_line(names, options, args.out, force=args.force, threads=args.threads)
         status, _ = run_suites(names, options, args.out, command=cmd, force=args.force, threads=args.threads,

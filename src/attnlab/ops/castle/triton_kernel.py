@@ -125,7 +125,8 @@ def _kernels(device: torch.device) -> tuple[Any, Any]:
 _NAMES = ("q_u", "k_u", "v_u", "q_c", "k_c", "v_c")
 
 
-def _validate(tensors: tuple[Tensor, ...], lookahead: int | None, scale: float, chunk_size: int | None) -> None:
+def _validate(tensors: tuple[Tensor, ...], lookahead: int | None, scale: float, chunk_size: int | None,
+              num_warps: int | None = None, num_stages: int | None = None) -> None:
     ref = tensors[0]
     for name, t in zip(_NAMES, tensors):
         if not isinstance(t, Tensor):
@@ -156,6 +157,11 @@ def _validate(tensors: tuple[Tensor, ...], lookahead: int | None, scale: float, 
         or chunk_size & (chunk_size - 1)
     ):
         raise ValueError(f"castle_triton: chunk_size must be None or a power of two >= 16, got {chunk_size!r}")
+    for name, val, lo in (("num_warps", num_warps, 1), ("num_stages", num_stages, 1)):
+        if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < lo):
+            raise ValueError(f"castle_triton: {name} must be None or an int >= {lo}, got {name}={val!r}")
+    if num_warps is not None and num_warps & (num_warps - 1):
+        raise ValueError(f"castle_triton: num_warps must be a power of two, got num_warps={num_warps!r}")
 
 
 def _mm_dtype(dtype: torch.dtype) -> Any:
@@ -202,7 +208,7 @@ class _CastleTritonFn(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any,
         q_u: Tensor, k_u: Tensor, v_u: Tensor, q_c: Tensor, k_c: Tensor, v_c: Tensor,
-        lookahead: int | None, scale: float, chunk_size: int,
+        lookahead: int | None, scale: float, chunk_size: int, launch: dict[str, int],
     ) -> Tensor:
         shape = q_u.shape
         b, h, t, d = shape
@@ -233,17 +239,17 @@ class _CastleTritonFn(torch.autograd.Function):
                 qu, ku, vu, qc, kc, vc, out, lse, d_state, m_state, l_state, a_state,
                 t, k, w_arg, kscale,
                 t * dp, tp * dp, dp, tp,
-                HAS_LOOKAHEAD=lookahead is not None, CHUNK=chunk_size, HEAD_D=dp, PREC=prec, MM_DT=mm_dt,
+                HAS_LOOKAHEAD=lookahead is not None, CHUNK=chunk_size, HEAD_D=dp, PREC=prec, MM_DT=mm_dt, **launch,
             )
         ctx.save_for_backward(qu, ku, vu, qc, kc, vc, out, lse, d_state)
-        ctx.meta = (shape, lookahead, w_arg, float(scale), kscale, prescale, chunk_size, prec, mm_dt)
+        ctx.meta = (shape, lookahead, w_arg, float(scale), kscale, prescale, chunk_size, prec, mm_dt, launch)
         return out[:, :, :d].reshape(b, h, t, d)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         qu, ku, vu, qc, kc, vc, out, lse, d_saved = ctx.saved_tensors
-        shape, lookahead, w_arg, scale, kscale, prescale, chunk_size, prec, mm_dt = ctx.meta
+        shape, lookahead, w_arg, scale, kscale, prescale, chunk_size, prec, mm_dt, launch = ctx.meta
         b, h, t, d = shape
         dtype = qu.dtype
         bh, _, dp = qu.shape
@@ -263,7 +269,7 @@ class _CastleTritonFn(torch.autograd.Function):
                 dqu, dku_a, dku_b, dvu_a, dvu_b, dqc, dkc, dvc,
                 t, k, w_arg, kscale,
                 t * dp, tp * dp, dp, tp,
-                HAS_LOOKAHEAD=lookahead is not None, CHUNK=chunk_size, HEAD_D=dp, PREC=prec, MM_DT=mm_dt,
+                HAS_LOOKAHEAD=lookahead is not None, CHUNK=chunk_size, HEAD_D=dp, PREC=prec, MM_DT=mm_dt, **launch,
             )
         if prescale:
             dqu, dqc = dqu * scale, dqc * scale
@@ -274,6 +280,7 @@ class _CastleTritonFn(torch.autograd.Function):
             _unprep(dqc, shape, dtype),
             _unprep(dkc, shape, dtype),
             _unprep(dvc, shape, dtype),
+            None,
             None,
             None,
             None,
@@ -291,6 +298,8 @@ def castle_triton(
     scale: float,
     *,
     chunk_size: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> Tensor:
     """CASTLE / CASTLE-SWL attention with Triton kernels (blocked wavefront, spec Algorithms 1 and 3).
 
@@ -304,6 +313,9 @@ def castle_triton(
         chunk_size: positions per block (rows = columns of a tile), a power of two >= 16; None picks 64 (16-bit
             dtypes, Dp <= 64) or 32 on CUDA and 16 on CPU. It sets the blocking of the D state; the result does not
             depend on it beyond rounding.
+        num_warps, num_stages: Triton launch settings of both kernels (warps per program, software-pipelining
+            depth); None keeps Triton's defaults. For tuning (``benchmarks/gpu/castle_kernel.py`` sweeps them);
+            they change speed only, not the result beyond rounding.
 
     Returns:
         (B, H, T, D) in the input dtype; differentiable (first order only: the backward is itself not
@@ -314,9 +326,10 @@ def castle_triton(
     two >= 16; exact).
     """
     tensors = (q_u, k_u, v_u, q_c, k_c, v_c)
-    _validate(tensors, lookahead, scale, chunk_size)
+    _validate(tensors, lookahead, scale, chunk_size, num_warps, num_stages)
     b, h, t, d = q_u.shape
     if b * h * t == 0:  # nothing to compute; keep the autograd graph connected
         return (q_u + k_u + v_u + q_c + k_c + v_c) * 0.0
     chunk = chunk_size if chunk_size is not None else _default_chunk(_padded_head_dim(d), q_u.dtype, q_u.device)
-    return _CastleTritonFn.apply(q_u, k_u, v_u, q_c, k_c, v_c, lookahead, float(scale), chunk)
+    launch = {k: v for k, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v is not None}
+    return _CastleTritonFn.apply(q_u, k_u, v_u, q_c, k_c, v_c, lookahead, float(scale), chunk, launch)

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The GPU tier on one CUDA device (prepared for an NVIDIA H200): every part in its own process with a time limit,
+# everything under one results folder.
+#
+#   bash benchmarks/gpu/run_all.sh [RESULTS_DIR] [BUDGET_SECONDS]
+#
+#   RESULTS_DIR     default benchmarks/results/gpu-cuda
+#   BUDGET_SECONDS  default 480 (8 minutes): a part starts only while the budget lasts, and is given at most what
+#                   is left of it (its own limit otherwise); parts past the budget are listed as skipped
+#   GPU_PARTS       optional comma list of the parts to run (e.g. GPU_PARTS=pytest,bench-castle to re-run two)
+#   PYTHON          the interpreter (default python3)
+#   WHEELS          optional folder of wheels of the project's optional extras missing on the machine (the `fla`
+#                   extra: flash-linear-attention); they are installed with --no-index --no-deps into
+#                   RESULTS_DIR/.site, nothing else is installed
+#
+# Parts, in order of priority: env (device and ceilings), castle-checks, castle-sweep, castle-speed
+# (benchmarks/gpu/castle_kernel.py), train (benchmarks/gpu/train_throughput.py), bench-sparsity, linear-fla
+# (benchmarks/gpu/linear_fla.py), pytest (`pytest -m gpu`, the whole GPU tier), bench-mechanisms, bench-overhead,
+# bench-castle. Each writes its log to RESULTS_DIR/logs/PART.log; RESULTS_DIR/summary.md lists every part with its
+# exit status, seconds and limit. A part's failure does not stop the others. The run is refused if RESULTS_DIR
+# holds a summary already (nothing is overwritten), unless GPU_PARTS names the parts to (re-)run.
+set -u
+cd "$(dirname "$0")/../.."
+R=${1:-benchmarks/results/gpu-cuda}
+BUDGET=${2:-480}
+PY=${PYTHON:-python3}
+ONLY=${GPU_PARTS:-all}
+if [ "$ONLY" = all ] && [ -e "$R/summary.md" ]; then
+  echo "run_all.sh: $R/summary.md exists; choose another folder or name the parts to re-run in GPU_PARTS" >&2
+  exit 2
+fi
+mkdir -p "$R/logs"
+"$PY" -c "import attnlab" 2>/dev/null || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+if [ -n "${WHEELS:-}" ] && ! "$PY" -c "import fla" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$R/.site" \
+    "$WHEELS"/*.whl && export PYTHONPATH="$PWD/$R/.site:$PYTHONPATH"
+fi
+# test_castle_triton.py sets TRITON_INTERPRET=1 (setdefault) when pytest imports it; on a GPU everything must be
+# compiled, so the variable is set to 0 for every part.
+export TRITON_INTERPRET=0 PYTHONUNBUFFERED=1
+START=$(date +%s)
+SUMMARY="$R/summary.md"
+[ -e "$SUMMARY" ] || printf '| part | exit | seconds | limit |\n|---|---|---|---|\n' > "$SUMMARY"
+
+# part NAME LIMIT CMD...: run CMD with at most min(LIMIT, what is left of the budget) seconds; the word {secs} in
+# CMD becomes that limit less 10 s (the scripts' own deadlines, so that they write what they measured in time).
+part() {
+  local name=$1 limit=$2
+  shift 2
+  if [ "$ONLY" != all ] && [[ ",$ONLY," != *",$name,"* ]]; then return; fi
+  local left=$((BUDGET - ($(date +%s) - START)))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 20 ]; then
+    echo "| $name | skipped: budget spent | 0 | $limit |" >> "$SUMMARY"
+    echo "== $name: skipped (budget spent)"
+    return
+  fi
+  local args=() a
+  for a in "$@"; do args+=("${a//\{secs\}/$((limit - 10))}"); done
+  echo "== $name (limit ${limit}s): ${args[*]}"
+  local t0 rc
+  t0=$(date +%s)
+  timeout -k 5 "$limit" "${args[@]}" > "$R/logs/$name.log" 2>&1
+  rc=$?
+  echo "| $name | $rc$([ $rc = 124 ] && echo ' (time limit)') | $(($(date +%s) - t0)) | $limit |" >> "$SUMMARY"
+  tail -n 4 "$R/logs/$name.log"
+}
+
+BENCH=(-m attnlab.cli bench --device cuda --dtype bfloat16 --warmup 2 --repeats 5 --min-time 0.1 --budget 2
+       --no-progress --force --out "$R/bench")
+
+part env 25 bash -c "nvidia-smi; $PY benchmarks/gpu/ceilings.py --out '$R'"
+part castle-checks 45 "$PY" benchmarks/gpu/castle_kernel.py --phase checks --out "$R/castle" --max-seconds {secs}
+part castle-sweep 55 "$PY" benchmarks/gpu/castle_kernel.py --phase sweep --out "$R/castle" --max-seconds {secs}
+part castle-speed 60 "$PY" benchmarks/gpu/castle_kernel.py --phase speed --out "$R/castle" --max-seconds {secs}
+part train 140 "$PY" benchmarks/gpu/train_throughput.py --out "$R/train" --max-seconds {secs}
+part bench-sparsity 80 "$PY" "${BENCH[@]}" sparsity --lengths 8192
+part linear-fla 40 "$PY" benchmarks/gpu/linear_fla.py --out "$R/linear" --max-seconds {secs}
+part pytest 110 "$PY" -m pytest -m gpu -n 4 -p no:cacheprovider -q -rfEs --continue-on-collection-errors \
+  --junitxml "$R/pytest-gpu.xml"
+part bench-mechanisms 45 "$PY" "${BENCH[@]}" mechanisms --lengths 1024,4096
+part bench-overhead 25 "$PY" "${BENCH[@]}" overhead --lengths 4096
+part bench-castle 45 "$PY" "${BENCH[@]}" castle --lengths 2048,8192
+
+[ -e "$R/castle/castle-kernel.jsonl" ] && "$PY" benchmarks/gpu/castle_kernel.py --render --out "$R/castle" \
+  > /dev/null 2>&1
+echo "total $(($(date +%s) - START)) s of a ${BUDGET} s budget" | tee -a "$R/logs/total.txt"
+cat "$SUMMARY"
