@@ -178,8 +178,9 @@ def sweep_configs(D: int, dry: bool) -> list[tuple[int, int]]:
     """(chunk, num_warps) candidates: 16-bit operands, C x C score tiles plus C x D state tiles per program."""
     if dry:
         return [(16, 4), (16, 8)]
-    chunks = (16, 32, 64, 128) if D <= 64 else (16, 32, 64)
-    return [(c, w) for c in chunks for w in (4, 8)]
+    if D <= 64:
+        return [(c, w) for c in (32, 64, 128) for w in (4, 8)]
+    return [(32, 4), (64, 4), (64, 8)]  # D = 128: C = 128 tiles would not fit in shared memory
 
 
 def castle_call(D: int, T: int, run: Run, *, dtype: torch.dtype, lookahead: int | None = None,

@@ -16,7 +16,7 @@
 # Parts, in order of priority: env (device and ceilings), castle-checks, castle-sweep, castle-speed
 # (benchmarks/gpu/castle_kernel.py), train (benchmarks/gpu/train_throughput.py), bench-sparsity, linear-fla
 # (benchmarks/gpu/linear_fla.py), pytest (`pytest -m gpu`, the whole GPU tier), bench-mechanisms, bench-overhead,
-# bench-castle. Each writes its log to RESULTS_DIR/logs/PART.log; RESULTS_DIR/summary.md lists every part with its
+# bench-castle, bench-future. Each writes its log to RESULTS_DIR/logs/PART.log; RESULTS_DIR/summary.md lists every part with its
 # exit status, seconds and limit. A part's failure does not stop the others. The run is refused if RESULTS_DIR
 # holds a summary already (nothing is overwritten), unless GPU_PARTS names the parts to (re-)run.
 set -u
@@ -70,17 +70,19 @@ BENCH=(-m attnlab.cli bench --device cuda --dtype bfloat16 --warmup 2 --repeats 
        --no-progress --force --out "$R/bench")
 
 part env 25 bash -c "nvidia-smi; $PY benchmarks/gpu/ceilings.py --out '$R'"
-part castle-checks 45 "$PY" benchmarks/gpu/castle_kernel.py --phase checks --out "$R/castle" --max-seconds {secs}
-part castle-sweep 55 "$PY" benchmarks/gpu/castle_kernel.py --phase sweep --out "$R/castle" --max-seconds {secs}
-part castle-speed 60 "$PY" benchmarks/gpu/castle_kernel.py --phase speed --out "$R/castle" --max-seconds {secs}
-part train 140 "$PY" benchmarks/gpu/train_throughput.py --out "$R/train" --max-seconds {secs}
-part bench-sparsity 80 "$PY" "${BENCH[@]}" sparsity --lengths 8192
-part linear-fla 40 "$PY" benchmarks/gpu/linear_fla.py --out "$R/linear" --max-seconds {secs}
+part castle-checks 55 "$PY" benchmarks/gpu/castle_kernel.py --phase checks --out "$R/castle" --max-seconds {secs}
+part castle-sweep 50 "$PY" benchmarks/gpu/castle_kernel.py --phase sweep --out "$R/castle" --max-seconds {secs}
+part castle-speed 50 "$PY" benchmarks/gpu/castle_kernel.py --phase speed --out "$R/castle" --max-seconds {secs}
+part train 150 "$PY" benchmarks/gpu/train_throughput.py --out "$R/train" --budget-seconds {secs} \
+  --hard-limit-seconds {secs}
+part bench-sparsity 70 "$PY" "${BENCH[@]}" sparsity --lengths 8192
+part linear-fla 35 "$PY" benchmarks/gpu/linear_fla.py --out "$R/linear" --max-seconds {secs}
 part pytest 110 "$PY" -m pytest -m gpu -n 4 -p no:cacheprovider -q -rfEs --continue-on-collection-errors \
   --junitxml "$R/pytest-gpu.xml"
 part bench-mechanisms 45 "$PY" "${BENCH[@]}" mechanisms --lengths 1024,4096
 part bench-overhead 25 "$PY" "${BENCH[@]}" overhead --lengths 4096
 part bench-castle 45 "$PY" "${BENCH[@]}" castle --lengths 2048,8192
+part bench-future 45 "$PY" "${BENCH[@]}" future --lengths 2048,8192
 
 [ -e "$R/castle/castle-kernel.jsonl" ] && "$PY" benchmarks/gpu/castle_kernel.py --render --out "$R/castle" \
   > /dev/null 2>&1
