@@ -203,7 +203,7 @@ def test_cache_keeps_graph_until_detached() -> None:
         (dict(d_model=25, n_heads=4), r"n_heads=4 must divide d_model=25"),
         (dict(n_kv_heads=3), r"n_kv_heads=3 must divide n_heads=4"),
         (dict(feature_map="exp"), r"feature_map must be one of \('elu1', 'relu', 'taylor'\), got 'exp'"),
-        (dict(impl="flex"), r"impl must be one of \('auto', 'parallel', 'chunked', 'recurrent'\), got 'flex'"),
+        (dict(impl="flex"), r"impl must be one of \('auto', 'parallel', 'chunked', 'recurrent', 'fla'\), got 'flex'"),
         (dict(rope=True, qk_head_dim=3), r"rope=True needs an even qk_head_dim, got qk_head_dim=3"),
         (dict(chunk_size=0), r"chunk_size must be an int >= 1, got 0"),
         (dict(dropout=1.0), r"dropout must be a float in \[0, 1\), got 1.0"),

@@ -18,15 +18,16 @@ from torch import Tensor
 from attnlab.ops._checks import check_kv_like_q
 from attnlab.ops.linear.chunked import linear_attention_chunked
 from attnlab.ops.linear.feature_maps import FeatureMapName, get_feature_map
+from attnlab.ops.linear.fla_backend import check_fla_args, linear_attention_fla
 from attnlab.ops.linear.parallel import linear_attention_parallel
 from attnlab.ops.linear.recurrent import linear_attention_recurrent
 from attnlab.ops.linear.state import LinearState
 
 __all__ = ["LinearImpl", "LINEAR_IMPLS", "LinearState", "linear_attention"]
 
-LinearImpl = Literal["auto", "parallel", "chunked", "recurrent"]
+# "fla" (flash-linear-attention's CUDA kernels, optional dependency) is opt-in: "auto" never picks it.
+LinearImpl = Literal["auto", "parallel", "chunked", "recurrent", "fla"]
 LINEAR_IMPLS: tuple[str, ...] = get_args(LinearImpl)
-
 
 
 def _check_tensor(name: str, t: object, ndim: int, shape_doc: str) -> Tensor:
@@ -72,6 +73,8 @@ def _validate(
     if causal and S != T:
         raise ValueError(f"causal=True needs as many keys as queries (self-attention), got T={T} and S={S}")
     Fd, Dv = fmap.dim(D), v.shape[3]
+    if impl == "fla":
+        check_fla_args((B, H, T, Fd), Dv, q.dtype, q.device, causal=causal, feature_map=feature_map)
     if initial_state is None:
         return Fd, None
     if not (isinstance(initial_state, tuple) and len(initial_state) == 2):
@@ -115,6 +118,9 @@ def linear_attention(
         impl: ``"recurrent"`` (loop over time, the specification), ``"parallel"`` (masked quadratic),
             ``"chunked"`` (linear in ``T``), or ``"auto"`` (``"recurrent"`` for a single causal query, the
             decoding step; else ``"chunked"``, which for ``causal=False`` is the closed form, linear in ``S``).
+            ``"fla"``: flash-linear-attention's chunked Triton kernels on CUDA, opt-in (``auto`` never picks it),
+            causal only, float32/bfloat16, needs ``pip install 'attnlab[fla]'``; see
+            :mod:`attnlab.ops.linear.fla_backend` (the kernel runs in the input dtype, the normaliser in float32).
         chunk_size: chunk length of the chunked form (any ``T``, divisor or not); ignored by the other forms.
         eps: added to the normaliser ``phi(q_t) . z_t``; must be ``>= 0``.
 
@@ -122,7 +128,8 @@ def linear_attention(
         ``out`` ``(B, H, T, Dv)`` and the state after all ``S`` keys (including ``initial_state``), so that
         running two segments with the state carried over equals running the whole sequence (causal).
 
-    16-bit inputs are computed in float32 and the output and state cast back to the input dtype.
+    16-bit inputs are computed in float32 and the output and state cast back to the input dtype (``impl="fla"``:
+    the feature map and normaliser in float32, fla's kernel in the input dtype).
     """
     Fd, state0 = _validate(q, k, v, feature_map, causal, initial_state, impl, chunk_size, eps)
     fmap = get_feature_map(feature_map)
@@ -141,6 +148,8 @@ def linear_attention(
         out, (kv, z) = linear_attention_recurrent(fq, fk, v, st, causal=causal, eps=eps)
     elif form == "parallel":
         out, (kv, z) = linear_attention_parallel(fq, fk, v, st, causal=causal, eps=eps)
+    elif form == "fla":
+        out, (kv, z) = linear_attention_fla(fq, fk, v, None if state0 is None else st, eps=eps, kernel_dtype=dtype)
     else:
         out, (kv, z) = linear_attention_chunked(fq, fk, v, st, causal=causal, eps=eps, chunk_size=chunk_size)
     return out.to(dtype), LinearState(kv.to(dtype), z.to(dtype))
