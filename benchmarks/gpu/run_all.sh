@@ -76,7 +76,7 @@ part castle-speed 50 "$PY" benchmarks/gpu/castle_kernel.py --phase speed --out "
 part train 150 "$PY" benchmarks/gpu/train_throughput.py --out "$R/train" --budget-seconds {secs} \
   --hard-limit-seconds {secs}
 part bench-sparsity 70 "$PY" "${BENCH[@]}" sparsity --lengths 8192
-part linear-fla 35 "$PY" benchmarks/gpu/linear_fla.py --out "$R/linear" --max-seconds {secs}
+part linear-fla 60 "$PY" benchmarks/gpu/linear_fla.py --out "$R/linear" --max-seconds {secs}
 part pytest 110 "$PY" -m pytest -m gpu -n 4 -p no:cacheprovider -q -rfEs --continue-on-collection-errors \
   --junitxml "$R/pytest-gpu.xml"
 part bench-mechanisms 45 "$PY" "${BENCH[@]}" mechanisms --lengths 1024,4096
