@@ -52,3 +52,16 @@ def benchmark_script():
         return mod
 
     return load
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """With ``ATTNLAB_FAILURE_LOG=path`` set, append each failure (node id, phase, traceback) to that file as it
+    happens, so that a run stopped at a time limit (``benchmarks/gpu/run_all.sh``) still says what failed and why."""
+    import os
+
+    path = os.environ.get("ATTNLAB_FAILURE_LOG")
+    # under pytest-xdist the controller receives every worker's report: write there only, once per failure
+    if not path or not report.failed or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    with open(path, "a") as f:
+        f.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext[-6000:]}\n\n")

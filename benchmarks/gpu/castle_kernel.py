@@ -128,15 +128,16 @@ def env_row(run: Run, phase: str) -> None:
 
 # -------------------------------------------------------------------------------------------------------- checks
 
-def phase_checks(run: Run) -> None:
+def phase_checks(run: Run, dtypes: tuple[str, ...] = ("float32", "bfloat16"), dims: tuple[int, ...] | None = None,
+                 swl: bool = True) -> None:
     from attnlab.ops.castle import castle_chunked, castle_parallel
     from attnlab.ops.castle.triton_kernel import castle_triton
 
     B, H, T = (1, 1, 24) if run.dry else (1, 4, 1000)
-    dims = (16,) if run.dry else (64, 128)
-    lookaheads = (None, 7) if run.dry else (None, 200)
+    dims = (16,) if run.dry else (dims or (64, 128))
+    lookaheads = ((None, 7) if run.dry else (None, 200)) if swl else (None,)
     seed = 0
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (getattr(torch, name) for name in dtypes):
         for D in dims:
             for la in lookaheads:
                 seed += 1
@@ -394,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
                     "are recorded as skipped)")
     ap.add_argument("--render", action="store_true", help="only rebuild the Markdown/CSV/PNG from the JSONL")
     ap.add_argument("--dry-run", action="store_true", help="CPU, toy sizes, Triton's interpreter (for the tests)")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="checks: dtypes (default float32,bfloat16)")
+    ap.add_argument("--dims", default="64,128", help="checks: head dims (default 64,128)")
+    ap.add_argument("--no-swl", action="store_true", help="checks: full CASTLE only (no lookahead-window case)")
     a = ap.parse_args(argv)
     if a.render:
         for p in render(a.out):
@@ -405,8 +409,20 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(a.out, a.max_seconds, a.dry_run)
     phases = ("checks", "sweep", "speed") if a.phase == "all" else (a.phase,)
     env_row(run, ",".join(phases))
+    dtypes = tuple(d.strip() for d in a.dtypes.split(",") if d.strip())
+    if not dtypes or any(d not in TOL for d in dtypes):
+        ap.error(f"--dtypes: expected a comma list of {', '.join(TOL)}, got {a.dtypes!r}")
+    try:
+        dims = tuple(int(d) for d in a.dims.split(",") if d.strip())
+    except ValueError:
+        dims = ()
+    if not dims or any(not 1 <= d <= 128 for d in dims):
+        ap.error(f"--dims: expected a comma list of head dims in [1, 128], got {a.dims!r}")
     for ph in phases:
-        {"checks": phase_checks, "sweep": phase_sweep, "speed": phase_speed}[ph](run)
+        if ph == "checks":
+            phase_checks(run, dtypes, dims, swl=not a.no_swl)
+        else:
+            {"sweep": phase_sweep, "speed": phase_speed}[ph](run)
     render(a.out)
     return 0
 

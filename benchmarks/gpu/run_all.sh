@@ -9,14 +9,17 @@
 #                   is left of it (its own limit otherwise); parts past the budget are listed as skipped
 #   GPU_PARTS       optional comma list of the parts to run (e.g. GPU_PARTS=pytest,bench-castle to re-run two)
 #   PYTHON          the interpreter (default python3)
+#   CASTLE_CHECKS   extra options of the castle-checks part (e.g. "--dtypes bfloat16 --no-swl")
 #   WHEELS          optional folder of wheels of the project's optional extras missing on the machine (the `fla`
 #                   extra: flash-linear-attention); they are installed with --no-index --no-deps into
 #                   RESULTS_DIR/.site, nothing else is installed
 #
 # Parts, in order of priority: env (device and ceilings), castle-checks, castle-sweep, castle-speed
 # (benchmarks/gpu/castle_kernel.py), train (benchmarks/gpu/train_throughput.py), bench-sparsity, linear-fla
-# (benchmarks/gpu/linear_fla.py), pytest (`pytest -m gpu`, the whole GPU tier), bench-mechanisms, bench-overhead,
-# bench-castle, bench-future. Each writes its log to RESULTS_DIR/logs/PART.log; RESULTS_DIR/summary.md lists every part with its
+# (benchmarks/gpu/linear_fla.py), pytest (`pytest -m gpu`, the whole GPU tier), flex-density
+# (benchmarks/gpu/flex_density.py: the lean form of bench-sparsity), bench-mechanisms, bench-overhead,
+# bench-castle, bench-future. Each writes its log to RESULTS_DIR/logs/PART.log (PART.2.log ... on a re-run);
+# RESULTS_DIR/summary.md lists every part with its
 # exit status, seconds and limit. A part's failure does not stop the others. The run is refused if RESULTS_DIR
 # holds a summary already (nothing is overwritten), unless GPU_PARTS names the parts to (re-)run.
 set -u
@@ -58,27 +61,31 @@ part() {
   local args=() a
   for a in "$@"; do args+=("${a//\{secs\}/$((limit - 10))}"); done
   echo "== $name (limit ${limit}s): ${args[*]}"
-  local t0 rc
+  local t0 rc log="$R/logs/$name.log" n=2
+  while [ -e "$log" ]; do log="$R/logs/$name.$n.log"; n=$((n + 1)); done  # a re-run keeps the earlier log
   t0=$(date +%s)
-  timeout -k 5 "$limit" "${args[@]}" > "$R/logs/$name.log" 2>&1
+  timeout -k 5 "$limit" "${args[@]}" > "$log" 2>&1
   rc=$?
   echo "| $name | $rc$([ $rc = 124 ] && echo ' (time limit)') | $(($(date +%s) - t0)) | $limit |" >> "$SUMMARY"
-  tail -n 4 "$R/logs/$name.log"
+  tail -n 4 "$log"
 }
 
 BENCH=(-m attnlab.cli bench --device cuda --dtype bfloat16 --warmup 2 --repeats 5 --min-time 0.1 --budget 2
        --no-progress --force --out "$R/bench")
 
 part env 25 bash -c "nvidia-smi; $PY benchmarks/gpu/ceilings.py --out '$R'"
-part castle-checks 55 "$PY" benchmarks/gpu/castle_kernel.py --phase checks --out "$R/castle" --max-seconds {secs}
+part castle-checks 55 "$PY" benchmarks/gpu/castle_kernel.py --phase checks --out "$R/castle" --max-seconds {secs} \
+  ${CASTLE_CHECKS:-}
 part castle-sweep 50 "$PY" benchmarks/gpu/castle_kernel.py --phase sweep --out "$R/castle" --max-seconds {secs}
 part castle-speed 50 "$PY" benchmarks/gpu/castle_kernel.py --phase speed --out "$R/castle" --max-seconds {secs}
 part train 150 "$PY" benchmarks/gpu/train_throughput.py --out "$R/train" --budget-seconds {secs} \
   --hard-limit-seconds {secs}
 part bench-sparsity 70 "$PY" "${BENCH[@]}" sparsity --lengths 8192
 part linear-fla 60 "$PY" benchmarks/gpu/linear_fla.py --out "$R/linear" --max-seconds {secs}
-part pytest 110 "$PY" -m pytest -m gpu -n 4 -p no:cacheprovider -q -rfEs --continue-on-collection-errors \
-  --junitxml "$R/pytest-gpu.xml"
+# each failure is written to pytest-failures.log as it happens (tests/conftest.py), so a time limit keeps them
+part pytest 150 env ATTNLAB_FAILURE_LOG="$R/pytest-failures.log" "$PY" -m pytest -m gpu -n 8 -p no:cacheprovider \
+  -q -rfEs --continue-on-collection-errors --junitxml "$R/pytest-gpu.xml"
+part flex-density 60 "$PY" benchmarks/gpu/flex_density.py --out "$R/flex" --max-seconds {secs}
 part bench-mechanisms 45 "$PY" "${BENCH[@]}" mechanisms --lengths 1024,4096
 part bench-overhead 25 "$PY" "${BENCH[@]}" overhead --lengths 4096
 part bench-castle 45 "$PY" "${BENCH[@]}" castle --lengths 2048,8192

@@ -34,7 +34,7 @@ def test_parts_run_in_order_within_the_budget_and_the_rest_are_listed_as_skipped
     assert proc.returncode == 0, proc.stderr
     rows = _rows(res)
     assert list(rows) == ["env", "castle-checks", "castle-sweep", "castle-speed", "train", "bench-sparsity",
-                          "linear-fla", "pytest", "bench-mechanisms", "bench-overhead", "bench-castle",
+                          "linear-fla", "pytest", "flex-density", "bench-mechanisms", "bench-overhead", "bench-castle",
                           "bench-future"]
     # env gets its own 25 s; the next parts what is left of 30 s; below 20 s left a part is skipped
     assert rows["env"][0] == "0" and rows["env"][2] == "25"

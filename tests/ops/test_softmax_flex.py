@@ -181,3 +181,19 @@ def test_auto_picks_flex_on_cuda_for_sparse_masks() -> None:
 
     dev = torch.device("cuda")
     assert resolve_impl("auto", device=dev, mask=M.sliding_window(4), score="scaled_dot", dropout_p=0.0) == "flex"
+
+
+def test_compiled_flex_raises_the_recompile_limit_and_never_lowers_it(monkeypatch):
+    # Each mask function is a new graph of the one compiled flex_attention; at dynamo's default limit of 8 the
+    # ninth mask fell back to the eager, unfused FlexAttention on an H200 (the sparsity suite stalled).
+    from attnlab.ops.softmax import flex as flex_mod
+
+    cfg = torch._dynamo.config
+    monkeypatch.setattr(flex_mod, "_compiled", None)
+    with cfg.patch(recompile_limit=8):  # (dynamo's config module: patched with its own context manager)
+        fn = flex_mod.compiled_flex()  # torch.compile is lazy: nothing is compiled until the first call
+        assert cfg.recompile_limit == flex_mod.FLEX_RECOMPILE_LIMIT >= 64
+        assert flex_mod.compiled_flex() is fn  # one compiled FlexAttention per process
+    with cfg.patch(recompile_limit=1000):
+        flex_mod.raise_recompile_limit()
+        assert cfg.recompile_limit == 1000  # a user's higher limit is kept

@@ -20,17 +20,13 @@ from torch import Tensor
 
 from attnlab.masks import Mask
 from attnlab.ops.decayed.score_mod import DecayScoreMod
-from attnlab.ops.softmax.flex import block_mask_for
+from attnlab.ops.softmax.flex import block_mask_for, compiled_flex
 
 __all__ = ["flex_decayed_attention"]
-
-_compiled: Callable[..., Any] | None = None
-
 
 def flex_decayed_attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask, mod: DecayScoreMod,
                            scale: float) -> Tensor:
     """FlexAttention with ``score_mod=mod`` and the window's BlockMask; see the module docstring."""
-    global _compiled
     from torch.nn.attention.flex_attention import flex_attention
 
     tensors = [q, k, v, mod.gamma] + ([mod.rel] if mod.rel is not None else [])
@@ -42,9 +38,7 @@ def flex_decayed_attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask, mod: 
         mod = replace(mod, gamma=mod.gamma.detach(), rel=None if mod.rel is None else mod.rel.detach())
         fn: Callable[..., Any] = flex_attention
     else:
-        if _compiled is None:
-            _compiled = torch.compile(flex_attention, dynamic=False)
-        fn = _compiled
+        fn = compiled_flex()  # the package's one compiled FlexAttention (recompile limit raised)
     B, H, T, _ = q.shape
     block_mask = block_mask_for(mask, batch_size=B, n_heads=H, q_len=T, kv_len=k.shape[2], q_offset=mod.q_offset,
                                 device=q.device)

@@ -111,15 +111,35 @@ def block_mask_for(
     return bm
 
 
-def _flex_fn(device: torch.device) -> Callable[..., Tensor]:
+#: Dynamo's recompile limit while FlexAttention is compiled: every mask function (and each grad mode) is a new graph
+#: of the one compiled ``flex_attention``, and at torch's default of 8 the ninth falls back to the eager, unfused
+#: FlexAttention, which materialises the scores (seen on an H200: the sparsity suite's 13 masks stalled).
+FLEX_RECOMPILE_LIMIT = 256
+
+
+def raise_recompile_limit(limit: int = FLEX_RECOMPILE_LIMIT) -> None:
+    """Raise (never lower) dynamo's per-function recompile limit, and the accumulated one, to at least ``limit``."""
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(cfg, name) and isinstance(getattr(cfg, name), int) and getattr(cfg, name) < limit:
+            setattr(cfg, name, limit)
+
+
+def compiled_flex() -> Callable[..., Tensor]:
+    """The package's one ``torch.compile``-d FlexAttention (CUDA), with the recompile limit raised."""
     global _compiled
     from torch.nn.attention.flex_attention import flex_attention
 
-    if device.type == "cuda":
-        if _compiled is None:
-            _compiled = torch.compile(flex_attention, dynamic=False)
-        return _compiled
-    return flex_attention
+    if _compiled is None:
+        raise_recompile_limit()
+        _compiled = torch.compile(flex_attention, dynamic=False)
+    return _compiled
+
+
+def _flex_fn(device: torch.device) -> Callable[..., Tensor]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return compiled_flex() if device.type == "cuda" else flex_attention
 
 
 def flex_softmax_attention(

@@ -1,0 +1,23 @@
+"""tests/conftest.py's ATTNLAB_FAILURE_LOG: each failure is written when it happens (the GPU run's time limit)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_failures_are_appended_to_the_log_as_they_happen(tmp_path: Path) -> None:
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "conftest.py").write_text((Path(__file__).parent / "conftest.py").read_text())
+    (tests / "test_x.py").write_text("def test_ok():\n    assert True\n\n\ndef test_bad():\n    assert 1 == 2, 'boom'\n")
+    log = tmp_path / "failures.log"
+    env = {**os.environ, "ATTNLAB_FAILURE_LOG": str(log)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           str(tests)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    text = log.read_text()
+    assert "=== " in text and "test_x.py::test_bad (call)" in text and "boom" in text
+    assert "test_ok" not in text
