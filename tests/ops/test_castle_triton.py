@@ -464,3 +464,18 @@ def test_gpu_half_t1024(dtype, max_rel, lookahead):
 def test_gpu_ragged_and_padded_head_dim(t, d):
     # T not a multiple of the block, D = 128 (block 32) and D = 48 (padded to 64); float32, rel. error <= 1e-4
     _gpu_case(1, 2, t, d, torch.float32, None, 1e-4)
+
+
+@needs_interp
+def test_torch_compile_runs_the_kernels_outside_the_graph():
+    # castle_triton is torch.compiler.disable-d: a compiled caller graph-breaks around it (instead of tracing the
+    # host loop of launches, which on an H200 made compiling a CASTLE LM take over 71 s) and computes the same
+    xs = inputs(1, 2, 20, 16, seed=7)
+
+    def f(*t):
+        return castle_triton(*(x * 1.0 for x in t), None, 0.25).sum(-1)
+
+    expected = f(*xs)
+    explanation = torch._dynamo.explain(f)(*xs)
+    assert explanation.graph_break_count >= 1
+    torch.testing.assert_close(torch.compile(f, backend="eager")(*xs), expected, **F64)

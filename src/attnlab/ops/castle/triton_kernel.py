@@ -287,6 +287,10 @@ class _CastleTritonFn(torch.autograd.Function):
         )
 
 
+# Under torch.compile the kernels run as they are, outside the graph (a graph break): Dynamo would otherwise trace the
+# host loop of 2N launches per call into the graph, and compiling a 12-layer CASTLE LM that way did not finish in
+# 71 s on an H200 (benchmarks/results/gpu-h200/train); the launches themselves are the cost either way.
+@torch.compiler.disable
 def castle_triton(
     q_u: Tensor,
     k_u: Tensor,
