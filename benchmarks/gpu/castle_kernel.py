@@ -304,7 +304,7 @@ def _fmt(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1e-2 else f"{v:,.2f}"
+        return f"{v:.3g}" if abs(v) < 1 else f"{v:,.2f}"
     return str(v)
 
 

@@ -38,9 +38,9 @@ bfloat16 ``tl.dot`` is wrong in triton 3.9).
 plus fla's layers and models, which pull in transformers). Written against fla-core 0.6.0.
 
 **Status.** Checked on CPU through Triton's interpreter in float32 against the float64 recurrent form (forward,
-backward, GQA, initial and final state, T = 1, 64, 70: relative errors <= 4e-7). The compiled kernels and the
-bfloat16 path have not yet run on a GPU: the ``gpu`` tier of tests/ops/test_linear_fla.py and
-benchmarks/gpu/linear_fla.py are written for that.
+backward, GQA, initial and final state, T = 1, 64, 70: relative errors <= 4e-7). On an NVIDIA H200 (fla-core
+0.6.0, Triton 3.6; benchmarks/results/gpu-h200): bfloat16 <= 8.1e-3 and float32 (TF32 dots) <= 1.6e-3 against the
+float64 form, T = 1000, D = 64 and 128; at B = 1, H = 16 it was slower than the ``chunked`` form from T = 4096 on.
 
 **Autotuning.** fla's kernels autotune on first use for each (dtype, F, Dv) (up to 48 launch configurations per
 kernel, several seconds to minutes on a fresh machine). :func:`set_fla_autotuning` trims the candidate lists for
