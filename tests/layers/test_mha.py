@@ -367,7 +367,13 @@ def test_plain_causal_reaches_sdpa_is_causal(monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.parametrize("mask", [masks.causal(), masks.sliding_window(5), masks.bigbird(4, 1, 2)],
                          ids=["causal", "window", "bigbird"])
 def test_cuda_backends_match_reference(mask) -> None:
-    """On CUDA every backend (flex included, with its backward) equals the reference; float32, tol 1e-4."""
+    """On CUDA every backend (flex included, with its backward) equals the reference; float32, tol 1e-4.
+
+    T=100 with 2 query heads per KV head hit flex-decoding's NoValidChoicesError on an H200 (torch 2.11); the flex
+    path now asks for the standard kernel. Should it still fall back to the uncompiled FlexAttention, the test
+    prints so and still checks the values."""
+    from attnlab.ops.softmax.flex import record_flex_fallbacks
+
     ref = MultiHeadAttentionConfig(d_model=64, n_heads=4, n_kv_heads=2, mask=mask, rope=True,
                                    impl="reference").build().cuda().eval()
     x = torch.randn(2, 100, 64, device="cuda")
@@ -375,10 +381,12 @@ def test_cuda_backends_match_reference(mask) -> None:
     for impl in ("reference", "sdpa", "flex"):
         ref.impl = impl
         xi = x.clone().requires_grad_(True)
-        y = ref(xi)
+        with record_flex_fallbacks() as taken:
+            y = ref(xi)
         y.pow(2).sum().backward()
         out[impl] = (y.detach(), xi.grad)
         ref.zero_grad()
+    print(f"[flex fallback] {mask.name}: {taken}" if taken else f"[flex] {mask.name}: every call compiled")
     for impl in ("sdpa", "flex"):
         assert (out[impl][0] - out["reference"][0]).abs().max() < 1e-4, impl
         assert (out[impl][1] - out["reference"][1]).abs().max() < 1e-4, impl

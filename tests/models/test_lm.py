@@ -251,12 +251,19 @@ def test_inputs_embeds_equal_ids_and_give_input_gradients() -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", CACHED)
 def test_cuda_cached_decoding_matches_full_forward(name: str) -> None:
+    """Head dim 8 (the H200 run: FlexAttention's "embedding dimension ... at least 16"): the flex path pads it to
+    16. Calls that still fall back to the uncompiled FlexAttention are printed, not failed on."""
+    from attnlab.ops.softmax.flex import record_flex_fallbacks
+
     m = _model(name, dtype=torch.float32).cuda()
     idx = _idx().cuda()
-    full = m(idx)
-    caches = m.new_caches(2)
-    assert all(c.memory_bytes() >= 0 for c in caches)
-    parts = [m(idx[:, :5], caches=caches)] + [m(idx[:, t : t + 1], caches=caches) for t in range(5, BLOCK)]
+    with record_flex_fallbacks() as taken:
+        full = m(idx)
+        caches = m.new_caches(2)
+        assert all(c.memory_bytes() >= 0 for c in caches)
+        parts = [m(idx[:, :5], caches=caches)] + [m(idx[:, t : t + 1], caches=caches) for t in range(5, BLOCK)]
+    if taken:
+        print(f"[flex fallback] {name}: {len(taken)} call(s) uncompiled: " + " | ".join(sorted(set(taken))))
     # float32 on the GPU, fused kernels accumulate in other orders: logits are O(0.1), so 1e-4 is ~1e-3 relative
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-4, atol=1e-4)
 

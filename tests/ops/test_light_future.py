@@ -283,8 +283,13 @@ def test_cuda_fast_forms_equal_the_float64_reference(impl, dtype, tol):
     ref_in = [t.clone().requires_grad_(True) for t in (q, k, v)]
     ref = light_future_attention(*ref_in, is_visual=iv, key_valid=keep, pool="avg", pool_size=3, impl="reference")
     cuda_in = [t.to("cuda", dtype).requires_grad_(True) for t in (q, k, v)]
-    got = light_future_attention(*cuda_in, is_visual=iv.cuda(), key_valid=keep.cuda(), pool="avg", pool_size=3,
-                                 impl=impl)
+    from attnlab.ops.softmax.flex import record_flex_fallbacks
+
+    with record_flex_fallbacks() as taken:  # head dim 6: the flex path pads it to 16 (H200 run: "at least 16")
+        got = light_future_attention(*cuda_in, is_visual=iv.cuda(), key_valid=keep.cuda(), pool="avg", pool_size=3,
+                                     impl=impl)
+    if taken:  # printed, not failed on: the uncompiled FlexAttention is exact
+        print(f"[flex fallback] {impl} {dtype}: " + " | ".join(sorted(set(taken))))
     torch.testing.assert_close(got.double().cpu(), ref, atol=tol, rtol=tol)
     ref.sum().backward()
     got.float().sum().backward()

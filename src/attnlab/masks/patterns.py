@@ -119,20 +119,25 @@ def _mix32(x: Tensor) -> Tensor:
     return (x >> 16) ^ x
 
 
-def _random_keys(seed: int, h: Tensor, q: Tensor, n_random: int, kv_len: int | None) -> Tensor:
-    """``n_random`` pseudo-random key positions per (head, query), shape ``broadcast(h, q) + (n_random,)``.
-
-    A counter-based hash of ``(seed, h, q, r)``: no random-number generator and no table, so it is reproducible,
-    independent of the sequence length and of the device, and safe under ``torch.vmap`` and ``torch.compile``
-    (FlexAttention evaluates masks there). Causal masks draw from ``[0, q]``, others from ``[0, kv_len)``.
-    """
-    r = torch.arange(n_random, device=q.device, dtype=torch.int64)  # (R,)
-    x = _mix32((h.to(torch.int64).unsqueeze(-1) & _M32) ^ (seed & _M32))  # (..., 1)
+def _random_key_base(seed: int, h: Tensor, q: Tensor) -> Tensor:
+    """The part of the random-key hash shared by a query's ``n_random`` draws: ``broadcast(h, q)``, int64."""
+    x = _mix32((h.to(torch.int64) & _M32) ^ (seed & _M32))
     x = _mix32(x ^ ((seed >> 32) & _M32) ^ 0x9E3779B9)
-    x = _mix32(x ^ (q.to(torch.int64).unsqueeze(-1) & _M32))
-    x = _mix32(x ^ r)  # (..., R)
-    hi = (q.to(torch.int64).unsqueeze(-1) + 1) if kv_len is None else kv_len
-    return torch.remainder(x, hi)
+    return _mix32(x ^ (q.to(torch.int64) & _M32))
+
+
+def _random_key(base: Tensor, q: Tensor, r: int, kv_len: int | None) -> Tensor:
+    """Draw ``r`` (a Python int) of every (head, query): a key position, ``broadcast(base, q)``.
+
+    A counter-based hash of ``(seed, h, q, r)`` (``base`` from :func:`_random_key_base`): no random-number generator
+    and no table, so it is reproducible, independent of the sequence length and of the device, and safe under
+    ``torch.vmap`` and ``torch.compile``. Each draw is one pointwise expression (no ``arange`` over ``r``, no
+    reduction): Inductor lowers FlexAttention's ``mask_mod`` as a pointwise subgraph, where neither is allowed
+    (an H200 run raised ``SubgraphLoweringException``). Causal masks draw from ``[0, q]``, others from
+    ``[0, kv_len)``.
+    """
+    hi = (q.to(torch.int64) + 1) if kv_len is None else kv_len
+    return torch.remainder(_mix32(base ^ r), hi)
 
 
 def bigbird(
@@ -155,7 +160,7 @@ def bigbird(
       every key);
     * **random**: it is one of ``n_random`` keys drawn for this query from ``seed``. Causal masks draw from
       ``[0, i]``; ``causal=False`` draws from ``[0, kv_len)`` and needs ``kv_len``. The draws are a
-      counter-based hash of ``(seed, head, i, r)`` (see ``_random_keys``): identical on every device and for
+      counter-based hash of ``(seed, head, i, r)`` (see ``_random_key``): identical on every device and for
       every sequence length, and computable inside ``torch.vmap``/``torch.compile``. Draws may repeat, so a row
       has *at most* ``n_random`` random keys.
 
@@ -183,8 +188,9 @@ def bigbird(
         vis = local | glob
         if r > 0:
             hh = h if per_head else torch.zeros_like(h)
-            rand = (_random_keys(seed, hh, q, r, rand_range) == kv.unsqueeze(-1)).any(-1)
-            vis = vis | rand
+            base = _random_key_base(seed, hh, q)
+            for i in range(r):  # r is a small Python int: one pointwise comparison per draw, OR-ed
+                vis = vis | (_random_key(base, q, i, rand_range) == kv)
         return vis & (kv <= q) if causal else vis
 
     parts = [f"window={w}", f"n_global={g}", f"n_random={r}", f"seed={seed}"]

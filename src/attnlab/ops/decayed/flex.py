@@ -4,31 +4,30 @@ table as a ``score_mod`` (the :class:`DecayScoreMod` object itself, called per s
 Shape legend: B batch, H heads, T query length, S key length, D head dim, Dv value dim.
 
 The BlockMask comes from :func:`attnlab.ops.softmax.flex.block_mask_for` (cached, shifted by ``q_offset``).
-Execution as in :mod:`attnlab.ops.softmax.flex`: the compiled kernel on CUDA; on CPU torch 2.13 runs FlexAttention
-eagerly and has **no backward**, so a CPU call whose inputs (or ``gamma``, or the relative table) require grad
-raises ``ValueError``; CPU tests cover the forward pass in float64, gradients are tested in the GPU tier.
+Execution as in :mod:`attnlab.ops.softmax.flex` (:func:`~attnlab.ops.softmax.flex.run_flex`): the compiled kernel
+on CUDA (head dims below 16 zero-padded, the uncompiled FlexAttention for float64 and after a compile failure); on
+CPU torch 2.13 runs FlexAttention eagerly and has **no backward**, so a CPU call whose inputs (or ``gamma``, or the
+relative table) require grad raises ``ValueError``; CPU tests cover the forward pass in float64, gradients are
+tested in the GPU tier. ``scale`` is always passed explicitly and the score_mod does not depend on D, so the
+padding is exact.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
-from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from attnlab.masks import Mask
 from attnlab.ops.decayed.score_mod import DecayScoreMod
-from attnlab.ops.softmax.flex import block_mask_for, compiled_flex
+from attnlab.ops.softmax.flex import block_mask_for, run_flex
 
 __all__ = ["flex_decayed_attention"]
 
 def flex_decayed_attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask, mod: DecayScoreMod,
                            scale: float) -> Tensor:
     """FlexAttention with ``score_mod=mod`` and the window's BlockMask; see the module docstring."""
-    from torch.nn.attention.flex_attention import flex_attention
-
     tensors = [q, k, v, mod.gamma] + ([mod.rel] if mod.rel is not None else [])
     if q.device.type == "cpu":
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
@@ -36,12 +35,7 @@ def flex_decayed_attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask, mod: 
                              "require grad. Use impl='banded', 'reference' or 'sdpa', or call under torch.no_grad()")
         q, k, v = q.detach(), k.detach(), v.detach()
         mod = replace(mod, gamma=mod.gamma.detach(), rel=None if mod.rel is None else mod.rel.detach())
-        fn: Callable[..., Any] = flex_attention
-    else:
-        fn = compiled_flex()  # the package's one compiled FlexAttention (recompile limit raised)
     B, H, T, _ = q.shape
     block_mask = block_mask_for(mask, batch_size=B, n_heads=H, q_len=T, kv_len=k.shape[2], q_offset=mod.q_offset,
                                 device=q.device)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-        return fn(q, k, v, score_mod=mod, block_mask=block_mask, scale=scale)  # (B, H, T, Dv)
+    return run_flex(q, k, v, score_mod=mod, block_mask=block_mask, scale=scale)  # (B, H, T, Dv)

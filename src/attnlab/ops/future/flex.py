@@ -9,20 +9,20 @@ only, ``O(m L)`` extra scores); they are scattered into ``c`` ``(B, H, L, p)`` (
 ``score_mod`` returns ``score + sum_t [kv == slots[b, t]] c[b, h, q, t]``. Unlike the SDPA form no ``(B, H, L, L)``
 bias is materialised, and the kernel skips the blocks above the diagonal.
 
-Execution as in :mod:`attnlab.ops.softmax.flex`: the compiled kernel on CUDA; on CPU torch runs FlexAttention
-eagerly and has no backward, so inputs that require grad are refused there (``ValueError``). Inputs are assumed
-validated by :func:`attnlab.ops.future.light_future_attention`.
+Execution as in :mod:`attnlab.ops.softmax.flex` (:func:`~attnlab.ops.softmax.flex.run_flex`): the compiled kernel on
+CUDA (head dims below 16 zero-padded, exact since ``scale`` is explicit and ``score_mod`` does not depend on D; the
+uncompiled FlexAttention for float64 and after a compile failure); on CPU torch runs FlexAttention eagerly and has
+no backward, so inputs that require grad are refused there (``ValueError``). Inputs are assumed validated by
+:func:`attnlab.ops.future.light_future_attention`.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 from torch import Tensor
 
 from attnlab.ops.future.sdpa import merge_terms
-from attnlab.ops.softmax.flex import _flex_fn  # the one compiled FlexAttention of the package
+from attnlab.ops.softmax.flex import run_flex  # the package's one way to call FlexAttention
 
 __all__ = ["flex_light_future_attention"]
 
@@ -57,7 +57,4 @@ def flex_light_future_attention(q: Tensor, k: Tensor, v: Tensor, is_visual: Tens
     block_mask = create_block_mask(mask_mod, B=B, H=None, Q_LEN=L, KV_LEN=L, device=q.device)
     if q.device.type == "cpu":  # torch refuses CPU inputs with requires_grad=True even under no_grad
         q, k, v, c = q.detach(), k.detach(), v.detach(), c.detach()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-        return _flex_fn(q.device)(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
-                                  enable_gqa=G > 1)  # (B, H, L, Dv)
+    return run_flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=G > 1)  # (B, H, L, Dv)
