@@ -54,6 +54,14 @@ def benchmark_script():
     return load
 
 
+_XDIST_WORKER = False  # set by pytest_configure: this process is a pytest-xdist worker
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _XDIST_WORKER
+    _XDIST_WORKER = hasattr(config, "workerinput")
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """With ``ATTNLAB_FAILURE_LOG=path`` set, append each failure (node id, phase, traceback) to that file as it
     happens, so that a run stopped at a time limit (``benchmarks/gpu/run_all.sh``) still says what failed and why."""
@@ -61,7 +69,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
     path = os.environ.get("ATTNLAB_FAILURE_LOG")
     # under pytest-xdist the controller receives every worker's report: write there only, once per failure
-    if not path or not report.failed or os.environ.get("PYTEST_XDIST_WORKER"):
+    if not path or not report.failed or _XDIST_WORKER:
         return
     with open(path, "a") as f:
         f.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext[-6000:]}\n\n")
