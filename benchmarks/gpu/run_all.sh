@@ -35,8 +35,9 @@ fi
 mkdir -p "$R/logs"
 "$PY" -c "import attnlab" 2>/dev/null || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 if [ -n "${WHEELS:-}" ] && ! "$PY" -c "import fla" 2>/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$R/.site" \
-    "$WHEELS"/*.whl && export PYTHONPATH="$PWD/$R/.site:$PYTHONPATH"
+  SITE="$(cd "$R" && pwd)/.site"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    "$WHEELS"/*.whl && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 # test_castle_triton.py sets TRITON_INTERPRET=1 (setdefault) when pytest imports it; on a GPU everything must be
 # compiled, so the variable is set to 0 for every part.
