@@ -28,7 +28,6 @@ import csv
 import json
 import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,9 @@ if "--dry-run" in sys.argv:  # Triton's interpreter must be chosen before triton
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers beside this script
+from gpu_timing import median_ms, peak_device_mib  # noqa: E402
 
 JSONL = "castle-kernel.jsonl"
 BEST = "castle-kernel-best.json"
@@ -83,30 +85,13 @@ def short(exc: BaseException) -> str:
 
 
 def bench_ms(fn: Callable[[], Any], run: Run) -> float:
-    """Median milliseconds of ``fn``: CUDA-event timing by ``triton.testing.do_bench`` (a wall clock on the CPU)."""
-    if run.dry:
-        fn()
-        ts = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return 1e3 * statistics.median(ts)
-    import triton.testing
-
-    return float(triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median"))
+    """Median milliseconds of ``fn`` (CUDA events; a wall clock in a dry run)."""
+    return median_ms(fn, dry=run.dry, rep_ms=60)
 
 
 def peak_mib(fn: Callable[[], Any], run: Run) -> float | None:
     """Peak device memory of one call of ``fn`` above what was allocated before it (MiB); None on the CPU."""
-    if run.dry:
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return peak_device_mib(fn, dry=run.dry)
 
 
 def randn(shape: tuple[int, ...], dtype: torch.dtype, device: str, gen: torch.Generator,

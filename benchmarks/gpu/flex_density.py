@@ -26,19 +26,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-
-def _ms(fn: Callable[[], Any], dry: bool) -> float:
-    if dry:
-        fn()
-        ts = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return 1e3 * statistics.median(ts)
-    import triton.testing
-
-    return float(triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers beside this script
+from gpu_timing import median_ms  # noqa: E402
 
 
 def fit_exponent(xs: list[float], ys: list[float]) -> float:
@@ -78,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
 
     def timed(call: Callable[[], torch.Tensor]) -> dict[str, float]:
-        out: dict[str, float] = {"fwd ms": _ms(call, dry)}
+        out: dict[str, float] = {"fwd ms": median_ms(call, dry=dry, rep_ms=50)}
         if not dry:
-            out["fwd+bwd ms"] = _ms(lambda: torch.autograd.grad(call(), (q, k, v), go), dry)
+            out["fwd+bwd ms"] = median_ms(lambda: torch.autograd.grad(call(), (q, k, v), go), dry=dry, rep_ms=50)
         return out
 
     try:

@@ -33,7 +33,6 @@ import argparse
 import csv
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,9 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers beside this script
+from gpu_timing import median_ms, peak_device_mib  # noqa: E402
 
 JSONL = "linear-fla.jsonl"
 STEM = "linear-fla-cuda"
@@ -101,30 +103,13 @@ def sync(run: Run) -> None:
 
 
 def bench_ms(fn: Callable[[], Any], run: Run) -> float:
-    """Median milliseconds of ``fn``: CUDA-event timing by ``triton.testing.do_bench`` (a wall clock on the CPU)."""
-    if run.dry:
-        fn()
-        ts = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return 1e3 * statistics.median(ts)
-    import triton.testing
-
-    return float(triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))
+    """Median milliseconds of ``fn`` (CUDA events; a wall clock in a dry run)."""
+    return median_ms(fn, dry=run.dry, rep_ms=40)
 
 
 def peak_mib(fn: Callable[[], Any], run: Run) -> float | None:
     """Peak device memory of one call of ``fn`` above what was allocated before it (MiB); None on the CPU."""
-    if run.dry:
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return peak_device_mib(fn, dry=run.dry)
 
 
 def env_row(run: Run, autotune: str) -> None:
