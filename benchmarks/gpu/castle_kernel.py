@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,7 +38,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers beside this script
-from gpu_timing import median_ms, peak_device_mib  # noqa: E402
+from gpu_common import RowLog, median_ms, peak_device_mib, rel_err, short, step_pair  # noqa: E402
 
 JSONL = "castle-kernel.jsonl"
 BEST = "castle-kernel-best.json"
@@ -54,34 +52,13 @@ TOKENS = 16384
 
 # ------------------------------------------------------------------------------------------------------ plumbing
 
-class Run:
+class Run(RowLog):
     """Where rows go (JSONL, one per line, flushed), the device, the sizes and the deadline of this phase."""
 
     def __init__(self, out: Path, max_seconds: float, dry_run: bool) -> None:
-        self.out = out
+        super().__init__(out, JSONL, max_seconds)
         self.dry = dry_run
         self.device = "cpu" if dry_run else "cuda"
-        self.stop_at = time.monotonic() + max_seconds
-        out.mkdir(parents=True, exist_ok=True)
-
-    def left(self) -> float:
-        return self.stop_at - time.monotonic()
-
-    def row(self, **row: Any) -> dict[str, Any]:
-        with open(self.out / JSONL, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(json.dumps(row), flush=True)
-        return row
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    err = float((a - b).norm() / b.norm().clamp_min(1e-300))
-    return err if math.isfinite(err) else float("inf")
-
-
-def short(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
 def bench_ms(fn: Callable[[], Any], run: Run) -> float:
@@ -181,14 +158,7 @@ def castle_call(D: int, T: int, run: Run, *, dtype: torch.dtype, lookahead: int 
     kw: dict[str, Any] = {} if cfg is None else {"chunk_size": cfg[0], "num_warps": cfg[1]}
     scale = D ** -0.5
 
-    def fwd() -> Any:
-        with torch.no_grad():
-            return castle_triton(*xs, lookahead, scale, **kw)
-
-    def fwdbwd() -> Any:
-        return torch.autograd.grad(castle_triton(*xs, lookahead, scale, **kw), xs, go)
-
-    return fwd, fwdbwd
+    return step_pair(lambda: castle_triton(*xs, lookahead, scale, **kw), xs, go)
 
 
 def flash_call(D: int, T: int, run: Run, *, dtype: torch.dtype, heads: int = STD_HEADS, batch: int = 1
@@ -205,14 +175,7 @@ def flash_call(D: int, T: int, run: Run, *, dtype: torch.dtype, heads: int = STD
         with sdpa_kernel(backends):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    def fwd() -> Any:
-        with torch.no_grad():
-            return call()
-
-    def fwdbwd() -> Any:
-        return torch.autograd.grad(call(), (q, k, v), go)
-
-    return fwd, fwdbwd
+    return step_pair(call, (q, k, v), go)
 
 
 def phase_sweep(run: Run) -> None:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers beside this script
-from gpu_timing import median_ms  # noqa: E402
+from gpu_common import median_ms  # noqa: E402
 
 
 def fit_exponent(xs: list[float], ys: list[float]) -> float:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers beside this script
-from gpu_timing import median_ms, peak_device_mib  # noqa: E402
+from gpu_common import RowLog, median_ms, peak_device_mib, rel_err, step_pair  # noqa: E402
+from gpu_common import short as short_error  # noqa: E402
 
 JSONL = "linear-fla.jsonl"
 STEM = "linear-fla-cuda"
@@ -53,14 +53,13 @@ METHODS = ("sdpa", "chunked", "fla")
 
 # ------------------------------------------------------------------------------------------------------ plumbing
 
-class Run:
+class Run(RowLog):
     """Where rows go (JSONL, one per line, flushed), the device, the sizes and the deadline."""
 
     def __init__(self, out: Path, max_seconds: float, dry_run: bool, quick: bool, dims: tuple[int, ...]) -> None:
-        self.out = out
+        super().__init__(out, JSONL, max_seconds)
         self.dry = dry_run
         self.device = "cpu" if dry_run else "cuda"
-        self.stop_at = time.monotonic() + max_seconds
         self.B, self.H = 1, (2 if dry_run else 16)
         self.check_T = 40 if dry_run else 1000
         if dry_run:
@@ -71,26 +70,10 @@ class Run:
             self.dims = (64,) if quick else dims
         self.speed_dtype = torch.float32 if dry_run else torch.bfloat16
         self.sdpa_pinned = not dry_run  # FlashAttention backend on CUDA; dropped (and recorded) if it refuses
-        out.mkdir(parents=True, exist_ok=True)
-
-    def left(self) -> float:
-        return self.stop_at - time.monotonic()
-
-    def row(self, **row: Any) -> dict[str, Any]:
-        with open(self.out / JSONL, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(json.dumps(row), flush=True)
-        return row
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    err = float((a - b).norm() / b.norm().clamp_min(1e-300))
-    return err if math.isfinite(err) else float("inf")
 
 
 def short(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:240] if str(exc) else ''}"
+    return short_error(exc, 240)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -232,14 +215,7 @@ def calls(method: str, D: int, T: int, run: Run) -> tuple[Callable[[], Any], Cal
         def call() -> torch.Tensor:
             return linear_attention(q, k, v, feature_map="elu1", impl=method)[0]
 
-    def fwd() -> Any:
-        with torch.no_grad():
-            return call()
-
-    def fwdbwd() -> Any:
-        return torch.autograd.grad(call(), (q, k, v), go)
-
-    return fwd, fwdbwd
+    return step_pair(call, (q, k, v), go)
 
 
 def phase_speed(run: Run, D: int, fla_missing: str | None) -> None:
