@@ -5,7 +5,7 @@
 * Memory bandwidth: a device-to-device copy of a 2 GiB tensor, counting the bytes read plus the bytes written,
   median of 10 after 3 warm-ups.
 
-The MFU figures of ``train_throughput.py`` use the datasheet's dense bf16 peak and, beside it, this measured rate.
+The matrix rate is measured by ``gpu_common.matmul_ceiling``, as ``train_throughput.py`` measures its MFU ceiling.
 Writes ``ceilings.json`` in ``--out`` and prints it.
 """
 
@@ -13,45 +13,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
-
-def _median_ms(fn, warmup: int = 3, reps: int = 10) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers beside this script
+from gpu_common import matmul_ceiling, timed_median_s  # noqa: E402
 
 
 def measure() -> dict[str, object]:
     p = torch.cuda.get_device_properties(0)
+    dev = torch.device("cuda")
     n = 8192
-    x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    y = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    mm_ms = _median_ms(lambda: torch.matmul(x, y))
-    del x, y
-    src = torch.randn(2**29, device="cuda", dtype=torch.float32)  # 2 GiB
+    mm = matmul_ceiling(dev, n=n)
+    src = torch.randn(2**29, device=dev, dtype=torch.float32)  # 2 GiB
     dst = torch.empty_like(src)
-    cp_ms = _median_ms(lambda: dst.copy_(src))
+    cp_s, _ = timed_median_s(lambda: dst.copy_(src), dev)
     nbytes = 2 * src.numel() * src.element_size()
     del src, dst
     torch.cuda.empty_cache()
     return {"gpu": p.name, "sms": p.multi_processor_count, "memory_gib": round(p.total_memory / 2**30, 1),
             "capability": f"{p.major}.{p.minor}", "torch": torch.__version__, "cuda": torch.version.cuda,
-            "bf16 matmul 8192^3 TFLOP/s": 2 * n**3 / (mm_ms * 1e-3) / 1e12,
-            "d2d copy TB/s (read+write)": nbytes / (cp_ms * 1e-3) / 1e12}
+            f"bf16 matmul {n}^3 TFLOP/s": mm["tflops"],
+            "d2d copy TB/s (read+write)": nbytes / cp_s / 1e12}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """What the scripts of ``benchmarks/gpu`` share (imported from beside them): a row log with a deadline, relative
-errors, short error texts, timing and memory.
+errors, short error texts, timing, memory and the matrix-product ceiling.
 
 ``RowLog`` appends each row to a JSONL file as it is measured (and prints it), so that a script stopped at its time
 limit keeps what it measured.
@@ -92,3 +92,40 @@ def step_pair(call: Callable[[], torch.Tensor], leaves: tuple[torch.Tensor, ...]
         return torch.autograd.grad(call(), tuple(leaves), grad_out)
 
     return fwd, fwdbwd
+
+
+def timed_median_s(fn: Callable[[], Any], device: torch.device, *, reps: int = 10, warmup: int = 3
+                   ) -> tuple[float, list[float]]:
+    """Median seconds of ``fn`` over ``reps`` calls after ``warmup`` calls, each timed alone with CUDA events (a
+    wall clock on the CPU); also the samples."""
+    times = []
+    for i in range(warmup + reps):
+        if device.type == "cuda":
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            fn()
+            e1.record()
+            e1.synchronize()
+            dt_s = e0.elapsed_time(e1) / 1e3
+        else:
+            t0 = time.perf_counter()
+            fn()
+            dt_s = time.perf_counter() - t0
+        if i >= warmup:
+            times.append(dt_s)
+    return statistics.median(times), times
+
+
+def matmul_ceiling(device: torch.device, *, n: int, reps: int = 10, warmup: int = 3) -> dict[str, Any]:
+    """TFLOP/s of an ``n x n x n`` matmul on random data (bf16 on CUDA, float32 on CPU): median of ``reps`` calls
+    after ``warmup`` calls, timed with CUDA events (CPU: ``perf_counter``)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    med, times = timed_median_s(lambda: torch.matmul(a, b), device, reps=reps, warmup=warmup)
+    del a, b
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "reps": reps, "median_s": med,
+            "tflops": 2.0 * n**3 / med / 1e12, "min_s": min(times), "max_s": max(times)}

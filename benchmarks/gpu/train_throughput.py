@@ -90,6 +90,9 @@ except ImportError:
 
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers beside this script
+from gpu_common import matmul_ceiling  # noqa: E402
+
 #: H200 SXM (and H100 SXM) dense bf16 tensor-core peak, TFLOP/s (NVIDIA datasheet; 1,979 is with 2:4 sparsity).
 H200_PEAK_BF16_TFLOPS = 989.4
 #: T x T x Dh matmuls per head and layer in the forward (see the module docstring; CASTLE's is an approximation).
@@ -171,36 +174,6 @@ def attempt_plan(args: argparse.Namespace, mechanism: str) -> list[dict[str, Any
 
 # ------------------------------------------------------------------------------------------------------------------
 # Measurements that need no trainer
-
-
-def matmul_ceiling(device: torch.device, *, n: int, reps: int = 10, warmup: int = 3) -> dict[str, Any]:
-    """TFLOP/s of an ``n x n x n`` matmul on random data (bf16 on CUDA, float32 on CPU): median of ``reps`` calls
-    after ``warmup`` calls, timed with CUDA events (CPU: ``perf_counter``)."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    times = []
-    for i in range(warmup + reps):
-        if device.type == "cuda":
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            torch.matmul(a, b)
-            e1.record()
-            e1.synchronize()
-            dt_s = e0.elapsed_time(e1) / 1e3
-        else:
-            t0 = time.perf_counter()
-            torch.matmul(a, b)
-            dt_s = time.perf_counter() - t0
-        if i >= warmup:
-            times.append(dt_s)
-    med = statistics.median(times)
-    del a, b
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "reps": reps, "median_s": med,
-            "tflops": 2.0 * n**3 / med / 1e12, "min_s": min(times), "max_s": max(times)}
 
 
 def castle_kernel_check(device: torch.device, shape: tuple[int, int, int, int] = (1, 7, 1024, 64)) -> dict[str, Any]:

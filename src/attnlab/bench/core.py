@@ -88,7 +88,7 @@ class BenchOptions:
         """The keyword arguments of :func:`attnlab.bench.measure.time_fns` that the suites time with.
 
         A case is warmed up ``warmup`` times, then timed at least ``repeats`` times and until ``min_time_s`` of
-        timing (``min_time_s``) have passed (so fast cases take many samples), at most ``max_repeats`` times; once ``budget_s`` is
+        timing have passed (so fast cases take many samples), at most ``max_repeats`` times; once ``budget_s`` is
         spent it stops after ``min_repeats``. ``quick`` uses 1 warm-up call, 3 repeats and 0.05 s instead.
         """
         kw: dict[str, Any] = dict(device=self.device, warmup=self.warmup, repeats=self.repeats, min_repeats=3,

@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = BenchOptions(device=args.device or default_device(), dtype=_DTYPES[args.dtype],
                                lengths=args.lengths, quick=args.quick, warmup=args.warmup, repeats=args.repeats,
-                               budget_s=args.budget, min_time_s=args.min_time, mechanisms=name_list(args.mechanisms), d_model=args.d_model,
+                               budget_s=args.budget, min_time_s=args.min_time,
+                               mechanisms=name_list(args.mechanisms), d_model=args.d_model,
                                n_heads=args.n_heads, batch_size=args.batch_size, progress=not args.no_progress)
         cmd = command_line(names, options, args.out, force=args.force, threads=args.threads)
         status, _ = run_suites(names, options, args.out, command=cmd, force=args.force, threads=args.threads,
