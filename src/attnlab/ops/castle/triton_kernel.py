@@ -160,9 +160,9 @@ def _validate(tensors: tuple[Tensor, ...], lookahead: int | None, scale: float, 
         or chunk_size & (chunk_size - 1)
     ):
         raise ValueError(f"castle_triton: chunk_size must be None or a power of two >= 16, got {chunk_size!r}")
-    for name, val, lo in (("num_warps", num_warps, 1), ("num_stages", num_stages, 1)):
-        if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < lo):
-            raise ValueError(f"castle_triton: {name} must be None or an int >= {lo}, got {name}={val!r}")
+    for name, val in (("num_warps", num_warps), ("num_stages", num_stages)):
+        if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val < 1):
+            raise ValueError(f"castle_triton: {name} must be None or an int >= 1, got {name}={val!r}")
     if num_warps is not None and num_warps & (num_warps - 1):
         raise ValueError(f"castle_triton: num_warps must be a power of two, got num_warps={num_warps!r}")
 
