@@ -10,6 +10,9 @@
 #   GPU_PARTS       optional comma list of the parts to run (e.g. GPU_PARTS=pytest,bench-castle to re-run two)
 #   PYTHON          the interpreter (default python3)
 #   CASTLE_CHECKS   extra options of the castle-checks part (e.g. "--dtypes bfloat16 --no-swl")
+#   TRAIN_MECHANISMS, TRAIN_OUT  the train part's mechanisms (default standard,castle) and folder (default
+#                   RESULTS_DIR/train), e.g. TRAIN_MECHANISMS=castle TRAIN_OUT=RESULTS_DIR/train-castle to measure
+#                   one mechanism again without touching the first run's records
 #   WHEELS          optional folder of wheels of the project's optional extras missing on the machine (the `fla`
 #                   extra: flash-linear-attention); they are installed with --no-index --no-deps into
 #                   RESULTS_DIR/.site, nothing else is installed
@@ -79,8 +82,8 @@ part castle-checks 55 "$PY" benchmarks/gpu/castle_kernel.py --phase checks --out
   ${CASTLE_CHECKS:-}
 part castle-sweep 50 "$PY" benchmarks/gpu/castle_kernel.py --phase sweep --out "$R/castle" --max-seconds {secs}
 part castle-speed 50 "$PY" benchmarks/gpu/castle_kernel.py --phase speed --out "$R/castle" --max-seconds {secs}
-part train 150 "$PY" benchmarks/gpu/train_throughput.py --out "$R/train" --budget-seconds {secs} \
-  --hard-limit-seconds {secs}
+part train 150 "$PY" benchmarks/gpu/train_throughput.py --out "${TRAIN_OUT:-$R/train}" --budget-seconds {secs} \
+  --hard-limit-seconds {secs} --mechanisms "${TRAIN_MECHANISMS:-standard,castle}"
 part bench-sparsity 70 "$PY" "${BENCH[@]}" sparsity --lengths 8192
 part linear-fla 60 "$PY" benchmarks/gpu/linear_fla.py --out "$R/linear" --max-seconds {secs}
 # each failure is written to pytest-failures.log as it happens (tests/conftest.py), so a time limit keeps them
