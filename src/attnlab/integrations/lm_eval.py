@@ -1,9 +1,12 @@
 """lm-evaluation-harness adapter: ``lm_eval --model attnlab --model_args checkpoint=runs/x --tasks ...``.
 
-:class:`AttnlabEvalLM` is registered with lm-eval as ``"attnlab"`` when this module is imported. lm-eval (0.4) has no
-plugin discovery for models, so its own ``lm_eval`` command cannot see it; run the same command line through
-``python -m attnlab.integrations.lm_eval`` (lm-eval's CLI with attnlab registered), or ``attnlab eval --harness
-TASKS``, or call ``lm_eval.simple_evaluate(model="attnlab", ...)`` after importing this module.
+:class:`AttnlabEvalLM` is registered with lm-eval as ``"attnlab"`` when this module is imported, and the package
+declares it as the ``attnlab`` entry point of the ``lm_eval.models`` group (pyproject.toml). An lm-eval release with
+entry-point plugins (upstream PR #4013, after 0.4.13) finds it there, so its own ``lm_eval --model attnlab`` command
+works directly. lm-eval 0.4.13 and older have no plugin discovery and their ``lm_eval`` command cannot see it: run
+the same command line through ``python -m attnlab.integrations.lm_eval`` (lm-eval's CLI with attnlab registered),
+or ``attnlab eval --harness TASKS``, or call ``lm_eval.simple_evaluate(model="attnlab", ...)`` after importing this
+module.
 
 Model arguments: ``checkpoint`` (a checkpoint or run directory of an attnlab language model, required), ``device``
 (default ``cpu``; lm-eval's command line passes ``cuda:0`` unless told otherwise, so on a machine without CUDA a
