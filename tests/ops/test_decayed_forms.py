@@ -77,6 +77,9 @@ def test_resolve_impl_names_the_form_auto_runs() -> None:
     from attnlab.ops.decayed import resolve_impl
 
     assert resolve_impl("auto", device_type="cpu", lookback=16, kv_len=431) == "banded"
+    assert resolve_impl("auto", device_type="cuda", lookback=16, kv_len=431) == "flex"
+    assert resolve_impl("auto", device_type="cuda", lookback=16, kv_len=431, dtype=torch.float32) == "flex"
+    assert resolve_impl("auto", device_type="cuda", lookback=16, kv_len=431, dtype=torch.float64) == "banded"
     assert resolve_impl("auto", device_type="cpu", lookback=432, kv_len=431) == "dense"
     assert resolve_impl("auto", device_type="cuda", lookback=432, kv_len=431) == "flex"
     assert resolve_impl("reference", device_type="cpu", lookback=16, kv_len=431) == "reference"
@@ -106,16 +109,21 @@ def test_cached_keys_with_kv_start_equal_the_whole_sequence(impl: str) -> None:
 
 @pytest.mark.gpu
 def test_flex_gradients_agree_on_cuda() -> None:
-    """float64 on CUDA runs the uncompiled FlexAttention by design (the H200 run: Triton's tl.dot assertion)."""
+    """float64 on CUDA runs the uncompiled FlexAttention by design (the H200 run: Triton's tl.dot assertion); its
+    uncompiled backward fails for a score_mod tensor that requires grad (the H200 run, torch 2.11), so such a call is
+    refused with a clear error and ``impl="auto"`` picks the banded form; gradients of q, k, v agree."""
     from attnlab.ops.softmax.flex import record_flex_fallbacks
 
     q, k, v = _qkv(2, 2, 100, 16, grad=True, device="cuda")
     gamma = torch.tensor(0.4, dtype=F64, device="cuda", requires_grad=True)
+    with pytest.raises(ValueError, match="cannot differentiate gamma"):
+        decayed_window_attention(q, k, v, lookback=16, gamma=gamma, rel=_rel(q, 16), impl="flex")
     res = {}
     for impl in ("reference", "flex"):
         with record_flex_fallbacks() as taken:
-            o = decayed_window_attention(q, k, v, lookback=16, gamma=gamma, rel=_rel(q, 16), impl=impl)
-        res[impl] = (o, *torch.autograd.grad(o.square().sum(), [q, k, v, gamma]))
+            o = decayed_window_attention(q, k, v, lookback=16, gamma=gamma.detach(), rel=_rel(q, 16).detach(),
+                                         impl=impl)
+        res[impl] = (o, *torch.autograd.grad(o.square().sum(), [q, k, v]))
     print(f"[flex] uncompiled calls: {taken}")
     assert len(taken) == 1 and "float64" in taken[0]
     for a, b in zip(res["flex"], res["reference"]):

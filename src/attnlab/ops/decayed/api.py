@@ -86,13 +86,15 @@ def _check(q: object, k: object, v: object, lookback: object, decay: object, gam
                          "decay='multiplicative'; use impl='reference', 'dense', 'banded' or 'flex'")
 
 
-def resolve_impl(impl: str, *, device_type: str, lookback: int, kv_len: int) -> str:
-    """The form ``impl`` runs as: ``"auto"`` is ``"flex"`` on CUDA; elsewhere ``"banded"``, or ``"dense"`` when the
-    window covers half the ``kv_len`` keys or more (the band pays off only when it is narrow); any other ``impl``
-    is itself."""
+def resolve_impl(impl: str, *, device_type: str, lookback: int, kv_len: int,
+                 dtype: torch.dtype | None = None) -> str:
+    """The form ``impl`` runs as: ``"auto"`` is ``"flex"`` on CUDA (except float64 ``dtype``: FlexAttention runs
+    uncompiled then, and its uncompiled backward cannot differentiate ``gamma`` or the relative table); elsewhere
+    ``"banded"``, or ``"dense"`` when the window covers half the ``kv_len`` keys or more (the band pays off only
+    when it is narrow); any other ``impl`` is itself."""
     if impl != "auto":
         return impl
-    if device_type == "cuda":
+    if device_type == "cuda" and dtype != torch.float64:
         return "flex"
     return "dense" if 2 * (lookback + 1) >= kv_len else "banded"
 
@@ -130,7 +132,7 @@ def decayed_window_attention(q: Tensor, k: Tensor, v: Tensor, *, lookback: int, 
     s = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     g = gamma if isinstance(gamma, Tensor) else torch.tensor(float(gamma), dtype=q.dtype, device=q.device)
     mod = DecayScoreMod(decay=decay, gamma=g.to(q.dtype), rel=rel, q_offset=q_offset, kv_start=kv_start)
-    impl = resolve_impl(impl, device_type=q.device.type, lookback=lookback, kv_len=k.shape[-2])
+    impl = resolve_impl(impl, device_type=q.device.type, lookback=lookback, kv_len=k.shape[-2], dtype=q.dtype)
     if impl == "banded":
         return banded_decayed_attention(q, k, v, lookback=lookback, mod=mod, scale=s)
     mask = window_mask(lookback, kv_start=kv_start)
