@@ -8,8 +8,8 @@ Execution as in :mod:`attnlab.ops.softmax.flex` (:func:`~attnlab.ops.softmax.fle
 on CUDA (head dims below 16 zero-padded, the uncompiled FlexAttention for float64 and after a compile failure); on
 CPU torch 2.13 runs FlexAttention eagerly and has **no backward**, so a CPU call whose inputs (or ``gamma``, or the
 relative table) require grad raises ``ValueError``; so does a float64 CUDA call whose ``gamma`` or relative table
-requires grad (FlexAttention runs uncompiled in float64, and its uncompiled backward failed for score_mod tensors
-that require grad on the H200); CPU tests cover the forward pass in float64, gradients are
+requires grad (FlexAttention runs uncompiled in float64, and its uncompiled backward failed on the H200 for a 0-dim
+score_mod tensor that requires grad, as ``gamma`` is: ``benchmarks/gpu/probe_flex_eager.py``); CPU tests cover the forward pass in float64, gradients are
 tested in the GPU tier. ``scale`` is always passed explicitly and the score_mod does not depend on D, so the
 padding is exact.
 """
@@ -35,8 +35,9 @@ def flex_decayed_attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask, mod: 
     if (q.device.type == "cuda" and q.dtype == torch.float64 and torch.is_grad_enabled()
             and any(t.requires_grad for t in captured)):
         raise ValueError("impl='flex' cannot differentiate gamma or the relative table (rel) in float64 on CUDA: "
-                         "FlexAttention runs uncompiled in float64, and its uncompiled backward fails for score_mod "
-                         "tensors that require grad (the H200 run, torch 2.11). Use impl='banded', 'dense' or "
+                         "FlexAttention runs uncompiled in float64, and its uncompiled backward fails for a 0-dim "
+                         "score_mod tensor that requires grad (gamma; measured on the H200 with torch 2.11; rel is "
+                         "refused with it, its path being untested). Use impl='banded', 'dense' or "
                          "'reference' (impl='auto' does), or detach gamma and rel")
     if q.device.type == "cpu":
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
