@@ -59,7 +59,26 @@ def test_compare_writes_leaderboard_plots_and_html(tmp_path: Path, small_cfg: Co
     assert abs(params["castle"] - params["standard"]) / params["standard"] < 0.1
     for png in ("loss_curves.png", "final_loss.png", "cost.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the loss curves of these runs: token ticks with units, a ±1 std band per mechanism (2 seeds each)
+    import html as html_mod
+
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from attnlab.compare.curves import format_tokens, loss_curves_figure
+    from attnlab.compare.report import _curves
+
+    fig, caption = loss_curves_figure(_curves(out, small_cfg), ylabel="loss", plt=plt)
+    try:
+        assert len(fig.axes) == (6 if caption else 3)  # a full-range row only with a far-off mechanism
+        for ax in fig.axes[:2]:
+            assert ax.xaxis.get_major_formatter().func is format_tokens and ax.get_xlabel() == "tokens"
+        assert all(sum(isinstance(c, PolyCollection) for c in ax.collections) == len(small_cfg.variants)
+                   for ax in fig.axes[:3])
+    finally:
+        plt.close(fig)
     page = (out / "report.html").read_text()
+    assert (html_mod.escape(caption) in page) if caption else "class='caption'" not in page
     assert "<table>" in page and "data:image/png;base64," in page and "castle-swl" in page
     # notes rendered, not raw Markdown; provenance with the attnlab version; links to every run's files
     import re

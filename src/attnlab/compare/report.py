@@ -19,6 +19,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from attnlab.compare.curves import far_off as _far_off  # (its old home; the tests import it from here)
+from attnlab.compare.curves import loss_curves_figure
 from attnlab.train.metrics import read_jsonl
 
 RunKey = tuple[str, int]
@@ -247,61 +249,19 @@ def _curves(out: Path, cfg: Any) -> dict[str, list[tuple[list[float], list[float
     return curves
 
 
-def _far_off(values: list[float]) -> list[bool]:
-    """Which values lie far from the rest (more than 3 times the others' spread, and at least 25% of their level,
-    beyond their range), so that a plot can show them apart instead of squashing the others."""
-    flags = []
-    for i, v in enumerate(values):
-        rest = values[:i] + values[i + 1:]
-        if len(rest) < 2:
-            flags.append(False)
-            continue
-        lo, hi = min(rest), max(rest)
-        gap = max(3 * (hi - lo), 0.25 * max(abs(lo), abs(hi), 1e-12))
-        flags.append(v > hi + gap or v < lo - gap)
-    return flags
-
-
-def _ema(xs: list[float], alpha: float = 0.1) -> list[float]:
-    out, m = [], None
-    for x in xs:
-        m = x if m is None else (1 - alpha) * m + alpha * x
-        out.append(m)
-    return out
-
-
-def _plots(out: Path, cfg: Any, rows: list[dict[str, Any]], runs: dict[RunKey, dict[str, Any]]) -> dict[str, Path]:
+def _plots(out: Path, cfg: Any, rows: list[dict[str, Any]], runs: dict[RunKey, dict[str, Any]]
+           ) -> tuple[dict[str, Path], dict[str, str]]:
+    """The report's figures (PNG paths by name) and their captions (by the same names; only where there is one)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = _curves(out, cfg)
     label = cfg.task_class.loss_label
     names = [r["mechanism"] for r in rows]
-    final = {r["mechanism"]: r["val_loss_mean"] for r in rows}
-    off = dict(zip(names, _far_off([final[n] for n in names])))
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.5))
-    for i, (mech, seeds) in enumerate(curves.items()):
-        color = f"C{i}"
-        for j, (tt, tl, et, el, ew) in enumerate(seeds):
-            lab = (mech + (" (far off)" if off.get(mech) else "")) if j == 0 else None
-            a = 0.9 if j == 0 else 0.5
-            ax1.plot(tt, _ema(tl), color=color, lw=1.2, alpha=a, label=lab)
-            ax2.plot(et, el, color=color, marker="o", ms=3, lw=1.2, alpha=a, label=lab)
-            ax3.plot(ew, el, color=color, marker="o", ms=3, lw=1.2, alpha=a, label=lab)
-    ax1.set(title="training loss (EMA 0.1)", xlabel="tokens", ylabel=label)
-    ax2.set(title="validation loss (whole split)", xlabel="tokens", ylabel=label)
-    ax3.set(title="validation loss against wall-clock", xlabel="seconds since the run started", ylabel=label)
-    near = [final[n] for n in names if not off[n]]
-    for ax in (ax1, ax2, ax3):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if any(off.values()) and near:  # keep the close ones readable: the far-off curves leave the top of the axes
-        top = max(near) + 0.5 * (max(near) - min(near) + 0.05 * abs(max(near)))
-        for ax in (ax2, ax3):
-            ax.set_ylim(top=top)
-    curves_png = _save(fig, out / "loss_curves.png", plt)
+    off = dict(zip(names, _far_off([r["val_loss_mean"] for r in rows])))
+    fig, caption = loss_curves_figure(_curves(out, cfg), ylabel=label, plt=plt)
+    curves_png = _save(fig, out / "loss_curves.png", plt, rect=(0, 0.03 if caption else 0, 1, 0.97))
 
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows)), 4))
     means = [r["val_loss_mean"] for r in rows]
@@ -340,7 +300,7 @@ def _plots(out: Path, cfg: Any, rows: list[dict[str, Any]], runs: dict[RunKey, d
     horizon = _horizon_plot(out, cfg, runs, plt)
     if horizon is not None:
         pngs["horizon_error"] = horizon
-    return pngs
+    return pngs, ({"loss_curves": caption} if caption else {})
 
 
 def _horizon_plot(out: Path, cfg: Any, runs: dict[RunKey, dict[str, Any]], plt: Any) -> Path | None:
@@ -364,8 +324,8 @@ def _horizon_plot(out: Path, cfg: Any, runs: dict[RunKey, dict[str, Any]], plt: 
     return _save(fig, out / "horizon_error.png", plt)
 
 
-def _save(fig: Any, path: Path, plt: Any) -> Path:
-    fig.tight_layout()
+def _save(fig: Any, path: Path, plt: Any, rect: tuple[float, float, float, float] | None = None) -> Path:
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -401,7 +361,8 @@ def _run_links(out: Path, cfg: Any) -> str:
             "</thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
-def _html(out: Path, cfg: Any, md: str, rows: list[dict[str, Any]], pngs: dict[str, Path]) -> str:
+def _html(out: Path, cfg: Any, md: str, rows: list[dict[str, Any]], pngs: dict[str, Path],
+          captions: dict[str, str] | None = None) -> str:
     def img(p: Path) -> str:
         data = base64.b64encode(p.read_bytes()).decode("ascii")
         return f'<a href="{p.name}"><img alt="{p.stem}" src="data:image/png;base64,{data}" style="max-width:100%"></a>'
@@ -426,7 +387,10 @@ def _html(out: Path, cfg: Any, md: str, rows: list[dict[str, Any]], pngs: dict[s
              "code{background:#f5f5f5;padding:0 3px}")
     sections = [("Loss curves", "loss_curves"), ("Final validation loss", "final_loss"),
                 ("Throughput (and peak memory on CUDA)", "cost"), ("Error by horizon step", "horizon_error")]
-    figures = "".join(f"<h2>{title}</h2>{img(pngs[key])}" for title, key in sections if key in pngs)
+    captions = captions or {}
+    figures = "".join(f"<h2>{title}</h2>{img(pngs[key])}"
+                      + (f"<p class='caption'>{html.escape(captions[key])}</p>" if key in captions else "")
+                      for title, key in sections if key in pngs)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>attnlab comparison</title>"
         f"<style>{style}</style></head><body><h1>attnlab comparison</h1>{provenance}{''.join(t)}{text}{figures}"
@@ -437,16 +401,18 @@ def _html(out: Path, cfg: Any, md: str, rows: list[dict[str, Any]], pngs: dict[s
 
 
 def write_report(out: Path, cfg: Any, runs: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Path]:
-    """Write leaderboard.md/.csv, loss_curves.png (against tokens and wall-clock), final_loss.png (a far-off
+    """Write leaderboard.md/.csv, loss_curves.png (mean ± std over seeds against tokens and wall-clock, zoomed on
+    the bulk with a far-off variant in a full-range row: :mod:`attnlab.compare.curves`), final_loss.png (a far-off
     variant shown apart), cost.png (throughput and peak memory; forecasting also horizon_error.png) and report.html
-    (provenance, the table with notes rendered, every figure, links to each run's files) into ``out``."""
+    (provenance, the table with notes rendered, every figure with its caption, links to each run's files) into
+    ``out``."""
     rows = leaderboard_rows(cfg, runs)
     md = _markdown(cfg, rows)
     files = {"leaderboard_md": out / "leaderboard.md", "leaderboard_csv": out / "leaderboard.csv"}
     files["leaderboard_md"].write_text(md)
     _write_csv(files["leaderboard_csv"], rows)
-    pngs = _plots(out, cfg, rows, runs)
+    pngs, captions = _plots(out, cfg, rows, runs)
     files.update(pngs)
     files["html"] = out / "report.html"
-    files["html"].write_text(_html(out, cfg, md, rows, pngs))
+    files["html"].write_text(_html(out, cfg, md, rows, pngs, captions))
     return files
