@@ -23,8 +23,26 @@ CASES = {  # mechanism: (its layer options, the same mask)
 
 def test_defaults_are_registered() -> None:
     assert set(DEFAULT_NAMES) == {"attnlab-sliding-window", "attnlab-strided", "attnlab-fixed", "attnlab-bigbird",
-                                  "attnlab-prefix-lm"}
+                                  "attnlab-prefix-lm", "attnlab-documents"}  # documents: test_hf_documents.py
     assert registered()["attnlab-sliding-window"].window == 64
+
+
+@pytest.mark.parametrize("mech", ["strided", "fixed", "bigbird"])
+def test_a_default_name_runs_its_mechanism_with_the_default_options(mech: str) -> None:
+    """``attn_implementation="attnlab-<mech>"`` as registered on import (no options given anywhere) equals attnlab's
+    LM with ``attention=mech`` and its default options, at a length where the default mask is not causal."""
+    torch.manual_seed(0)
+    lm = LMConfig(vocab_size=37, n_layers=2, d_model=32, n_heads=4, context_len=48, attention=mech).build().eval()
+    hf = lm_to_llama(lm, attn_implementation=f"attnlab-{mech}", check=False)
+    idx = torch.randint(0, 37, (2, 41), generator=torch.Generator().manual_seed(1))
+    a = lm(idx)
+    torch.testing.assert_close(hf(input_ids=idx).logits, a, atol=1e-5, rtol=0)
+    assert not torch.allclose(lm_to_llama(lm, check=False)(input_ids=idx).logits, a, atol=1e-3)
+    prompt = idx[:1, :30]
+    want = generate(lm, prompt, 8, temperature=0.0)
+    got = hf.generate(input_ids=prompt, max_new_tokens=8, do_sample=False, pad_token_id=0,
+                      attention_mask=torch.ones_like(prompt))
+    assert got.tolist() == want.tolist()
 
 
 @pytest.mark.parametrize("mech", list(CASES))
