@@ -125,8 +125,8 @@ def ddp_resume_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out
 
 def fsdp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: str, result_path: str) -> None:
     """Two ranks, attnlab's LM (residual blocks, so FSDP2 shards per block): DDP to ``steps`` (dir ``ddp``), FSDP
-    to ``steps`` (dir ``fsdp``), FSDP stopped at ``steps // 2`` (dir ``half``) and resumed to ``steps``; saves each
-    run's per-step losses."""
+    to ``steps`` (dir ``fsdp``), FSDP stopped at ``steps // 2`` (dir ``half``) and resumed to ``steps``, and the
+    last two again with sharded checkpoints (dirs ``sharded``, ``shalf``); saves each run's per-step losses."""
     import json
 
     from attnlab.train.config import TrainConfig
@@ -138,11 +138,53 @@ def fsdp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: 
         for name, fsdp, steps, resume, out in (("ddp", False, cfg.steps, False, "ddp"),
                                                ("fsdp", True, cfg.steps, False, "fsdp"),
                                                ("first", True, cfg.steps // 2, False, "half"),
-                                               ("rest", True, cfg.steps, True, "half")):
-            t = Trainer(cfg.replace(steps=steps, fsdp=fsdp), data=tiny_corpus(), out_dir=f"{out_dir}/{out}", log=None,
-                        resume=resume)
+                                               ("rest", True, cfg.steps, True, "half"),
+                                               ("sharded", "sharded", cfg.steps, False, "sharded"),
+                                               ("sfirst", "sharded", cfg.steps // 2, False, "shalf"),
+                                               ("srest", "sharded", cfg.steps, True, "shalf")):
+            how = {"fsdp_checkpoint": "sharded"} if fsdp == "sharded" else {}
+            t = Trainer(cfg.replace(steps=steps, fsdp=bool(fsdp), **how), data=tiny_corpus(),
+                        out_dir=f"{out_dir}/{out}", log=None, resume=resume)
             r = t.fit()
             runs[name] = {"losses": r.train_losses, "val": r.val.loss, "resumed_from": r.resumed_from,
-                          "sharded": t.sharding is not None}
+                          "sharded": t.sharding is not None,
+                          "built_on": t.sharding.built_on if t.sharding is not None else None}
         with open(f"{result_path}.{rank}", "w") as f:
             json.dump(runs, f)
+
+
+class BufferedStack(torch.nn.Module):
+    """Two residual blocks and a head, with a non-persistent buffer drawn at construction (``plain=True`` also keeps
+    a plain tensor attribute, which rules out the meta-device build)."""
+
+    def __init__(self, plain: bool = False) -> None:
+        super().__init__()
+        from attnlab.models.common import ResidualBlock
+
+        self.blocks = torch.nn.ModuleList(ResidualBlock(d_model=4, attn=torch.nn.Linear(4, 4), ffn_hidden=8)
+                                          for _ in range(2))
+        self.head = torch.nn.Linear(4, 3)
+        self.register_buffer("noise", torch.randn(5), persistent=False)
+        if plain:
+            self.table = torch.arange(3.0)
+
+
+def fsdp_build_worker(rank: int, world_size: int, port: int, plain: bool, result_path: str) -> None:
+    """``Sharding.build`` of :class:`BufferedStack` with a different seed on each rank: every rank must end with rank
+    0's values (parameters through the state dict, the non-persistent buffer through the buffer broadcast)."""
+    import json
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from attnlab.train.fsdp import Sharding
+
+    with gloo_group(rank, world_size, port):
+        torch.manual_seed(100 + rank)
+        sh = Sharding.build(lambda: BufferedStack(plain), is_main=rank == 0, device=torch.device("cpu"),
+                            dtype=torch.float64, make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1))
+        full = get_model_state_dict(sh.model, options=StateDictOptions(full_state_dict=True))
+        local = {n: p.to_local().numel() for n, p in sh.model.named_parameters()}
+        with open(f"{result_path}.{rank}", "w") as f:
+            json.dump({"built_on": sh.built_on, "has_template": sh.template is not None,
+                       "state": {k: v.tolist() for k, v in full.items()}, "noise": sh.model.noise.tolist(),
+                       "dtype": str(sh.model.noise.dtype), "local_numel": local}, f)

@@ -15,7 +15,7 @@ from attnlab.models.lm import LMConfig
 from attnlab.train import distributed as ddp
 from attnlab.train.config import ConfigError, OptimConfig, TrainConfig
 
-from standin import fsdp_worker
+from standin import fsdp_worker, tiny_corpus
 
 import pytest
 
@@ -32,6 +32,7 @@ def test_fsdp_equals_ddp_and_resumes_exactly(tmp_path: Path) -> None:
     mp.spawn(fsdp_worker, args=(2, port, cfg.to_dict(), str(tmp_path), str(res)), nprocs=2, join=True)
     r0, r1 = (json.loads(Path(f"{res}.{k}").read_text()) for k in (0, 1))
     assert r0["fsdp"]["sharded"] and not r0["ddp"]["sharded"]
+    assert r0["fsdp"]["built_on"] == r1["fsdp"]["built_on"] == "meta"  # no rank built the LM for real to shard it
     assert len(r0["fsdp"]["losses"]) == 6
     for (sa, a), (sb, b) in zip(r0["ddp"]["losses"], r0["fsdp"]["losses"]):
         assert sa == sb and math.isclose(a, b, rel_tol=1e-10), (sa, a, b)
@@ -62,10 +63,88 @@ def test_fsdp_equals_ddp_and_resumes_exactly(tmp_path: Path) -> None:
     assert torch.allclose(lm.blocks[1].attn.in_proj.weight, tensors("fsdp", 6, "model.safetensors")[
         "blocks.1.attn.in_proj.weight"])
 
+    # sharded (distributed) checkpoints: the same run; each rank wrote its own shards, nothing else
+    assert r0["sharded"]["losses"] == r0["fsdp"]["losses"]
+    sdir = tmp_path / "sharded" / "ckpt-00000006"
+    assert ckpt.is_sharded(sdir) and not (sdir / "model.safetensors").exists()
+    assert sorted(p.name for p in (sdir / "shards").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert sorted(p.name for p in (tmp_path / "sharded").glob("*ckpt*")) == ["ckpt-00000003", "ckpt-00000006"]
+    # resume from the sharded step-3 checkpoint: bitwise the uninterrupted run
+    assert r0["srest"]["resumed_from"] == 3
+    assert r0["sfirst"]["losses"] + r0["srest"]["losses"] == r0["sharded"]["losses"]
+    # not readable by the single-process tools until consolidated; then equal to the full checkpoint's weights
+    with pytest.raises(ckpt.CheckpointError, match="attnlab consolidate"):
+        ckpt.load_model_weights(sdir, cfg.model.with_vocab_size(11).build().double())
+    from attnlab.cli import main
+
+    assert main(["consolidate", str(tmp_path / "shalf")]) == 0  # the run directory: its newest checkpoint
+    assert main(["consolidate", str(tmp_path / "shalf")]) == 2  # never overwritten
+    out = ckpt.consolidate(sdir)
+    full, cons = tensors("fsdp", 6, "model.safetensors"), load_file(str(out))
+    lm2 = cfg.model.with_vocab_size(11).build().double()
+    ckpt.load_model_weights(sdir, lm2)
+    for k, v in lm.state_dict().items():
+        assert torch.equal(v, lm2.state_dict()[k]), k
+    for k in full:
+        assert torch.equal(full[k], cons[k]), k
+    for k, v in load_file(str(tmp_path / "shalf" / "ckpt-00000006" / "model.safetensors")).items():
+        assert torch.equal(v, cons[k]), k
+    # a sharded checkpoint is resumed only by an FSDP run (its optimizer state exists only as shards)
+    from attnlab.train.trainer import Trainer
+
+    with pytest.raises(ckpt.CheckpointError, match="only an FSDP run"):
+        Trainer(cfg.replace(steps=8), data=tiny_corpus(), out_dir=tmp_path / "sharded", log=None, resume=True)
+
+
+def test_build_on_meta_and_its_refusals() -> None:
+    from attnlab.models.lm import LMConfig
+    from attnlab.train.fsdp import build_on_meta
+
+    from standin import BufferedStack
+
+    lm = build_on_meta(lambda: LMConfig(n_layers=2, context_len=16, d_model=16, n_heads=2).with_vocab_size(11).build())
+    assert lm is not None and all(p.is_meta for p in lm.parameters())
+    assert build_on_meta(BufferedStack) is not None
+    assert build_on_meta(lambda: BufferedStack(plain=True)) is None  # a plain tensor attribute: to_empty misses it
+
+    def needs_values() -> torch.nn.Module:
+        n = int(torch.ones(()).sum().item())  # data-dependent: raises on meta
+        return torch.nn.Linear(n, n)
+
+    assert build_on_meta(needs_values) is None
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["meta", "cpu"])
+def test_sharding_build_gives_every_rank_rank0s_values(tmp_path: Path, plain: bool) -> None:
+    """Each rank seeds differently, so only the broadcast can make them agree; the reference is rank 0's seed."""
+    from standin import BufferedStack, fsdp_build_worker
+
+    res = tmp_path / "build.json"
+    mp.spawn(fsdp_build_worker, args=(2, ddp.free_port(), plain, str(res)), nprocs=2, join=True)
+    r0, r1 = (json.loads(Path(f"{res}.{k}").read_text()) for k in (0, 1))
+    torch.manual_seed(100)
+    ref = BufferedStack(plain).double()
+    for r in (r0, r1):
+        assert r["built_on"] == ("cpu" if plain else "meta")
+        assert r["dtype"] == "torch.float64"
+        assert set(r["state"]) == set(ref.state_dict())
+        for k, v in ref.state_dict().items():
+            assert torch.equal(torch.tensor(r["state"][k], dtype=torch.float64), v), k
+        assert torch.equal(torch.tensor(r["noise"], dtype=torch.float64), ref.noise)  # non-persistent: broadcast
+    assert r0["has_template"] and not r1["has_template"]
+    # sharded: each rank holds about half of every parameter (dim 0 split in 2)
+    for n, p in ref.named_parameters():
+        assert r0["local_numel"][n] + r1["local_numel"][n] == p.numel(), n
+        assert r1["local_numel"][n] < p.numel(), n
+
 
 def test_fsdp_config() -> None:
     with pytest.raises(ConfigError, match="fsdp must be true or false"):
         TrainConfig(fsdp="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="fsdp_checkpoint must be 'full' or 'sharded', got 'dcp'"):
+        TrainConfig(fsdp=True, fsdp_checkpoint="dcp")
+    with pytest.raises(ConfigError, match="fsdp_checkpoint='sharded' needs fsdp=true"):
+        TrainConfig(fsdp_checkpoint="sharded")
     with pytest.raises(ConfigError, match="fsdp=true with compile=true is not supported"):
         TrainConfig(fsdp=True, compile=True)
 

@@ -7,6 +7,11 @@ Layout of a run directory::
         model.safetensors       model weights (tied weights stored once)
         optimizer.safetensors   optimizer tensors, named ``state.<param index>.<name>``
         state.json              step, config, tokenizer, RNG states, data position, optimizer hyper-parameters
+      ckpt-00001000/            a sharded (distributed) checkpoint of an FSDP run (``fsdp_checkpoint="sharded"``)
+        shards/                 torch.distributed.checkpoint: each rank's shards of the model and optimizer state
+                                (``__<rank>_0.distcp``) and the index (``.metadata``)
+        state.json              as above
+        model.safetensors       only after :func:`consolidate` (``attnlab consolidate``), for eval/generate/export
       .tmp-ckpt-...             a checkpoint being written (ignored; removed by the next save)
 
 A checkpoint is written into a hidden temporary directory, every file is flushed and fsynced, and only then
@@ -26,6 +31,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +65,16 @@ __all__ = [
     "read_tensor_header",
     "check_resume_state",
     "CheckpointError",
+    "SHARDS",
+    "is_sharded",
+    "weights_file",
+    "consolidate",
     "MAX_HEADER_BYTES",
 ]
 
 FORMAT_VERSION = 2  # 2: run configs with a task (attnlab 0.2); 1: LM-only configs with block_size
 CHECKPOINT_PREFIX = _PREFIX = "ckpt-"  # a checkpoint directory is ckpt-<step, 8 digits>
+SHARDS = "shards"  # a sharded checkpoint's torch.distributed.checkpoint directory
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -88,6 +99,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(path: Path) -> None:
+    """fsync every file under ``path`` and every directory, deepest first."""
+    for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        _fsync_dir(p) if p.is_dir() else _fsync_file(p)
+    _fsync_dir(path)
+
+
 def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Optimizer state_dict -> (flat tensors, JSON-able rest)."""
     sd = optimizer.state_dict()
@@ -107,15 +125,18 @@ def save_checkpoint(
     run_dir: str | Path,
     *,
     step: int,
-    model: nn.Module,
+    model: nn.Module | None,
     optimizer: torch.optim.Optimizer | None,
     state: dict[str, Any],
     keep: int = 1,
+    tmp: Path | None = None,
 ) -> Path:
     """Write ``ckpt-<step>`` atomically into ``run_dir`` and keep only the newest ``keep`` checkpoints.
 
     ``model`` must be the bare module (not DDP / compiled wrappers). ``state`` is merged into ``state.json``
-    (it must be JSON-serialisable). Returns the checkpoint directory.
+    (it must be JSON-serialisable). Returns the checkpoint directory. ``tmp``: a temporary directory of
+    ``run_dir`` (``.tmp-ckpt-...``) already holding the tensors (a sharded checkpoint's ``shards/``, written by
+    every rank); then ``model`` and ``optimizer`` are ``None`` and only ``state.json`` is added before the rename.
 
     Raises:
         CheckpointError: the files could not be written (e.g. the disk is full: ``errno.ENOSPC``). The message
@@ -124,15 +145,17 @@ def save_checkpoint(
     """
     run_dir = Path(run_dir)
     final = run_dir / f"{_PREFIX}{step:08d}"
-    tmp = run_dir / f".tmp-ckpt-{step:08d}-{uuid.uuid4().hex[:8]}"
+    prefilled = tmp is not None
+    tmp = tmp if tmp is not None else temporary_dir(run_dir, step)
     trash: Path | None = None
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(".tmp-ckpt-*"):  # leftovers of a crashed save
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp.mkdir()
+        if not prefilled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(run_dir)
+            tmp.mkdir()
         full_state = {"format": FORMAT_VERSION, "step": int(step), **state}
-        save_model(model, str(tmp / "model.safetensors"))
+        if model is not None:
+            save_model(model, str(tmp / "model.safetensors"))
         if optimizer is not None:
             tensors, rest = _optimizer_split(optimizer)
             save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -141,9 +164,7 @@ def save_checkpoint(
             json.dump(full_state, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
-        for p in tmp.iterdir():
-            _fsync_file(p)
-        _fsync_dir(tmp)
+        _fsync_tree(tmp)
         if final.exists():  # re-saving a step: move the old one out of the way first (it is complete; so is tmp)
             trash = run_dir / f".tmp-ckpt-old-{uuid.uuid4().hex[:8]}"
             os.replace(final, trash)
@@ -159,6 +180,17 @@ def save_checkpoint(
     for old in _complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def temporary_dir(run_dir: Path, step: int) -> Path:
+    """A fresh name for the temporary directory of checkpoint ``step`` (not created)."""
+    return run_dir / f".tmp-ckpt-{step:08d}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Remove the leftovers of crashed saves (``.tmp-ckpt-*``) from ``run_dir``."""
+    for stale in run_dir.glob(".tmp-ckpt-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _os_error(e: Exception) -> OSError:
@@ -213,8 +245,16 @@ def _checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def is_sharded(ckpt_dir: str | Path) -> bool:
+    """Whether ``ckpt_dir`` holds a sharded (torch.distributed.checkpoint) model and optimizer state."""
+    return (Path(ckpt_dir) / SHARDS / ".metadata").is_file()
+
+
 def _missing_files(ckpt_dir: Path) -> list[str]:
-    return [name for name in ("state.json", "model.safetensors") if not (ckpt_dir / name).is_file()]
+    missing = [] if (ckpt_dir / "state.json").is_file() else ["state.json"]
+    if not (ckpt_dir / "model.safetensors").is_file() and not is_sharded(ckpt_dir):  # the file of its kind
+        missing.append(f"{SHARDS}/.metadata" if (ckpt_dir / SHARDS).is_dir() else "model.safetensors")
+    return missing
 
 
 def _complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -253,7 +293,7 @@ def find_checkpoint(path: str | Path) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint path {str(path)!r} is not a directory: expected a checkpoint directory "
                               f"(with state.json) or a run directory holding {_PREFIX}<step>/ directories")
-    if path.name.startswith(_PREFIX) and (path / "model.safetensors").is_file():
+    if path.name.startswith(_PREFIX) and ((path / "model.safetensors").is_file() or is_sharded(path)):
         raise _incomplete_error(path, ["state.json"])
     ckpt = latest_checkpoint(path)
     if ckpt is None:
@@ -345,13 +385,66 @@ def load_model_weights(ckpt_dir: str | Path, model: nn.Module) -> None:
     """Load the weights of ``ckpt_dir`` into ``model``; a damaged file or any mismatch of names or shapes is a
     clear :class:`CheckpointError`."""
     ckpt_dir = find_checkpoint(ckpt_dir)
-    path = ckpt_dir / "model.safetensors"
+    path = weights_file(ckpt_dir)
     check_model_shapes(path, model, what=f"checkpoint {str(ckpt_dir)!r} was saved from a different architecture")
     tensors = _load_tensors(path)
     own = model.state_dict()
     with torch.no_grad():
         for k, t in tensors.items():
             own[k].copy_(t.to(own[k].dtype))
+
+
+def weights_file(ckpt_dir: str | Path) -> Path:
+    """``ckpt_dir/model.safetensors``; a sharded checkpoint not yet consolidated is a :class:`CheckpointError` that
+    says how to consolidate it."""
+    path = Path(ckpt_dir) / "model.safetensors"
+    if not path.is_file() and is_sharded(ckpt_dir):
+        raise CheckpointError(
+            f"checkpoint {str(ckpt_dir)!r} is a sharded FSDP checkpoint ({SHARDS}/): an FSDP run resumes from it "
+            f"as it is; to evaluate, generate, export or resume it without FSDP, first write its model.safetensors "
+            f"with `attnlab consolidate {ckpt_dir}`")
+    return path
+
+
+def consolidate(ckpt_dir: str | Path) -> Path:
+    """Write ``model.safetensors`` of a sharded checkpoint from its ``shards/`` in one process (no process group;
+    the full tensors are assembled from every rank's shards), so that every tool reads it; returns the file.
+
+    The optimizer state stays sharded (a resume with FSDP reads it from ``shards/``). The file is
+    written to a temporary name, fsynced and renamed, so a crash never leaves a partial ``model.safetensors``.
+
+    Raises:
+        CheckpointError: ``ckpt_dir`` is not a sharded checkpoint, or it has a ``model.safetensors`` already
+            (never overwritten).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    ckpt_dir = find_checkpoint(ckpt_dir)
+    out = ckpt_dir / "model.safetensors"
+    if out.exists():
+        raise CheckpointError(f"{str(out)!r} exists already: {str(ckpt_dir)!r} is consolidated (nothing written)")
+    if not is_sharded(ckpt_dir):
+        raise CheckpointError(f"{str(ckpt_dir)!r} is not a sharded checkpoint: it has no {SHARDS}/.metadata")
+    reader = dcp.FileSystemReader(str(ckpt_dir / SHARDS))
+    meta = reader.read_metadata().state_dict_metadata
+    tensors = {k[len("model."):]: torch.empty(tuple(m.size), dtype=m.properties.dtype)
+               for k, m in meta.items() if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
+    if not tensors:
+        raise CheckpointError(f"{str(ckpt_dir / SHARDS)!r} holds no model tensors")
+    with warnings.catch_warnings():  # torch warns that it loads "in a single process": that is the intent
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp.load({"model": tensors}, storage_reader=reader, no_dist=True)
+    tmp = ckpt_dir / f".tmp-model-{uuid.uuid4().hex[:8]}.safetensors"
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        _fsync_file(tmp)
+        os.replace(tmp, out)
+        _fsync_dir(ckpt_dir)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
 
 
 def load_optimizer(ckpt_dir: str | Path, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:

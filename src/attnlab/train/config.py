@@ -136,6 +136,9 @@ class TrainConfig:
             result as ``skipped_steps``) instead of stopping the run with an error naming the step.
         fsdp: under ``torchrun`` with several processes, shard the model with FSDP2 (``fully_shard``) instead of
             replicating it with DDP (:mod:`attnlab.train.fsdp`); ignored in a single process.
+        fsdp_checkpoint: how an FSDP run checkpoints: ``"full"`` (gathered into attnlab's ordinary format, read by
+            every tool) or ``"sharded"`` (distributed: each rank writes its own shards with
+            ``torch.distributed.checkpoint``; ``attnlab consolidate`` makes them readable by eval/generate/export).
     """
 
     task: str = "lm"
@@ -160,6 +163,7 @@ class TrainConfig:
     threads: int | None = None
     skip_nonfinite: bool = False
     fsdp: bool = False
+    fsdp_checkpoint: str = "full"
 
     def __post_init__(self) -> None:
         cls = _task_class(self.task)
@@ -191,6 +195,10 @@ class TrainConfig:
             raise ConfigError(f"checkpoint_interval must be positive or None, got {self.checkpoint_interval}")
         if not isinstance(self.fsdp, bool):
             raise ConfigError(f"fsdp must be true or false, got {self.fsdp!r}")
+        if self.fsdp_checkpoint not in ("full", "sharded"):
+            raise ConfigError(f"fsdp_checkpoint must be 'full' or 'sharded', got {self.fsdp_checkpoint!r}")
+        if self.fsdp_checkpoint == "sharded" and not self.fsdp:
+            raise ConfigError("fsdp_checkpoint='sharded' needs fsdp=true (only an FSDP run has shards to write)")
         if self.fsdp and self.compile:
             raise ConfigError("fsdp=true with compile=true is not supported yet: pick one")
         if self.fsdp and not cls.supports_fsdp:

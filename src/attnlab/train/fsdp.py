@@ -1,18 +1,36 @@
 """FSDP2 (``torch.distributed.fsdp.fully_shard``) for the trainer: ``TrainConfig(fsdp=True)`` under ``torchrun``.
 
 Each residual block (:class:`attnlab.models.common.ResidualBlock`) becomes its own FSDP unit, then the whole model
-(embeddings, output head, anything outside the blocks). Parameters, gradients and optimizer state are sharded over
+(embeddings, output head, anything outside the blocks), on a 1-D device mesh of the trainer's device type.
+
+Initialisation never puts a whole model on a device, and only rank 0 holds one in host memory
+(:meth:`Sharding.build`): rank 0 builds the model on the CPU with the run's seed (the same values a single process
+or DDP starts from); that copy is the checkpoint template below. Every rank then builds the model again on the
+``meta`` device (no memory), shards it, allocates only its own shards on the device (``to_empty``) and receives the
+values from rank 0 (``set_model_state_dict(..., broadcast_from_rank0=True)``, then a broadcast of every buffer, which
+also covers non-persistent ones). A model whose construction needs real values (it raises on ``meta``, or keeps a
+plain tensor attribute, which ``to_empty`` would not allocate) is built on the CPU instead on every rank
+(:func:`build_on_meta` decides, the same way on every rank) and ``fully_shard`` moves each unit to the device as it
+shards it, so the device still holds at most one unsharded unit at a time. A model passed in built takes that CPU
+route too. Parameters, gradients and optimizer state are sharded over
 the ranks; a forward all-gathers each unit's parameters in turn. Gradients are averaged over the ranks as DDP does,
 so the trainer's loss scaling is the same and a run equals the DDP run with the same global batch (tested with 2
 CPU processes over gloo).
 
-Checkpoints stay in attnlab's ordinary format (``model.safetensors``, ``optimizer.safetensors``, ``state.json``), so
-an FSDP checkpoint is read by ``attnlab eval``, ``generate``, ``export`` and by a DDP or single-process resume alike:
-at a save every rank joins the gathering of the full model and optimizer state
-(``torch.distributed.checkpoint.state_dict``, offloaded to the CPU on rank 0), rank 0 loads it into a CPU copy of
-the unsharded model made before sharding (:class:`Sharding.template`) and writes that; a resume reads the
-checkpoint into the copy on rank 0 and broadcasts it into the shards. The CPU copy costs one full model (and, while
-saving, its optimizer state) of host memory on rank 0.
+Checkpoints (``TrainConfig.fsdp_checkpoint``):
+
+* ``"sharded"``: distributed checkpoints. Every rank saves its own shards of the model and optimizer state with
+  ``torch.distributed.checkpoint`` (nothing is gathered at a save), rank 0 adds ``state.json`` and renames the
+  directory atomically; a resume with FSDP reads them back exactly (tested at the same world size;
+  ``torch.distributed.checkpoint`` reshards for another). ``attnlab consolidate`` writes the ``model.safetensors``
+  that ``eval``, ``generate`` and ``export`` read.
+* ``"full"`` (the default): attnlab's ordinary format (``model.safetensors``, ``optimizer.safetensors``,
+  ``state.json``), read by ``attnlab eval``, ``generate``, ``export`` and by a DDP or single-process resume alike.
+  At a save every rank joins the gathering of the full model and optimizer state
+  (``torch.distributed.checkpoint.state_dict``, offloaded to the CPU on rank 0); rank 0 loads it into its CPU copy
+  of the unsharded model (:attr:`Sharding.template`) and writes that; a resume reads the checkpoint into the copy
+  on rank 0 and broadcasts it into the shards. Saving costs rank 0 the host memory of the optimizer state besides
+  the copy.
 
 Evaluation: every rank evaluates the whole split (a sharded forward is a collective, so the ranks must run the same
 calls), and each gets the same metrics.
@@ -28,19 +46,44 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["Sharding", "shard", "plain_tensor"]
+__all__ = ["Sharding", "shard", "plain_tensor", "build_on_meta", "device_mesh"]
 
 
-def shard(model: nn.Module) -> nn.Module:
-    """``fully_shard`` every residual block, then the model (in place); returns the model."""
+def device_mesh(device: torch.device) -> Any:
+    """The 1-D mesh of every rank of the default process group, on ``device``'s type (``cuda`` with NCCL, ``cpu``
+    with gloo), so that FSDP2 follows the trainer's device rather than whichever accelerator the machine has."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (dist.get_world_size(),))
+
+
+def shard(model: nn.Module, mesh: Any = None) -> nn.Module:
+    """``fully_shard`` every residual block, then the model (in place, on ``mesh``, by default FSDP2's own);
+    returns the model. Parameters not yet on the mesh's device are moved there one unit at a time."""
     from torch.distributed.fsdp import fully_shard
 
     from attnlab.models.common import ResidualBlock
 
     for m in model.modules():
         if isinstance(m, ResidualBlock):
-            fully_shard(m)
-    fully_shard(model)
+            fully_shard(m, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module | None:
+    """``build()`` on the ``meta`` device, or ``None`` when the model cannot be built that way: the build raised
+    (it needs real values, e.g. a ``.tolist()``), or a module keeps a plain tensor attribute (not a parameter or a
+    buffer), which ``to_empty`` would leave on ``meta``. The same build gives the same answer on every rank."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except Exception:  # a build that needs real values; it is built on the CPU instead (and raises there if broken)
+        return None
+    for m in model.modules():
+        if any(isinstance(v, torch.Tensor) for v in vars(m).values()):
+            return None
     return model
 
 
@@ -51,24 +94,73 @@ def plain_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 class Sharding:
-    """The FSDP2 state of one trainer (module docstring). Build it before the optimizer: sharding replaces the
-    parameters.
+    """The FSDP2 state of one trainer (module docstring). Make it with :meth:`build` before the optimizer (sharding
+    replaces the parameters); ``model`` is the sharded model.
 
-    Args:
-        model: the unsharded model, on its device; sharded in place.
-        is_main: rank 0, which keeps the CPU copy used for checkpoints.
-        make_optimizer: the trainer's optimizer factory, for the copy's optimizer.
+    Attributes:
+        model: the sharded model (every rank).
+        template: rank 0's unsharded CPU copy, used for checkpoints (``None`` on the other ranks).
+        built_on: ``"meta"`` or ``"cpu"``: how this rank built the model it sharded.
     """
 
-    def __init__(self, model: nn.Module, *, is_main: bool, make_optimizer: Callable[[nn.Module], Any]) -> None:
-        self.template = None
-        if is_main:  # through the CPU, so that the device never holds two full copies
-            device = next(model.parameters()).device
-            self.template = copy.deepcopy(model.to("cpu"))
-            model.to(device)
-        self._make_optimizer = make_optimizer
+    def __init__(self, model: nn.Module, template: nn.Module | None, *, is_main: bool, built_on: str,
+                 make_optimizer: Callable[[nn.Module], Any]) -> None:
+        self.model = model
+        self.template = template
         self.is_main = is_main
-        shard(model)
+        self.built_on = built_on
+        self._make_optimizer = make_optimizer
+
+    @classmethod
+    def build(cls, source: nn.Module | Callable[[], nn.Module], *, is_main: bool, device: torch.device,
+              dtype: torch.dtype, make_optimizer: Callable[[nn.Module], Any]) -> "Sharding":
+        """Collective: build, shard and initialise the model on every rank (module docstring).
+
+        Args:
+            source: a callable that builds the model (the global RNG seeded alike on every rank), or a built model
+                (sharded in place; rank 0 keeps a CPU copy).
+            is_main: rank 0, which keeps the unsharded CPU copy (the checkpoint template).
+            device: the trainer's device; each rank's shards go there.
+            dtype: the parameter dtype.
+            make_optimizer: the trainer's optimizer factory, for the copy's optimizer at a checkpoint.
+        """
+        import torch.distributed as dist
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             set_model_state_dict)
+
+        if isinstance(source, nn.Module):
+            model: nn.Module | None = source
+            template = None
+            if is_main:  # through the CPU, so that the device never holds two full copies
+                where = next(source.parameters()).device
+                template = copy.deepcopy(source.to("cpu")).to(dtype=dtype)
+                source.to(where)
+            meta = None
+        else:
+            template = source().to(dtype=dtype) if is_main else None  # the run's initial values (seeded build)
+            meta = build_on_meta(source)
+            model = meta if meta is not None else source()
+        assert model is not None
+        model.to(dtype=dtype)
+        built_on = "meta" if meta is not None else "cpu"
+        # every rank must take the same route: the meta build is deterministic, but check rather than hang
+        flags = [None] * dist.get_world_size()
+        dist.all_gather_object(flags, built_on)
+        if len(set(flags)) != 1:
+            raise RuntimeError(f"FSDP: the ranks built the model differently ({flags}); the build must not depend on "
+                               "the rank")
+        shard(model, device_mesh(device))
+        if meta is not None:
+            model.to_empty(device=device)
+        # rank 0's values into every rank's shards, then every buffer (non-persistent ones are not in a state dict)
+        state = get_model_state_dict(template, options=StateDictOptions(full_state_dict=True)) if is_main else {}
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        own = dict(template.named_buffers()) if template is not None else {}
+        for name, buf in sorted(model.named_buffers()):
+            if is_main:  # rank 0's sharded model may be a meta build too: its buffers come from the template
+                buf.copy_(own[name])
+            dist.broadcast(buf, src=0)
+        return cls(model, template, is_main=is_main, built_on=built_on, make_optimizer=make_optimizer)
 
     @contextlib.contextmanager
     def sync(self, model: nn.Module, *, last: bool) -> Iterator[None]:
@@ -98,14 +190,54 @@ class Sharding:
         set_optimizer_state_dict(self.template, opt, optim_sd, options=StateDictOptions(full_state_dict=True))
         return self.template, opt
 
+    def save_sharded(self, run_dir: Path, *, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     state: dict[str, Any] | None, keep: int) -> Path | None:
+        """Collective: checkpoint ``step`` as a sharded (distributed) checkpoint: every rank writes its own shards
+        of the model and optimizer state with ``torch.distributed.checkpoint`` into ``run_dir``'s temporary
+        directory, nothing is gathered; then rank 0 adds ``state.json`` (its ``state``) and renames the directory
+        atomically (:func:`attnlab.train.checkpoint.save_checkpoint`). The ranks must share ``run_dir``'s file
+        system. Returns the checkpoint directory on rank 0 (``None`` elsewhere)."""
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        from attnlab.train import checkpoint as ckpt
+
+        name: list[Any] = [None]
+        if self.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_stale_temporaries(run_dir)
+            tmp = ckpt.temporary_dir(run_dir, step)
+            tmp.mkdir()
+            name = [tmp.name]
+        dist.broadcast_object_list(name, src=0)
+        tmp = run_dir / str(name[0])
+        sd = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+        dcp.save(sd, checkpoint_id=str(tmp / ckpt.SHARDS))  # collective; rank 0 writes the index last
+        dist.barrier()
+        if not self.is_main:
+            return None
+        assert state is not None
+        return ckpt.save_checkpoint(run_dir, step=step, model=None, optimizer=None, state=state, keep=keep, tmp=tmp)
+
     def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-        """Collective: the checkpoint ``path`` into the shards (rank 0 reads it and broadcasts)."""
+        """Collective: the checkpoint ``path`` into the shards: a sharded checkpoint is read shard by shard by every
+        rank (``torch.distributed.checkpoint``, which reshards for another world size); an ordinary one is read by
+        rank 0 and broadcast."""
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict, set_model_state_dict,
                                                              set_optimizer_state_dict)
 
         from attnlab.train import checkpoint as ckpt
 
+        if ckpt.is_sharded(path):
+            import torch.distributed.checkpoint as dcp
+
+            sd = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+            dcp.load(sd, checkpoint_id=str(path / ckpt.SHARDS))
+            set_model_state_dict(model, sd["model"])
+            set_optimizer_state_dict(model, optimizer, sd["optim"])
+            return
         model_sd: dict[str, Any] = {}
         optim_sd: dict[str, Any] = {}
         if self.is_main:

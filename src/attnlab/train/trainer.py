@@ -177,17 +177,22 @@ class Trainer:
         else:
             self.autocast_dtype = None
 
-        torch.manual_seed(config.seed)
-        self.model = model if model is not None else self.task.build_model()
-        self.model.to(device=self.device, dtype=self.param_dtype)
-        if self.task.teacher is not None:  # frozen: never trained, never checkpointed
-            self.task.teacher.to(device=self.device, dtype=self.param_dtype).eval().requires_grad_(False)
-        self.n_params = sum(p.numel() for p in self.model.parameters())
         o = config.optim
         opt = functools.partial(make_optimizer, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-        self.sharding = Sharding(self.model, is_main=self.dist.is_main, make_optimizer=opt) \
-            if config.fsdp and self.dist.enabled else None  # (FSDP2 replaces the parameters: before the optimizer)
-        self.optimizer = opt(self.model)
+        torch.manual_seed(config.seed)
+        self.sharding: Sharding | None = None
+        if config.fsdp and self.dist.enabled:  # built and sharded without a whole model on the device (fsdp.py)
+            self.sharding = Sharding.build(model if model is not None else self.task.build_model,
+                                           is_main=self.dist.is_main, device=self.device, dtype=self.param_dtype,
+                                           make_optimizer=opt)
+            self.model = self.sharding.model
+        else:
+            self.model = model if model is not None else self.task.build_model()
+            self.model.to(device=self.device, dtype=self.param_dtype)
+        if self.task.teacher is not None:  # frozen: never trained, never checkpointed
+            self.task.teacher.to(device=self.device, dtype=self.param_dtype).eval().requires_grad_(False)
+        self.n_params = sum(p.numel() for p in self.model.parameters())  # (a DTensor's numel is the global one)
+        self.optimizer = opt(self.model)  # (after sharding: FSDP2 replaces the parameters)
         # Dropout draws from the global RNG: a per-rank stream derived from the seed.
         torch.manual_seed(config.seed + 7919 * (self.dist.rank + 1))
 
@@ -250,6 +255,12 @@ class Trainer:
         if self.dist.enabled and self.out_dir is not None:  # every rank's RNG state goes into rank 0's checkpoint
             rng_ranks = [None] * self.dist.world_size
             torch_dist.all_gather_object(rng_ranks, ckpt.rng_state())
+        if self.sharding is not None and self.out_dir is not None and self.config.fsdp_checkpoint == "sharded":
+            path = self.sharding.save_sharded(self.out_dir, step=self.step, model=self.model,
+                                              optimizer=self.optimizer, keep=self.config.keep_checkpoints,
+                                              state=self._state(rng_ranks) if self.dist.is_main else None)
+            self.last_saved = self.step
+            return path
         model, opt = (self.sharding.gather(self.model, self.optimizer) if self.sharding is not None and
                       self.out_dir is not None else (self.model, self.optimizer))  # FSDP: every rank gathers
         if self.dist.is_main and self.out_dir is not None:
@@ -271,6 +282,9 @@ class Trainer:
         diffs += self.task.resume_diffs(state.get("task_state", {}))  # e.g. another teacher behind the same path
         if diffs:
             raise ckpt.CheckpointError(f"cannot resume from {str(path)!r}: the configuration differs: " + "; ".join(diffs))
+        if ckpt.is_sharded(path) and self.sharding is None:
+            raise ckpt.CheckpointError(f"cannot resume from {str(path)!r}: it is a sharded FSDP checkpoint, which only "
+                                       "an FSDP run (fsdp=true under torchrun) resumes")
         if self.sharding is not None:
             self.sharding.load(path, self.model, self.optimizer, state)
         else:
