@@ -1,6 +1,6 @@
 """A FlexAttention-style ``mask_mod`` callable (as attention-gym writes them) is accepted wherever a ``Mask`` is: the
 functional op (every CPU backend), a layer's configured and per-call mask, rendering; the result equals the same
-predicate as an attnlab ``Mask``."""
+predicate as an attnlab ``Mask``. ``&`` and ``|`` combine a ``Mask`` with such a callable on either side."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attnlab.layers import MultiHeadAttention, MultiHeadAttentionConfig
-from attnlab.masks import Mask, as_mask, causal, sliding_window
+from attnlab.masks import Mask, and_masks, as_mask, causal, dense, key_padding, or_masks, sliding_window, strided
 from attnlab.masks.render import render
 from attnlab.ops.softmax import softmax_attention
 
@@ -55,3 +55,28 @@ def test_render_and_errors(tmp_path) -> None:
         softmax_attention(q, k, v, mask="causal")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="mask must be an attnlab.masks.Mask, a mask_mod callable or None"):
         MultiHeadAttentionConfig(d_model=16, n_heads=2, mask=5)  # type: ignore[arg-type]
+
+
+def test_mask_mod_on_either_side_of_and_or() -> None:
+    """``fn & mask`` / ``fn | mask`` (reflected) equal ``and_masks(fn, mask)`` / ``or_masks(fn, mask)`` densely, keep
+    the written operand order in the name and the Mask's facts, as ``mask & fn`` / ``mask | fn`` do."""
+    m = strided(2)  # causal; overlaps the 4-wide window only partly, so & and | differ from both operands
+    T = 13
+    win, st = dense(sliding_window_4, T, T), dense(m, T, T)
+    assert (win & ~st).any() and (st & ~win).any()
+    for got, want, op in [(sliding_window_4 & m, and_masks(sliding_window_4, m), torch.logical_and),
+                          (sliding_window_4 | m, or_masks(sliding_window_4, m), torch.logical_or),
+                          (m & sliding_window_4, and_masks(m, sliding_window_4), torch.logical_and),
+                          (m | sliding_window_4, or_masks(m, sliding_window_4), torch.logical_or)]:
+        assert isinstance(got, Mask) and got.name == want.name
+        assert torch.equal(dense(got, T, T), dense(want, T, T))
+        assert torch.equal(dense(got, T, T), op(win, st))
+        assert (got.causal, got.window) == (want.causal, want.window)
+    assert (sliding_window_4 & m).name == "and(sliding_window_4, strided(stride=2))"
+    assert (sliding_window_4 | m).name == "or(sliding_window_4, strided(stride=2))"
+    assert (sliding_window_4 & m).causal and not (sliding_window_4 | m).causal  # the callable assumes nothing
+    valid = torch.tensor([True] * 10 + [False] * 3)
+    padded = sliding_window_4 & key_padding(valid)  # the Mask's key_valid survives the reflected AND
+    assert padded.key_valid is not None and torch.equal(padded.key_valid, valid)
+    with pytest.raises(TypeError, match="must be a Mask or a mask_mod callable, got int"):
+        3 & m  # type: ignore[operator]

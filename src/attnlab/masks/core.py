@@ -79,11 +79,23 @@ class Mask:
 
     __str__ = __repr__
 
-    def __and__(self, other: "Mask") -> "Mask":
+    def __and__(self, other: "Mask | MaskFn") -> "Mask":
+        """``self & other``: :func:`and_masks` of the two (``other`` may be a ``mask_mod`` callable)."""
         return and_masks(self, other)
 
-    def __or__(self, other: "Mask") -> "Mask":
+    def __rand__(self, other: "Mask | MaskFn") -> "Mask":
+        """``other & self`` for a plain ``mask_mod`` callable ``other``: ``and_masks(other, self)``, operands in
+        the order written (the name reads ``and(other, self)``)."""
+        return and_masks(other, self)
+
+    def __or__(self, other: "Mask | MaskFn") -> "Mask":
+        """``self | other``: :func:`or_masks` of the two (``other`` may be a ``mask_mod`` callable)."""
         return or_masks(self, other)
+
+    def __ror__(self, other: "Mask | MaskFn") -> "Mask":
+        """``other | self`` for a plain ``mask_mod`` callable ``other``: ``or_masks(other, self)``, operands in
+        the order written."""
+        return or_masks(other, self)
 
 
 def as_mask(m: Mask | MaskFn, what: str = "mask") -> Mask:
