@@ -119,3 +119,30 @@ def test_eval_harness_command_and_lm_eval_cli(run: Path, task_dir: Path, capsys:
     assert lm_eval_main(["run", "--model", "attnlab", "--model_args", f"checkpoint={run}", "--tasks",
                          "attnlab_tiny", "--include_path", str(task_dir)]) == 0
     assert "attnlab_tiny" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("attention", ["castle", "linear", "sliding-window"])
+def test_other_mechanisms_score_and_generate_with_their_own_cache(tmp_path: Path, attention: str) -> None:
+    """The adapter with a non-standard mechanism: log-likelihoods equal full uncached forwards, and generation (the
+    mechanism's own cache, one token per step) equals greedy decoding by full uncached forwards."""
+    from hf_tiny import train_tiny_char_lm
+
+    run = train_tiny_char_lm(tmp_path, steps=4, batch_size=4, attention=attention)
+    lm = AttnlabEvalLM(checkpoint=str(run), batch_size=2)
+    t = load_trained(run, device="cpu")
+    assert t.model.config.attention == attention
+    tok = t.task.tokenizer
+    pairs = [("Before we", " proceed"), ("hear", " me speak"), ("Citizen", ":\nBefore")]  # within one context
+    scores = lm.loglikelihood([_req("loglikelihood", c, x) for c, x in pairs])
+    for (c, x), (got, _) in zip(pairs, scores):
+        assert got == pytest.approx(_direct_logprob(t.model, tok, c, x), abs=1e-6), (c, x)
+    text = "First Citizen:\nBefore we proceed any further, hear me speak."
+    (rolled,) = lm.loglikelihood_rolling([_req("loglikelihood_rolling", text)])
+    windows = [(text[0:1], text[1:17]), (text[16:17], text[17:33]), (text[32:33], text[33:49]),
+               (text[43:49], text[49:])]
+    assert rolled == pytest.approx(sum(_direct_logprob(t.model, tok, c, x) for c, x in windows), abs=1e-6)
+    (out,) = lm.generate_until([_req("generate_until", "First", {"until": ["\n\n"], "max_gen_toks": 9})])
+    ids = tok.encode("First")
+    for _ in range(9):  # 5 + 9 tokens < the context of 16: plain greedy over the whole prefix
+        ids.append(int(t.model(torch.tensor([ids]))[0, -1].argmax()))
+    assert out == tok.decode(ids[len(tok.encode("First")):]).split("\n\n")[0]
