@@ -54,8 +54,14 @@ def test_licence_file_and_spdx_metadata() -> None:
 
 
 def test_public_layer_names() -> None:
-    from attnlab.layers import (CastleAttention, CastleConfig, LinearAttention, LinearAttentionConfig,
-                                MultiHeadAttention, MultiHeadAttentionConfig)
+    import attnlab.layers
+    import attnlab.layers.castle
+    from attnlab.layers import (CastleAttention, CastleAttentionConfig, CastleConfig, LinearAttention,
+                                LinearAttentionConfig, MultiHeadAttention, MultiHeadAttentionConfig)
+
+    assert CastleAttentionConfig is CastleConfig  # the alias named like the other configs; the old name stays
+    assert {"CastleAttentionConfig", "CastleConfig"} <= set(attnlab.layers.__all__)
+    assert {"CastleAttentionConfig", "CastleConfig"} <= set(attnlab.layers.castle.__all__)
 
     for cls, cfg in ((MultiHeadAttention, MultiHeadAttentionConfig(d_model=8, n_heads=2)),
                      (CastleAttention, CastleConfig(d_model=8, n_heads=2)),

@@ -12,12 +12,13 @@ for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: (m.name != "class
     if not _m.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_m.name}")
 
-from attnlab.layers.castle import CastleAttention, CastleConfig  # noqa: E402
+from attnlab.layers.castle import CastleAttention, CastleAttentionConfig, CastleConfig  # noqa: E402
 from attnlab.layers.future_light import LightFutureAttention, LightFutureConfig  # noqa: E402
 from attnlab.layers.linear import LinearAttention, LinearAttentionConfig  # noqa: E402
 from attnlab.layers.mha import MultiHeadAttention, MultiHeadAttentionConfig  # noqa: E402
 from attnlab.layers.registry import MechanismSpec, all_specs, build, get, names, register  # noqa: E402
 
 __all__ = ["MechanismSpec", "all_specs", "build", "get", "names", "register", "MultiHeadAttention",
-           "MultiHeadAttentionConfig", "CastleAttention", "CastleConfig", "LinearAttention", "LinearAttentionConfig",
+           "MultiHeadAttentionConfig", "CastleAttention", "CastleConfig",
+           "CastleAttentionConfig", "LinearAttention", "LinearAttentionConfig",
            "LightFutureAttention", "LightFutureConfig"]

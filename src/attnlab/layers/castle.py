@@ -37,7 +37,7 @@ from attnlab.ops.castle.api import (
     validate_lookahead,
 )
 
-__all__ = ["CastleConfig", "CastleAttention", "heads_for_parity"]
+__all__ = ["CastleConfig", "CastleAttentionConfig", "CastleAttention", "heads_for_parity"]
 
 
 def heads_for_parity(n_standard_heads: int) -> int:
@@ -95,6 +95,10 @@ class CastleConfig(HeadGeometry):
 
     def build(self) -> "CastleAttention":
         return CastleAttention(self)
+
+
+CastleAttentionConfig = CastleConfig
+"""Alias of :class:`CastleConfig`, named like ``MultiHeadAttentionConfig`` and ``LinearAttentionConfig``."""
 
 
 class CastleAttention(AttentionLayer):
