@@ -75,3 +75,33 @@ def test_comparison_presets_draw_ten_validation_points(preset: str) -> None:
 
     base = get_compare_preset(preset).base
     assert base.steps // base.eval_interval >= 10, (preset, base.steps, base.eval_interval)
+
+
+# Comparison presets that write no TensorBoard logs, each with its reason; every other one logs by default.
+NO_TENSORBOARD = {
+    "tiny": "a seconds-long smoke comparison for the test-suite: event files would only cost time there",
+    "multi30k-scores-tiny": "the same, for translation",
+}
+
+
+@pytest.mark.parametrize("preset", list(COMPARE_PRESETS))
+def test_comparison_presets_log_to_tensorboard(preset: str) -> None:
+    """Every run of a comparison preset (each variant, each seed) writes TensorBoard logs, except the smoke presets
+    listed in ``NO_TENSORBOARD`` with their reason."""
+    cfg = COMPARE_PRESETS[preset]()
+    want = preset not in NO_TENSORBOARD
+    runs = [(v, s, cfg.run_config(v, s).tensorboard) for v in cfg.variants for s in cfg.seeds]
+    assert all(tb is want for *_, tb in runs), runs
+
+
+def test_make_demo_preset_logs_to_tensorboard() -> None:
+    """``make demo`` runs a comparison preset whose runs write TensorBoard logs."""
+    import re
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    target = re.search(r"^demo:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert target is not None, "no demo target in the Makefile"
+    presets = re.findall(r"attnlab compare .*--preset (\S+)", target.group(1))
+    assert presets == ["quick"], presets
+    cfg = COMPARE_PRESETS[presets[0]]()
+    assert all(cfg.run_config(v, s).tensorboard for v in cfg.variants for s in cfg.seeds)

@@ -241,7 +241,7 @@ def digits_vqa() -> TrainConfig:
         options=DigitsOptions(train_mask="c"),
         optim=OptimConfig(lr=2e-3, warmup_steps=100, weight_decay=0.1),
         steps=2000, batch_size=64, eval_interval=500, log_interval=50, eval_batch_size=500, device="cpu",
-        threads=1, tensorboard=False, progress=False,
+        threads=1, tensorboard=True, progress=False,
     )
 
 
@@ -271,7 +271,7 @@ def stg() -> TrainConfig:
     return TrainConfig(
         task="stg", model=LMConfig(n_layers=2, d_model=64, n_heads=4, context_len=48), data=STGDataConfig(),
         options=STGOptions(), optim=OptimConfig(lr=3e-3, warmup_steps=50, weight_decay=0.1),
-        steps=3000, batch_size=32, eval_interval=300, log_interval=50, device="cpu", threads=1, tensorboard=False,
+        steps=3000, batch_size=32, eval_interval=300, log_interval=50, device="cpu", threads=1, tensorboard=True,
     )
 
 
