@@ -33,9 +33,29 @@ def _text() -> str:
     return read_bundled_text("tinyshakespeare")[:6000]
 
 
+def _git_head() -> str | None:
+    """The full commit at HEAD of the checkout attnlab is imported from, or ``None`` when it is not a git checkout
+    (the source tree the report's provenance line describes)."""
+    import subprocess
+
+    import attnlab
+
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(attnlab.__file__).resolve().parent,
+                           capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
 def test_compare_writes_leaderboard_plots_and_html(tmp_path: Path, small_cfg: CompareConfig) -> None:
+    from attnlab.compare.report import _git_commit
+
     out = tmp_path / "cmp"
+    _git_commit.cache_clear()  # the commit of now, not of an earlier report in this process
+    head_before = _git_head()
     res = run_compare(small_cfg, out, log=lambda s: None)
+    heads = {h for h in (head_before, _git_head()) if h}  # both, in case a commit lands while the runs train
     assert set(res.runs) == {(m, s) for m in small_cfg.variants for s in (0, 1)}
     md = (out / "leaderboard.md").read_text()
     for m in small_cfg.variants:
@@ -86,6 +106,18 @@ def test_compare_writes_leaderboard_plots_and_html(tmp_path: Path, small_cfg: Co
     text = re.sub(r"<[^>]+>", "", page)
     assert "`" not in text and "**" not in text and "<code>standard</code>" in page
     assert "attnlab: " in page and "Welch p" in page
+    from attnlab import __version__
+
+    assert f"- attnlab: {__version__}" in md and f"attnlab: {html_mod.escape(__version__)}" in page
+    # the git commit of the source tree (12 hex digits of HEAD, "+dirty" with local changes) when it is a checkout
+    written = re.search(r"attnlab: [^,<\n]+, git commit ([0-9a-f]+)(\+dirty)?</li>", page)
+    if heads:
+        assert written is not None, "no git commit in the report's provenance"
+        assert len(written.group(1)) == 12 and any(h.startswith(written.group(1)) for h in heads), (written, heads)
+        assert written.group(0)[:-5].split("attnlab: ", 1)[1] in md
+    else:
+        assert written is None and "git commit" not in page
+    assert page.count("no TensorBoard log") == 10  # the tiny preset writes none (a link when it does: below)
     for m in small_cfg.variants:
         for s in (0, 1):
             assert f'href="runs/{m}/seed{s}/"' in page and f'href="runs/{m}/seed{s}/metrics.csv"' in page
@@ -113,6 +145,22 @@ def test_compare_writes_leaderboard_plots_and_html(tmp_path: Path, small_cfg: Co
     backups = list(tmp_path.glob("cmp.old-*"))
     assert len(backups) == 1 and (backups[0] / "leaderboard.md").read_text() == md_before_force  # nothing lost
     assert json.loads((out / "compare.json").read_text())["seeds"] == [0]
+
+
+def test_report_links_each_runs_tensorboard_logs(tmp_path: Path, small_cfg: CompareConfig) -> None:
+    """With TensorBoard on, each run's row links its ``tensorboard/`` directory and gives the ``--logdir`` command."""
+    import html as html_mod
+
+    cfg = replace(small_cfg, base=replace(small_cfg.base, tensorboard=True, steps=3), variants=["standard"],
+                  seeds=[0])
+    out = tmp_path / "cmp"
+    run_compare(cfg, out, log=lambda s: None)
+    tb = cfg.run_dir(out, "standard", 0) / "tensorboard"
+    assert list(tb.glob("events.out.tfevents.*")), "no TensorBoard event file in the run directory"
+    page = (out / "report.html").read_text()
+    assert '<a href="runs/standard/seed0/tensorboard/">TensorBoard</a>' in page
+    assert f"<code>tensorboard --logdir {html_mod.escape(str(tb))}</code>" in page
+    assert "no TensorBoard log" not in page
 
 
 def test_unfinished_run_is_resumed(tmp_path: Path, small_cfg: CompareConfig) -> None:
