@@ -53,6 +53,40 @@ def test_licence_file_and_spdx_metadata() -> None:
     assert meta["license"] == "MIT" and meta["license-files"] == ["LICENSE"]
 
 
+def test_built_wheel_carries_the_licence(tmp_path: Path) -> None:
+    """The wheel that setuptools (this environment's, as ``pip wheel --no-build-isolation`` would use) builds from a
+    copy of the sources has the LICENSE in its dist-info and ``License-Expression: MIT`` in its METADATA. About a
+    second, no network. (The editable install's dist-info would not do: it is written once, at install time.)"""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from email.parser import HeaderParser
+    from importlib.metadata import version
+
+    if int(version("setuptools").split(".")[0]) < 77:
+        pytest.skip(f"setuptools {version('setuptools')} here; the build backend needs >= 77 (pyproject.toml)")
+    root = Path(__file__).parent.parent
+    src = tmp_path / "attnlab-src"
+    src.mkdir()
+    for name in ("pyproject.toml", "LICENSE", "README.md"):
+        shutil.copy2(root / name, src / name)
+    shutil.copytree(root / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    code = "import sys; from setuptools import build_meta; print(build_meta.build_wheel(sys.argv[1]))"
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "dist")], cwd=src, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    wheel = tmp_path / "dist" / r.stdout.strip().splitlines()[-1]
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+        meta = HeaderParser().parsestr(z.read(f"{info}/METADATA").decode())
+        assert f"{info}/licenses/LICENSE" in names, [n for n in names if n.startswith(info)]
+        assert z.read(f"{info}/licenses/LICENSE") == (root / "LICENSE").read_bytes()
+    assert meta["License-Expression"] == "MIT" and meta.get_all("License-File") == ["LICENSE"]
+    assert "attnlab/__init__.py" in names
+
+
 def test_public_layer_names() -> None:
     import attnlab.layers
     import attnlab.layers.castle
