@@ -101,3 +101,22 @@ def test_a_mask_with_a_length_limit_refuses_longer_calls() -> None:
     hf(input_ids=torch.zeros(1, 16, dtype=torch.long))  # within the limit
     with pytest.raises(ValueError, match="defined for positions < max_len=16, but this call reaches position 16"):
         hf(input_ids=torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("impl", ["attnlab-strided", "attnlab-documents"])
+def test_a_model_with_its_own_sliding_window_is_refused(impl: str) -> None:
+    """Mistral's sliding window would be dropped silently by an attnlab mask: the call is refused instead; without
+    the window the same model runs."""
+    import transformers
+
+    cfg = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+               num_key_value_heads=1, vocab_size=11, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.MistralForCausalLM(transformers.MistralConfig(sliding_window=4, **cfg,
+                                                                       attn_implementation=impl)).eval()
+    ids = torch.randint(0, 11, (1, 12))
+    with pytest.raises(ValueError, match="sliding window or chunk of 4 tokens"):
+        model(ids, use_cache=False)
+    plain = transformers.MistralForCausalLM(transformers.MistralConfig(sliding_window=None, **cfg,
+                                                                       attn_implementation=impl)).eval()
+    assert plain(ids, use_cache=False).logits.shape == (1, 12, 11)

@@ -64,6 +64,16 @@ def _check_name(name: object) -> None:
                          f"'attnlab-{name}')")
 
 
+def _refuse_local_layers(name: str, kwargs: dict[str, Any]) -> None:
+    """A model layer with its own sliding window or chunks (transformers passes ``local_size``, e.g. Mistral's
+    ``sliding_window``) would silently lose it under attnlab's mask: refused, naming the size."""
+    if kwargs.get("local_size") is not None:
+        raise ValueError(f"attn_implementation={name!r} replaces the model's mask, but this layer has its own sliding "
+                         f"window or chunk of {kwargs['local_size']} tokens (local_size), which it would drop; use it "
+                         f"with a model without sliding-window or chunked layers (e.g. Llama), or set the config's "
+                         f"sliding_window to None")
+
+
 def register_hf_attention(name: str, mask: Mask | MaskFn) -> str:
     """Register ``mask`` as the transformers attention implementation ``name`` (module docstring); returns ``name``.
 
@@ -79,6 +89,7 @@ def register_hf_attention(name: str, mask: Mask | MaskFn) -> str:
         raise ValueError(f"mask {m} differs per head; transformers' masks are (B, 1, T, S), shared by the heads")
 
     def mask_interface(*args: Any, **kwargs: Any) -> Any:
+        _refuse_local_layers(name, kwargs)
         if m.max_len is not None:
             end = max(int(kwargs.get("kv_length", 0)) + int(kwargs.get("kv_offset", 0)),
                       int(kwargs.get("q_length", 0)) + int(kwargs.get("q_offset", 0)))
@@ -146,6 +157,7 @@ def _documents_mask_interface(*args: Any, **kwargs: Any) -> Any:
     """The mask transformers builds for :data:`DOCUMENTS`: causal on absolute positions, padding AND-ed in (the
     documents are AND-ed in by :func:`_documents_attention`, which sees ``position_ids``). Refuses key layouts other
     than "every token from the first" (static and sliding-window caches)."""
+    _refuse_local_layers(DOCUMENTS, kwargs)
     q_offset, kv_offset = int(kwargs.get("q_offset", 0)), int(kwargs.get("kv_offset", 0))
     q_length, kv_length = int(kwargs["q_length"]), int(kwargs["kv_length"])
     if kv_offset != 0 or kv_length != q_offset + q_length:
