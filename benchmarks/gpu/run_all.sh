@@ -11,8 +11,10 @@
 #   PYTHON          the interpreter (default python3)
 #   CASTLE_CHECKS   extra options of the castle-checks part (e.g. "--dtypes bfloat16 --no-swl")
 #   TRAIN_MECHANISMS, TRAIN_OUT  the train part's mechanisms (default standard,castle) and folder (default
-#                   RESULTS_DIR/train), e.g. TRAIN_MECHANISMS=castle TRAIN_OUT=RESULTS_DIR/train-castle to measure
-#                   one mechanism again without touching the first run's records
+#                   RESULTS_DIR/train). The train part refuses (exit 2) a folder that holds an earlier run's results
+#                   (it is never given --force), so a re-run needs a new TRAIN_OUT, e.g. GPU_PARTS=train
+#                   TRAIN_MECHANISMS=castle TRAIN_OUT=benchmarks/results/gpu-h200/train-castle (a path: RESULTS_DIR
+#                   is not expanded there) to measure one mechanism again without touching the first run's records
 #   WHEELS          optional folder of wheels of the project's optional extras missing on the machine (the `fla`
 #                   extra: flash-linear-attention); they are installed with --no-index --no-deps into
 #                   RESULTS_DIR/.site, nothing else is installed

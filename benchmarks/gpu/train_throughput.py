@@ -44,7 +44,9 @@ everywhere is reported with its errors. Results are written as they come: ``trai
 after each mechanism, ``train-throughput-<tag>.{json,md}`` rewritten after each mechanism and at the end (tag
 ``cuda``; ``cpu-dry-run`` for ``--dry-run``), each attempt's log and the trainer's ``metrics.jsonl`` /
 ``result.json`` under ``runs/``. The trainer's end-of-run checkpoint (model and AdamW state, ~1.5 GB, written
-after the measured steps) is skipped unless ``--checkpoint`` is given.
+after the measured steps) is skipped unless ``--checkpoint`` is given. Nothing of an earlier run is overwritten: when
+``--out`` already holds ``train-throughput-<tag>.{json,md}`` or a ``train-throughput-<tag>-<mechanism>.json``, the
+script refuses to start (exit 2, before anything is written) unless ``--force`` is given; re-run into a new folder.
 
 Time. ``--max-seconds`` caps each attempt's training loop. ``--budget-seconds`` (default 150) shortens later
 attempts so that the whole script ends in about that time; ``--hard-limit-seconds`` (default 270) is the most it
@@ -688,6 +690,16 @@ def _data_line(d: dict[str, Any]) -> str:
     return line
 
 
+def existing_results(out_dir: Path, tag: str) -> list[Path]:
+    """The results of an earlier run in ``out_dir`` that this run would overwrite: ``train-throughput-<tag>.json``
+    and ``.md``, and every ``train-throughput-<tag>-<mechanism>.json`` (any mechanism, not only this run's)."""
+    if not out_dir.is_dir():
+        return []
+    found = [out_dir / f"train-throughput-{tag}.{ext}" for ext in ("json", "md")]
+    found = [p for p in found if p.exists()]
+    return found + sorted(out_dir.glob(f"train-throughput-{tag}-*.json"))
+
+
 def write_reports(out_dir: Path, tag: str, summary: dict[str, Any], *, final: bool) -> tuple[Path, Path]:
     js = out_dir / f"train-throughput-{tag}.json"
     md = out_dir / f"train-throughput-{tag}.md"
@@ -790,6 +802,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="let the trainer write its end-of-run checkpoint (~1.5 GB at 124M; not timed either way)")
     ap.add_argument("--tf32", action="store_true", help="torch.set_float32_matmul_precision('high') in the runs")
     ap.add_argument("--work-dir", default=None, help="where run directories (checkpoints) go; default a temp dir")
+    ap.add_argument("--force", action="store_true",
+                    help="run even though --out holds an earlier run's results, overwriting its "
+                         "train-throughput-<tag>.{json,md}, the train-throughput-<tag>-<mechanism>.json of the "
+                         "mechanisms run again and their runs/ logs and metrics (without it such a folder is refused)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     dry = args.dry_run
@@ -825,8 +841,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(raw)
     clock = Clock(args.budget_seconds, args.hard_limit_seconds)
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tag = "cpu-dry-run" if args.dry_run else "cuda"
+    earlier = existing_results(out_dir, tag)
+    if earlier and not args.force:  # checked before anything is written: an earlier run's results are kept
+        print(f"train_throughput: {out_dir} already holds an earlier run's results "
+              f"({', '.join(p.name for p in earlier)}); nothing was written. Choose a new --out folder, "
+              "or pass --force to overwrite them", file=sys.stderr)
+        return 2
+    out_dir.mkdir(parents=True, exist_ok=True)
     if not args.dry_run and not torch.cuda.is_available():
         print("no CUDA device: this benchmark needs one (use --dry-run for the CPU check)", file=sys.stderr)
         return 2

@@ -11,11 +11,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu" / "run_all.sh"
 
 
-def _run(tmp_path: Path, results: Path, budget: int, sleep: float, parts: str | None = None):
+def _run(tmp_path: Path, results: Path, budget: int, sleep: float, parts: str | None = None,
+         python: str | None = None):
     stub = tmp_path / "stubpy"
     stub.write_text(f'#!/bin/sh\necho "stub: $*"\nsleep {sleep}\n')
     stub.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(stub)}
+    env = {**os.environ, "PYTHON": python or str(stub)}
+    env.pop("TRAIN_OUT", None)
+    env.pop("TRAIN_MECHANISMS", None)
     env.pop("GPU_PARTS", None)
     if parts:
         env["GPU_PARTS"] = parts
@@ -60,3 +63,25 @@ def test_a_finished_run_is_not_overwritten_and_named_parts_rerun(tmp_path: Path)
     added = after[len(before):].splitlines()
     assert [line.split("|")[1].strip() for line in added] == ["pytest", "bench-castle"]
     assert "-m pytest -m gpu" in (res / "logs" / "pytest.log").read_text()
+
+
+def test_the_train_part_never_forces_over_an_earlier_run(tmp_path: Path) -> None:
+    """GPU_PARTS=train into a folder that holds an earlier train run: the script (the real one, on the CPU) refuses
+    before anything is written, the part is listed with exit 2 and the earlier results are left as they were."""
+    import sys
+
+    res = tmp_path / "r"
+    assert _run(tmp_path, res, budget=400, sleep=0, parts="train").returncode == 0
+    assert "--force" not in (res / "logs" / "train.log").read_text()  # the stand-in saw the part's command
+    train = res / "train"
+    train.mkdir()
+    earlier = {"train-throughput-cuda.json": '{"earlier": 1}', "train-throughput-cuda.md": "# earlier\n",
+               "train-throughput-cuda-standard.json": '{"mechanism": "standard"}'}
+    for name, text in earlier.items():
+        (train / name).write_text(text)
+    proc = _run(tmp_path, res, budget=400, sleep=0, parts="train", python=sys.executable)
+    assert proc.returncode == 0, proc.stderr
+    assert _rows(res)["train"][0] == "2"
+    log = (res / "logs" / "train.2.log").read_text()
+    assert "already holds an earlier run's results" in log and str(train) in log and "--force" in log
+    assert {p.name: p.read_text() for p in train.iterdir()} == earlier

@@ -153,6 +153,70 @@ def test_dry_run_end_to_end(tt, tmp_path: Path) -> None:
     assert "| mechanism | attempt |" in md and "Partial" not in md and "tinyshakespeare with the char" in md
 
 
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_existing_results_are_found_per_tag(tt, tmp_path: Path) -> None:
+    assert tt.existing_results(tmp_path / "missing", "cuda") == []
+    (tmp_path / "train-throughput-cpu-dry-run.json").write_text("{}")
+    (tmp_path / "notes.json").write_text("{}")
+    assert tt.existing_results(tmp_path, "cuda") == []  # a dry run's results do not block the device run
+    (tmp_path / "train-throughput-cuda-castle.json").write_text("{}")  # one mechanism's record alone is enough
+    assert [p.name for p in tt.existing_results(tmp_path, "cuda")] == ["train-throughput-cuda-castle.json"]
+    (tmp_path / "train-throughput-cuda.md").write_text("x")
+    (tmp_path / "train-throughput-cuda.json").write_text("{}")
+    assert [p.name for p in tt.existing_results(tmp_path, "cuda")] == [
+        "train-throughput-cuda.json", "train-throughput-cuda.md", "train-throughput-cuda-castle.json"]
+
+
+def test_a_second_run_into_the_same_folder_is_refused_unless_forced(tt, tmp_path: Path, capsys) -> None:
+    """Re-running into a folder with an earlier run's results exits 2 before writing anything; --force runs."""
+    out = tmp_path / "out"
+    quick = ["--dry-run", "--out", str(out), "--steps", "4", "--skip-steps", "1", "--no-isolate"]
+    assert tt.main(quick + ["--mechanisms", "standard"]) == 0
+    first = _snapshot(out)
+    assert {"train-throughput-cpu-dry-run.json", "train-throughput-cpu-dry-run.md",
+            "train-throughput-cpu-dry-run-standard.json"} <= set(first)
+    capsys.readouterr()
+    assert tt.main(quick + ["--mechanisms", "castle"]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "--out" in err and "--force" in err and "train-throughput-cpu-dry-run.json" in err
+    assert _snapshot(out) == first  # byte for byte, nothing added
+    # only a mechanism's record left (the summary deleted by hand): still refused
+    (out / "train-throughput-cpu-dry-run.json").unlink()
+    (out / "train-throughput-cpu-dry-run.md").unlink()
+    assert tt.main(quick + ["--mechanisms", "castle"]) == 2
+    assert (out / "train-throughput-cpu-dry-run-standard.json").read_bytes() == \
+        first["train-throughput-cpu-dry-run-standard.json"]
+    assert not (out / "train-throughput-cpu-dry-run.json").exists()
+    # --force runs and writes this run's results; the other mechanism's record is left as it was
+    assert tt.main(quick + ["--mechanisms", "castle", "--force"]) == 0
+    summary = json.loads((out / "train-throughput-cpu-dry-run.json").read_text())
+    assert summary["complete"] and [r["mechanism"] for r in summary["results"]] == ["castle"]
+    assert json.loads((out / "train-throughput-cpu-dry-run-castle.json").read_text())["ok"]
+    assert (out / "train-throughput-cpu-dry-run-standard.json").read_bytes() == \
+        first["train-throughput-cpu-dry-run-standard.json"]
+
+
+def test_the_refusal_comes_before_the_cuda_check_and_the_help_names_force(tt, tmp_path: Path) -> None:
+    """From the command line, as run_all.sh calls it: an earlier device run's folder is refused at once."""
+    import subprocess
+    import sys
+
+    (tmp_path / "train-throughput-cuda.json").write_text('{"earlier": 1}')
+    script = str(Path(tt.__file__))
+    proc = subprocess.run([sys.executable, script, "--out", str(tmp_path), "--mechanisms", "castle"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "already holds an earlier run's results" in proc.stderr
+    assert str(tmp_path) in proc.stderr and "--force" in proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["train-throughput-cuda.json"]
+    assert (tmp_path / "train-throughput-cuda.json").read_text() == '{"earlier": 1}'
+    help_text = " ".join(subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True,
+                                        timeout=120).stdout.split())
+    assert "--force" in help_text and "overwriting its train-throughput-<tag>.{json,md}" in help_text
+
+
 def test_worker_error_comes_back(tt, tmp_path: Path) -> None:
     args = tt.parse_args(["--dry-run", "--out", str(tmp_path)])
     a = vars(args) | {"n_heads": 3}  # 3 heads do not divide d_model 64: the config is refused in the worker
