@@ -110,8 +110,9 @@ def test_cached_keys_with_kv_start_equal_the_whole_sequence(impl: str) -> None:
 @pytest.mark.gpu
 def test_flex_gradients_agree_on_cuda() -> None:
     """float64 on CUDA runs the uncompiled FlexAttention by design (the H200 run: Triton's tl.dot assertion); its
-    uncompiled backward fails for a score_mod tensor that requires grad (the H200 run, torch 2.11), so such a call is
-    refused with a clear error and ``impl="auto"`` picks the banded form; gradients of q, k, v agree."""
+    uncompiled backward fails for a 0-dim score_mod tensor that requires grad (the H200 probe, torch 2.11), so a
+    call with a learnable ``gamma`` is refused with a clear error and ``impl="auto"`` picks the banded form;
+    gradients of q, k, v and of the relative table (a captured per-score table) agree with the reference."""
     from attnlab.ops.softmax.flex import record_flex_fallbacks
 
     q, k, v = _qkv(2, 2, 100, 16, grad=True, device="cuda")
@@ -120,10 +121,10 @@ def test_flex_gradients_agree_on_cuda() -> None:
         decayed_window_attention(q, k, v, lookback=16, gamma=gamma, rel=_rel(q, 16), impl="flex")
     res = {}
     for impl in ("reference", "flex"):
+        rel = _rel(q, 16).detach().requires_grad_(True)
         with record_flex_fallbacks() as taken:
-            o = decayed_window_attention(q, k, v, lookback=16, gamma=gamma.detach(), rel=_rel(q, 16).detach(),
-                                         impl=impl)
-        res[impl] = (o, *torch.autograd.grad(o.square().sum(), [q, k, v]))
+            o = decayed_window_attention(q, k, v, lookback=16, gamma=gamma.detach(), rel=rel, impl=impl)
+        res[impl] = (o, *torch.autograd.grad(o.square().sum(), [q, k, v, rel]))
     print(f"[flex] uncompiled calls: {taken}")
     assert len(taken) == 1 and "float64" in taken[0]
     for a, b in zip(res["flex"], res["reference"]):

@@ -89,7 +89,7 @@ def _check(q: object, k: object, v: object, lookback: object, decay: object, gam
 def resolve_impl(impl: str, *, device_type: str, lookback: int, kv_len: int,
                  dtype: torch.dtype | None = None) -> str:
     """The form ``impl`` runs as: ``"auto"`` is ``"flex"`` on CUDA (except float64 ``dtype``: FlexAttention runs
-    uncompiled then, and its uncompiled backward cannot differentiate ``gamma`` or the relative table); elsewhere
+    uncompiled then, and its uncompiled backward cannot differentiate ``gamma``); elsewhere
     ``"banded"``, or ``"dense"`` when the window covers half the ``kv_len`` keys or more (the band pays off only
     when it is narrow); any other ``impl`` is itself."""
     if impl != "auto":

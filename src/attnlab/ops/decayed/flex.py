@@ -6,12 +6,14 @@ Shape legend: B batch, H heads, T query length, S key length, D head dim, Dv val
 The BlockMask comes from :func:`attnlab.ops.softmax.flex.block_mask_for` (cached, shifted by ``q_offset``).
 Execution as in :mod:`attnlab.ops.softmax.flex` (:func:`~attnlab.ops.softmax.flex.run_flex`): the compiled kernel
 on CUDA (head dims below 16 zero-padded, the uncompiled FlexAttention for float64 and after a compile failure); on
-CPU torch 2.13 runs FlexAttention eagerly and has **no backward**, so a CPU call whose inputs (or ``gamma``, or the
-relative table) require grad raises ``ValueError``; so does a float64 CUDA call whose ``gamma`` or relative table
-requires grad (FlexAttention runs uncompiled in float64, and its uncompiled backward failed on the H200 for a 0-dim
-score_mod tensor that requires grad, as ``gamma`` is: ``benchmarks/gpu/probe_flex_eager.py``); CPU tests cover the forward pass in float64, gradients are
-tested in the GPU tier. ``scale`` is always passed explicitly and the score_mod does not depend on D, so the
-padding is exact.
+CPU torch 2.13 runs FlexAttention eagerly and has **no backward**, so a CPU call whose inputs (or ``gamma``, or
+the relative table) require grad raises ``ValueError``. A float64 CUDA call whose ``gamma`` requires grad raises
+too: FlexAttention runs uncompiled in float64, and on the H200 its uncompiled backward failed for a 0-dim score_mod
+tensor that requires grad (``benchmarks/gpu/probe_flex_eager.py``; a captured table indexed per score, as the
+relative table is, differentiates fine there). The same failure would meet a float32 call that falls back to the
+uncompiled FlexAttention after a compile failure (not guarded: the fallback warns). CPU tests cover the forward
+pass in float64, gradients are tested in the GPU tier. ``scale`` is always passed explicitly and the score_mod does
+not depend on D, so the padding is exact.
 """
 
 from __future__ import annotations
@@ -31,14 +33,12 @@ def flex_decayed_attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Mask, mod: 
                            scale: float) -> Tensor:
     """FlexAttention with ``score_mod=mod`` and the window's BlockMask; see the module docstring."""
     tensors = [q, k, v, mod.gamma] + ([mod.rel] if mod.rel is not None else [])
-    captured = [mod.gamma] + ([mod.rel] if mod.rel is not None else [])
     if (q.device.type == "cuda" and q.dtype == torch.float64 and torch.is_grad_enabled()
-            and any(t.requires_grad for t in captured)):
-        raise ValueError("impl='flex' cannot differentiate gamma or the relative table (rel) in float64 on CUDA: "
-                         "FlexAttention runs uncompiled in float64, and its uncompiled backward fails for a 0-dim "
-                         "score_mod tensor that requires grad (gamma; measured on the H200 with torch 2.11; rel is "
-                         "refused with it, its path being untested). Use impl='banded', 'dense' or "
-                         "'reference' (impl='auto' does), or detach gamma and rel")
+            and mod.gamma.requires_grad):
+        raise ValueError("impl='flex' cannot differentiate gamma in float64 on CUDA: FlexAttention runs uncompiled in "
+                         "float64, and its uncompiled backward fails for a 0-dim score_mod tensor that requires grad "
+                         "(measured on the H200 with torch 2.11: benchmarks/gpu/probe_flex_eager.py). Use "
+                         "impl='banded', 'dense' or 'reference' (impl='auto' does), or detach gamma")
     if q.device.type == "cpu":
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             raise ValueError(f"impl='flex' has no backward pass on CPU (torch {torch.__version__}); got inputs that "
