@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -188,3 +188,29 @@ def fsdp_build_worker(rank: int, world_size: int, port: int, plain: bool, result
             json.dump({"built_on": sh.built_on, "has_template": sh.template is not None,
                        "state": {k: v.tolist() for k, v in full.items()}, "noise": sh.model.noise.tolist(),
                        "dtype": str(sh.model.noise.dtype), "local_numel": local}, f)
+
+
+def fsdp_save_failure_worker(rank: int, world_size: int, port: int, run_dir: str, result_path: str) -> None:
+    """A sharded save into ``run_dir`` that rank 0 cannot create (a file is in the way): every rank must raise the
+    same ``CheckpointError`` (none may hang in a collective), then a save into a good directory still works."""
+    import json
+    from pathlib import Path
+
+    from attnlab.train.checkpoint import CheckpointError
+    from attnlab.train.fsdp import Sharding
+
+    with gloo_group(rank, world_size, port):
+        torch.manual_seed(0)
+        sh = Sharding.build(BufferedStack, is_main=rank == 0, device=torch.device("cpu"), dtype=torch.float64,
+                            make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1))
+        opt = torch.optim.SGD(sh.model.parameters(), lr=0.1)
+        state = {"note": "test"} if rank == 0 else None
+        out: dict[str, Any] = {}
+        try:
+            sh.save_sharded(Path(run_dir) / "blocked", step=1, model=sh.model, optimizer=opt, state=state, keep=1)
+        except CheckpointError as e:
+            out["error"] = str(e)
+        path = sh.save_sharded(Path(run_dir) / "good", step=2, model=sh.model, optimizer=opt, state=state, keep=1)
+        out["path"] = str(path) if path is not None else None
+        with open(f"{result_path}.{rank}", "w") as f:
+            json.dump(out, f)

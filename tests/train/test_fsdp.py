@@ -85,8 +85,11 @@ def test_fsdp_equals_ddp_and_resumes_exactly(tmp_path: Path) -> None:
     ckpt.load_model_weights(sdir, lm2)
     for k, v in lm.state_dict().items():
         assert torch.equal(v, lm2.state_dict()[k]), k
+    assert set(cons) == set(full)  # tied weights stored once, under the same name as the full checkpoint's
     for k in full:
         assert torch.equal(full[k], cons[k]), k
+    with pytest.raises(ckpt.CheckpointError, match="is not a sharded checkpoint.*an ordinary checkpoint"):
+        ckpt.consolidate(tmp_path / "fsdp")
     for k, v in load_file(str(tmp_path / "shalf" / "ckpt-00000006" / "model.safetensors")).items():
         assert torch.equal(v, cons[k]), k
     # a sharded checkpoint is resumed only by an FSDP run (its optimizer state exists only as shards)
@@ -136,6 +139,22 @@ def test_sharding_build_gives_every_rank_rank0s_values(tmp_path: Path, plain: bo
     for n, p in ref.named_parameters():
         assert r0["local_numel"][n] + r1["local_numel"][n] == p.numel(), n
         assert r1["local_numel"][n] < p.numel(), n
+
+
+def test_a_failed_sharded_save_raises_on_every_rank(tmp_path: Path) -> None:
+    from standin import fsdp_save_failure_worker
+
+    (tmp_path / "blocked").write_text("a file where the run directory should be")
+    res = tmp_path / "fail.json"
+    mp.spawn(fsdp_save_failure_worker, args=(2, ddp.free_port(), str(tmp_path), str(res)), nprocs=2, join=True)
+    r0, r1 = (json.loads(Path(f"{res}.{k}").read_text()) for k in (0, 1))
+    for r in (r0, r1):
+        assert "could not write the sharded checkpoint of step 1" in r["error"]
+        assert "cannot create its temporary directory" in r["error"]
+    assert (tmp_path / "blocked").read_text() == "a file where the run directory should be"  # untouched
+    assert r0["path"] == str(tmp_path / "good" / "ckpt-00000002") and r1["path"] is None
+    assert (tmp_path / "good" / "ckpt-00000002" / "shards" / ".metadata").is_file()
+    assert not list((tmp_path / "good").glob(".tmp-*"))
 
 
 def test_fsdp_config() -> None:

@@ -1,7 +1,7 @@
 """``attnlab consolidate CHECKPOINT``: the ``model.safetensors`` of a sharded FSDP checkpoint.
 
 An FSDP run with ``fsdp_checkpoint="sharded"`` writes distributed checkpoints (each rank's shards, in
-``ckpt-<step>/shards/``); ``eval``, ``generate``, ``export`` and a resume without FSDP read ``model.safetensors``.
+``ckpt-<step>/shards/``); ``eval``, ``generate`` and ``export`` read ``model.safetensors``.
 This command assembles it from the shards in one process (:func:`attnlab.train.checkpoint.consolidate`); the
 shards stay, so an FSDP run still resumes from them. Exit status 2 with ``attnlab: error: ...`` for a checkpoint
 that is not sharded or is consolidated already (nothing is overwritten).

@@ -29,6 +29,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import shutil
 import uuid
 import warnings
@@ -266,7 +267,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest checkpoint in ``run_dir``, or ``None`` if there is none.
 
     Raises:
-        CheckpointError: the newest ``ckpt-<step>`` directory lacks ``state.json`` or ``model.safetensors`` (it was
+        CheckpointError: the newest ``ckpt-<step>`` directory lacks ``state.json``, or ``model.safetensors`` (of a
+            sharded checkpoint, ``shards/.metadata``) (it was
             damaged: the atomic save never leaves one so). Quietly falling back to an older checkpoint would
             continue a run from the wrong step.
     """
@@ -354,6 +356,15 @@ def _tie_groups(model: nn.Module) -> dict[str, int]:
     return ids
 
 
+def tied_names(model: nn.Module) -> list[list[str]]:
+    """The groups of state-dict names that are one tensor (tied weights), each sorted, only groups of two or more
+    (``save_model`` stores each group once, under its first name)."""
+    groups: dict[int, list[str]] = {}
+    for name, gid in _tie_groups(model).items():
+        groups.setdefault(gid, []).append(name)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
 def check_model_shapes(path: str | Path, model: nn.Module, *, what: str | None = None) -> None:
     """Compare ``model``'s state dict (names and shapes; ``model`` may live on the meta device) with the tensors
     in safetensors file ``path`` (read from its header only); any difference is a :class:`CheckpointError`."""
@@ -401,8 +412,8 @@ def weights_file(ckpt_dir: str | Path) -> Path:
     if not path.is_file() and is_sharded(ckpt_dir):
         raise CheckpointError(
             f"checkpoint {str(ckpt_dir)!r} is a sharded FSDP checkpoint ({SHARDS}/): an FSDP run resumes from it "
-            f"as it is; to evaluate, generate, export or resume it without FSDP, first write its model.safetensors "
-            f"with `attnlab consolidate {ckpt_dir}`")
+            f"as it is; to evaluate, generate or export it, first write its model.safetensors with "
+            f"`attnlab consolidate {shlex.quote(str(ckpt_dir))}`")
     return path
 
 
@@ -422,25 +433,34 @@ def consolidate(ckpt_dir: str | Path) -> Path:
 
     ckpt_dir = find_checkpoint(ckpt_dir)
     out = ckpt_dir / "model.safetensors"
+    if not is_sharded(ckpt_dir):
+        ordinary = " (it is an ordinary checkpoint, read by every tool as it is)" if out.exists() else ""
+        raise CheckpointError(f"{str(ckpt_dir)!r} is not a sharded checkpoint: it has no {SHARDS}/.metadata{ordinary}")
     if out.exists():
         raise CheckpointError(f"{str(out)!r} exists already: {str(ckpt_dir)!r} is consolidated (nothing written)")
-    if not is_sharded(ckpt_dir):
-        raise CheckpointError(f"{str(ckpt_dir)!r} is not a sharded checkpoint: it has no {SHARDS}/.metadata")
     reader = dcp.FileSystemReader(str(ckpt_dir / SHARDS))
-    meta = reader.read_metadata().state_dict_metadata
+    try:
+        meta = reader.read_metadata().state_dict_metadata
+    except (OSError, ValueError, RuntimeError, EOFError) as e:
+        raise CheckpointError(f"cannot read {str(ckpt_dir / SHARDS / '.metadata')!r}: {e}") from None
+    # tied weights: stored once, under the first name of each group, as save_model does (state.json "tied")
+    dropped = {n for g in read_state(ckpt_dir).get("tied", []) for n in sorted(g)[1:]}
     tensors = {k[len("model."):]: torch.empty(tuple(m.size), dtype=m.properties.dtype)
-               for k, m in meta.items() if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
+               for k, m in meta.items() if k.startswith("model.") and isinstance(m, TensorStorageMetadata)
+               and k[len("model."):] not in dropped}
     if not tensors:
         raise CheckpointError(f"{str(ckpt_dir / SHARDS)!r} holds no model tensors")
-    with warnings.catch_warnings():  # torch warns that it loads "in a single process": that is the intent
-        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-        dcp.load({"model": tensors}, storage_reader=reader, no_dist=True)
     tmp = ckpt_dir / f".tmp-model-{uuid.uuid4().hex[:8]}.safetensors"
     try:
+        with warnings.catch_warnings():  # torch warns that it loads "in a single process": that is the intent
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+            dcp.load({"model": tensors}, storage_reader=reader, no_dist=True)
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
         _fsync_file(tmp)
         os.replace(tmp, out)
         _fsync_dir(ckpt_dir)
+    except (OSError, SafetensorError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"could not consolidate {str(ckpt_dir)!r}: {type(e).__name__}: {str(e)[:500]}") from None
     finally:
         if tmp.exists():
             tmp.unlink()

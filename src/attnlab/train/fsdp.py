@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -196,29 +197,64 @@ class Sharding:
         of the model and optimizer state with ``torch.distributed.checkpoint`` into ``run_dir``'s temporary
         directory, nothing is gathered; then rank 0 adds ``state.json`` (its ``state``) and renames the directory
         atomically (:func:`attnlab.train.checkpoint.save_checkpoint`). The ranks must share ``run_dir``'s file
-        system. Returns the checkpoint directory on rank 0 (``None`` elsewhere)."""
+        system. Every rank returns or raises together: a failure anywhere (creating the directory, writing a
+        shard, the rename) is a :class:`~attnlab.train.checkpoint.CheckpointError` on every rank, the previous
+        checkpoints intact. Returns the checkpoint directory on rank 0 (``None`` elsewhere)."""
         import torch.distributed as dist
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
         from attnlab.train import checkpoint as ckpt
 
+        def agree(msg: str | None, *, src_only: bool = False) -> None:
+            """Raise on every rank if ``msg`` (rank 0's, or any rank's) is an error."""
+            if src_only:
+                box = [msg]
+                dist.broadcast_object_list(box, src=0)
+                errors = [box[0]] if box[0] else []
+            else:
+                every: list[Any] = [None] * dist.get_world_size()
+                dist.all_gather_object(every, msg)
+                errors = [f"rank {r}: {m}" for r, m in enumerate(every) if m]
+            if errors:
+                if self.is_main and tmp is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                raise ckpt.CheckpointError(f"could not write the sharded checkpoint of step {step} in "
+                                           f"{str(run_dir)!r}: " + "; ".join(errors))
+
+        tmp: Path | None = None
         name: list[Any] = [None]
+        err = None
         if self.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.remove_stale_temporaries(run_dir)
-            tmp = ckpt.temporary_dir(run_dir, step)
-            tmp.mkdir()
-            name = [tmp.name]
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                ckpt.remove_stale_temporaries(run_dir)
+                tmp = ckpt.temporary_dir(run_dir, step)
+                tmp.mkdir()
+                name = [tmp.name]
+            except OSError as e:
+                err = f"cannot create its temporary directory: {e}"
+        agree(err, src_only=True)
         dist.broadcast_object_list(name, src=0)
         tmp = run_dir / str(name[0])
-        sd = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
-        dcp.save(sd, checkpoint_id=str(tmp / ckpt.SHARDS))  # collective; rank 0 writes the index last
-        dist.barrier()
-        if not self.is_main:
-            return None
-        assert state is not None
-        return ckpt.save_checkpoint(run_dir, step=step, model=None, optimizer=None, state=state, keep=keep, tmp=tmp)
+        err = None
+        try:
+            sd = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+            dcp.save(sd, checkpoint_id=str(tmp / ckpt.SHARDS))  # collective; rank 0 writes the index last
+        except Exception as e:  # DCP reports a failed write on every rank; each says what it saw
+            err = f"{type(e).__name__}: {str(e)[:500]}"
+        agree(err)
+        path, err = None, None
+        if self.is_main:
+            assert state is not None and self.template is not None
+            try:
+                path = ckpt.save_checkpoint(run_dir, step=step, model=None, optimizer=None, keep=keep, tmp=tmp,
+                                            state={**state, "tied": ckpt.tied_names(self.template)})
+            except ckpt.CheckpointError as e:  # (save_checkpoint removed the temporary directory)
+                err = str(e)
+        tmp = None
+        agree(err, src_only=True)
+        return path
 
     def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """Collective: the checkpoint ``path`` into the shards: a sharded checkpoint is read shard by shard by every
