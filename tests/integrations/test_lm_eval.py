@@ -141,7 +141,13 @@ def test_other_mechanisms_score_and_generate_with_their_own_cache(tmp_path: Path
     windows = [(text[0:1], text[1:17]), (text[16:17], text[17:33]), (text[32:33], text[33:49]),
                (text[43:49], text[49:])]
     assert rolled == pytest.approx(sum(_direct_logprob(t.model, tok, c, x) for c, x in windows), abs=1e-6)
-    (out,) = lm.generate_until([_req("generate_until", "First", {"until": ["\n\n"], "max_gen_toks": 9})])
+    lengths: list[int] = []  # tokens fed per model call: the prompt once, then one token per step (the cache)
+    hook = lm.model.register_forward_pre_hook(lambda m, args: lengths.append(int(args[0].shape[1])))
+    try:
+        (out,) = lm.generate_until([_req("generate_until", "First", {"until": ["\n\n"], "max_gen_toks": 9})])
+    finally:
+        hook.remove()
+    assert lengths[0] == len(tok.encode("First")) and set(lengths[1:]) == {1}, lengths
     ids = tok.encode("First")
     for _ in range(9):  # 5 + 9 tokens < the context of 16: plain greedy over the whole prefix
         ids.append(int(t.model(torch.tensor([ids]))[0, -1].argmax()))
