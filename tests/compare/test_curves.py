@@ -132,3 +132,62 @@ def test_loss_curves_figure_bands_token_axis_and_full_range_row() -> None:
         assert not any("off scale" in t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts())
     finally:
         plt.close(fig)
+
+
+def test_far_off_flags_every_member_of_a_diverged_group() -> None:
+    from attnlab.compare.curves import far_off
+
+    # two diverged mechanisms used to hide each other (each was within the other's range); both are off now
+    assert far_off([1.5, 1.52, 5.0, 5.01]) == [False, False, True, True]
+    assert far_off([5.01, 1.5, 5.0, 1.52, 1.49]) == [True, False, True, False, False]
+    # one far below and one far above the bulk: both off
+    assert far_off([0.2, 1.50, 1.52, 1.49, 3.9]) == [True, False, False, False, True]
+    # a tight group, or values spread without a gap, flags nothing; nor do fewer than 3 values
+    assert far_off([1.50, 1.52, 1.49, 1.55]) == [False] * 4
+    assert far_off([1.0, 1.3, 1.6, 1.9, 2.2]) == [False] * 5
+    assert far_off([1.0, 5.0]) == [False, False] and far_off([]) == []
+    # the bulk is at least half of the values: one tight pair among five spread ones is not a bulk
+    assert far_off([1.0, 1.01, 3.0, 6.0, 12.0]) == [False] * 5
+    # a non-finite value is off any scale (the rest are judged without it)
+    assert far_off([1.50, 1.52, float("nan"), 1.49]) == [False, False, True, False]
+    r = fair_ylim({"a": 1.5, "b": 1.52, "x": 5.0, "y": 5.01})
+    assert r is not None and r.off == ("x", "y") and 1.52 < r.hi < 5.0
+
+
+def test_fair_ylim_keeps_flagged_finals_outside_despite_band_tops_and_lows() -> None:
+    finals = {"a": 2.0, "b": 2.0, "c": 2.01, "x": 2.6}
+    # a's band top (3.0) used to stretch the range past x's final (hi was 3.2 while x was called off scale)
+    r = fair_ylim(finals, highs={"a": 3.0})
+    assert r is not None and r.off == ("x",)
+    assert r.lo < 2.0 and 2.01 < r.hi < 2.6
+    assert r.hi == pytest.approx((2.01 + 2.6) / 2)  # capped halfway between the bulk's top final and x's
+    # the same below: a bulk low under a far-low final
+    low = fair_ylim({"a": 2.0, "b": 2.0, "c": 2.01, "x": 1.4}, lows={"a": 1.0})
+    assert low is not None and low.off == ("x",)
+    assert 1.4 < low.lo < 2.0 and low.hi > 2.01 and low.lo == pytest.approx((2.0 + 1.4) / 2)
+    # without a clash the band tops and lows still stretch the range as before
+    r2 = fair_ylim(finals, lows={"a": 1.9}, highs={"c": 2.1})
+    pad = 0.1 * 2.01
+    assert r2 is not None and r2.lo == pytest.approx(1.9 - pad / 10) and r2.hi == pytest.approx(2.1 + pad)
+
+
+def test_training_curve_survives_a_nonfinite_loss() -> None:
+    # a skipped step (skip_nonfinite) logs a NaN or inf training loss: it is dropped before the EMA, so that seed's
+    # smoothed curve goes on to the end and the mechanism's mean is not cut short by the common alignment
+    bad_nan, bad_inf = _seed(1.50, 0.02), _seed(1.52, 0.01)
+    bad_nan[1][5] = float("nan")
+    bad_inf[1][7] = float("inf")
+    curves = {"standard": [_seed(1.50, 0.0), bad_nan], "castle": [_seed(1.52, 0.0), bad_inf]}
+    (fig, caption), plt = _figure(curves)
+    try:
+        train = fig.axes[0]
+        means = {l.get_label(): l for l in train.lines if l.get_alpha() is None}
+        assert set(means) == {"standard", "castle"}
+        for line in means.values():
+            y = np.asarray(line.get_ydata(), dtype=float)
+            assert line.get_xdata()[-1] == 1_000_000 and np.isfinite(y).all() and y.size == 20  # 21 points, 1 dropped
+        seeds = [l for l in train.lines if l.get_alpha() is not None]
+        assert all(np.isfinite(np.asarray(l.get_ydata(), dtype=float)).all() for l in seeds)
+        assert all(l.get_xdata()[-1] == 1_000_000 for l in seeds)
+    finally:
+        plt.close(fig)

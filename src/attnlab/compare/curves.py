@@ -14,15 +14,28 @@ at the same x values; against wall-clock they never do. Two alignments:
 
 Either way every aggregated point has all the seeds, so the band (±1 sample std) is drawn only where at least 2
 seeds contribute, i.e. only for mechanisms with 2 or more seeds; a single seed is its own mean, with no band.
-Points whose x or y is NaN (a record without wall-clock) are dropped first.
+Points whose x or y is not finite (NaN: a record without wall-clock; NaN or inf: a loss logged at a step that
+``skip_nonfinite`` skipped) are dropped first; the training loss is smoothed (EMA) only after that, so one such step
+costs that one point and not the rest of the seed's curve.
+
+Far off (:func:`far_off`). Among the finite values, sorted, the *bulk* is the largest contiguous group of at least
+half of them (and at least 2), short of all of them, such that every value outside it lies beyond the group's range
+by more than ``gap = max(3 * the group's spread, 25% of its largest |value|)``; of two such groups of one size the
+lower wins (these are losses: a diverged run ends high). The values outside the bulk are far off, and so is every
+non-finite value; with fewer than 3 finite values, or no such group, no finite value is. So several diverged
+mechanisms no longer hide one another (1.5, 1.52, 5.0, 5.01: both 5s are off), while a tight group, or values spread
+without a gap, flags nothing.
 
 Y range (:func:`fair_ylim`). The outliers are the mechanisms whose final value (mean over seeds at the last
-aggregated point) lies far from the others by :func:`far_off` (beyond the others' range by more than 3 times
-their spread and at least 25% of their level). With none, the axes autoscale. Otherwise the zoomed range covers
-the bulk (the others): from their lowest plotted value to their highest final value, padded by
-``pad = max(spread of the bulk's finals, 10% of the largest |final|)`` above and ``pad / 10`` below. Since
-``pad`` never exceeds the far-off gap, a flagged mechanism's final value always lies outside that range; it is
-named "off scale" in the legend and caption, and a second row of panels shows the full range.
+aggregated point) is far off. With none, the axes autoscale. Otherwise the zoomed range covers the bulk: from
+its lowest plotted value (seeds and band included) to its highest band top at the final point (at least its highest
+final), padded by ``pad = max(spread of the bulk's finals, 10% of the largest |final|)`` above and ``pad / 10``
+below; then the top is capped at the midpoint between the bulk's highest final and the lowest final of the
+mechanisms off above, and the bottom at the midpoint between the bulk's lowest final and the highest final of those
+off below (the cap binds only when a band top or a low reaches that far: the far-off gap is more than twice ``pad``).
+So every bulk final lies inside the range and every off-scale final strictly outside it; the far-off ones are named
+"off scale" in the legend and caption, and a second row of panels shows the full range (and whatever of a bulk
+band the cap clipped).
 """
 
 from __future__ import annotations
@@ -71,11 +84,11 @@ class FairRange:
 
 
 def _clean(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` and ``y`` as float arrays sorted by x, without the points where either is NaN."""
+    """``x`` and ``y`` as float arrays sorted by x, without the points where either is not finite (NaN, ±inf)."""
     xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if xa.shape != ya.shape:
         raise ValueError(f"x and y must have the same length; got {xa.size} and {ya.size}")
-    keep = ~(np.isnan(xa) | np.isnan(ya))
+    keep = np.isfinite(xa) & np.isfinite(ya)
     xa, ya = xa[keep], ya[keep]
     order = np.argsort(xa, kind="stable")
     return xa[order], ya[order]
@@ -84,7 +97,7 @@ def _clean(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarr
 def aggregate_seeds(series: Sequence[tuple[Sequence[float], Sequence[float]]], *,
                     align: Alignment = "auto") -> SeedStats:
     """Mean and sample std over seeds of ``series`` (one ``(x, y)`` per seed) on a common x grid; the alignment
-    rules are in the module docstring. Seeds left with no point after dropping NaNs are ignored."""
+    rules are in the module docstring. Seeds left with no point after dropping non-finite ones are ignored."""
     if align not in _ALIGNMENTS:
         raise ValueError(f"align={align!r} must be one of {', '.join(_ALIGNMENTS)}")
     seeds = [s for s in (_clean(x, y) for x, y in series) if s[0].size]
@@ -111,19 +124,26 @@ def aggregate_seeds(series: Sequence[tuple[Sequence[float], Sequence[float]]], *
     return SeedStats(grid, mean, std, len(seeds), align)
 
 
-def far_off(values: list[float]) -> list[bool]:
-    """Which values lie far from the rest (more than 3 times the others' spread, and at least 25% of their level,
-    beyond their range), so that a plot can show them apart instead of squashing the others."""
-    flags = []
-    for i, v in enumerate(values):
-        rest = values[:i] + values[i + 1:]
-        if len(rest) < 2:
-            flags.append(False)
-            continue
-        lo, hi = min(rest), max(rest)
-        gap = max(3 * (hi - lo), 0.25 * max(abs(lo), abs(hi), 1e-12))
-        flags.append(v > hi + gap or v < lo - gap)
-    return flags
+def _beyond(v: float, lo: float, hi: float) -> bool:
+    """Whether ``v`` lies beyond ``[lo, hi]`` by more than ``max(3 (hi - lo), 25% of max(|lo|, |hi|))``."""
+    gap = max(3 * (hi - lo), 0.25 * max(abs(lo), abs(hi), 1e-12))
+    return v > hi + gap or v < lo - gap
+
+
+def far_off(values: Sequence[float]) -> list[bool]:
+    """Which values lie far from the bulk of them, so that a plot can show them apart instead of squashing the
+    others: the values outside the bulk and every non-finite value. The bulk (rule in the module docstring) is the
+    largest contiguous group, at least half of the finite values and at least 2 but not all of them, that every
+    other value lies beyond by more than ``max(3 * its spread, 25% of its level)``; at equal size the lower group.
+    With fewer than 3 finite values, or no such group, no finite value is far off."""
+    fin = sorted(float(v) for v in values if math.isfinite(v))
+    n = len(fin)
+    for size in range(n - 1, max(2, math.ceil(n / 2)) - 1, -1):
+        for start in range(n - size + 1):  # lowest first: of two groups of one size, the lower is the bulk
+            lo, hi = fin[start], fin[start + size - 1]
+            if all(_beyond(v, lo, hi) for v in fin[:start] + fin[start + size:]):
+                return [not math.isfinite(v) or _beyond(v, lo, hi) for v in values]
+    return [not math.isfinite(v) for v in values]
 
 
 def fair_ylim(finals: Mapping[str, float], *, lows: Mapping[str, float] | None = None,
@@ -133,17 +153,26 @@ def fair_ylim(finals: Mapping[str, float], *, lows: Mapping[str, float] | None =
 
     ``finals``: each mechanism's final value (mean over seeds); ``lows``: the lowest value drawn for it (its seeds and
     band included), which stretches the range down; ``highs``: the highest value drawn at its final point (the top
-    of its band), which stretches it up. Only the bulk's ``lows`` and ``highs`` count."""
+    of its band), which stretches it up. Only the bulk's ``lows`` and ``highs`` count, and neither stretches the
+    range over an off-scale final: the range is capped halfway between the bulk's finals and the nearest far-off
+    final on that side, so every off-scale final lies strictly outside ``(lo, hi)``."""
     names = list(finals)
     flags = far_off([finals[n] for n in names])
-    if not any(flags):
-        return None
     bulk = [n for n, f in zip(names, flags) if not f]
+    if not any(flags) or not bulk:
+        return None
     b = [finals[n] for n in bulk]
-    pad = max(max(b) - min(b), 0.1 * max(abs(v) for v in b), 1e-12)
-    lo = min(b + [lows[n] for n in bulk if lows and n in lows and math.isfinite(lows[n])])
-    hi = max(b + [highs[n] for n in bulk if highs and n in highs and math.isfinite(highs[n])])
-    return FairRange(lo - pad / 10, hi + pad, tuple(n for n, f in zip(names, flags) if f))
+    b_lo, b_hi = min(b), max(b)
+    pad = max(b_hi - b_lo, 0.1 * max(abs(v) for v in b), 1e-12)
+    lo = min(b + [lows[n] for n in bulk if lows and n in lows and math.isfinite(lows[n])]) - pad / 10
+    hi = max(b + [highs[n] for n in bulk if highs and n in highs and math.isfinite(highs[n])]) + pad
+    off = [finals[n] for n, f in zip(names, flags) if f and math.isfinite(finals[n])]
+    above, below = [v for v in off if v > b_hi], [v for v in off if v < b_lo]
+    if above:
+        hi = min(hi, (b_hi + min(above)) / 2)
+    if below:
+        lo = max(lo, (b_lo + max(below)) / 2)
+    return FairRange(lo, hi, tuple(n for n, f in zip(names, flags) if f))
 
 
 def format_tokens(x: float, _pos: Any = None) -> str:
@@ -166,7 +195,8 @@ def token_formatter() -> Any:
 
 
 def ema(xs: Sequence[float], alpha: float = 0.1) -> list[float]:
-    """The exponential moving average of ``xs`` (``m = (1 - alpha) m + alpha x``, starting at the first value)."""
+    """The exponential moving average of ``xs`` (``m = (1 - alpha) m + alpha x``, starting at the first value).
+    A NaN or inf makes every later value non-finite: drop such points first (as :func:`loss_curves_figure` does)."""
     out: list[float] = []
     m: float | None = None
     for x in xs:
@@ -217,14 +247,19 @@ def _draw(ax: Any, p: _Panel, colors: dict[str, str], off: tuple[str, ...], ylab
 
 
 def loss_curves_figure(curves: Mapping[str, Sequence[SeedCurves]], *, ylabel: str, plt: Any) -> tuple[Any, str]:
-    """The loss-curves figure and its caption: training loss (EMA 0.1 of each seed) and validation loss against
-    tokens, validation loss against wall-clock (seeds interpolated onto a common time grid); per mechanism each seed
-    faint, the mean over seeds and a ±1 std band. When a panel has a far-off mechanism (:func:`fair_ylim`), it is
-    zoomed on the others and a second row shows it in full; the caption names the off-scale mechanisms (empty when
-    there are none). ``plt`` is ``matplotlib.pyplot``; the caller saves and closes the figure."""
+    """The loss-curves figure and its caption: training loss (EMA 0.1 of each seed, taken after dropping its
+    non-finite points) and validation loss against tokens, validation loss against wall-clock (seeds interpolated
+    onto a common time grid); per mechanism each seed faint, the mean over seeds and a ±1 std band. When a panel
+    has a far-off mechanism (:func:`fair_ylim`), it is zoomed on the others and a second row shows it in full; the
+    caption names the off-scale mechanisms (empty when there are none). ``plt`` is ``matplotlib.pyplot``; the
+    caller saves and closes the figure."""
     def panel(title: str, xlabel: str, tokens: bool, markers: bool, align: Alignment, xi: int, yi: int,
               smooth: bool = False) -> _Panel:
-        seeds = {m: [_clean(s[xi], ema(s[yi]) if smooth else s[yi]) for s in ss] for m, ss in curves.items()}
+        def seed(s: SeedCurves) -> tuple[np.ndarray, np.ndarray]:
+            x, y = _clean(s[xi], s[yi])  # non-finite points out before the EMA, else one NaN poisons the rest
+            return (x, np.asarray(ema(y.tolist()), dtype=float)) if smooth else (x, y)
+
+        seeds = {m: [seed(s) for s in ss] for m, ss in curves.items()}
         stats = {m: aggregate_seeds(xy, align=align) for m, xy in seeds.items()}
         return _Panel(title, xlabel, tokens, markers, seeds, stats)
 
