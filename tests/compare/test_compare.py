@@ -93,8 +93,11 @@ def test_compare_writes_leaderboard_plots_and_html(tmp_path: Path, small_cfg: Co
         assert len(fig.axes) == (6 if caption else 3)  # a full-range row only with a far-off mechanism
         for ax in fig.axes[:2]:
             assert ax.xaxis.get_major_formatter().func is format_tokens and ax.get_xlabel() == "tokens"
+        # the token panels (train, validation); the wall-clock panel has a band only where the seeds' time windows
+        # overlap, which the tiny runs (validation points milliseconds apart) do not guarantee
         assert all(sum(isinstance(c, PolyCollection) for c in ax.collections) == len(small_cfg.variants)
-                   for ax in fig.axes[:3])
+                   for ax in fig.axes[:2])
+        assert sum(isinstance(c, PolyCollection) for c in fig.axes[2].collections) <= len(small_cfg.variants)
     finally:
         plt.close(fig)
     page = (out / "report.html").read_text()
