@@ -1,16 +1,24 @@
 """``attn_implementation="attnlab-documents"``: packed sequences in a stock transformers Llama, the documents read from
 each call's ``position_ids`` (restarting at 0 at each document start). Logits, gradients and cached greedy generation
-equal attnlab's own LM layers under ``document(ids) & causal()`` on the same weights and the same documents."""
+equal attnlab's own LM layers under ``document(ids) & causal()`` on the same weights and the same documents.
+
+The other ``attnlab-*`` masks under transformers' own packed-sequence detection (``position_ids`` restarting at 0, no
+cache, no ``attention_mask``): a causal one keeps the documents (``mask & document(ids) & causal()``), a non-causal
+one refuses the call, and a call without packed sequences builds the mask exactly as before."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (attnlab[hf], dev extra)")
 
+from transformers.masking_utils import causal_mask_function, create_causal_mask, sdpa_mask  # noqa: E402
+
 from attnlab.integrations.hf_export import lm_to_llama  # noqa: E402
-from attnlab.integrations.hf_masks import DOCUMENTS, _documents_attention, documents_mask  # noqa: E402
+from attnlab.integrations.hf_masks import DOCUMENTS, _documents_attention, documents_mask, registered  # noqa: E402
 from attnlab.masks import Mask, causal, dense, document  # noqa: E402
 from attnlab.models.lm import LMConfig  # noqa: E402
 
@@ -161,3 +169,84 @@ def test_documents_refusals() -> None:
         hf(input_ids=idx, position_ids=torch.arange(6)[None], cache=static)
     with pytest.raises(ValueError, match="position_ids must be an integer tensor"):
         documents_mask(torch.zeros(2, 3))
+
+
+
+# -------------------------------------------------------------- transformers' packed sequences, other attnlab masks
+#: rows of 36 tokens whose documents are longer than the default stride and block (16): the masks matter inside them
+LONG = [[22, 14], [5, 31]]
+
+
+def built_mask(config: Any, pos: torch.Tensor | None, **kw: Any) -> Any:
+    """The mask transformers' ``create_causal_mask`` builds for a model call without a cache (hidden size 8)."""
+    B, T = (pos.shape if pos is not None else kw["attention_mask"].shape)
+    attention_mask = kw.pop("attention_mask", None)
+    return create_causal_mask(config, torch.zeros(B, T, 8), attention_mask, None, pos, **kw)
+
+
+@pytest.mark.parametrize("impl", ["attnlab-strided", "attnlab-fixed"])
+def test_a_causal_attnlab_mask_keeps_transformers_packed_sequences(impl: str) -> None:
+    """transformers' own packed-sequence detection (``position_ids`` restarting at 0, no cache, no ``attention_mask``)
+    puts the documents into the call's mask: a causal attnlab mask keeps them, on absolute positions (``fixed``'s
+    blocks counted from the row's start), i.e. the Llama equals attnlab's LM under ``mask & document(ids) &
+    causal()``, not under the unpacked mask."""
+    doc, pos = packed(LONG)
+    mask = registered()[impl]
+    lm = tiny_lm()
+    hf = lm_to_llama(lm, attn_implementation=impl, check=False)
+    idx = tokens(doc.shape, seed=3)
+    want = attnlab_logits(lm, idx, mask & document(doc) & causal())  # (B, T, V)
+    got = hf(input_ids=idx, position_ids=pos, use_cache=False).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # the documents matter: the unpacked mask differs, with the default positions (attnlab's LM under the mask alone)
+    # and with the same restarting positions given an attention_mask (transformers' detection off: one sequence a row)
+    unpacked = hf(input_ids=idx, use_cache=False).logits
+    torch.testing.assert_close(unpacked, attnlab_logits(lm, idx, mask), atol=1e-5, rtol=0)
+    assert not torch.allclose(got, unpacked, atol=1e-3)
+    ones = torch.ones_like(idx)
+    assert not torch.allclose(got, hf(input_ids=idx, position_ids=pos, attention_mask=ones, use_cache=False).logits,
+                              atol=1e-3)
+    # the mask itself, also on transformers' vmap route (a model's own or_mask_function, here adding nothing)
+    B, T = doc.shape
+    for extra in ({}, {"or_mask_function": lambda b, h, q, kv: kv < 0}):
+        assert torch.equal(built_mask(hf.config, pos, **extra),
+                           dense(mask & document(doc) & causal(), T, T, batch_size=B))
+
+
+def test_a_non_causal_attnlab_mask_refuses_transformers_packed_sequences() -> None:
+    """prefix-LM is not causal: AND-ing transformers' (causal) packed-sequence mask would break it, and replacing it
+    would attend across documents, so a packed call is refused; with an ``attention_mask`` (transformers' detection
+    off) or with one sequence per row it runs as before."""
+    doc, pos = packed(LONG)
+    lm = tiny_lm()
+    hf = lm_to_llama(lm, attn_implementation="attnlab-prefix-lm", check=False)
+    idx = tokens(doc.shape, seed=3)
+    with pytest.raises(ValueError, match="packed sequences"):
+        hf(input_ids=idx, position_ids=pos, use_cache=False)
+    with pytest.raises(ValueError, match="packed sequences"):  # transformers' vmap route
+        built_mask(hf.config, pos, or_mask_function=lambda b, h, q, kv: kv < 0)
+    B, T = doc.shape
+    want = dense(registered()["attnlab-prefix-lm"], T, T, batch_size=B)  # (B, 1, T, T)
+    assert torch.equal(built_mask(hf.config, pos, attention_mask=torch.ones(B, T, dtype=torch.long)), want)
+    assert torch.equal(built_mask(hf.config, torch.arange(T).expand(B, T)), want)
+    assert torch.equal(built_mask(hf.config, None, attention_mask=torch.ones(B, T, dtype=torch.long)), want)
+    ones = torch.ones_like(idx)
+    assert hf(input_ids=idx, position_ids=pos, attention_mask=ones, use_cache=False).logits.isfinite().all()
+    assert hf(input_ids=idx, use_cache=False).logits.isfinite().all()
+
+
+@pytest.mark.parametrize("impl", ["attnlab-sliding-window", "attnlab-strided", "attnlab-fixed", "attnlab-bigbird",
+                                  "attnlab-prefix-lm"])
+def test_an_unpacked_call_builds_the_mask_alone(impl: str) -> None:
+    """Where transformers asks for plain causal (one sequence per row: a padding mask, a cache offset, default
+    positions), the mask is exactly ``sdpa_mask`` of attnlab's predicate alone, as before packed sequences were
+    handled."""
+    mask = registered()[impl]
+    interface = transformers.masking_utils.ALL_MASK_ATTENTION_FUNCTIONS[impl]
+    pad = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1, 1], [1] * 10]).bool()
+    calls = [dict(q_length=10, kv_length=10), dict(q_length=10, kv_length=10, attention_mask=pad),
+             dict(q_length=3, kv_length=10, q_offset=7, attention_mask=pad), dict(q_length=1, kv_length=10, q_offset=9)]
+    for call in calls:
+        kw = dict(batch_size=2, allow_is_causal_skip=True, **call)
+        want = sdpa_mask(**{**kw, "mask_function": mask.fn, "allow_is_causal_skip": False})
+        assert torch.equal(interface(mask_function=causal_mask_function, **kw), want)

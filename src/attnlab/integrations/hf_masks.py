@@ -2,16 +2,29 @@
 
 :func:`register_hf_attention` registers an attnlab :class:`~attnlab.masks.Mask` (or any FlexAttention-style
 ``mask_mod``) under a name in transformers' two registries: ``AttentionMaskInterface`` (the mask a model's
-``create_causal_mask`` builds: transformers' ``sdpa_mask`` with the attnlab predicate in place of the causal one, the
-2-D padding mask AND-ed in by transformers, never skipped for ``is_causal``) and ``AttentionInterface`` (transformers'
-own SDPA attention function, which then applies that boolean mask). A stock model loaded or configured with
-``attn_implementation=name`` then runs with the mask in training and in ``generate()`` alike: positions are absolute
-(``q_idx`` counts the cached tokens), as attnlab's masks expect.
+``create_causal_mask`` builds: transformers' ``sdpa_mask`` with the attnlab predicate in place of the causal one, or
+AND-ed with it for a causal mask (packed sequences below), the 2-D padding mask AND-ed in by transformers, never
+skipped for ``is_causal``) and ``AttentionInterface`` (transformers' own SDPA attention function, which then applies
+that boolean mask). A stock model loaded or configured with ``attn_implementation=name`` then runs with the mask in
+training and in ``generate()`` alike: positions are absolute (``q_idx`` counts the cached tokens), as attnlab's masks
+expect.
 
 Importing this module (or :mod:`attnlab.integrations.hf`) registers ``"attnlab-<mechanism>"`` for every registered
 mask-based softmax mechanism with its default options (:data:`DEFAULT_NAMES`: ``attnlab-sliding-window``,
 ``attnlab-strided``, ``attnlab-fixed``, ``attnlab-prefix-lm`` and the others whose default mask is the same for
 every head); other options: ``register_hf_attention("my-window", attnlab.masks.sliding_window(128))``.
+
+Packed sequences through transformers' own detection (``position_ids`` restarting at 0, no cache and no 2-D
+``attention_mask``: ``create_causal_mask`` then asks for causal AND "same sequence"). A **causal** mask
+(``Mask.causal``) is AND-ed with the mask transformers asks for, both on absolute positions in the row: such a call
+runs ``mask & document(ids) & causal()`` (the pattern counted from the row's start, not from each sequence's, as in
+attnlab's own packed training), and every other call (transformers asks for plain causal there) runs the mask
+unchanged. A **non-causal** mask (prefix-LM, or a bare ``mask_mod`` callable: wrap it as ``Mask(..., causal=True)``
+when it is causal) replaces transformers' mask, because AND-ing a causal one would break it; a packed call is then
+refused (``ValueError``): found by the one mark a sequence boundary leaves, key ``q - 1`` hidden from query ``q``,
+checked on calls without a cache offset and without a padding mask (never under ``torch.compile``, where the check
+cannot run and the mask is replaced as before). With a padding mask, transformers' detection is off and each row is
+one sequence, whatever the masks.
 
 ``attnlab-documents`` (also registered on import) is attnlab's packed-sequence mask, ``document(ids) & causal()``,
 with the documents read from each call, so that they may differ per batch row and per call. **Contract: the
@@ -43,7 +56,7 @@ import torch
 from torch import Tensor
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, and_masks, sdpa_mask
 
 from attnlab.masks import Mask, as_mask, causal, dense
 from attnlab.masks.core import MaskFn
@@ -74,8 +87,41 @@ def _refuse_local_layers(name: str, kwargs: dict[str, Any]) -> None:
                          f"sliding_window to None")
 
 
+def _refuse_packed_sequences(name: str, m: Mask, kwargs: dict[str, Any]) -> None:
+    """A non-causal mask ``m`` replaces the call's ``mask_function``, which would drop the sequence separation of
+    transformers' packed-sequence detection: refused. That detection runs only without a cache and without a padding
+    mask (offsets 0, as many keys as queries), and its mask hides key ``q - 1`` from query ``q`` exactly where a
+    sequence starts (plain causal never does), so those ``B * (T - 1)`` pairs are checked, on transformers' vmap route
+    through ``sdpa_mask`` itself. Skipped under ``torch.compile`` (a data-dependent check)."""
+    fn, B, T = kwargs.get("mask_function"), kwargs.get("batch_size"), kwargs.get("q_length")
+    if fn is None or kwargs.get("attention_mask") is not None or torch.compiler.is_compiling():
+        return
+    sizes = (B, T, kwargs.get("kv_length"), kwargs.get("q_offset", 0), kwargs.get("kv_offset", 0))
+    if not all(isinstance(v, int) for v in sizes) or T != sizes[2] or sizes[3] != 0 or sizes[4] != 0 or T < 2:
+        return
+    device = kwargs.get("device", "cpu")
+    if kwargs.get("use_vmap", False):  # a function that may not broadcast: built as transformers builds it
+        full = sdpa_mask(batch_size=B, q_length=T, kv_length=T, mask_function=fn, allow_is_causal_skip=False,
+                         use_vmap=True, device=device)  # (B, 1, T, T)
+        before = full.diagonal(offset=-1, dim1=-2, dim2=-1)  # (B, 1, T - 1): key q - 1 for query q
+    else:
+        q = torch.arange(1, T, device=device)[None, None, :, None]  # (1, 1, T - 1, 1)
+        b = torch.arange(B, device=device)[:, None, None, None]  # (B, 1, 1, 1)
+        before = fn(b, torch.zeros_like(b[:1]), q, q - 1)  # broadcasts to (B, 1, T - 1, 1)
+    if not bool(torch.as_tensor(before).all()):
+        raise ValueError(f"attn_implementation={name!r}: transformers found packed sequences in this call "
+                         f"(position_ids restarting at 0, no cache, no attention_mask) and separates them in its mask, "
+                         f"but {m} is not causal (Mask.causal is False), so it replaces that mask and would attend "
+                         f"across the sequences; give one sequence per row, or pass attention_mask (transformers' "
+                         f"detection is then off: one sequence per row), or use a causal mask")
+
+
 def register_hf_attention(name: str, mask: Mask | MaskFn) -> str:
     """Register ``mask`` as the transformers attention implementation ``name`` (module docstring); returns ``name``.
+
+    A causal ``mask`` is AND-ed with the mask transformers asks for (so transformers' packed sequences stay
+    separated); a non-causal one replaces it, and a model call with transformers' packed sequences is then a
+    ``ValueError`` (module docstring).
 
     Raises:
         ValueError: an empty name, or a name transformers already uses for its own kernels (``"sdpa"``,
@@ -96,7 +142,14 @@ def register_hf_attention(name: str, mask: Mask | MaskFn) -> str:
             if end > m.max_len:
                 raise ValueError(f"attn_implementation={name!r}: mask {m} is defined for positions < "
                                  f"max_len={m.max_len}, but this call reaches position {end - 1}")
-        kwargs["mask_function"] = m.fn  # attnlab's predicate, (b, h, q_idx, kv_idx) -> bool, absolute positions
+        # attnlab's predicate, (b, h, q_idx, kv_idx) -> bool on absolute positions, as sdpa_mask calls the incoming
+        # transformers mask_function (causal, and the packed sequences' separation when transformers detects them)
+        incoming = kwargs.get("mask_function")
+        if m.causal and incoming is not None:
+            kwargs["mask_function"] = and_masks(m.fn, incoming)  # = m.fn where transformers asks for plain causal
+        else:
+            _refuse_packed_sequences(name, m, kwargs)
+            kwargs["mask_function"] = m.fn
         kwargs["allow_is_causal_skip"] = False
         kwargs.pop("allow_is_bidirectional_skip", None)
         return sdpa_mask(*args, **kwargs)
