@@ -110,6 +110,13 @@ def test_build_on_meta_and_its_refusals() -> None:
     assert build_on_meta(BufferedStack) is not None
     assert build_on_meta(lambda: BufferedStack(plain=True)) is None  # a plain tensor attribute: to_empty misses it
 
+    def tensor_in_a_list() -> torch.nn.Module:
+        m = BufferedStack()
+        m.tables = [torch.zeros(2)]  # (not a buffer: to_empty would miss it too)
+        return m
+
+    assert build_on_meta(tensor_in_a_list) is None
+
     def needs_values() -> torch.nn.Module:
         n = int(torch.ones(()).sum().item())  # data-dependent: raises on meta
         return torch.nn.Linear(n, n)

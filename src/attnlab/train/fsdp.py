@@ -76,16 +76,28 @@ def shard(model: nn.Module, mesh: Any = None) -> nn.Module:
 def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module | None:
     """``build()`` on the ``meta`` device, or ``None`` when the model cannot be built that way: the build raised
     (it needs real values, e.g. a ``.tolist()``), or a module keeps a plain tensor attribute (not a parameter or a
-    buffer), which ``to_empty`` would leave on ``meta``. The same build gives the same answer on every rank."""
+    buffer; also one inside a list, tuple, set or dict attribute), which ``to_empty`` would leave on ``meta``. The same build gives the same answer on every rank."""
     try:
         with torch.device("meta"):
             model = build()
     except Exception:  # a build that needs real values; it is built on the CPU instead (and raises there if broken)
         return None
     for m in model.modules():
-        if any(isinstance(v, torch.Tensor) for v in vars(m).values()):
+        if any(_holds_tensor(v) for k, v in vars(m).items() if k not in _MODULE_STATE):
             return None
     return model
+
+
+#: nn.Module's own registries (parameters and buffers are allocated by ``to_empty``; submodules are visited).
+_MODULE_STATE = frozenset({"_parameters", "_buffers", "_modules"})
+
+
+def _holds_tensor(value: Any) -> bool:
+    """Whether a module attribute is a tensor or a list, tuple, set or dict holding one (not looking further)."""
+    if isinstance(value, torch.Tensor):
+        return True
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple, set)) else ()
+    return any(isinstance(v, torch.Tensor) for v in items)
 
 
 def plain_tensor(t: torch.Tensor) -> torch.Tensor:
