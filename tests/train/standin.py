@@ -148,7 +148,8 @@ def fsdp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out_dir: 
             r = t.fit()
             runs[name] = {"losses": r.train_losses, "val": r.val.loss, "resumed_from": r.resumed_from,
                           "sharded": t.sharding is not None,
-                          "built_on": t.sharding.built_on if t.sharding is not None else None}
+                          "built_on": t.sharding.built_on if t.sharding is not None else None,
+                          "template": t.sharding is not None and t.sharding.template is not None}
         with open(f"{result_path}.{rank}", "w") as f:
             json.dump(runs, f)
 

@@ -65,6 +65,7 @@ def test_fsdp_equals_ddp_and_resumes_exactly(tmp_path: Path) -> None:
 
     # sharded (distributed) checkpoints: the same run; each rank wrote its own shards, nothing else
     assert r0["sharded"]["losses"] == r0["fsdp"]["losses"]
+    assert r0["fsdp"]["template"] and not r0["sharded"]["template"]  # rank 0's CPU copy freed when only shards save
     sdir = tmp_path / "sharded" / "ckpt-00000006"
     assert ckpt.is_sharded(sdir) and not (sdir / "model.safetensors").exists()
     assert sorted(p.name for p in (sdir / "shards").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]

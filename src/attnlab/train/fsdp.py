@@ -30,7 +30,7 @@ Checkpoints (``TrainConfig.fsdp_checkpoint``):
   (``torch.distributed.checkpoint.state_dict``, offloaded to the CPU on rank 0); rank 0 loads it into its CPU copy
   of the unsharded model (:attr:`Sharding.template`) and writes that; a resume reads the checkpoint into the copy
   on rank 0 and broadcasts it into the shards. Saving costs rank 0 the host memory of the optimizer state besides
-  the copy.
+  the copy. (With ``"sharded"`` the copy is freed once the run has started: :meth:`Sharding.release_template`.)
 
 Evaluation: every rank evaluates the whole split (a sharded forward is a collective, so the ranks must run the same
 calls), and each gets the same metrics.
@@ -46,6 +46,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+
+from attnlab.train import checkpoint as ckpt
 
 __all__ = ["Sharding", "shard", "plain_tensor", "build_on_meta", "device_mesh"]
 
@@ -112,7 +114,10 @@ class Sharding:
 
     Attributes:
         model: the sharded model (every rank).
-        template: rank 0's unsharded CPU copy, used for checkpoints (``None`` on the other ranks).
+        template: rank 0's unsharded CPU copy, used for full checkpoints (``None`` on the other ranks, and after
+            :meth:`release_template`).
+        tied: the model's tied-weight groups (:func:`attnlab.train.checkpoint.tied_names`; rank 0), for a sharded
+            checkpoint's ``state.json``.
         built_on: ``"meta"`` or ``"cpu"``: how this rank built the model it sharded.
     """
 
@@ -120,6 +125,7 @@ class Sharding:
                  make_optimizer: Callable[[nn.Module], Any]) -> None:
         self.model = model
         self.template = template
+        self.tied = ckpt.tied_names(template) if template is not None else []
         self.is_main = is_main
         self.built_on = built_on
         self._make_optimizer = make_optimizer
@@ -175,6 +181,11 @@ class Sharding:
             dist.broadcast(buf, src=0)
         return cls(model, template, is_main=is_main, built_on=built_on, make_optimizer=make_optimizer)
 
+    def release_template(self) -> None:
+        """Free rank 0's CPU copy (one whole model of host memory) once nothing will need it: a run that writes
+        sharded checkpoints, after its resume (if any). Full saves and loading an ordinary checkpoint need it."""
+        self.template = None
+
     @contextlib.contextmanager
     def sync(self, model: nn.Module, *, last: bool) -> Iterator[None]:
         """Reduce gradients only on the last micro-step (the counterpart of DDP's ``no_sync``)."""
@@ -195,7 +206,7 @@ class Sharding:
         optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
         if not self.is_main:
             return None, None
-        assert self.template is not None
+        assert self.template is not None, "a full checkpoint needs rank 0's template (released for sharded runs)"
         self.template.load_state_dict(model_sd)
         opt = self._make_optimizer(self.template)
         for g_copy, g in zip(opt.param_groups, optimizer.param_groups):
@@ -216,7 +227,6 @@ class Sharding:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-        from attnlab.train import checkpoint as ckpt
 
         def agree(msg: str | None, *, src_only: bool = False) -> None:
             """Raise on every rank if ``msg`` (rank 0's, or any rank's) is an error."""
@@ -258,10 +268,10 @@ class Sharding:
         agree(err)
         path, err = None, None
         if self.is_main:
-            assert state is not None and self.template is not None
+            assert state is not None
             try:
                 path = ckpt.save_checkpoint(run_dir, step=step, model=None, optimizer=None, keep=keep, tmp=tmp,
-                                            state={**state, "tied": ckpt.tied_names(self.template)})
+                                            state={**state, "tied": self.tied})
             except ckpt.CheckpointError as e:  # (save_checkpoint removed the temporary directory)
                 err = str(e)
         tmp = None
@@ -276,7 +286,6 @@ class Sharding:
                                                              get_optimizer_state_dict, set_model_state_dict,
                                                              set_optimizer_state_dict)
 
-        from attnlab.train import checkpoint as ckpt
 
         if ckpt.is_sharded(path):
             import torch.distributed.checkpoint as dcp
@@ -289,7 +298,7 @@ class Sharding:
         model_sd: dict[str, Any] = {}
         optim_sd: dict[str, Any] = {}
         if self.is_main:
-            assert self.template is not None
+            assert self.template is not None, "loading a full checkpoint needs rank 0's template"
             ckpt.load_model_weights(path, self.template)
             opt = self._make_optimizer(self.template)
             ckpt.load_optimizer(path, opt, state)

@@ -206,6 +206,8 @@ class Trainer:
         latest = ckpt.latest_checkpoint(self.out_dir) if resume and self.out_dir is not None else None
         if latest is not None:  # (a damaged newest checkpoint is an error, never a silent restart)
             self._resume(latest)
+        if self.sharding is not None and config.fsdp_checkpoint == "sharded":
+            self.sharding.release_template()  # rank 0's CPU copy of the model: only full checkpoints need it
 
         # DDP first, then compile the wrapper (the order PyTorch supports: DDPOptimizer splits the graph at
         # gradient buckets). ``self.ddp`` keeps the wrapper for ``no_sync``.
