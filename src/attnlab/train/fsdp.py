@@ -78,7 +78,8 @@ def shard(model: nn.Module, mesh: Any = None) -> nn.Module:
 def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module | None:
     """``build()`` on the ``meta`` device, or ``None`` when the model cannot be built that way: the build raised
     (it needs real values, e.g. a ``.tolist()``), or a module keeps a plain tensor attribute (not a parameter or a
-    buffer; also one inside a list, tuple, set or dict attribute), which ``to_empty`` would leave on ``meta``. The same build gives the same answer on every rank."""
+    buffer; also one inside a list, tuple, set or dict attribute), which ``to_empty`` would leave on ``meta``. The
+    same build gives the same answer on every rank."""
     try:
         with torch.device("meta"):
             model = build()
@@ -100,6 +101,13 @@ def _holds_tensor(value: Any) -> bool:
         return True
     items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple, set)) else ()
     return any(isinstance(v, torch.Tensor) for v in items)
+
+
+def _sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """This rank's shards of the model and optimizer state, as ``torch.distributed.checkpoint`` saves and loads."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
 
 
 def plain_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -225,8 +233,6 @@ class Sharding:
         checkpoints intact. Returns the checkpoint directory on rank 0 (``None`` elsewhere)."""
         import torch.distributed as dist
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
 
         def agree(msg: str | None, *, src_only: bool = False) -> None:
             """Raise on every rank if ``msg`` (rank 0's, or any rank's) is an error."""
@@ -245,24 +251,24 @@ class Sharding:
                                            f"{str(run_dir)!r}: " + "; ".join(errors))
 
         tmp: Path | None = None
-        name: list[Any] = [None]
-        err = None
+        made: list[Any] = [None, None]  # rank 0's temporary directory name, or its error
         if self.is_main:
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 ckpt.remove_stale_temporaries(run_dir)
                 tmp = ckpt.temporary_dir(run_dir, step)
                 tmp.mkdir()
-                name = [tmp.name]
+                made[0] = tmp.name
             except OSError as e:
-                err = f"cannot create its temporary directory: {e}"
-        agree(err, src_only=True)
-        dist.broadcast_object_list(name, src=0)
-        tmp = run_dir / str(name[0])
+                made[1] = f"cannot create its temporary directory: {e}"
+        dist.broadcast_object_list(made, src=0)
+        if made[1]:
+            raise ckpt.CheckpointError(f"could not write the sharded checkpoint of step {step} in {str(run_dir)!r}: "
+                                       f"{made[1]}")
+        tmp = run_dir / str(made[0])
         err = None
         try:
-            sd = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
-            dcp.save(sd, checkpoint_id=str(tmp / ckpt.SHARDS))  # collective; rank 0 writes the index last
+            dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(tmp / ckpt.SHARDS))  # rank 0: index last
         except Exception as e:  # DCP reports a failed write on every rank; each says what it saw
             err = f"{type(e).__name__}: {str(e)[:500]}"
         agree(err)
@@ -286,11 +292,10 @@ class Sharding:
                                                              get_optimizer_state_dict, set_model_state_dict,
                                                              set_optimizer_state_dict)
 
-
         if ckpt.is_sharded(path):
             import torch.distributed.checkpoint as dcp
 
-            sd = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+            sd = _sharded_state(model, optimizer)
             dcp.load(sd, checkpoint_id=str(path / ckpt.SHARDS))
             set_model_state_dict(model, sd["model"])
             set_optimizer_state_dict(model, optimizer, sd["optim"])
