@@ -251,9 +251,14 @@ def is_sharded(ckpt_dir: str | Path) -> bool:
     return (Path(ckpt_dir) / SHARDS / ".metadata").is_file()
 
 
+def _has_weights(ckpt_dir: Path) -> bool:
+    """Whether ``ckpt_dir`` holds model weights of either kind: ``model.safetensors`` or sharded ones."""
+    return (ckpt_dir / "model.safetensors").is_file() or is_sharded(ckpt_dir)
+
+
 def _missing_files(ckpt_dir: Path) -> list[str]:
     missing = [] if (ckpt_dir / "state.json").is_file() else ["state.json"]
-    if not (ckpt_dir / "model.safetensors").is_file() and not is_sharded(ckpt_dir):  # the file of its kind
+    if not _has_weights(ckpt_dir):  # named by the file of its kind
         missing.append(f"{SHARDS}/.metadata" if (ckpt_dir / SHARDS).is_dir() else "model.safetensors")
     return missing
 
@@ -295,7 +300,7 @@ def find_checkpoint(path: str | Path) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint path {str(path)!r} is not a directory: expected a checkpoint directory "
                               f"(with state.json) or a run directory holding {_PREFIX}<step>/ directories")
-    if path.name.startswith(_PREFIX) and ((path / "model.safetensors").is_file() or is_sharded(path)):
+    if path.name.startswith(_PREFIX) and _has_weights(path):
         raise _incomplete_error(path, ["state.json"])
     ckpt = latest_checkpoint(path)
     if ckpt is None:
